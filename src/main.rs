@@ -1,0 +1,110 @@
+//! `dearsync`: the local runner and operator CLI of dear-sync.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+/// dear-sync: DEAR Systems / Cin7 Core ↔ warehouse integration.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the DEAR API simulator on 127.0.0.1 with a seeded data set.
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], dear_sim::DEFAULT_PORT)))]
+    listen: SocketAddr,
+    /// The simulated DEAR Account ID.
+    #[arg(long, default_value = dear_sim::DEFAULT_ACCOUNT_ID)]
+    account_id: String,
+    /// The simulated API Application Key.
+    #[arg(long, default_value = dear_sim::DEFAULT_API_KEY)]
+    api_key: String,
+    /// Seed of the generated data set.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of generated sales.
+    #[arg(long, default_value_t = 200)]
+    sales: usize,
+    /// Number of generated products.
+    #[arg(long, default_value_t = 50)]
+    products: usize,
+    /// Calls per 60 s per account (0 = unlimited).
+    #[arg(long, default_value_t = 60)]
+    rate_limit: u32,
+    /// Status of a throttled answer: 429 or 503.
+    #[arg(long, default_value_t = 429, value_parser = parse_throttle_status)]
+    throttle_status: u16,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(args) => run_sim(args).await,
+    }
+}
+
+async fn run_sim(args: SimArgs) -> std::process::ExitCode {
+    let spec = dear_sim::seed::SeedSpec {
+        seed: args.seed,
+        sales: args.sales,
+        products: args.products,
+        ..Default::default()
+    };
+    let config = dear_sim::SimConfig {
+        rate_limit: args.rate_limit,
+        throttle_status: args.throttle_status,
+        ..Default::default()
+    };
+    let sim = dear_sim::Sim::new(
+        config,
+        &args.account_id,
+        &args.api_key,
+        dear_sim::seed::generate(&spec),
+    );
+    let server = match dear_sim::start(sim, args.listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("DEAR_BASE_URL={}", server.base_url());
+    println!("DEAR_ACCOUNT_ID={}", args.account_id);
+    println!("DEAR_API_KEY={}", args.api_key);
+    println!(
+        "# try: curl -s -H 'api-auth-accountid: {}' -H 'api-auth-applicationkey: {}' '{}saleList?Limit=2'",
+        args.account_id,
+        args.api_key,
+        server.base_url()
+    );
+    println!("# admin: {}calls  (Ctrl-C to stop)", server.admin_url());
+    let _ = tokio::signal::ctrl_c().await;
+    drop(server);
+    std::process::ExitCode::SUCCESS
+}
+
+fn parse_throttle_status(text: &str) -> Result<u16, String> {
+    match text.trim() {
+        "429" => Ok(429),
+        "503" => Ok(503),
+        other => Err(format!("`{other}` is not 429 or 503")),
+    }
+}
