@@ -932,6 +932,18 @@ pub fn sale_event(sale: &SimSale, task: Option<Uuid>, event_type: &str) -> Event
 
 // ---- stock -------------------------------------------------------------------------------------
 
+/// (SKU, location name, bin, batch, product, location, on hand, allocated).
+type AvailabilityRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Uuid,
+    Uuid,
+    Decimal,
+    Decimal,
+);
+
 fn availability(data: &Dataset, q: &Query) -> Result<Value, ApiError> {
     let id = q.guid("ID")?;
     let name = q.get("Name").map(str::to_lowercase);
@@ -941,16 +953,7 @@ fn availability(data: &Dataset, q: &Query) -> Result<Value, ApiError> {
     let category = q.get("Category");
     let alloc = rules::allocations(data);
     // Allocation is per product × location; it is shown on that pair's first row.
-    let mut rows: Vec<(
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Uuid,
-        Uuid,
-        Decimal,
-        Decimal,
-    )> = Vec::new();
+    let mut rows: Vec<AvailabilityRow> = Vec::new();
     let mut seen: HashMap<(Uuid, Uuid), usize> = HashMap::new();
     for (key, on_hand) in data.stock.values() {
         let Some(p) = data.products.get(&key.product_id) else {
