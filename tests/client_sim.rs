@@ -880,3 +880,121 @@ async fn the_budget_keeps_the_client_under_the_simulators_limit() {
     }
     assert!(throttled || server.sim.calls(ACCOUNT).unwrap().throttled > 0);
 }
+
+#[tokio::test]
+async fn webhooks_are_delivered_retried_and_deactivated() {
+    use std::sync::{Arc, Mutex};
+    let server = sim(
+        200,
+        SimConfig {
+            webhook_time_scale: 0.0001,
+            ..unlimited()
+        },
+    )
+    .await;
+    let c = client(&server);
+    // A receiver on 127.0.0.1 that fails twice, then accepts.
+    let hits: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(v): axum::Json<serde_json::Value>| {
+                let seen = seen.clone();
+                async move {
+                    let secret = headers
+                        .get("x-secret")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut s = seen.lock().unwrap();
+                    s.push((secret, v));
+                    if s.len() <= 2 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let hook = |url: String, ty: &str| Webhook {
+        event_type: ty.into(),
+        is_active: true,
+        external_url: url,
+        external_authorization_type: "noauth".into(),
+        external_headers: vec![WebhookHeader {
+            key: "x-secret".into(),
+            value: "s3cr3t".into(),
+        }],
+        ..Default::default()
+    };
+    c.create_webhook(&hook(format!("http://{addr}/hook"), "Sale/OrderAuthorised"))
+        .await
+        .unwrap();
+    // Nothing listens on this one: six failures deactivate it.
+    let dead = c
+        .create_webhook(&hook(
+            "http://127.0.0.1:9/hook".into(),
+            "Sale/OrderAuthorised",
+        ))
+        .await
+        .unwrap();
+
+    let ordering = all_sales(
+        &c,
+        &SaleListQuery {
+            status: Some(SaleStatus::Ordering),
+            ..Default::default()
+        },
+        1000,
+    )
+    .await;
+    let target = ordering[0].sale_id;
+    let edit = dear_sim::SaleEdit {
+        authorise_order: true,
+        ..Default::default()
+    };
+    server.sim.edit_sale(ACCOUNT, target, &edit).unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hooks = c.webhooks().await.unwrap();
+        let dead_now = hooks.iter().find(|h| h.id == dead.id).unwrap();
+        if hits.lock().unwrap().len() >= 3 && !dead_now.is_active {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hits = hits.lock().unwrap().clone();
+    assert_eq!(
+        hits.len(),
+        3,
+        "two failures, then one success, then no more"
+    );
+    assert_eq!(hits[2].0, "s3cr3t");
+    let id: uuid::Uuid = hits[2].1["SaleID"].as_str().unwrap().parse().unwrap();
+    assert_eq!(id, target);
+    assert_eq!(hits[2].1["EventType"], "Sale/OrderAuthorised");
+    let failed = server
+        .sim
+        .deliveries()
+        .iter()
+        .filter(|d| Some(d.webhook_id) == dead.id)
+        .count();
+    assert_eq!(failed, 6);
+    // The sale moved on in DEAR and its Updated changed.
+    let after = c.sale(target).await.unwrap();
+    assert!(matches!(
+        after.status,
+        SaleStatus::Ordered | SaleStatus::Backordered
+    ));
+    assert!(after.last_modified_on.unwrap() > ordering[0].updated.unwrap());
+}

@@ -59,6 +59,8 @@ pub struct SimConfig {
     pub shuffle_sales: bool,
     /// How long a "timeout" fault hangs before answering 504.
     pub hang_ms: u64,
+    /// Scale of DEAR's webhook retry schedule (1.0 = real minutes; 0.001 makes a minute 60 ms).
+    pub webhook_time_scale: f64,
 }
 
 impl Default for SimConfig {
@@ -70,6 +72,7 @@ impl Default for SimConfig {
             unknown_path_status: 404,
             shuffle_sales: true,
             hang_ms: 30_000,
+            webhook_time_scale: 1.0,
         }
     }
 }
@@ -134,6 +137,8 @@ struct Tenant {
 /// The simulator: shared state behind the HTTP server.
 pub struct Sim {
     config: Mutex<SimConfig>,
+    deliveries: Mutex<Vec<Delivery>>,
+    http: reqwest::Client,
     tenants: Mutex<HashMap<String, Tenant>>,
     rng: Mutex<fastrand::Rng>,
     salt: u64,
@@ -144,6 +149,11 @@ impl Sim {
     pub fn new(config: SimConfig, account_id: &str, api_key: &str, data: Dataset) -> Arc<Self> {
         let sim = Arc::new(Self {
             config: Mutex::new(config),
+            deliveries: Mutex::new(Vec::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
             tenants: Mutex::new(HashMap::new()),
             rng: Mutex::new(fastrand::Rng::with_seed(7)),
             salt: 0x5eed,
@@ -212,6 +222,92 @@ impl Sim {
             .clone()
     }
 
+    /// Every webhook delivery attempt so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Queues `events` for every active subscription of their type on `account`.
+    pub fn dispatch(self: &Arc<Self>, account: &str, events: Vec<api::Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let hooks: Vec<model::SimWebhook> = self
+            .with_data(account, |d| d.webhooks.clone())
+            .unwrap_or_default();
+        for event in events {
+            for hook in hooks
+                .iter()
+                .filter(|h| h.is_active && h.event_type.eq_ignore_ascii_case(&event.event_type))
+            {
+                let sim = self.clone();
+                let account = account.to_owned();
+                let hook = hook.clone();
+                let event = event.clone();
+                tokio::spawn(async move { sim.deliver(&account, hook, event).await });
+            }
+        }
+    }
+
+    /// DEAR's schedule: 1 minute after the event, then +5, +10, +15, +20, +25; after six failed
+    /// attempts the subscription is deactivated.
+    async fn deliver(&self, account: &str, hook: model::SimWebhook, event: api::Event) {
+        const MINUTES: [u64; 6] = [1, 5, 10, 15, 20, 25];
+        let scale = self.config().webhook_time_scale.max(0.0);
+        for (i, minutes) in MINUTES.iter().enumerate() {
+            tokio::time::sleep(Duration::from_secs_f64(*minutes as f64 * 60.0 * scale)).await;
+            let active = self
+                .with_data(account, |d| {
+                    d.webhooks.iter().any(|w| w.id == hook.id && w.is_active)
+                })
+                .unwrap_or(false);
+            if !active {
+                return;
+            }
+            let mut request = self.http.post(&hook.url).json(&event.payload);
+            match hook.auth_type.as_str() {
+                "basicauth" => {
+                    request = request
+                        .basic_auth(hook.user.clone().unwrap_or_default(), hook.password.clone())
+                }
+                "bearerauth" => {
+                    request = request.bearer_auth(hook.token.clone().unwrap_or_default())
+                }
+                _ => {}
+            }
+            for (k, v) in &hook.headers {
+                request = request.header(k, v);
+            }
+            let (ok, status, error) = match request.send().await {
+                Ok(r) => (r.status().is_success(), Some(r.status().as_u16()), None),
+                Err(e) => (false, None, Some(e.to_string())),
+            };
+            self.deliveries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Delivery {
+                    webhook_id: hook.id,
+                    event_type: event.event_type.clone(),
+                    attempt: i as u32 + 1,
+                    ok,
+                    status,
+                    error,
+                    payload: event.payload.clone(),
+                });
+            if ok {
+                return;
+            }
+        }
+        self.with_data_mut(account, |d| {
+            if let Some(w) = d.webhooks.iter_mut().find(|w| w.id == hook.id) {
+                w.is_active = false;
+            }
+        });
+    }
+
     /// The router: DEAR's API plus `/admin/*`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
@@ -225,9 +321,30 @@ impl Sim {
             .route("/admin/load", post(admin_load))
             .route("/admin/state", get(admin_state))
             .route("/admin/config", get(admin_get_config).put(admin_put_config))
+            .route("/admin/webhook-deliveries", get(admin_deliveries))
+            .route("/admin/sales/{id}", axum::routing::patch(admin_edit_sale))
             .fallback(dear_api)
             .with_state(self.clone())
     }
+}
+
+/// One webhook delivery attempt.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Subscription.
+    pub webhook_id: uuid::Uuid,
+    /// Event type.
+    pub event_type: String,
+    /// 1–6.
+    pub attempt: u32,
+    /// 2xx received.
+    pub ok: bool,
+    /// HTTP status received.
+    pub status: Option<u16>,
+    /// Transport error.
+    pub error: Option<String>,
+    /// What was sent.
+    pub payload: Value,
 }
 
 /// A running simulator.
@@ -494,6 +611,7 @@ async fn dear_api(
             }),
         }
     };
+    sim.dispatch(&account, events);
     if let Some((f, true, _)) = &fault {
         return fail(f, &config).await;
     }
@@ -603,4 +721,101 @@ async fn admin_put_config(
 ) -> Response {
     sim.set_config(c);
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn admin_deliveries(State(sim): State<Arc<Sim>>) -> Response {
+    axum::Json(sim.deliveries()).into_response()
+}
+
+/// What `PATCH /admin/sales/{id}` can change, as a user would in DEAR's UI.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SaleEdit {
+    /// Authorise the order (allocates stock; fires `Sale/OrderAuthorised`).
+    pub authorise_order: bool,
+    /// Void the sale.
+    pub void: bool,
+    /// New order memo.
+    pub order_memo: Option<String>,
+    /// New customer reference.
+    pub customer_reference: Option<String>,
+    /// New quantity per SKU on the order lines (while the order is not authorised).
+    pub quantities: BTreeMap<String, rust_decimal::Decimal>,
+    /// Additional attribute N (1–10) → value.
+    pub attributes: BTreeMap<u8, String>,
+}
+
+impl Sim {
+    /// Edits a sale as a DEAR user would; bumps `Updated`.
+    pub fn edit_sale(
+        self: &Arc<Self>,
+        account: &str,
+        id: uuid::Uuid,
+        edit: &SaleEdit,
+    ) -> Result<(), ApiError> {
+        let now = chrono::Utc::now().naive_utc();
+        let events = self
+            .with_data_mut(account, |d| -> Result<Vec<api::Event>, ApiError> {
+                let mut events = Vec::new();
+                {
+                    let s = d
+                        .sales
+                        .get_mut(&id)
+                        .ok_or_else(|| ApiError::bad(format!("Sale {id} not found")))?;
+                    if let Some(m) = &edit.order_memo {
+                        s.order_memo = m.clone();
+                    }
+                    if let Some(r) = &edit.customer_reference {
+                        s.customer_reference = r.clone();
+                    }
+                    for (n, v) in &edit.attributes {
+                        let slot = s
+                            .attributes
+                            .get_mut(usize::from(*n).wrapping_sub(1))
+                            .ok_or_else(|| {
+                                ApiError::bad(format!("AdditionalAttribute{n} does not exist"))
+                            })?;
+                        *slot = v.clone();
+                    }
+                    for (sku, q) in &edit.quantities {
+                        if s.order_status.is_authorised() {
+                            return Err(ApiError::bad("Order is AUTHORISED: lines cannot change"));
+                        }
+                        let line = s
+                            .lines
+                            .iter_mut()
+                            .find(|l| l.sku.eq_ignore_ascii_case(sku))
+                            .ok_or_else(|| {
+                                ApiError::bad(format!("SKU {sku} is not on the order"))
+                            })?;
+                        line.quantity = *q;
+                    }
+                    if edit.void {
+                        s.voided = true;
+                        events.push(api::sale_event(s, None, "Sale/Voided"));
+                    }
+                    s.updated = now;
+                }
+                if edit.authorise_order {
+                    rules::authorise_order(d, id, now)?;
+                    events.push(api::sale_event(&d.sales[&id], None, "Sale/OrderAuthorised"));
+                }
+                Ok(events)
+            })
+            .ok_or_else(|| ApiError::bad(format!("no account {account}")))??;
+        self.dispatch(account, events);
+        Ok(())
+    }
+}
+
+async fn admin_edit_sale(
+    State(sim): State<Arc<Sim>>,
+    axum::extract::Path(id): axum::extract::Path<uuid::Uuid>,
+    AxQuery(a): AxQuery<AccountParam>,
+    axum::Json(edit): axum::Json<SaleEdit>,
+) -> Response {
+    match sim.edit_sale(&a.id(), id, &edit) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error_model(e.status, &e.message),
+    }
 }
