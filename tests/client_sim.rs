@@ -998,3 +998,102 @@ async fn webhooks_are_delivered_retried_and_deactivated() {
     ));
     assert!(after.last_modified_on.unwrap() > ordering[0].updated.unwrap());
 }
+
+#[tokio::test]
+async fn stock_adjustment_draft_complete_list_and_void() {
+    let server = sim(30, unlimited()).await;
+    let c = client(&server);
+    let q = AvailabilityQuery {
+        location: Some("East Warehouse".into()),
+        ..Default::default()
+    };
+    let rows: Vec<ProductAvailability> = c
+        .product_availability(&q, 1000)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|p| p.items)
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r.batch.is_none() && r.on_hand > Decimal::ZERO)
+        .expect("stocked row")
+        .clone();
+    let before = row.on_hand;
+    let mut write = StockAdjustmentWrite {
+        effective_date: Some(DearDateTime::now()),
+        status: AdjustmentStatus::Draft,
+        reference: Some("dear-sync:snap-1".into()),
+        update_on_hand: Some(true),
+        lines: vec![StockAdjustmentLineWrite {
+            product_id: Some(row.id),
+            quantity: Decimal::ZERO,
+            location: Some("East Warehouse".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let draft = c.create_stock_adjustment(&write).await.unwrap();
+    assert_eq!(draft.status, AdjustmentStatus::Draft);
+    let on_hand = |c: DearClient, id| async move {
+        let q = AvailabilityQuery {
+            id: Some(id),
+            location: Some("East Warehouse".into()),
+            ..Default::default()
+        };
+        let pages: Vec<ListPage<ProductAvailability>> =
+            c.product_availability(&q, 10).try_collect().await.unwrap();
+        pages
+            .into_iter()
+            .flat_map(|p| p.items)
+            .map(|r| r.on_hand)
+            .sum::<Decimal>()
+    };
+    assert_eq!(
+        on_hand(c.clone(), row.id).await,
+        before,
+        "a DRAFT changes nothing"
+    );
+
+    write.task_id = Some(draft.task_id);
+    write.status = AdjustmentStatus::Completed;
+    let done = c.update_stock_adjustment(&write).await.unwrap();
+    assert_eq!(done.status, AdjustmentStatus::Completed);
+    assert_eq!(
+        done.stocktake_number, draft.stocktake_number,
+        "same ST- number"
+    );
+    assert_eq!(
+        on_hand(c.clone(), row.id).await,
+        Decimal::ZERO,
+        "written off by a zero target"
+    );
+    assert!(!done.transactions.is_empty());
+    // A completed adjustment cannot be edited.
+    let err = c.update_stock_adjustment(&write).await.unwrap_err();
+    assert!(
+        err.rejection_message().unwrap().contains("COMPLETED"),
+        "{err}"
+    );
+
+    let got = c.stock_adjustment(draft.task_id).await.unwrap();
+    assert_eq!(got.reference.as_deref(), Some("dear-sync:snap-1"));
+    let listed: Vec<ListPage<StockAdjustmentListItem>> = c
+        .stock_adjustment_list(Some(AdjustmentStatus::Completed), 100)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(listed[0].items.iter().any(|a| a.task_id == draft.task_id));
+
+    let voided = c
+        .delete_stock_adjustment(draft.task_id, true)
+        .await
+        .unwrap();
+    assert_eq!(voided.status, AdjustmentStatus::Voided);
+    assert_eq!(
+        on_hand(c.clone(), row.id).await,
+        before,
+        "voiding reverses the change"
+    );
+}
