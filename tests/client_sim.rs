@@ -1097,3 +1097,82 @@ async fn stock_adjustment_draft_complete_list_and_void() {
         "voiding reverses the change"
     );
 }
+
+#[tokio::test]
+async fn stage_reads_and_order_state_rejections() {
+    let server = sim(300, unlimited()).await;
+    let c = client(&server);
+    // A packed simple sale: its stages read back.
+    let packed = all_sales(
+        &c,
+        &SaleListQuery {
+            status: Some(SaleStatus::Packed),
+            ..Default::default()
+        },
+        1000,
+    )
+    .await;
+    let sale = c.sale(packed[0].sale_id).await.unwrap();
+    let task = sale.fulfilments[0].task_id;
+    assert_eq!(c.pick(task).await.unwrap().status, StageStatus::Authorised);
+    let pack = c.pack(task).await.unwrap();
+    assert_eq!(pack.status, StageStatus::Authorised);
+    assert!(
+        pack.lines
+            .iter()
+            .all(|l| l.r#box.is_some() && l.location.is_some())
+    );
+    let ship = c.ship(task).await.unwrap();
+    assert!(ship.shipping_address.is_some());
+    let fulfilments = c.fulfilments(sale.id).await.unwrap();
+    assert_eq!(fulfilments.fulfilments[0].task_id, task);
+    // Packing again once authorised → rejected.
+    let again = PickPack {
+        task_id: Some(task),
+        status: StageStatus::Authorised,
+        lines: pack.lines.clone(),
+        ..Default::default()
+    };
+    let err = c.write_pack(&again, false).await.unwrap_err();
+    assert!(
+        err.rejection_message()
+            .unwrap()
+            .contains("Pack status is AUTHORISED"),
+        "{err}"
+    );
+
+    // A sale whose order is only a draft cannot be picked or get another fulfilment.
+    let ordering = all_sales(
+        &c,
+        &SaleListQuery {
+            status: Some(SaleStatus::Ordering),
+            ..Default::default()
+        },
+        1000,
+    )
+    .await;
+    let draft = c.sale(ordering[0].sale_id).await.unwrap();
+    let err = c.create_fulfilment(draft.id).await.unwrap_err();
+    assert!(
+        err.rejection_message().unwrap().contains("not AUTHORISED"),
+        "{err}"
+    );
+    // A voided sale neither.
+    let voided = all_sales(
+        &c,
+        &SaleListQuery {
+            status: Some(SaleStatus::Voided),
+            ..Default::default()
+        },
+        1000,
+    )
+    .await;
+    let err = c.create_fulfilment(voided[0].sale_id).await.unwrap_err();
+    assert!(err.rejection_message().unwrap().contains("VOIDED"), "{err}");
+    // An unknown task.
+    let err = c.pick(uuid::Uuid::new_v4()).await.unwrap_err();
+    assert!(
+        err.rejection_message().unwrap().contains("not found"),
+        "{err}"
+    );
+}
