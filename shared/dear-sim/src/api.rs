@@ -456,6 +456,28 @@ fn stage_status(body: &Value, allowed: &[Stage]) -> Result<Stage, ApiError> {
         })
 }
 
+/// A line's location: `LocationID`, or `Location` as `"Name"` or `"Name: Bin"` (the bin is kept
+/// when both are given).
+fn line_location(data: &Dataset, l: &Value, n: usize) -> Result<(Uuid, Option<String>), ApiError> {
+    let name = body::text(l, "Location");
+    match (body::guid(l, "LocationID")?, name) {
+        (Some(id), name) if data.location(id).is_some() => Ok((
+            id,
+            name.and_then(|n| data.location_by_name(&n).and_then(|(_, b)| b)),
+        )),
+        (_, Some(name)) => {
+            let (loc, bin) = data
+                .location_by_name(&name)
+                .ok_or_else(|| ApiError::bad(format!("Line {n}: Location '{name}' not found")))?;
+            Ok((loc.id, bin))
+        }
+        (Some(id), None) => Err(ApiError::bad(format!("Line {n}: Location {id} not found"))),
+        (None, None) => Err(ApiError::bad(format!(
+            "Line {n}: Required attribute Location is not provided."
+        ))),
+    }
+}
+
 /// Reads pick/pack lines: product by ProductID or SKU, location by LocationID or name.
 fn fulfil_lines(data: &Dataset, body: &Value, pack: bool) -> Result<Vec<SimFulfilLine>, ApiError> {
     let mut out = Vec::new();
@@ -480,27 +502,7 @@ fn fulfil_lines(data: &Dataset, body: &Value, pack: bool) -> Result<Vec<SimFulfi
                     .unwrap_or_default()
             ))
         })?;
-        let (location_id, bin) = match (body::guid(l, "LocationID")?, body::text(l, "Location")) {
-            (Some(id), _) if data.location(id).is_some() => (
-                id,
-                body::text(l, "Location")
-                    .and_then(|n| data.location_by_name(&n).and_then(|(_, b)| b)),
-            ),
-            (_, Some(name)) => {
-                let (loc, bin) = data.location_by_name(&name).ok_or_else(|| {
-                    ApiError::bad(format!("Line {n}: Location '{name}' not found"))
-                })?;
-                (loc.id, bin)
-            }
-            (Some(id), None) => {
-                return Err(ApiError::bad(format!("Line {n}: Location {id} not found")));
-            }
-            (None, None) => {
-                return Err(ApiError::bad(format!(
-                    "Line {n}: Required attribute Location is not provided."
-                )));
-            }
-        };
+        let (location_id, bin) = line_location(data, l, n)?;
         let quantity = body::decimal(l, "Quantity")?.ok_or_else(|| {
             ApiError::bad(format!(
                 "Line {n}: Required attribute Quantity is not provided."
@@ -1124,23 +1126,7 @@ fn write_adjustment(
                 )),
             },
         )?;
-        let (location_id, bin) = match (body::guid(l, "LocationID")?, body::text(l, "Location")) {
-            (Some(id), _) if data.location(id).is_some() => (id, None),
-            (_, Some(name)) => {
-                let (loc, bin) = data.location_by_name(&name).ok_or_else(|| {
-                    ApiError::bad(format!("Line {n}: Location '{name}' not found"))
-                })?;
-                (loc.id, bin)
-            }
-            (Some(id), None) => {
-                return Err(ApiError::bad(format!("Line {n}: Location {id} not found")));
-            }
-            (None, None) => {
-                return Err(ApiError::bad(format!(
-                    "Line {n}: Required attribute Location is not provided."
-                )));
-            }
-        };
+        let (location_id, bin) = line_location(data, l, n)?;
         let quantity = body::decimal(l, "Quantity")?.ok_or_else(|| {
             ApiError::bad(format!(
                 "Line {n}: Required attribute Quantity is not provided."
