@@ -702,6 +702,11 @@ async fn reads_are_retried_through_faults() {
     c.me().await.expect("read succeeds after faults");
     let calls = server.sim.calls(ACCOUNT).unwrap();
     assert_eq!(calls.by_route["GET me"], 6);
+    // The client counts what the simulator saw.
+    let stats = c.stats();
+    assert_eq!(stats.calls, 6);
+    assert_eq!(stats.throttled, 2);
+    assert_eq!(stats.failed_attempts, 3);
 
     server.sim.add_fault(
         ACCOUNT,

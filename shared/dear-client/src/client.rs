@@ -1,6 +1,7 @@
 //! The HTTP client: authentication, rate budget, retries, error classification, endpoints.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -31,6 +32,25 @@ pub struct DearClient {
     http: reqwest::Client,
     config: Arc<DearConfig>,
     budget: Arc<dyn RateBudget>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    throttled: AtomicU64,
+    failed_attempts: AtomicU64,
+}
+
+/// What this client (and its clones) sent to DEAR so far: for run summaries and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// HTTP requests sent, retries included (each took one slot of the rate budget).
+    pub calls: u64,
+    /// Answers that said "throttled" (429/503).
+    pub throttled: u64,
+    /// Attempts that failed transiently (5xx, timeouts, dropped connections).
+    pub failed_attempts: u64,
 }
 
 impl std::fmt::Debug for DearClient {
@@ -127,7 +147,17 @@ impl DearClient {
             http,
             config: Arc::new(config),
             budget,
+            counters: Arc::default(),
         })
+    }
+
+    /// Calls, throttled answers and failed attempts so far (shared by clones).
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            calls: self.counters.calls.load(Ordering::Relaxed),
+            throttled: self.counters.throttled.load(Ordering::Relaxed),
+            failed_attempts: self.counters.failed_attempts.load(Ordering::Relaxed),
+        }
     }
 
     /// The configuration.
@@ -280,6 +310,7 @@ impl DearClient {
         loop {
             attempt_no += 1;
             self.budget.acquire(account).await?;
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let outcome = self.attempt(&method, path, params, body.as_deref()).await;
             let latency_ms = started.elapsed().as_millis() as u64;
@@ -297,6 +328,7 @@ impl DearClient {
                     retry_after,
                 } => {
                     throttles += 1;
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
                     let pause = retry_after.unwrap_or(policy.throttle_pause);
                     tracing::warn!(%method, path, status, latency_ms, attempt = attempt_no, pause_ms = pause.as_millis() as u64, "dear throttled");
                     // Throttled requests were not processed: retrying a write is safe.
@@ -312,6 +344,9 @@ impl DearClient {
                     self.budget.throttled(account, pause).await;
                 }
                 Attempt::Transient { reason, sent } => {
+                    self.counters
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%method, path, latency_ms, attempt = attempt_no, reason = %reason, "dear call failed");
                     if access == Access::Write && sent {
                         return Err(DearError::OutcomeUnknown {
