@@ -51,10 +51,14 @@ fn client(server: &SimServer) -> DearClient {
     client_for(server, dear_sim::DEFAULT_API_KEY)
 }
 
-async fn all_sales(c: &DearClient, q: &SaleListQuery, limit: u32) -> Vec<SaleListItem> {
-    let pages: Vec<ListPage<SaleListItem>> =
-        c.sale_list(q, limit).try_collect().await.expect("saleList");
+/// Every row of every page of a list.
+async fn rows<T>(pages: impl futures::Stream<Item = Result<ListPage<T>, DearError>>) -> Vec<T> {
+    let pages: Vec<ListPage<T>> = pages.try_collect().await.expect("list pages");
     pages.into_iter().flat_map(|p| p.items).collect()
+}
+
+async fn all_sales(c: &DearClient, q: &SaleListQuery, limit: u32) -> Vec<SaleListItem> {
+    rows(c.sale_list(q, limit)).await
 }
 
 #[tokio::test]
@@ -182,14 +186,7 @@ async fn fulfilment_pick_pack_ship_with_every_rejection() {
     let mut chosen = None;
     for row in &ordered {
         let sale = c.sale(row.sale_id).await.unwrap();
-        let products: Vec<Product> = c
-            .products(&ProductQuery::default(), 1000)
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .into_iter()
-            .flat_map(|p| p.items)
-            .collect();
+        let products: Vec<Product> = rows(c.products(&ProductQuery::default(), 1000)).await;
         let lines = sale.order.clone().unwrap().lines;
         let simple = lines.iter().all(|l| {
             products
@@ -499,15 +496,8 @@ async fn stock_adjustment_sets_absolute_targets() {
         location: Some("Main Warehouse".into()),
         ..Default::default()
     };
-    let rows: Vec<ProductAvailability> = c
-        .product_availability(&q, 1000)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .flat_map(|p| p.items)
-        .collect();
-    let row = rows
+    let stock: Vec<ProductAvailability> = rows(c.product_availability(&q, 1000)).await;
+    let row = stock
         .iter()
         .find(|r| r.batch.is_none() && r.on_hand > Decimal::ZERO)
         .expect("a stocked FIFO row");
@@ -547,23 +537,12 @@ async fn stock_adjustment_sets_absolute_targets() {
         location: Some("West Warehouse".into()),
         ..Default::default()
     };
-    let stocked_west: HashSet<String> = c
-        .product_availability(&east, 1000)
-        .try_collect::<Vec<_>>()
+    let stocked_west: HashSet<String> = rows(c.product_availability(&east, 1000))
         .await
-        .unwrap()
         .into_iter()
-        .flat_map(|p| p.items)
         .filter_map(|r| r.sku)
         .collect();
-    let products: Vec<Product> = c
-        .products(&ProductQuery::default(), 1000)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .flat_map(|p| p.items)
-        .collect();
+    let products: Vec<Product> = rows(c.products(&ProductQuery::default(), 1000)).await;
     let empty = products
         .iter()
         .find(|p| !p.is_batch_tracked() && !stocked_west.contains(p.sku.as_deref().unwrap()))
@@ -1012,15 +991,8 @@ async fn stock_adjustment_draft_complete_list_and_void() {
         location: Some("East Warehouse".into()),
         ..Default::default()
     };
-    let rows: Vec<ProductAvailability> = c
-        .product_availability(&q, 1000)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap()
-        .into_iter()
-        .flat_map(|p| p.items)
-        .collect();
-    let row = rows
+    let stock: Vec<ProductAvailability> = rows(c.product_availability(&q, 1000)).await;
+    let row = stock
         .iter()
         .find(|r| r.batch.is_none() && r.on_hand > Decimal::ZERO)
         .expect("stocked row")
