@@ -1,0 +1,810 @@
+//! The conformance suite: one set of checks every [`StateStore`] must pass, run by each store
+//! crate's tests against its own store (in memory, SQLite, DynamoDB).
+//!
+//! A store crate implements [`Factory`] and expands [`conformance_suite!`](crate::conformance_suite)
+//! once; every check becomes its own `#[tokio::test]`. Races run many tasks at once through two
+//! handles on the same state (two "processes"), and exactly one may win.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Duration;
+use futures::future::join_all;
+
+use crate::clock::ManualClock;
+use crate::state::*;
+use crate::{Job, StateStore, StoreError, TenantId};
+
+/// How many tasks race in the race checks.
+pub const RACERS: usize = 16;
+
+/// A store under test, with a second handle on the same state and the clock both use.
+pub struct Fixture {
+    /// The store.
+    pub store: Arc<dyn StateStore>,
+    /// Another handle on the same state (another connection, client or process), or the same one.
+    pub peer: Arc<dyn StateStore>,
+    /// The clock the store reads; the checks move it.
+    pub clock: Arc<ManualClock>,
+}
+
+/// Makes a fresh, empty store for each check.
+#[async_trait]
+pub trait Factory: Send + Sync {
+    /// A fresh fixture: empty state, a clock at 2026-11-01T00:00:00Z.
+    async fn fixture(&self) -> Fixture;
+}
+
+/// Expands to one `#[tokio::test]` per check, each calling `$factory` for its fixture.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@tests $factory;
+            cursors_save_with_versions, cursor_race_has_one_winner,
+            ledger_insert_and_read_back, ledger_insert_race_has_one_winner,
+            ledger_transitions_are_conditional, ledger_transition_race_has_one_winner,
+            ledger_lists_by_state_in_due_order_and_pages, ledger_rejects_oversized_detail,
+            idempotency_follows_powertools, idempotency_lapses_and_takeover,
+            idempotency_claim_race_has_one_winner,
+            leases_exclude_and_expire, lease_race_has_one_winner,
+            token_buckets_refill_and_pause, token_bucket_race_never_overdraws,
+            tenants_are_listed_and_replaced,
+        );
+    };
+    (@tests $factory:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let factory = $factory;
+                $crate::conformance::$check(&factory).await;
+            }
+        )+
+    };
+}
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).expect("valid tenant id")
+}
+
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, StoreError>, what: &str) {
+    match result {
+        Err(StoreError::Conflict { .. }) => {}
+        other => panic!("{what}: expected a conflict, got {other:?}"),
+    }
+}
+
+/// Cursors: created once, then saved only at the version last read.
+pub async fn cursors_save_with_versions(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let key = CursorKey::new(&t, Job::OrderDownload, "sales");
+    assert_eq!(f.store.cursor(&key).await.unwrap(), None);
+    let c1 = f
+        .store
+        .save_cursor(&key, "2026-11-01T00:00:00Z", None)
+        .await
+        .unwrap();
+    assert_eq!((c1.version, c1.value.as_str()), (1, "2026-11-01T00:00:00Z"));
+    assert_eq!(c1.updated_at, f.clock.now_for_tests());
+    assert_conflict(f.store.save_cursor(&key, "x", None).await, "second create");
+    let c2 = f.peer.save_cursor(&key, "v2", Some(1)).await.unwrap();
+    assert_eq!(c2.version, 2);
+    assert_conflict(
+        f.store.save_cursor(&key, "stale", Some(1)).await,
+        "stale save",
+    );
+    assert_eq!(f.store.cursor(&key).await.unwrap().unwrap().value, "v2");
+    // Other names, jobs and tenants are separate cursors.
+    for other in [
+        CursorKey::new(&t, Job::OrderDownload, "other"),
+        CursorKey::new(&t, Job::InventorySync, "sales"),
+        CursorKey::new(&tenant("beta"), Job::OrderDownload, "sales"),
+    ] {
+        assert_eq!(f.store.cursor(&other).await.unwrap(), None, "{other}");
+    }
+}
+
+/// Many writers save a cursor from the same version: exactly one succeeds.
+pub async fn cursor_race_has_one_winner(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = CursorKey::new(&tenant("acme"), Job::OrderDownload, "sales");
+    f.store.save_cursor(&key, "start", None).await.unwrap();
+    let results = join_all((0..RACERS).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        let key = key.clone();
+        tokio::spawn(async move {
+            store
+                .save_cursor(&key, &format!("racer-{i}"), Some(1))
+                .await
+        })
+    }))
+    .await;
+    let wins: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .filter_map(|r| match r {
+            Ok(c) => Some(c),
+            Err(e) if e.is_conflict() => None,
+            Err(e) => panic!("unexpected error: {e}"),
+        })
+        .collect();
+    assert_eq!(wins.len(), 1, "exactly one racer saves");
+    let stored = f.store.cursor(&key).await.unwrap().unwrap();
+    assert_eq!((stored.version, &stored.value), (2, &wins[0].value));
+}
+
+fn new_record(t: &TenantId, entity: &str, state: RecordState) -> NewRecord {
+    NewRecord::new(
+        RecordKey::new(t, Job::OrderDownload, entity),
+        state,
+        format!("hash-{entity}"),
+    )
+}
+
+/// Ledger records come back exactly as written.
+pub async fn ledger_insert_and_read_back(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let now = f.clock.now_for_tests();
+    let mut rec = new_record(&t, "SALE-1", RecordState::Skipped);
+    rec.reason = Some("ship-to address has no postcode".into());
+    rec.attempts = 2;
+    rec.due_at = Some(now + Duration::hours(1));
+    rec.detail = Some(r#"{"updated":"2026-11-01T00:00:00.123Z","note":"ünïcødé"}"#.into());
+    let written = f.store.insert(rec.clone()).await.unwrap();
+    assert_eq!(written, rec.clone().into_record(now));
+    assert_eq!(
+        f.peer.record(&written.key).await.unwrap(),
+        Some(written.clone())
+    );
+    assert_conflict(f.peer.insert(rec).await, "duplicate insert");
+    let missing = RecordKey::new(&t, Job::OrderDownload, "SALE-2");
+    assert_eq!(f.store.record(&missing).await.unwrap(), None);
+    let other_job = RecordKey::new(&t, Job::ShipmentConfirmation, "SALE-1");
+    assert_eq!(f.store.record(&other_job).await.unwrap(), None);
+}
+
+/// Many workers insert the same record: exactly one succeeds.
+pub async fn ledger_insert_race_has_one_winner(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let results = join_all((0..RACERS).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        let mut rec = new_record(&t, "SALE-1", RecordState::InFlight);
+        rec.input_hash = format!("racer-{i}");
+        tokio::spawn(async move { store.insert(rec).await })
+    }))
+    .await;
+    let wins = count_wins(results);
+    assert_eq!(wins, 1, "exactly one insert wins");
+}
+
+fn count_wins<T>(results: Vec<Result<Result<T, StoreError>, tokio::task::JoinError>>) -> usize {
+    results
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .filter(|r| match r {
+            Ok(_) => true,
+            Err(e) if e.is_conflict() => false,
+            Err(e) => panic!("unexpected error: {e}"),
+        })
+        .count()
+}
+
+/// Transitions apply only from the state and revision the caller read, and change only what they say.
+pub async fn ledger_transitions_are_conditional(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let mut new = new_record(&t, "SALE-1", RecordState::Pending);
+    new.detail = Some("{\"v\":1}".into());
+    let pending = f.store.insert(new).await.unwrap();
+    f.clock.advance(Duration::seconds(5));
+    let deadline = f.clock.now_for_tests() + Duration::minutes(15);
+    let in_flight = f
+        .store
+        .transition(
+            &pending,
+            Transition::to(RecordState::InFlight)
+                .attempt()
+                .due_at(deadline),
+        )
+        .await
+        .unwrap();
+    assert_eq!(in_flight.state, RecordState::InFlight);
+    assert_eq!((in_flight.revision, in_flight.attempts), (2, 1));
+    assert_eq!(in_flight.due_at, Some(deadline));
+    assert_eq!(in_flight.created_at, pending.created_at);
+    assert_eq!(in_flight.updated_at, f.clock.now_for_tests());
+    assert_eq!(in_flight.detail.as_deref(), Some("{\"v\":1}"));
+    assert_eq!(
+        f.peer.record(&pending.key).await.unwrap(),
+        Some(in_flight.clone())
+    );
+
+    // From a stale read (old state, old revision): refused, nothing changed.
+    assert_conflict(
+        f.peer
+            .transition(&pending, Transition::to(RecordState::Done))
+            .await,
+        "transition from a stale read",
+    );
+    let mut wrong_state = in_flight.clone();
+    wrong_state.state = RecordState::Failed;
+    assert_conflict(
+        f.store
+            .transition(&wrong_state, Transition::to(RecordState::Done))
+            .await,
+        "transition from the wrong state",
+    );
+    assert_eq!(
+        f.store.record(&pending.key).await.unwrap(),
+        Some(in_flight.clone())
+    );
+
+    let failed = f
+        .peer
+        .transition(
+            &in_flight,
+            Transition::to(RecordState::Failed)
+                .reason("HTTP 502 from the sink")
+                .due_at(deadline),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.reason.as_deref(), Some("HTTP 502 from the sink"));
+    let done = f
+        .store
+        .transition(
+            &failed,
+            Transition::to(RecordState::Done)
+                .input_hash("hash-v2")
+                .detail("{\"v\":2}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.reason.as_deref(), done.due_at, done.revision),
+        (None, None, 4)
+    );
+    assert_eq!(done.input_hash, "hash-v2");
+    assert_eq!(done.detail.as_deref(), Some("{\"v\":2}"));
+    let mut clear = Transition::to(RecordState::Pending);
+    clear.detail = DetailChange::Clear;
+    let cleared = f.store.transition(&done, clear).await.unwrap();
+    assert_eq!(cleared.detail, None);
+    assert_eq!(f.store.record(&done.key).await.unwrap(), Some(cleared));
+
+    // A record that does not exist cannot be transitioned.
+    let ghost = new_record(&t, "GHOST", RecordState::Pending).into_record(f.clock.now_for_tests());
+    assert_conflict(
+        f.store
+            .transition(&ghost, Transition::to(RecordState::Done))
+            .await,
+        "transition of a missing record",
+    );
+    assert_eq!(f.store.record(&ghost.key).await.unwrap(), None);
+}
+
+/// Many workers move the same record from one read: exactly one succeeds.
+pub async fn ledger_transition_race_has_one_winner(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let pending = f
+        .store
+        .insert(new_record(&t, "SALE-1", RecordState::Pending))
+        .await
+        .unwrap();
+    let results = join_all((0..RACERS).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        let pending = pending.clone();
+        tokio::spawn(async move {
+            store
+                .transition(
+                    &pending,
+                    Transition::to(RecordState::InFlight)
+                        .attempt()
+                        .detail(format!("racer-{i}")),
+                )
+                .await
+        })
+    }))
+    .await;
+    assert_eq!(count_wins(results), 1, "exactly one transition wins");
+    let stored = f.store.record(&pending.key).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.revision, stored.attempts),
+        (RecordState::InFlight, 2, 1)
+    );
+}
+
+/// Listings: one state, oldest due first, filtered by due time, paged without loss or repeats.
+pub async fn ledger_lists_by_state_in_due_order_and_pages(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let start = f.clock.now_for_tests();
+    // 25 failed records due at start + (25 - i) minutes, so insertion order ≠ due order.
+    for i in 0..25i64 {
+        let mut rec = new_record(&t, &format!("SALE-{i:02}"), RecordState::Failed);
+        rec.due_at = Some(start + Duration::minutes(25 - i));
+        f.store.insert(rec).await.unwrap();
+    }
+    // Noise: other states, jobs and tenants.
+    f.store
+        .insert(new_record(&t, "DONE-1", RecordState::Done))
+        .await
+        .unwrap();
+    let mut other_job = new_record(&t, "SALE-99", RecordState::Failed);
+    other_job.key.job = Job::InventorySync;
+    f.store.insert(other_job).await.unwrap();
+    f.store
+        .insert(new_record(&tenant("beta"), "SALE-98", RecordState::Failed))
+        .await
+        .unwrap();
+
+    let mut query = LedgerQuery::new(&t, Job::OrderDownload, RecordState::Failed);
+    query.limit = 7;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = f.peer.list(&query).await.unwrap();
+        pages += 1;
+        assert!(page.records.len() <= 7);
+        seen.extend(page.records.iter().map(|r| r.key.entity.clone()));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    let expected: Vec<String> = (0..25).rev().map(|i| format!("SALE-{i:02}")).collect();
+    assert_eq!(
+        seen, expected,
+        "every failed record once, earliest due first"
+    );
+
+    // Due now + 10 minutes, inclusive: SALE-24 (due +1) … SALE-15 (due +10).
+    let mut due = LedgerQuery::new(&t, Job::OrderDownload, RecordState::Failed);
+    due.due_before = Some(start + Duration::minutes(10));
+    let page = f.store.list(&due).await.unwrap();
+    let entities: Vec<_> = page.records.iter().map(|r| r.key.entity.as_str()).collect();
+    assert_eq!(entities.len(), 10, "{entities:?}");
+    assert_eq!((entities[0], entities[9]), ("SALE-24", "SALE-15"));
+    assert_eq!(page.next, None);
+
+    // A transition moves a record between listings.
+    let rec = f
+        .store
+        .record(&RecordKey::new(&t, Job::OrderDownload, "SALE-24"))
+        .await
+        .unwrap()
+        .unwrap();
+    f.store
+        .transition(&rec, Transition::to(RecordState::Done))
+        .await
+        .unwrap();
+    let done = f
+        .store
+        .list(&LedgerQuery::new(&t, Job::OrderDownload, RecordState::Done))
+        .await
+        .unwrap();
+    let done: HashSet<_> = done.records.iter().map(|r| r.key.entity.as_str()).collect();
+    assert_eq!(done, HashSet::from(["DONE-1", "SALE-24"]));
+    let failed = f
+        .store
+        .list(&LedgerQuery::new(
+            &t,
+            Job::OrderDownload,
+            RecordState::Failed,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(failed.records.len(), 24);
+}
+
+/// Oversized details are refused with a clear error, not truncated.
+pub async fn ledger_rejects_oversized_detail(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let mut rec = new_record(&t, "BIG", RecordState::Pending);
+    rec.detail = Some("x".repeat(MAX_DETAIL_BYTES + 1));
+    match f.store.insert(rec).await {
+        Err(StoreError::Invalid(msg)) => assert!(msg.contains("bytes"), "{msg}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let ok = f
+        .store
+        .insert(new_record(&t, "BIG", RecordState::Pending))
+        .await
+        .unwrap();
+    let big = Transition::to(RecordState::Done).detail("y".repeat(MAX_DETAIL_BYTES + 1));
+    assert!(matches!(
+        f.store.transition(&ok, big).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(f.store.record(&ok.key).await.unwrap(), Some(ok));
+}
+
+fn terms() -> ClaimTerms {
+    ClaimTerms {
+        in_progress_for: Duration::minutes(5),
+        keep_for: Duration::days(30),
+    }
+}
+
+/// Claim, repeat, mismatch, complete, stored result, release: Powertools' idempotency rules.
+pub async fn idempotency_follows_powertools(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = IdempotencyKey::new(&tenant("acme"), "shipment", "WMS-SHP-1001");
+    let token = match f.store.claim(&key, "h1", terms()).await.unwrap() {
+        Claim::Acquired { token } => token,
+        other => panic!("first claim: {other:?}"),
+    };
+    let until = f.clock.now_for_tests() + Duration::minutes(5);
+    assert_eq!(
+        f.peer.claim(&key, "h1", terms()).await.unwrap(),
+        Claim::InProgress { until }
+    );
+    match f.peer.claim(&key, "h2", terms()).await {
+        Err(StoreError::PayloadMismatch { stored, given, .. }) => {
+            assert_eq!((stored.as_str(), given.as_str()), ("h1", "h2"))
+        }
+        other => panic!("claim with another payload: {other:?}"),
+    }
+    assert_conflict(
+        f.peer
+            .complete(&key, "not-the-token", "{}", Duration::days(30))
+            .await,
+        "complete with a wrong token",
+    );
+    f.store
+        .complete(&key, &token, r#"{"fulfilment":"F-1"}"#, Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.peer.claim(&key, "h1", terms()).await.unwrap(),
+        Claim::Completed {
+            result: r#"{"fulfilment":"F-1"}"#.into()
+        }
+    );
+    assert!(matches!(
+        f.peer.claim(&key, "h2", terms()).await,
+        Err(StoreError::PayloadMismatch { .. })
+    ));
+    let rec = f.store.idempotency_record(&key).await.unwrap().unwrap();
+    assert_eq!(rec.status, IdempotencyStatus::Completed);
+    assert_eq!(rec.expires_at, f.clock.now_for_tests() + Duration::days(30));
+    // Completing twice is refused (the claim is no longer in progress).
+    assert_conflict(
+        f.store
+            .complete(&key, &token, "{}", Duration::days(1))
+            .await,
+        "second complete",
+    );
+
+    // A released claim can be taken again at once.
+    let other = IdempotencyKey::new(&tenant("acme"), "shipment", "WMS-SHP-1002");
+    let Claim::Acquired { token } = f.store.claim(&other, "h1", terms()).await.unwrap() else {
+        panic!("claim")
+    };
+    f.store.release_claim(&other, "wrong-token").await.unwrap();
+    assert!(matches!(
+        f.peer.claim(&other, "h1", terms()).await.unwrap(),
+        Claim::InProgress { .. }
+    ));
+    f.store.release_claim(&other, &token).await.unwrap();
+    assert_eq!(f.store.idempotency_record(&other).await.unwrap(), None);
+    assert!(matches!(
+        f.peer.claim(&other, "h2", terms()).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    // Keys are per tenant and scope.
+    for k in [
+        IdempotencyKey::new(&tenant("beta"), "shipment", "WMS-SHP-1001"),
+        IdempotencyKey::new(&tenant("acme"), "snapshot", "WMS-SHP-1001"),
+    ] {
+        assert!(matches!(
+            f.store.claim(&k, "h9", terms()).await.unwrap(),
+            Claim::Acquired { .. }
+        ));
+    }
+}
+
+/// An in-progress claim whose worker died is taken over after its expiry; the dead worker's
+/// token no longer completes; completed records lapse after `keep_for`.
+pub async fn idempotency_lapses_and_takeover(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = IdempotencyKey::new(&tenant("acme"), "shipment", "WMS-SHP-1");
+    let Claim::Acquired { token: dead } = f.store.claim(&key, "h1", terms()).await.unwrap() else {
+        panic!("claim")
+    };
+    f.clock.advance(Duration::minutes(4));
+    assert!(matches!(
+        f.peer.claim(&key, "h1", terms()).await.unwrap(),
+        Claim::InProgress { .. }
+    ));
+    f.clock.advance(Duration::minutes(1));
+    let Claim::Acquired { token: live } = f.peer.claim(&key, "h1", terms()).await.unwrap() else {
+        panic!("takeover after expiry")
+    };
+    assert_ne!(dead, live);
+    assert_conflict(
+        f.store
+            .complete(&key, &dead, "{\"by\":\"dead\"}", Duration::days(1))
+            .await,
+        "dead worker completes",
+    );
+    f.store.release_claim(&key, &dead).await.unwrap();
+    f.peer
+        .complete(&key, &live, "{\"by\":\"live\"}", Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.claim(&key, "h1", terms()).await.unwrap(),
+        Claim::Completed {
+            result: "{\"by\":\"live\"}".into()
+        }
+    );
+    f.clock.advance(Duration::hours(1));
+    // Lapsed: a repeat runs again, even with another payload.
+    assert!(matches!(
+        f.store.claim(&key, "h2", terms()).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
+
+/// Many workers claim one key at once: exactly one acquires it; the rest see it in progress.
+pub async fn idempotency_claim_race_has_one_winner(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = IdempotencyKey::new(&tenant("acme"), "shipment", "WMS-SHP-RACE");
+    let results = join_all((0..RACERS).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        let key = key.clone();
+        tokio::spawn(async move { store.claim(&key, "h1", terms()).await })
+    }))
+    .await;
+    let mut acquired = 0;
+    for r in results {
+        match r.expect("task").expect("claim") {
+            Claim::Acquired { .. } => acquired += 1,
+            Claim::InProgress { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(acquired, 1, "exactly one claim acquires");
+}
+
+/// Leases: held until released or expired; a crashed holder's lease is taken over after expiry.
+pub async fn leases_exclude_and_expire(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = LeaseKey::new(&tenant("acme"), Job::OrderDownload);
+    let ttl = Duration::minutes(5);
+    let LeaseOutcome::Acquired(a) = f.store.acquire(&key, "run-a", ttl).await.unwrap() else {
+        panic!("first acquire")
+    };
+    assert_eq!(a.expires_at, f.clock.now_for_tests() + ttl);
+    match f.peer.acquire(&key, "run-b", ttl).await.unwrap() {
+        LeaseOutcome::Held { holder, expires_at } => {
+            assert_eq!((holder.as_str(), expires_at), ("run-a", a.expires_at))
+        }
+        other => panic!("second acquire: {other:?}"),
+    }
+    // Other jobs and tenants have their own leases.
+    assert!(matches!(
+        f.peer
+            .acquire(
+                &LeaseKey::new(&tenant("acme"), Job::InventorySync),
+                "run-b",
+                ttl
+            )
+            .await
+            .unwrap(),
+        LeaseOutcome::Acquired(_)
+    ));
+    f.clock.advance(Duration::minutes(4));
+    let a = f.store.renew(&a, ttl).await.unwrap();
+    f.clock.advance(Duration::minutes(4));
+    assert!(matches!(
+        f.peer.acquire(&key, "run-b", ttl).await.unwrap(),
+        LeaseOutcome::Held { .. }
+    ));
+    // run-a crashes: after expiry run-b takes over with a higher generation.
+    f.clock.advance(Duration::minutes(1));
+    let LeaseOutcome::Acquired(b) = f.peer.acquire(&key, "run-b", ttl).await.unwrap() else {
+        panic!("takeover after expiry")
+    };
+    assert!(b.generation > a.generation);
+    assert_conflict(f.store.renew(&a, ttl).await, "the crashed holder renews");
+    assert!(
+        !f.store.release_lease(&a).await.unwrap(),
+        "the crashed holder cannot release"
+    );
+    assert!(matches!(
+        f.store.acquire(&key, "run-c", ttl).await.unwrap(),
+        LeaseOutcome::Held { .. }
+    ));
+    assert!(f.peer.release_lease(&b).await.unwrap());
+    let LeaseOutcome::Acquired(c) = f.store.acquire(&key, "run-c", ttl).await.unwrap() else {
+        panic!("acquire after release")
+    };
+    assert!(c.generation > b.generation);
+}
+
+/// Many runs start at once: exactly one gets the lease.
+pub async fn lease_race_has_one_winner(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = LeaseKey::new(&tenant("acme"), Job::InventorySync);
+    let results = join_all((0..RACERS).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        let key = key.clone();
+        tokio::spawn(async move {
+            store
+                .acquire(&key, &format!("run-{i}"), Duration::minutes(5))
+                .await
+        })
+    }))
+    .await;
+    let winners: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| match r.expect("task").expect("acquire") {
+            LeaseOutcome::Acquired(l) => Some(l.holder),
+            LeaseOutcome::Held { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one run holds the lease: {winners:?}"
+    );
+}
+
+const SPEC: BucketSpec = BucketSpec {
+    capacity: 5,
+    per_minute: 60,
+};
+
+/// Buckets: start full, refill at the rate up to capacity, grant nothing while paused.
+pub async fn token_buckets_refill_and_pause(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let g = f.store.take("acct-1", SPEC, 3).await.unwrap();
+    assert_eq!(g.granted, 3);
+    let g = f.peer.take("acct-1", SPEC, 3).await.unwrap();
+    assert_eq!(
+        (g.granted, g.retry_after.as_millis()),
+        (0, 1000),
+        "all or nothing"
+    );
+    assert_eq!(f.peer.take("acct-1", SPEC, 2).await.unwrap().granted, 2);
+    let g = f.store.take("acct-1", SPEC, 3).await.unwrap();
+    assert_eq!((g.granted, g.retry_after.as_millis()), (0, 3000));
+    f.clock.advance(Duration::milliseconds(2500));
+    assert_eq!(f.store.take("acct-1", SPEC, 3).await.unwrap().granted, 0);
+    assert_eq!(f.store.take("acct-1", SPEC, 2).await.unwrap().granted, 2);
+    f.clock.advance(Duration::hours(1));
+    assert_eq!(
+        f.store.take("acct-1", SPEC, 9).await.unwrap().granted,
+        5,
+        "capped at capacity"
+    );
+    // Another account has its own bucket.
+    assert_eq!(f.store.take("acct-2", SPEC, 1).await.unwrap().granted, 1);
+    // DEAR throttled acct-2: nothing for 30 s, whatever was in the bucket.
+    f.peer
+        .pause("acct-2", f.clock.now_for_tests() + Duration::seconds(30))
+        .await
+        .unwrap();
+    let g = f.store.take("acct-2", SPEC, 1).await.unwrap();
+    assert_eq!((g.granted, g.retry_after.as_secs()), (0, 30));
+    f.clock.advance(Duration::seconds(31));
+    assert_eq!(f.store.take("acct-2", SPEC, 1).await.unwrap().granted, 1);
+}
+
+/// Many processes take from one bucket at once: together they never get more than it holds.
+pub async fn token_bucket_race_never_overdraws(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let results = join_all((0..RACERS).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        tokio::spawn(async move { store.take("acct-race", SPEC, 1).await })
+    }))
+    .await;
+    let granted: u32 = results
+        .into_iter()
+        .map(|r| r.expect("task").expect("take").granted)
+        .sum();
+    assert_eq!(
+        granted, SPEC.capacity,
+        "the clock stood still: exactly the capacity is granted"
+    );
+}
+
+/// Tenants: listed in id order, replaced in place.
+pub async fn tenants_are_listed_and_replaced(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    assert!(f.store.tenants().await.unwrap().is_empty());
+    let entry = |id: &str, enabled: bool, toml: &str| TenantEntry {
+        tenant: tenant(id),
+        enabled,
+        settings_toml: toml.to_owned(),
+    };
+    f.store.put_tenant(&entry("zeta", true, "")).await.unwrap();
+    f.store
+        .put_tenant(&entry(
+            "acme",
+            false,
+            "[order_download]\nsale_status = \"Any\"\n",
+        ))
+        .await
+        .unwrap();
+    f.peer.put_tenant(&entry("beta", true, "")).await.unwrap();
+    let ids: Vec<_> = f
+        .peer
+        .tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.tenant.to_string())
+        .collect();
+    assert_eq!(ids, ["acme", "beta", "zeta"]);
+    assert_eq!(
+        f.store.tenant(&tenant("acme")).await.unwrap(),
+        Some(entry(
+            "acme",
+            false,
+            "[order_download]\nsale_status = \"Any\"\n"
+        ))
+    );
+    f.store.put_tenant(&entry("acme", true, "")).await.unwrap();
+    assert_eq!(
+        f.peer.tenant(&tenant("acme")).await.unwrap(),
+        Some(entry("acme", true, ""))
+    );
+    assert_eq!(f.peer.tenants().await.unwrap().len(), 3);
+    assert_eq!(f.store.tenant(&tenant("nobody")).await.unwrap(), None);
+}
+
+/// The in-memory store's factory (its own conformance run).
+pub struct MemoryFactory;
+
+#[async_trait]
+impl Factory for MemoryFactory {
+    async fn fixture(&self) -> Fixture {
+        let clock = Arc::new(ManualClock::fixed());
+        let store: Arc<dyn StateStore> = Arc::new(crate::MemoryStore::new(clock.clone()));
+        Fixture {
+            peer: store.clone(),
+            store,
+            clock,
+        }
+    }
+}
+
+impl ManualClock {
+    /// The clock's reading (a shorthand for the checks).
+    pub fn now_for_tests(&self) -> chrono::DateTime<chrono::Utc> {
+        crate::Clock::now(self)
+    }
+}

@@ -1,0 +1,219 @@
+//! DEAR credentials per tenant: an Account ID and an API Key, never logged.
+
+use async_trait::async_trait;
+use dear_client::ApiKey;
+
+use crate::TenantId;
+
+/// A tenant's DEAR credentials. `Debug` shows the account, never the key.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// DEAR's `api-auth-accountid`.
+    pub account_id: String,
+    /// DEAR's `api-auth-applicationkey`.
+    pub api_key: ApiKey,
+}
+
+/// Why credentials could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// Nothing is stored where they should be.
+    #[error("no DEAR credentials for tenant {tenant}: {location} does not exist")]
+    Missing {
+        /// Whose.
+        tenant: String,
+        /// Where they were looked for (a secret name, environment variables).
+        location: String,
+    },
+    /// Something is stored but it is not usable.
+    #[error("DEAR credentials for tenant {tenant} in {location} are malformed: {detail}")]
+    Malformed {
+        /// Whose.
+        tenant: String,
+        /// Where.
+        location: String,
+        /// What is wrong (never the values).
+        detail: String,
+    },
+    /// The secret store failed; retrying later may work.
+    #[error("DEAR credentials for tenant {tenant} could not be read from {location}: {detail}")]
+    Unavailable {
+        /// Whose.
+        tenant: String,
+        /// Where.
+        location: String,
+        /// The store's error.
+        detail: String,
+    },
+}
+
+impl Credentials {
+    /// Reads the secret JSON `{"account_id": "...", "api_key": "..."}` (other keys are allowed).
+    /// Errors say which key is missing or wrong, never what the values are.
+    pub fn from_secret_json(
+        text: &str,
+        tenant: &TenantId,
+        location: &str,
+    ) -> Result<Self, CredentialsError> {
+        let malformed = |detail: &str| CredentialsError::Malformed {
+            tenant: tenant.to_string(),
+            location: location.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|_| {
+            malformed(
+                "the secret is not JSON; expected {\"account_id\": \"...\", \"api_key\": \"...\"}",
+            )
+        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| malformed("the secret is not a JSON object"))?;
+        let field = |name: &str| -> Result<String, CredentialsError> {
+            match obj.get(name) {
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                    Ok(s.trim().to_owned())
+                }
+                Some(serde_json::Value::String(_)) => {
+                    Err(malformed(&format!("\"{name}\" is empty")))
+                }
+                Some(_) => Err(malformed(&format!("\"{name}\" is not a string"))),
+                None => Err(malformed(&format!("\"{name}\" is missing"))),
+            }
+        };
+        Self::new(field("account_id")?, field("api_key")?, tenant, location)
+    }
+
+    /// Checks and wraps an account id and key.
+    pub fn new(
+        account_id: String,
+        api_key: String,
+        tenant: &TenantId,
+        location: &str,
+    ) -> Result<Self, CredentialsError> {
+        if account_id.trim().is_empty() || api_key.trim().is_empty() {
+            return Err(CredentialsError::Malformed {
+                tenant: tenant.to_string(),
+                location: location.to_owned(),
+                detail: "the account id and the API key must not be empty".to_owned(),
+            });
+        }
+        Ok(Self {
+            account_id: account_id.trim().to_owned(),
+            api_key: ApiKey::new(api_key.trim()),
+        })
+    }
+}
+
+/// Where a tenant's credentials come from.
+#[async_trait]
+pub trait CredentialSource: Send + Sync {
+    /// The tenant's DEAR credentials.
+    async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError>;
+}
+
+/// Credentials from `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` (the CLI: one tenant, one account).
+#[derive(Clone, Debug)]
+pub struct EnvCredentials {
+    account_id: Option<String>,
+    api_key: Option<String>,
+}
+
+impl EnvCredentials {
+    /// The account id variable.
+    pub const ACCOUNT_ID_VAR: &'static str = "DEAR_ACCOUNT_ID";
+    /// The API key variable.
+    pub const API_KEY_VAR: &'static str = "DEAR_API_KEY";
+
+    /// Reads the two variables now; they are checked when credentials are asked for.
+    pub fn from_env() -> Self {
+        Self {
+            account_id: std::env::var(Self::ACCOUNT_ID_VAR).ok(),
+            api_key: std::env::var(Self::API_KEY_VAR).ok(),
+        }
+    }
+
+    /// Fixed values (as if from the environment).
+    pub fn fixed(account_id: Option<String>, api_key: Option<String>) -> Self {
+        Self {
+            account_id,
+            api_key,
+        }
+    }
+}
+
+#[async_trait]
+impl CredentialSource for EnvCredentials {
+    async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
+        let location = format!("${} / ${}", Self::ACCOUNT_ID_VAR, Self::API_KEY_VAR);
+        match (&self.account_id, &self.api_key) {
+            (Some(a), Some(k)) => Credentials::new(a.clone(), k.clone(), tenant, &location),
+            (None, _) => Err(CredentialsError::Missing {
+                tenant: tenant.to_string(),
+                location: format!("${}", Self::ACCOUNT_ID_VAR),
+            }),
+            (_, None) => Err(CredentialsError::Missing {
+                tenant: tenant.to_string(),
+                location: format!("${}", Self::API_KEY_VAR),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::new("acme").unwrap()
+    }
+
+    #[test]
+    fn a_secret_is_read_and_its_key_never_shown() {
+        let c = Credentials::from_secret_json(
+            r#"{"account_id": "a-1", "api_key": "s3cr3t-key", "note": "x"}"#,
+            &tenant(),
+            "dear-sync/acme",
+        )
+        .unwrap();
+        assert_eq!(c.account_id, "a-1");
+        assert_eq!(c.api_key.expose(), "s3cr3t-key");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn malformed_secrets_say_what_is_wrong_without_the_values() {
+        for (text, needle) in [
+            ("not json s3cr3t", "not JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"api_key": "s3cr3t"}"#, "\"account_id\" is missing"),
+            (
+                r#"{"account_id": "a", "api_key": 5}"#,
+                "\"api_key\" is not a string",
+            ),
+            (
+                r#"{"account_id": "a", "api_key": "  "}"#,
+                "\"api_key\" is empty",
+            ),
+        ] {
+            let e = Credentials::from_secret_json(text, &tenant(), "dear-sync/acme")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle) && e.contains("dear-sync/acme"), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn env_credentials_name_the_missing_variable() {
+        let e = EnvCredentials::fixed(Some("a".into()), None)
+            .credentials(&tenant())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("$DEAR_API_KEY"), "{e}");
+        let c = EnvCredentials::fixed(Some("a".into()), Some("k".into()))
+            .credentials(&tenant())
+            .await
+            .unwrap();
+        assert_eq!(c.account_id, "a");
+    }
+}

@@ -1,0 +1,61 @@
+//! The one error type of every state port.
+
+/// What a state store can answer instead of a result.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write lost: the item was not in the state the caller expected. Someone else
+    /// moved it first; re-read and decide again.
+    #[error("{what}: {detail}")]
+    Conflict {
+        /// The item, e.g. `ledger record acme/order-download/SALE-1`.
+        what: String,
+        /// What was expected and not found.
+        detail: String,
+    },
+    /// An idempotency key was reused with a different payload.
+    #[error(
+        "idempotency key {key} was first used with a different payload (hash {stored}, now {given})"
+    )]
+    PayloadMismatch {
+        /// The key.
+        key: String,
+        /// Hash of the first payload.
+        stored: String,
+        /// Hash of this payload.
+        given: String,
+    },
+    /// A caller's argument is not acceptable (bad id, oversized value…).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A stored item could not be read back (written by something else, or damaged).
+    #[error("stored item {key} is unreadable: {detail}")]
+    Corrupt {
+        /// The item's key.
+        key: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The store could not be reached or refused the request; retrying later may work.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// True for a lost conditional write.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// True when retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// A conflict on `what`.
+    pub fn conflict(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        StoreError::Conflict {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+}

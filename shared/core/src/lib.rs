@@ -1,0 +1,34 @@
+//! dear-sync's domain core: the state ports every job works through, tenant settings and
+//! credentials, a shared DEAR rate budget over the state store, and an in-memory store.
+//!
+//! Nothing here knows about Lambda or AWS: adapters (DynamoDB, SQLite) implement the ports in
+//! their own crates, and the conformance suite (feature `conformance`) holds them all to the same
+//! behaviour.
+
+pub mod clock;
+pub mod credentials;
+mod error;
+mod ids;
+pub mod memory;
+pub mod rate;
+pub mod settings;
+pub mod state;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use credentials::{CredentialSource, Credentials, CredentialsError, EnvCredentials};
+pub use error::StoreError;
+pub use ids::{Job, TenantId};
+pub use memory::MemoryStore;
+pub use rate::{SharedBudgetConfig, SharedRateBudget};
+pub use settings::{SettingsError, TenantSettings};
+pub use state::StateStore;
+
+/// SHA-256 of `bytes`, hex: the input and payload hashes kept in the ledger and idempotency records.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}

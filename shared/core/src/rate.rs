@@ -1,0 +1,306 @@
+//! A DEAR rate budget shared by every process of one DEAR account, over [`TokenBuckets`].
+//!
+//! DEAR allows 60 calls in any sliding minute per account, and the three functions share that.
+//! Tokens are taken from the shared bucket a few at a time (one store write per batch, not per
+//! call), and a token not used within `hold` is dropped, so that held tokens cannot pile up into a
+//! burst. In any 60 s window an account then makes at most
+//! `capacity + per_minute × (60 s + hold) / 60 s` calls: 3 + 55 × 61/60 ≈ 58.9 with the defaults.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dear_client::{DearError, RateBudget};
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::state::{BucketSpec, TokenBuckets};
+
+/// How the shared budget behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedBudgetConfig {
+    /// The bucket: refill per minute and burst capacity.
+    pub spec: BucketSpec,
+    /// Tokens taken per store write (at most `spec.capacity`).
+    pub batch: u32,
+    /// A held token is dropped after this.
+    pub hold: Duration,
+}
+
+impl Default for SharedBudgetConfig {
+    fn default() -> Self {
+        Self {
+            spec: BucketSpec {
+                capacity: 3,
+                per_minute: 55,
+            },
+            batch: 3,
+            hold: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SharedBudgetConfig {
+    /// `per_minute` calls per minute with the default burst, batch and hold.
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self {
+            spec: BucketSpec {
+                per_minute,
+                ..Self::default().spec
+            },
+            ..Self::default()
+        }
+    }
+
+    /// The most calls this allows in any sliding minute.
+    pub fn worst_case_per_minute(&self) -> f64 {
+        f64::from(self.spec.capacity)
+            + f64::from(self.spec.per_minute) * (60.0 + self.hold.as_secs_f64()) / 60.0
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    tokens: u32,
+    taken_at: Instant,
+    // After an empty take: nobody in this process asks the store again before this.
+    next_poll: Option<Instant>,
+}
+
+/// A [`RateBudget`] over a shared [`TokenBuckets`] store.
+pub struct SharedRateBudget {
+    store: Arc<dyn TokenBuckets>,
+    clock: Arc<dyn Clock>,
+    config: SharedBudgetConfig,
+    // Serialises store takes within a process (one batch at a time) and holds the unspent tokens.
+    held: tokio::sync::Mutex<HashMap<String, Held>>,
+}
+
+impl SharedRateBudget {
+    /// A budget over `store`.
+    pub fn new(
+        store: Arc<dyn TokenBuckets>,
+        clock: Arc<dyn Clock>,
+        config: SharedBudgetConfig,
+    ) -> Self {
+        let batch = config.batch.clamp(1, config.spec.capacity.max(1));
+        Self {
+            store,
+            clock,
+            config: SharedBudgetConfig { batch, ..config },
+            held: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl RateBudget for SharedRateBudget {
+    async fn acquire(&self, account: &str) -> Result<(), DearError> {
+        let mut store_errors = 0u32;
+        loop {
+            let wait = {
+                let mut held = self.held.lock().await;
+                let now = Instant::now();
+                if let Some(h) = held.get_mut(account) {
+                    if h.tokens > 0 && h.taken_at.elapsed() < self.config.hold {
+                        h.tokens -= 1;
+                        return Ok(());
+                    }
+                    if let Some(at) = h.next_poll
+                        && at > now
+                    {
+                        let wait = at - now;
+                        drop(held);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                match self
+                    .store
+                    .take(account, self.config.spec, self.config.batch)
+                    .await
+                {
+                    Ok(grant) if grant.granted > 0 => {
+                        held.insert(
+                            account.to_owned(),
+                            Held {
+                                tokens: grant.granted - 1,
+                                taken_at: now,
+                                next_poll: None,
+                            },
+                        );
+                        return Ok(());
+                    }
+                    Ok(grant) => {
+                        let wait = grant.retry_after.max(Duration::from_millis(50));
+                        held.insert(
+                            account.to_owned(),
+                            Held {
+                                tokens: 0,
+                                taken_at: now,
+                                next_poll: Some(now + wait),
+                            },
+                        );
+                        wait
+                    }
+                    Err(e) if e.is_transient() && store_errors < 3 => {
+                        store_errors += 1;
+                        tracing::warn!(error = %e, attempt = store_errors, "rate budget store failed; retrying");
+                        Duration::from_millis(200 * u64::from(store_errors))
+                    }
+                    Err(e) => {
+                        return Err(DearError::Budget(format!(
+                            "the shared rate budget could not be read: {e}"
+                        )));
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn throttled(&self, account: &str, pause: Duration) {
+        self.held.lock().await.remove(account);
+        let until = self.clock.now()
+            + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::seconds(60));
+        if let Err(e) = self.store.pause(account, until).await {
+            tracing::warn!(error = %e, "could not record DEAR's throttle in the shared budget");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::state::{BucketSpec, Grant};
+    use crate::{MemoryStore, StoreError};
+
+    /// A clock that follows tokio's (paused, auto-advancing) time.
+    struct TokioClock {
+        start: Instant,
+        base: DateTime<Utc>,
+    }
+
+    impl Clock for TokioClock {
+        fn now(&self) -> DateTime<Utc> {
+            self.base + chrono::Duration::from_std(self.start.elapsed()).unwrap_or_default()
+        }
+    }
+
+    /// Counts store takes, to check tokens are taken in batches. A take that grants nothing
+    /// changes nothing, so a store can answer it with a read alone.
+    struct Counting {
+        inner: MemoryStore,
+        takes: AtomicU32,
+        grants: AtomicU32,
+    }
+
+    #[async_trait]
+    impl TokenBuckets for Counting {
+        async fn take(
+            &self,
+            account: &str,
+            spec: BucketSpec,
+            want: u32,
+        ) -> Result<Grant, StoreError> {
+            self.takes.fetch_add(1, Ordering::Relaxed);
+            let grant = self.inner.take(account, spec, want).await?;
+            if grant.granted > 0 {
+                self.grants.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(grant)
+        }
+        async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+            self.inner.pause(account, until).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_processes_share_one_budget_and_never_exceed_60_per_minute() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock {
+            start: Instant::now(),
+            base: Utc::now(),
+        });
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(clock.clone()),
+            takes: AtomicU32::new(0),
+            grants: AtomicU32::new(0),
+        });
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _process in 0..2 {
+            let budget = Arc::new(SharedRateBudget::new(
+                store.clone(),
+                clock.clone(),
+                SharedBudgetConfig::default(),
+            ));
+            for _worker in 0..3 {
+                let budget = budget.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut at = Vec::new();
+                    for _ in 0..50 {
+                        budget.acquire("acct").await.unwrap();
+                        at.push(Instant::now() - start);
+                        // A DEAR call takes a little while.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    at
+                }));
+            }
+        }
+        let mut times: Vec<Duration> = Vec::new();
+        for t in tasks {
+            times.extend(t.await.unwrap());
+        }
+        times.sort();
+        assert_eq!(times.len(), 300);
+        let worst = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                times[i..]
+                    .iter()
+                    .take_while(|u| **u < *t + Duration::from_secs(60))
+                    .count()
+            })
+            .max()
+            .unwrap();
+        assert!(worst <= 60, "{worst} calls in one minute");
+        assert!(
+            worst >= 55,
+            "the budget is used: {worst} calls in the busiest minute"
+        );
+        let writes = store.grants.load(Ordering::Relaxed);
+        assert!(
+            writes <= 300 / 3 + 2,
+            "{writes} store writes for 300 calls: tokens come in batches"
+        );
+        let takes = store.takes.load(Ordering::Relaxed);
+        assert!(takes <= 300, "{takes} store round trips for 300 calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_pauses_every_process() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock {
+            start: Instant::now(),
+            base: Utc::now(),
+        });
+        let store = Arc::new(MemoryStore::new(clock.clone()));
+        let a = SharedRateBudget::new(store.clone(), clock.clone(), SharedBudgetConfig::default());
+        let b = SharedRateBudget::new(store, clock, SharedBudgetConfig::default());
+        a.acquire("acct").await.unwrap();
+        let start = Instant::now();
+        a.throttled("acct", Duration::from_secs(30)).await;
+        b.acquire("acct").await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

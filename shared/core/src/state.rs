@@ -1,0 +1,866 @@
+//! The state ports: what the jobs need to remember, as small traits with no storage type in them.
+//!
+//! Every write that changes an existing item is conditional on what the caller read (a version, a
+//! revision, a state, a holder), so that two workers racing on one item cannot both win. The pure
+//! rules (what a transition produces, who may take a claim, how a bucket refills) live here too, so
+//! every adapter applies the same ones and only differs in how it writes atomically.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Job, StoreError, TenantId};
+
+/// Largest `detail` / `result` text a store accepts (DynamoDB items are limited to 400 KB).
+pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
+
+/// Checks a stored text against [`MAX_DETAIL_BYTES`].
+pub fn check_detail_size(what: &str, text: Option<&str>) -> Result<(), StoreError> {
+    match text {
+        Some(t) if t.len() > MAX_DETAIL_BYTES => Err(StoreError::Invalid(format!(
+            "{what} is {} bytes; at most {MAX_DETAIL_BYTES} can be stored",
+            t.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cursors
+
+/// Names one cursor: a job can keep several (e.g. one per DEAR location).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CursorKey {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Which job.
+    pub job: Job,
+    /// Which cursor of the job (`"sales"`, a location name…).
+    pub name: String,
+}
+
+impl CursorKey {
+    /// A cursor key.
+    pub fn new(tenant: &TenantId, job: Job, name: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            job,
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cursor {}/{}/{}", self.tenant, self.job, self.name)
+    }
+}
+
+/// A stored cursor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    /// The position, as the job writes it (e.g. the greatest `Updated` fully processed).
+    pub value: String,
+    /// Starts at 1, +1 on every save; the condition of the next save.
+    pub version: u64,
+    /// When it was last saved.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Sync cursors, saved with optimistic concurrency.
+#[async_trait]
+pub trait CursorStore: Send + Sync {
+    /// Reads a cursor; `None` if never saved.
+    async fn cursor(&self, key: &CursorKey) -> Result<Option<Cursor>, StoreError>;
+
+    /// Saves `value` if the stored version is still `expected_version` (`None`: nothing stored yet).
+    /// Returns the saved cursor; a [`StoreError::Conflict`] if someone saved in between.
+    async fn save_cursor(
+        &self,
+        key: &CursorKey,
+        value: &str,
+        expected_version: Option<u64>,
+    ) -> Result<Cursor, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ledger
+
+/// Names one ledger record: an entity a job works on (a DEAR sale, a WMS shipment, a snapshot line).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RecordKey {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Which job.
+    pub job: Job,
+    /// The entity's id within the job (e.g. a SaleID).
+    pub entity: String,
+}
+
+impl RecordKey {
+    /// A record key.
+    pub fn new(tenant: &TenantId, job: Job, entity: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            job,
+            entity: entity.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ledger record {}/{}/{}",
+            self.tenant, self.job, self.entity
+        )
+    }
+}
+
+/// Where an entity stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// Known, not yet worked on.
+    Pending,
+    /// A worker is on it (until `due_at`, after which another may take over).
+    InFlight,
+    /// Finished.
+    Done,
+    /// Failed; retried from `due_at` on.
+    Failed,
+    /// Deliberately not processed, for `reason`; retried only when its input changes.
+    Skipped,
+}
+
+impl RecordState {
+    /// Every state.
+    pub const ALL: [RecordState; 5] = [
+        RecordState::Pending,
+        RecordState::InFlight,
+        RecordState::Done,
+        RecordState::Failed,
+        RecordState::Skipped,
+    ];
+
+    /// The state's name in keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::Pending => "pending",
+            RecordState::InFlight => "in_flight",
+            RecordState::Done => "done",
+            RecordState::Failed => "failed",
+            RecordState::Skipped => "skipped",
+        }
+    }
+
+    /// Reads [`RecordState::as_str`]'s text.
+    pub fn parse(text: &str) -> Option<RecordState> {
+        RecordState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for RecordState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stored ledger record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRecord {
+    /// Which.
+    pub key: RecordKey,
+    /// Where it stands.
+    pub state: RecordState,
+    /// Why it is skipped or failed (or any note for the operator).
+    pub reason: Option<String>,
+    /// How many attempts were counted.
+    pub attempts: u32,
+    /// A hash of the input it was (or is being) processed for: a new hash means new work.
+    pub input_hash: String,
+    /// Starts at 1, +1 on every transition; part of every transition's condition.
+    pub revision: u64,
+    /// When it was first written.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it is next due: a retry time for `failed`, a deadline for `in_flight`.
+    pub due_at: Option<DateTime<Utc>>,
+    /// Job-specific data (JSON text): a result, a version, the DEAR ids written…
+    pub detail: Option<String>,
+}
+
+impl LedgerRecord {
+    /// The instant the record sorts by in state listings: `due_at`, else `updated_at`.
+    pub fn sort_at(&self) -> DateTime<Utc> {
+        self.due_at.unwrap_or(self.updated_at)
+    }
+
+    /// The record after `change` at `now` (what every adapter writes).
+    pub fn apply(&self, change: &Transition, now: DateTime<Utc>) -> LedgerRecord {
+        LedgerRecord {
+            key: self.key.clone(),
+            state: change.to,
+            reason: change.reason.clone(),
+            attempts: self.attempts + u32::from(change.count_attempt),
+            input_hash: change
+                .input_hash
+                .clone()
+                .unwrap_or_else(|| self.input_hash.clone()),
+            revision: self.revision + 1,
+            created_at: self.created_at,
+            updated_at: now,
+            due_at: change.due_at,
+            detail: match &change.detail {
+                DetailChange::Keep => self.detail.clone(),
+                DetailChange::Set(text) => Some(text.clone()),
+                DetailChange::Clear => None,
+            },
+        }
+    }
+}
+
+/// A record to insert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Which.
+    pub key: RecordKey,
+    /// Its first state.
+    pub state: RecordState,
+    /// Hash of its input.
+    pub input_hash: String,
+    /// Why, for `skipped` / `failed`.
+    pub reason: Option<String>,
+    /// Counted attempts so far (1 when inserted straight into `in_flight`, usually 0).
+    pub attempts: u32,
+    /// See [`LedgerRecord::due_at`].
+    pub due_at: Option<DateTime<Utc>>,
+    /// See [`LedgerRecord::detail`].
+    pub detail: Option<String>,
+}
+
+impl NewRecord {
+    /// A new record in `state` for input `input_hash`.
+    pub fn new(key: RecordKey, state: RecordState, input_hash: impl Into<String>) -> Self {
+        Self {
+            key,
+            state,
+            input_hash: input_hash.into(),
+            reason: None,
+            attempts: 0,
+            due_at: None,
+            detail: None,
+        }
+    }
+
+    /// The stored record at `now`.
+    pub fn into_record(self, now: DateTime<Utc>) -> LedgerRecord {
+        LedgerRecord {
+            key: self.key,
+            state: self.state,
+            reason: self.reason,
+            attempts: self.attempts,
+            input_hash: self.input_hash,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+            due_at: self.due_at,
+            detail: self.detail,
+        }
+    }
+}
+
+/// What to do with a record's `detail` in a transition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum DetailChange {
+    /// Leave it.
+    #[default]
+    Keep,
+    /// Replace it.
+    Set(String),
+    /// Remove it.
+    Clear,
+}
+
+/// A change of state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// The new state.
+    pub to: RecordState,
+    /// The new reason (replaces the old one; `None` clears it).
+    pub reason: Option<String>,
+    /// A new input hash (`None`: unchanged).
+    pub input_hash: Option<String>,
+    /// Count this as an attempt.
+    pub count_attempt: bool,
+    /// The new due time (`None` clears it).
+    pub due_at: Option<DateTime<Utc>>,
+    /// The new detail.
+    pub detail: DetailChange,
+}
+
+impl Transition {
+    /// A plain move to `to`: no reason, no due time, input and detail kept, no attempt counted.
+    pub fn to(to: RecordState) -> Self {
+        Self {
+            to,
+            reason: None,
+            input_hash: None,
+            count_attempt: false,
+            due_at: None,
+            detail: DetailChange::Keep,
+        }
+    }
+
+    /// Sets the reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Sets a new input hash.
+    pub fn input_hash(mut self, hash: impl Into<String>) -> Self {
+        self.input_hash = Some(hash.into());
+        self
+    }
+
+    /// Counts an attempt.
+    pub fn attempt(mut self) -> Self {
+        self.count_attempt = true;
+        self
+    }
+
+    /// Sets the due time.
+    pub fn due_at(mut self, at: DateTime<Utc>) -> Self {
+        self.due_at = Some(at);
+        self
+    }
+
+    /// Replaces the detail.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = DetailChange::Set(detail.into());
+        self
+    }
+}
+
+/// Which records to list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerQuery {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Which job.
+    pub job: Job,
+    /// In which state.
+    pub state: RecordState,
+    /// Only those whose [`LedgerRecord::sort_at`] is at or before this (e.g. "due now").
+    pub due_before: Option<DateTime<Utc>>,
+    /// At most this many (1–1000).
+    pub limit: usize,
+    /// The `next` of the previous page.
+    pub after: Option<String>,
+}
+
+impl LedgerQuery {
+    /// The first page (up to 100) of `tenant`'s `job` records in `state`.
+    pub fn new(tenant: &TenantId, job: Job, state: RecordState) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            job,
+            state,
+            due_before: None,
+            limit: 100,
+            after: None,
+        }
+    }
+}
+
+/// A page of records, oldest `sort_at` first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordPage {
+    /// The records.
+    pub records: Vec<LedgerRecord>,
+    /// Where the next page starts; `None` when this is the last.
+    pub next: Option<String>,
+}
+
+/// Records of what happened to every entity, with conditional transitions.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Reads one record.
+    async fn record(&self, key: &RecordKey) -> Result<Option<LedgerRecord>, StoreError>;
+
+    /// Inserts a record; [`StoreError::Conflict`] if one exists.
+    async fn insert(&self, record: NewRecord) -> Result<LedgerRecord, StoreError>;
+
+    /// Applies `change` if the stored record is still in `current.state` at `current.revision`;
+    /// else [`StoreError::Conflict`]. Returns the new record.
+    async fn transition(
+        &self,
+        current: &LedgerRecord,
+        change: Transition,
+    ) -> Result<LedgerRecord, StoreError>;
+
+    /// Lists records in one state, oldest first, a page at a time. Listings may lag a write by
+    /// a moment (an index); read a record before acting on it.
+    async fn list(&self, query: &LedgerQuery) -> Result<RecordPage, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+
+/// Names one idempotent operation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    /// Whose.
+    pub tenant: TenantId,
+    /// What kind of operation (e.g. `"shipment"`).
+    pub scope: String,
+    /// The caller's key (e.g. the warehouse's shipment id).
+    pub key: String,
+}
+
+impl IdempotencyKey {
+    /// An idempotency key.
+    pub fn new(tenant: &TenantId, scope: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            scope: scope.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.tenant, self.scope, self.key)
+    }
+}
+
+/// Where an idempotent operation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdempotencyStatus {
+    /// Claimed by a worker until `in_progress_until`.
+    InProgress,
+    /// Done, with a stored result.
+    Completed,
+}
+
+/// A stored idempotency record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// Which.
+    pub key: IdempotencyKey,
+    /// Where it stands.
+    pub status: IdempotencyStatus,
+    /// Hash of the payload it was claimed for.
+    pub payload_hash: String,
+    /// The claim's token: only its holder may complete or release it.
+    pub token: String,
+    /// An in-progress claim may be taken over after this.
+    pub in_progress_until: DateTime<Utc>,
+    /// The whole record lapses after this (a repeat after it runs again).
+    pub expires_at: DateTime<Utc>,
+    /// The stored result (JSON text), once completed.
+    pub result: Option<String>,
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller holds the key: do the work, then complete (or release) with this token.
+    Acquired {
+        /// The claim's token.
+        token: String,
+    },
+    /// Done before: here is the stored result.
+    Completed {
+        /// The stored result.
+        result: String,
+    },
+    /// Someone else is on it until `until`.
+    InProgress {
+        /// When their claim lapses.
+        until: DateTime<Utc>,
+    },
+}
+
+/// How long claims and records last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimTerms {
+    /// An in-progress claim lapses after this (set it to the worker's remaining time).
+    pub in_progress_for: Duration,
+    /// A record (completed or not) lapses after this.
+    pub keep_for: Duration,
+}
+
+/// What a claim meets in the store, decided the same way by every adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimDecision {
+    /// Nothing live there: write a new claim.
+    Take,
+    /// Answer with this (completed or in progress).
+    Answer(Claim),
+    /// A live record for another payload.
+    Mismatch {
+        /// Its hash.
+        stored: String,
+    },
+}
+
+impl IdempotencyRecord {
+    /// True if this record no longer blocks a new claim at `now` (Powertools' rule: the record has
+    /// expired, or it is an in-progress claim whose worker ran out of time).
+    pub fn is_lapsed(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at <= now
+            || (self.status == IdempotencyStatus::InProgress && self.in_progress_until <= now)
+    }
+
+    /// What a claim for `payload_hash` at `now` gets when it meets this record.
+    pub fn decide(
+        existing: Option<&IdempotencyRecord>,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+    ) -> ClaimDecision {
+        match existing {
+            None => ClaimDecision::Take,
+            Some(rec) if rec.is_lapsed(now) => ClaimDecision::Take,
+            Some(rec) if rec.payload_hash != payload_hash => ClaimDecision::Mismatch {
+                stored: rec.payload_hash.clone(),
+            },
+            Some(rec) => match (rec.status, &rec.result) {
+                (IdempotencyStatus::Completed, Some(result)) => {
+                    ClaimDecision::Answer(Claim::Completed {
+                        result: result.clone(),
+                    })
+                }
+                _ => ClaimDecision::Answer(Claim::InProgress {
+                    until: rec.in_progress_until,
+                }),
+            },
+        }
+    }
+}
+
+/// Run-once guards with the semantics of AWS Lambda Powertools' idempotency utility.
+#[async_trait]
+pub trait Idempotency: Send + Sync {
+    /// Claims `key` for a payload hashing to `payload_hash`: [`Claim::Acquired`] if nothing live is
+    /// stored, the stored result if it completed, [`Claim::InProgress`] if another worker holds it,
+    /// [`StoreError::PayloadMismatch`] if a live record was made for another payload.
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        payload_hash: &str,
+        terms: ClaimTerms,
+    ) -> Result<Claim, StoreError>;
+
+    /// Stores the result of the work claimed with `token`; [`StoreError::Conflict`] if the claim
+    /// was lost (it lapsed and was taken over).
+    async fn complete(
+        &self,
+        key: &IdempotencyKey,
+        token: &str,
+        result: &str,
+        keep_for: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Gives up the claim (the work failed and may be retried at once); a no-op if it was lost.
+    async fn release_claim(&self, key: &IdempotencyKey, token: &str) -> Result<(), StoreError>;
+
+    /// Reads the record, if any (for operators and tests).
+    async fn idempotency_record(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases
+
+/// Names one lease: one tenant's job, so that overlapping runs never work at once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseKey {
+    /// Whose.
+    pub tenant: TenantId,
+    /// Which job.
+    pub job: Job,
+    /// A sub-lease (e.g. a location), or empty.
+    pub name: String,
+}
+
+impl LeaseKey {
+    /// The lease on `tenant`'s `job`.
+    pub fn new(tenant: &TenantId, job: Job) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            job,
+            name: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for LeaseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lease {}/{}", self.tenant, self.job)?;
+        if !self.name.is_empty() {
+            write!(f, "/{}", self.name)?;
+        }
+        Ok(())
+    }
+}
+
+/// A held lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Which.
+    pub key: LeaseKey,
+    /// Who holds it (a run id).
+    pub holder: String,
+    /// Fencing token: +1 on every acquisition, so a stale holder can be told apart.
+    pub generation: u64,
+    /// It lapses at this time unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The answer to an acquisition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds it now.
+    Acquired(Lease),
+    /// Someone else does.
+    Held {
+        /// Who.
+        holder: String,
+        /// Until when, unless renewed.
+        expires_at: DateTime<Utc>,
+    },
+}
+
+/// Mutual exclusion between runs of one job, with expiry so a crashed run's lease is taken over.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes the lease for `ttl` if it is free or lapsed.
+    async fn acquire(
+        &self,
+        key: &LeaseKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError>;
+
+    /// Extends a held lease to now + `ttl`; [`StoreError::Conflict`] if it was taken over.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError>;
+
+    /// Gives the lease up; `false` if it was no longer ours.
+    async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate budget (token buckets)
+
+/// A token bucket's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketSpec {
+    /// Most tokens the bucket holds (the burst).
+    pub capacity: u32,
+    /// Tokens added per minute.
+    pub per_minute: u32,
+}
+
+/// A bucket as stored. Tokens are kept in thousandths so refill needs no floats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketState {
+    /// Thousandths of a token available at `refilled_at`.
+    pub milli_tokens: i64,
+    /// When `milli_tokens` was computed (ms since epoch).
+    pub refilled_at_ms: i64,
+    /// No tokens before this (ms since epoch), after DEAR throttled the account.
+    pub paused_until_ms: i64,
+    /// +1 per write; the write condition. 0 = not stored yet.
+    pub revision: u64,
+}
+
+/// The answer to a take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Tokens granted now: all that were wanted, or 0.
+    pub granted: u32,
+    /// When none were granted: how long until one will be.
+    pub retry_after: std::time::Duration,
+}
+
+impl BucketState {
+    /// Takes `want` whole tokens (clamped to 1..=capacity) at `now_ms`, all or none; a fresh bucket
+    /// starts full. Returns the new state (revision +1) and the grant.
+    pub fn take(self, spec: BucketSpec, want: u32, now_ms: i64) -> (BucketState, Grant) {
+        let capacity = i64::from(spec.capacity.max(1)) * 1000;
+        let (mut milli, from) = if self.revision == 0 {
+            (capacity, now_ms)
+        } else {
+            (self.milli_tokens, self.refilled_at_ms)
+        };
+        // Refill: per_minute tokens per 60,000 ms = per_minute thousandths per 60 ms.
+        let elapsed = (now_ms - from).max(0);
+        milli = (milli + elapsed * i64::from(spec.per_minute) / 60).min(capacity);
+        let mut next = BucketState {
+            milli_tokens: milli,
+            refilled_at_ms: now_ms,
+            paused_until_ms: self.paused_until_ms,
+            revision: self.revision + 1,
+        };
+        if now_ms < self.paused_until_ms {
+            let wait = (self.paused_until_ms - now_ms) as u64;
+            return (
+                next,
+                Grant {
+                    granted: 0,
+                    retry_after: std::time::Duration::from_millis(wait),
+                },
+            );
+        }
+        // All or nothing: a batch is granted whole, so that a busy account still pays one store
+        // write per batch rather than one per token as they trickle in.
+        let want = want.clamp(1, spec.capacity.max(1));
+        let needed = i64::from(want) * 1000;
+        let granted = if milli >= needed { want } else { 0 };
+        next.milli_tokens = milli - i64::from(granted) * 1000;
+        let retry_after = if granted > 0 || spec.per_minute == 0 {
+            std::time::Duration::ZERO
+        } else {
+            // Time until the bucket holds the whole batch.
+            let missing = (needed - milli).max(1) as u64;
+            let ms = (missing * 60).div_ceil(u64::from(spec.per_minute)).max(1);
+            std::time::Duration::from_millis(ms)
+        };
+        (
+            next,
+            Grant {
+                granted,
+                retry_after,
+            },
+        )
+    }
+
+    /// The state after DEAR throttled the account: empty, and nothing granted before `until_ms`.
+    pub fn pause(self, until_ms: i64, now_ms: i64) -> BucketState {
+        BucketState {
+            milli_tokens: 0,
+            refilled_at_ms: now_ms.max(until_ms),
+            paused_until_ms: self.paused_until_ms.max(until_ms),
+            revision: self.revision + 1,
+        }
+    }
+}
+
+/// Token buckets shared by every process that calls one DEAR account.
+#[async_trait]
+pub trait TokenBuckets: Send + Sync {
+    /// Takes `want` tokens (at most the capacity) from `account`'s bucket, all or none.
+    async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError>;
+
+    /// Empties `account`'s bucket and grants nothing before `until`.
+    async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenants
+
+/// A tenant as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantEntry {
+    /// Who.
+    pub tenant: TenantId,
+    /// Whether scheduled runs include it.
+    pub enabled: bool,
+    /// Its settings, as TOML text (the same format as the CLI's `--config` file).
+    pub settings_toml: String,
+}
+
+/// The tenants and their settings.
+#[async_trait]
+pub trait TenantDirectory: Send + Sync {
+    /// Every tenant, enabled or not, in id order.
+    async fn tenants(&self) -> Result<Vec<TenantEntry>, StoreError>;
+
+    /// One tenant.
+    async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantEntry>, StoreError>;
+
+    /// Creates or replaces a tenant. Callers validate the settings first
+    /// ([`crate::settings::TenantSettings::from_toml`]).
+    async fn put_tenant(&self, entry: &TenantEntry) -> Result<(), StoreError>;
+}
+
+/// Every state port in one: what a store adapter implements.
+pub trait StateStore:
+    CursorStore + Ledger + Idempotency + Leases + TokenBuckets + TenantDirectory
+{
+}
+
+impl<T> StateStore for T where
+    T: CursorStore + Ledger + Idempotency + Leases + TokenBuckets + TenantDirectory
+{
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: BucketSpec = BucketSpec {
+        capacity: 3,
+        per_minute: 60,
+    };
+
+    #[test]
+    fn a_fresh_bucket_is_full_and_refills_at_the_rate() {
+        let (s, g) = BucketState::default().take(SPEC, 5, 0);
+        assert_eq!(g.granted, 3, "clamped to the capacity");
+        let (s, g) = s.take(SPEC, 1, 500);
+        assert_eq!(g.granted, 0);
+        assert_eq!(g.retry_after, std::time::Duration::from_millis(500));
+        let (s, g) = s.take(SPEC, 2, 1000);
+        assert_eq!(
+            (g.granted, g.retry_after.as_millis()),
+            (0, 1000),
+            "all or nothing"
+        );
+        let (s, g) = s.take(SPEC, 2, 2000);
+        assert_eq!(g.granted, 2);
+        // Capacity caps the refill.
+        let (_, g) = s.take(SPEC, 10, 1_000_000);
+        assert_eq!(g.granted, 3);
+    }
+
+    #[test]
+    fn a_paused_bucket_grants_nothing_until_the_pause_ends() {
+        let (s, _) = BucketState::default().take(SPEC, 1, 0);
+        let s = s.pause(30_000, 0);
+        let (s, g) = s.take(SPEC, 1, 10_000);
+        assert_eq!((g.granted, g.retry_after.as_millis()), (0, 20_000));
+        let (_, g) = s.take(SPEC, 1, 31_000);
+        assert_eq!(g.granted, 1);
+    }
+
+    #[test]
+    fn transitions_bump_the_revision_and_keep_what_is_not_changed() {
+        let tenant = TenantId::new("t").unwrap();
+        let now = Utc::now();
+        let rec = NewRecord::new(
+            RecordKey::new(&tenant, Job::OrderDownload, "s1"),
+            RecordState::Pending,
+            "h1",
+        )
+        .into_record(now);
+        let next = rec.apply(
+            &Transition::to(RecordState::InFlight).attempt().detail("{}"),
+            now,
+        );
+        assert_eq!(
+            (next.revision, next.attempts, next.input_hash.as_str()),
+            (2, 1, "h1")
+        );
+        assert_eq!(next.detail.as_deref(), Some("{}"));
+        let done = next.apply(&Transition::to(RecordState::Done), now);
+        assert_eq!(done.detail.as_deref(), Some("{}"));
+    }
+}
