@@ -27,6 +27,8 @@ pub struct Fixture {
     pub peer: Arc<dyn StateStore>,
     /// The clock the store reads; the checks move it.
     pub clock: Arc<ManualClock>,
+    /// Whatever must live as long as the fixture (a temporary directory, a table to drop).
+    pub keep_alive: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// Makes a fresh, empty store for each check.
@@ -798,6 +800,7 @@ impl Factory for MemoryFactory {
             peer: store.clone(),
             store,
             clock,
+            keep_alive: Box::new(()),
         }
     }
 }

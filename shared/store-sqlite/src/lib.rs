@@ -1,0 +1,817 @@
+//! The embedded local store: every dear-sync state port over one SQLite file, so that the CLI
+//! keeps exactly-once state with no AWS account.
+//!
+//! SQLite (bundled through rusqlite) gives the same guarantees the DynamoDB adapter gets from
+//! condition expressions: every conditional change is a single `UPDATE … WHERE <condition>` or runs
+//! in an `IMMEDIATE` transaction, so two processes sharing the file (two overlapping CLI runs)
+//! serialise on SQLite's lock. The file is in WAL mode with a busy timeout, so a reader never blocks
+//! a writer and a briefly locked file is waited for rather than failed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use dearsync_core::clock::{Clock, from_millis, to_millis};
+use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, new_token};
+use dearsync_core::state::*;
+use dearsync_core::{Job, StoreError, TenantId};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// The default state directory of the CLI, relative to the working directory.
+pub const DEFAULT_DIR: &str = ".dearsync";
+/// The database file's name in the state directory.
+pub const FILE_NAME: &str = "state.sqlite3";
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant TEXT NOT NULL, job TEXT NOT NULL, name TEXT NOT NULL,
+    value TEXT NOT NULL, version INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, job, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger (
+    tenant TEXT NOT NULL, job TEXT NOT NULL, entity TEXT NOT NULL,
+    state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL, input_hash TEXT NOT NULL,
+    revision INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    due_ms INTEGER, detail TEXT, sort_key TEXT NOT NULL,
+    PRIMARY KEY (tenant, job, entity)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ledger_by_state ON ledger (tenant, job, state, sort_key);
+CREATE TABLE IF NOT EXISTS idempotency (
+    tenant TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+    status TEXT NOT NULL, payload_hash TEXT NOT NULL, token TEXT NOT NULL,
+    in_progress_until_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, result TEXT,
+    PRIMARY KEY (tenant, scope, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    tenant TEXT NOT NULL, job TEXT NOT NULL, name TEXT NOT NULL,
+    holder TEXT NOT NULL, generation INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, job, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (
+    account TEXT PRIMARY KEY NOT NULL, milli_tokens INTEGER NOT NULL, refilled_ms INTEGER NOT NULL,
+    paused_ms INTEGER NOT NULL, revision INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tenants (
+    tenant TEXT PRIMARY KEY NOT NULL, enabled INTEGER NOT NULL, settings_toml TEXT NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Every state port over one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    clock: Arc<dyn Clock>,
+    path: PathBuf,
+}
+
+fn db_error(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("SQLite: {e}"))
+}
+
+fn corrupt(key: impl std::fmt::Display, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir` (e.g. [`DEFAULT_DIR`]).
+    pub fn open_dir(dir: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create the state directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Self::open(dir.join(FILE_NAME), clock)
+    }
+
+    /// Opens (creating if needed) the store in the file `path`.
+    pub fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let open_error = |e: rusqlite::Error| {
+            StoreError::Unavailable(format!(
+                "cannot open the state file {}: {e}",
+                path.display()
+            ))
+        };
+        let conn = Connection::open(&path).map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        conn.execute_batch(SCHEMA).map_err(open_error)?;
+        // Lapsed transient items are dropped on open (DynamoDB's TTL does this in AWS).
+        let now = to_millis(clock.now());
+        conn.execute(
+            "DELETE FROM idempotency WHERE expires_ms <= ?1",
+            params![now],
+        )
+        .map_err(open_error)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            clock,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        let now = to_millis(self.clock.now());
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn, now)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("SQLite worker failed: {e}")))?
+    }
+}
+
+fn job_of(key: &str, text: &str) -> Result<Job, StoreError> {
+    Job::parse(text).ok_or_else(|| corrupt(key, format!("unknown job {text:?}")))
+}
+
+fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        tenant: row.get(0)?,
+        job: row.get(1)?,
+        entity: row.get(2)?,
+        state: row.get(3)?,
+        reason: row.get(4)?,
+        attempts: row.get(5)?,
+        input_hash: row.get(6)?,
+        revision: row.get(7)?,
+        created_ms: row.get(8)?,
+        updated_ms: row.get(9)?,
+        due_ms: row.get(10)?,
+        detail: row.get(11)?,
+    })
+}
+
+const RECORD_COLUMNS: &str = "tenant, job, entity, state, reason, attempts, input_hash, revision, created_ms, updated_ms, due_ms, detail";
+
+struct RawRecord {
+    tenant: String,
+    job: String,
+    entity: String,
+    state: String,
+    reason: Option<String>,
+    attempts: i64,
+    input_hash: String,
+    revision: i64,
+    created_ms: i64,
+    updated_ms: i64,
+    due_ms: Option<i64>,
+    detail: Option<String>,
+}
+
+impl RawRecord {
+    fn into_record(self) -> Result<LedgerRecord, StoreError> {
+        let name = format!("ledger {}/{}/{}", self.tenant, self.job, self.entity);
+        Ok(LedgerRecord {
+            key: RecordKey {
+                tenant: TenantId::new(self.tenant).map_err(|e| corrupt(&name, e.to_string()))?,
+                job: job_of(&name, &self.job)?,
+                entity: self.entity,
+            },
+            state: RecordState::parse(&self.state)
+                .ok_or_else(|| corrupt(&name, format!("unknown state {:?}", self.state)))?,
+            reason: self.reason,
+            attempts: u32::try_from(self.attempts)
+                .map_err(|_| corrupt(&name, "attempts out of range"))?,
+            input_hash: self.input_hash,
+            revision: u64::try_from(self.revision)
+                .map_err(|_| corrupt(&name, "revision out of range"))?,
+            created_at: from_millis(self.created_ms),
+            updated_at: from_millis(self.updated_ms),
+            due_at: self.due_ms.map(from_millis),
+            detail: self.detail,
+        })
+    }
+}
+
+#[async_trait]
+impl CursorStore for SqliteStore {
+    async fn cursor(&self, key: &CursorKey) -> Result<Option<Cursor>, StoreError> {
+        let key = key.clone();
+        self.with(move |conn, _| {
+            conn.query_row(
+                "SELECT value, version, updated_ms FROM cursors WHERE tenant = ?1 AND job = ?2 AND name = ?3",
+                params![key.tenant.as_str(), key.job.as_str(), key.name],
+                |row| {
+                    Ok(Cursor {
+                        value: row.get(0)?,
+                        version: row.get::<_, i64>(1)? as u64,
+                        updated_at: from_millis(row.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_error)
+        })
+        .await
+    }
+
+    async fn save_cursor(
+        &self,
+        key: &CursorKey,
+        value: &str,
+        expected_version: Option<u64>,
+    ) -> Result<Cursor, StoreError> {
+        let key = key.clone();
+        let value = value.to_owned();
+        self.with(move |conn, now| {
+            let version = expected_version.unwrap_or(0) + 1;
+            let changed = match expected_version {
+                None => match conn.execute(
+                    "INSERT INTO cursors (tenant, job, name, value, version, updated_ms) VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                    params![key.tenant.as_str(), key.job.as_str(), key.name, value, now],
+                ) {
+                    Err(e) if is_unique_violation(&e) => 0,
+                    other => other.map_err(db_error)?,
+                },
+                Some(v) => conn
+                    .execute(
+                        "UPDATE cursors SET value = ?4, version = ?5, updated_ms = ?6
+                         WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND version = ?7",
+                        params![key.tenant.as_str(), key.job.as_str(), key.name, value, version as i64, now, v as i64],
+                    )
+                    .map_err(db_error)?,
+            };
+            if changed == 1 {
+                Ok(Cursor {
+                    value,
+                    version,
+                    updated_at: from_millis(now),
+                })
+            } else {
+                Err(StoreError::conflict(
+                    key.to_string(),
+                    format!("expected version {expected_version:?}; it was saved by someone else"),
+                ))
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Ledger for SqliteStore {
+    async fn record(&self, key: &RecordKey) -> Result<Option<LedgerRecord>, StoreError> {
+        let key = key.clone();
+        self.with(move |conn, _| {
+            conn.query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM ledger WHERE tenant = ?1 AND job = ?2 AND entity = ?3"),
+                params![key.tenant.as_str(), key.job.as_str(), key.entity],
+                read_record,
+            )
+            .optional()
+            .map_err(db_error)?
+            .map(RawRecord::into_record)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn insert(&self, record: NewRecord) -> Result<LedgerRecord, StoreError> {
+        check_detail_size("ledger detail", record.detail.as_deref())?;
+        self.with(move |conn, now| {
+            let rec = record.into_record(from_millis(now));
+            let result = conn.execute(
+                "INSERT INTO ledger (tenant, job, entity, state, reason, attempts, input_hash, revision,
+                                     created_ms, updated_ms, due_ms, detail, sort_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    rec.key.tenant.as_str(),
+                    rec.key.job.as_str(),
+                    rec.key.entity,
+                    rec.state.as_str(),
+                    rec.reason,
+                    rec.attempts,
+                    rec.input_hash,
+                    rec.revision as i64,
+                    to_millis(rec.created_at),
+                    to_millis(rec.updated_at),
+                    rec.due_at.map(to_millis),
+                    rec.detail,
+                    ledger_sort_key(&rec),
+                ],
+            );
+            match result {
+                Ok(_) => Ok(rec),
+                Err(e) if is_unique_violation(&e) => {
+                    Err(StoreError::conflict(rec.key.to_string(), "it already exists"))
+                }
+                Err(e) => Err(db_error(e)),
+            }
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        current: &LedgerRecord,
+        change: Transition,
+    ) -> Result<LedgerRecord, StoreError> {
+        if let DetailChange::Set(text) = &change.detail {
+            check_detail_size("ledger detail", Some(text))?;
+        }
+        let current = current.clone();
+        self.with(move |conn, now| {
+            let next = current.apply(&change, from_millis(now));
+            let changed = conn
+                .execute(
+                    "UPDATE ledger SET state = ?4, reason = ?5, attempts = ?6, input_hash = ?7, revision = ?8,
+                            updated_ms = ?9, due_ms = ?10, detail = ?11, sort_key = ?12
+                     WHERE tenant = ?1 AND job = ?2 AND entity = ?3 AND state = ?13 AND revision = ?14",
+                    params![
+                        next.key.tenant.as_str(),
+                        next.key.job.as_str(),
+                        next.key.entity,
+                        next.state.as_str(),
+                        next.reason,
+                        next.attempts,
+                        next.input_hash,
+                        next.revision as i64,
+                        to_millis(next.updated_at),
+                        next.due_at.map(to_millis),
+                        next.detail,
+                        ledger_sort_key(&next),
+                        current.state.as_str(),
+                        current.revision as i64,
+                    ],
+                )
+                .map_err(db_error)?;
+            if changed == 1 {
+                Ok(next)
+            } else {
+                Err(StoreError::conflict(
+                    current.key.to_string(),
+                    format!(
+                        "expected {} at revision {}; it changed or does not exist",
+                        current.state, current.revision
+                    ),
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, query: &LedgerQuery) -> Result<RecordPage, StoreError> {
+        let query = query.clone();
+        self.with(move |conn, _| {
+            let limit = query.limit.clamp(1, 1000);
+            let after = query.after.clone().unwrap_or_default();
+            // '~' sorts after every key this store writes.
+            let bound = query.due_before.map(ledger_sort_bound).unwrap_or_else(|| "~".to_owned());
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS}, sort_key FROM ledger
+                     WHERE tenant = ?1 AND job = ?2 AND state = ?3 AND sort_key > ?4 AND sort_key < ?5
+                     ORDER BY sort_key LIMIT ?6"
+                ))
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        query.tenant.as_str(),
+                        query.job.as_str(),
+                        query.state.as_str(),
+                        after,
+                        bound,
+                        (limit + 1) as i64
+                    ],
+                    |row| Ok((read_record(row)?, row.get::<_, String>(12)?)),
+                )
+                .map_err(db_error)?;
+            let mut records = Vec::new();
+            let mut last_key = None;
+            let mut more = false;
+            for row in rows {
+                let (raw, sort_key) = row.map_err(db_error)?;
+                if records.len() == limit {
+                    more = true;
+                    break;
+                }
+                records.push(raw.into_record()?);
+                last_key = Some(sort_key);
+            }
+            Ok(RecordPage {
+                records,
+                next: if more { last_key } else { None },
+            })
+        })
+        .await
+    }
+}
+
+fn read_claim(
+    key: &IdempotencyKey,
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, IdempotencyRecord)> {
+    let status: String = row.get(0)?;
+    Ok((
+        status.clone(),
+        IdempotencyRecord {
+            key: key.clone(),
+            status: if status == "COMPLETED" {
+                IdempotencyStatus::Completed
+            } else {
+                IdempotencyStatus::InProgress
+            },
+            payload_hash: row.get(1)?,
+            token: row.get(2)?,
+            in_progress_until: from_millis(row.get(3)?),
+            expires_at: from_millis(row.get(4)?),
+            result: row.get(5)?,
+        },
+    ))
+}
+
+fn select_claim(
+    conn: &Connection,
+    key: &IdempotencyKey,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let found = conn
+        .query_row(
+            "SELECT status, payload_hash, token, in_progress_until_ms, expires_ms, result FROM idempotency
+             WHERE tenant = ?1 AND scope = ?2 AND key = ?3",
+            params![key.tenant.as_str(), key.scope, key.key],
+            |row| read_claim(key, row),
+        )
+        .optional()
+        .map_err(db_error)?;
+    match found {
+        Some((status, rec)) if status == "COMPLETED" || status == "INPROGRESS" => Ok(Some(rec)),
+        Some((status, _)) => Err(corrupt(
+            format!("idempotency {key}"),
+            format!("unknown status {status:?}"),
+        )),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Idempotency for SqliteStore {
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        payload_hash: &str,
+        terms: ClaimTerms,
+    ) -> Result<Claim, StoreError> {
+        let key = key.clone();
+        let payload_hash = payload_hash.to_owned();
+        self.with(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let existing = select_claim(&tx, &key)?;
+            let answer = match IdempotencyRecord::decide(existing.as_ref(), &payload_hash, from_millis(now)) {
+                ClaimDecision::Take => {
+                    let token = new_token();
+                    tx.execute(
+                        "INSERT OR REPLACE INTO idempotency
+                           (tenant, scope, key, status, payload_hash, token, in_progress_until_ms, expires_ms, result)
+                         VALUES (?1, ?2, ?3, 'INPROGRESS', ?4, ?5, ?6, ?7, NULL)",
+                        params![
+                            key.tenant.as_str(),
+                            key.scope,
+                            key.key,
+                            payload_hash,
+                            token,
+                            now + terms.in_progress_for.num_milliseconds(),
+                            now + terms.keep_for.num_milliseconds(),
+                        ],
+                    )
+                    .map_err(db_error)?;
+                    Ok(Claim::Acquired { token })
+                }
+                ClaimDecision::Answer(claim) => Ok(claim),
+                ClaimDecision::Mismatch { stored } => Err(StoreError::PayloadMismatch {
+                    key: key.to_string(),
+                    stored,
+                    given: payload_hash.clone(),
+                }),
+            };
+            tx.commit().map_err(db_error)?;
+            answer
+        })
+        .await
+    }
+
+    async fn complete(
+        &self,
+        key: &IdempotencyKey,
+        token: &str,
+        result: &str,
+        keep_for: Duration,
+    ) -> Result<(), StoreError> {
+        check_detail_size("idempotency result", Some(result))?;
+        let key = key.clone();
+        let token = token.to_owned();
+        let result = result.to_owned();
+        self.with(move |conn, now| {
+            let changed = conn
+                .execute(
+                    "UPDATE idempotency SET status = 'COMPLETED', result = ?5, expires_ms = ?6
+                     WHERE tenant = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND status = 'INPROGRESS'",
+                    params![
+                        key.tenant.as_str(),
+                        key.scope,
+                        key.key,
+                        token,
+                        result,
+                        now + keep_for.num_milliseconds()
+                    ],
+                )
+                .map_err(db_error)?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::conflict(
+                    format!("idempotency key {key}"),
+                    "the claim was lost (it lapsed and was taken over) before it completed",
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn release_claim(&self, key: &IdempotencyKey, token: &str) -> Result<(), StoreError> {
+        let key = key.clone();
+        let token = token.to_owned();
+        self.with(move |conn, _| {
+            conn.execute(
+                "DELETE FROM idempotency WHERE tenant = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND status = 'INPROGRESS'",
+                params![key.tenant.as_str(), key.scope, key.key, token],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn idempotency_record(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = key.clone();
+        self.with(move |conn, _| select_claim(conn, &key)).await
+    }
+}
+
+#[async_trait]
+impl Leases for SqliteStore {
+    async fn acquire(
+        &self,
+        key: &LeaseKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let key = key.clone();
+        let holder = holder.to_owned();
+        self.with(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let current: Option<(String, i64, i64)> = tx
+                .query_row(
+                    "SELECT holder, generation, expires_ms FROM leases WHERE tenant = ?1 AND job = ?2 AND name = ?3",
+                    params![key.tenant.as_str(), key.job.as_str(), key.name],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()
+                .map_err(db_error)?;
+            let generation = match current {
+                Some((holder, _, expires_ms)) if expires_ms > now => {
+                    return Ok(LeaseOutcome::Held {
+                        holder,
+                        expires_at: from_millis(expires_ms),
+                    });
+                }
+                Some((_, generation, _)) => generation + 1,
+                None => 1,
+            };
+            let expires_ms = now + ttl.num_milliseconds();
+            tx.execute(
+                "INSERT OR REPLACE INTO leases (tenant, job, name, holder, generation, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key.tenant.as_str(), key.job.as_str(), key.name, holder, generation, expires_ms],
+            )
+            .map_err(db_error)?;
+            tx.commit().map_err(db_error)?;
+            Ok(LeaseOutcome::Acquired(Lease {
+                key,
+                holder,
+                generation: generation as u64,
+                expires_at: from_millis(expires_ms),
+            }))
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, StoreError> {
+        let lease = lease.clone();
+        self.with(move |conn, now| {
+            let expires_ms = now + ttl.num_milliseconds();
+            let changed = conn
+                .execute(
+                    "UPDATE leases SET expires_ms = ?6
+                     WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND holder = ?4 AND generation = ?5",
+                    params![
+                        lease.key.tenant.as_str(),
+                        lease.key.job.as_str(),
+                        lease.key.name,
+                        lease.holder,
+                        lease.generation as i64,
+                        expires_ms
+                    ],
+                )
+                .map_err(db_error)?;
+            if changed == 1 {
+                Ok(Lease {
+                    expires_at: from_millis(expires_ms),
+                    ..lease
+                })
+            } else {
+                Err(StoreError::conflict(
+                    lease.key.to_string(),
+                    format!("{} no longer holds it", lease.holder),
+                ))
+            }
+        })
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.with(move |conn, _| {
+            // The row (and its generation) stays, so the next holder's generation is still higher.
+            let changed = conn
+                .execute(
+                    "UPDATE leases SET holder = '', expires_ms = 0
+                     WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND holder = ?4 AND generation = ?5",
+                    params![
+                        lease.key.tenant.as_str(),
+                        lease.key.job.as_str(),
+                        lease.key.name,
+                        lease.holder,
+                        lease.generation as i64
+                    ],
+                )
+                .map_err(db_error)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+}
+
+fn select_bucket(conn: &Connection, account: &str) -> Result<BucketState, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT milli_tokens, refilled_ms, paused_ms, revision FROM buckets WHERE account = ?1",
+            params![account],
+            |row| {
+                Ok(BucketState {
+                    milli_tokens: row.get(0)?,
+                    refilled_at_ms: row.get(1)?,
+                    paused_until_ms: row.get(2)?,
+                    revision: row.get::<_, i64>(3)? as u64,
+                })
+            },
+        )
+        .optional()
+        .map_err(db_error)?
+        .unwrap_or_default())
+}
+
+fn write_bucket(conn: &Connection, account: &str, s: &BucketState) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO buckets (account, milli_tokens, refilled_ms, paused_ms, revision)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            account,
+            s.milli_tokens,
+            s.refilled_at_ms,
+            s.paused_until_ms,
+            s.revision as i64
+        ],
+    )
+    .map_err(db_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl TokenBuckets for SqliteStore {
+    async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError> {
+        let account = account.to_owned();
+        self.with(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let (next, grant) = select_bucket(&tx, &account)?.take(spec, want, now);
+            if grant.granted > 0 {
+                write_bucket(&tx, &account, &next)?;
+            }
+            tx.commit().map_err(db_error)?;
+            Ok(grant)
+        })
+        .await
+    }
+
+    async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.with(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let next = select_bucket(&tx, &account)?.pause(to_millis(until), now);
+            write_bucket(&tx, &account, &next)?;
+            tx.commit().map_err(db_error)
+        })
+        .await
+    }
+}
+
+fn read_tenant(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, bool, String)> {
+    Ok((row.get(0)?, row.get::<_, i64>(1)? != 0, row.get(2)?))
+}
+
+fn tenant_entry(
+    (id, enabled, settings_toml): (String, bool, String),
+) -> Result<TenantEntry, StoreError> {
+    Ok(TenantEntry {
+        tenant: TenantId::new(id.clone())
+            .map_err(|e| corrupt(format!("tenant {id}"), e.to_string()))?,
+        enabled,
+        settings_toml,
+    })
+}
+
+#[async_trait]
+impl TenantDirectory for SqliteStore {
+    async fn tenants(&self) -> Result<Vec<TenantEntry>, StoreError> {
+        self.with(|conn, _| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT tenant, enabled, settings_toml FROM tenants ORDER BY tenant",
+                )
+                .map_err(db_error)?;
+            let rows = stmt.query_map([], read_tenant).map_err(db_error)?;
+            rows.map(|r| r.map_err(db_error).and_then(tenant_entry))
+                .collect()
+        })
+        .await
+    }
+
+    async fn tenant(&self, tenant: &TenantId) -> Result<Option<TenantEntry>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |conn, _| {
+            conn.query_row(
+                "SELECT tenant, enabled, settings_toml FROM tenants WHERE tenant = ?1",
+                params![tenant.as_str()],
+                read_tenant,
+            )
+            .optional()
+            .map_err(db_error)?
+            .map(tenant_entry)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn put_tenant(&self, entry: &TenantEntry) -> Result<(), StoreError> {
+        let entry = entry.clone();
+        self.with(move |conn, _| {
+            conn.execute(
+                "INSERT OR REPLACE INTO tenants (tenant, enabled, settings_toml) VALUES (?1, ?2, ?3)",
+                params![entry.tenant.as_str(), entry.enabled as i64, entry.settings_toml],
+            )
+            .map_err(db_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
