@@ -1,0 +1,34 @@
+//! dear-sync's AWS adapters: every state port over one DynamoDB table ([`DynamoStore`]), and DEAR
+//! credentials from Secrets Manager ([`SecretsManagerCredentials`]).
+//!
+//! The table design is in `docs/state-table.md`. The endpoint can be overridden for local use with
+//! the SDK's standard `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_DYNAMODB` /
+//! `AWS_ENDPOINT_URL_SECRETS_MANAGER`) environment variables.
+
+mod dynamo;
+mod secrets;
+
+pub use dynamo::{DynamoStore, create_table};
+pub use secrets::SecretsManagerCredentials;
+
+/// Loads the AWS SDK configuration from the environment (region, credentials, endpoint overrides).
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+/// Renders an SDK error with its whole cause chain (the SDK's `Display` alone says only "service error").
+pub(crate) fn sdk_error_text<E: std::error::Error>(e: &E) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(feature = "test-support")]
+pub mod testing;

@@ -1,0 +1,97 @@
+//! DEAR credentials from AWS Secrets Manager: one secret per tenant, named `<prefix><tenant>`,
+//! holding `{"account_id": "...", "api_key": "..."}`, cached in memory for a while.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::Client;
+use dearsync_core::{CredentialSource, Credentials, CredentialsError, TenantId};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::sdk_error_text;
+
+/// [`CredentialSource`] over Secrets Manager.
+pub struct SecretsManagerCredentials {
+    client: Client,
+    prefix: String,
+    ttl: Duration,
+    cache: Mutex<HashMap<TenantId, (Instant, Credentials)>>,
+}
+
+impl SecretsManagerCredentials {
+    /// How long a secret is cached by default: a rotated key is picked up within this.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+    /// Reads secrets named `prefix` + tenant id (e.g. `dear-sync/` → `dear-sync/acme`).
+    pub fn new(client: Client, prefix: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The secret name for `tenant`.
+    pub fn secret_name(&self, tenant: &TenantId) -> String {
+        format!("{}{}", self.prefix, tenant)
+    }
+
+    /// Forgets a cached secret (after DEAR rejected the key, say).
+    pub async fn forget(&self, tenant: &TenantId) {
+        self.cache.lock().await.remove(tenant);
+    }
+
+    async fn fetch(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
+        let name = self.secret_name(tenant);
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&name)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception())
+                {
+                    CredentialsError::Missing {
+                        tenant: tenant.to_string(),
+                        location: format!("secret {name}"),
+                    }
+                } else {
+                    CredentialsError::Unavailable {
+                        tenant: tenant.to_string(),
+                        location: format!("secret {name}"),
+                        detail: sdk_error_text(&e),
+                    }
+                }
+            })?;
+        let Some(text) = out.secret_string() else {
+            return Err(CredentialsError::Malformed {
+                tenant: tenant.to_string(),
+                location: format!("secret {name}"),
+                detail: "the secret has no text value (a binary secret?)".to_owned(),
+            });
+        };
+        Credentials::from_secret_json(text, tenant, &format!("secret {name}"))
+    }
+}
+
+#[async_trait]
+impl CredentialSource for SecretsManagerCredentials {
+    async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
+        // The lock is held across the fetch so that concurrent callers make one request.
+        let mut cache = self.cache.lock().await;
+        if let Some((at, creds)) = cache.get(tenant)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(creds.clone());
+        }
+        let creds = self.fetch(tenant).await?;
+        tracing::debug!(tenant = %tenant, account_id = %creds.account_id, "DEAR credentials read from Secrets Manager");
+        cache.insert(tenant.clone(), (Instant::now(), creds.clone()));
+        Ok(creds)
+    }
+}
