@@ -3,6 +3,10 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
+use dearsync_core::Job;
+use dearsync_core::state::{LedgerQuery, RecordState};
+
+mod local;
 
 /// dear-sync: DEAR Systems / Cin7 Core ↔ warehouse integration.
 #[derive(Parser)]
@@ -16,6 +20,25 @@ struct Cli {
 enum Command {
     /// Run the DEAR API simulator on 127.0.0.1 with a seeded data set.
     Sim(SimArgs),
+    /// Check a settings file and print the effective settings (every default filled in).
+    Settings(local::LocalOptions),
+    /// List ledger records of the local store: what happened to each order, shipment or stock line.
+    Records(RecordsArgs),
+}
+
+#[derive(clap::Args)]
+struct RecordsArgs {
+    #[command(flatten)]
+    local: local::LocalOptions,
+    /// The job: order-download, shipment-confirmation or inventory-sync.
+    #[arg(long, value_parser = parse_job)]
+    job: Job,
+    /// The state: pending, in_flight, done, failed or skipped.
+    #[arg(long, value_parser = parse_state)]
+    state: RecordState,
+    /// At most this many records.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
 }
 
 #[derive(clap::Args)]
@@ -58,7 +81,71 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => run_sim(args).await,
+        Command::Settings(opts) => report(show_settings(&opts)),
+        Command::Records(args) => report(list_records(&args).await),
     }
+}
+
+/// Prints an error on stderr and turns it into the exit status.
+fn report(result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn show_settings(opts: &local::LocalOptions) -> Result<(), String> {
+    let settings = opts.settings()?;
+    let text = toml::to_string(&settings).map_err(|e| format!("cannot print the settings: {e}"))?;
+    print!("{text}");
+    Ok(())
+}
+
+async fn list_records(args: &RecordsArgs) -> Result<(), String> {
+    use dearsync_core::state::Ledger;
+    let ctx = args.local.open()?;
+    let mut query = LedgerQuery::new(&ctx.tenant, args.job, args.state);
+    let mut left = args.limit;
+    println!(
+        "{:<40} {:<9} {:>8} {:<24} reason",
+        "entity", "state", "attempts", "updated"
+    );
+    while left > 0 {
+        query.limit = left.min(1000);
+        let page = ctx.store.list(&query).await.map_err(|e| e.to_string())?;
+        for r in &page.records {
+            println!(
+                "{:<40} {:<9} {:>8} {:<24} {}",
+                r.key.entity,
+                r.state,
+                r.attempts,
+                r.updated_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                r.reason.as_deref().unwrap_or("")
+            );
+        }
+        left -= page.records.len().min(left);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+fn parse_job(text: &str) -> Result<Job, String> {
+    Job::parse(text).ok_or_else(|| {
+        format!("`{text}` is not a job: order-download, shipment-confirmation or inventory-sync")
+    })
+}
+
+fn parse_state(text: &str) -> Result<RecordState, String> {
+    RecordState::parse(text).ok_or_else(|| {
+        format!("`{text}` is not a state: pending, in_flight, done, failed or skipped")
+    })
 }
 
 async fn run_sim(args: SimArgs) -> std::process::ExitCode {

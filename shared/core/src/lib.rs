@@ -11,6 +11,7 @@ mod error;
 mod ids;
 pub mod memory;
 pub mod rate;
+pub mod run_lease;
 pub mod settings;
 pub mod state;
 
@@ -23,6 +24,7 @@ pub use error::StoreError;
 pub use ids::{Job, TenantId};
 pub use memory::MemoryStore;
 pub use rate::{SharedBudgetConfig, SharedRateBudget};
+pub use run_lease::{RunLease, RunStart};
 pub use settings::{SettingsError, TenantSettings};
 pub use state::StateStore;
 

@@ -1,0 +1,53 @@
+//! What every local (CLI) run shares: the embedded state store and the tenant's settings from a
+//! TOML file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dearsync_core::{SystemClock, TenantId, TenantSettings};
+use dearsync_store_sqlite::SqliteStore;
+
+/// Options every local job takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LocalOptions {
+    /// Directory of the embedded state store.
+    #[arg(long, env = "DEARSYNC_STATE_DIR", default_value = dearsync_store_sqlite::DEFAULT_DIR)]
+    pub state_dir: PathBuf,
+    /// Tenant settings (TOML); absent = every default.
+    #[arg(long, env = "DEARSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The tenant id state is kept under (one local store can hold several).
+    #[arg(long, env = "DEARSYNC_TENANT", default_value = "local")]
+    pub tenant: String,
+}
+
+/// An opened local context.
+pub struct LocalContext {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The embedded store.
+    pub store: Arc<SqliteStore>,
+}
+
+impl LocalOptions {
+    /// Reads and validates the settings file (or the defaults).
+    pub fn settings(&self) -> Result<TenantSettings, String> {
+        let Some(path) = &self.config else {
+            return Ok(TenantSettings::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the settings file {}: {e}", path.display()))?;
+        TenantSettings::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Opens everything a local run needs.
+    pub fn open(&self) -> Result<LocalContext, String> {
+        let tenant = TenantId::new(self.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
+        let store = SqliteStore::open_dir(&self.state_dir, Arc::new(SystemClock))
+            .map_err(|e| e.to_string())?;
+        Ok(LocalContext {
+            tenant,
+            store: Arc::new(store),
+        })
+    }
+}
