@@ -7,6 +7,7 @@ use dearsync_core::Job;
 use dearsync_core::state::{LedgerQuery, RecordState};
 
 mod local;
+mod order_download;
 
 /// dear-sync: DEAR Systems / Cin7 Core ↔ warehouse integration.
 #[derive(Parser)]
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the DEAR API simulator on 127.0.0.1 with a seeded data set.
     Sim(SimArgs),
+    /// Download orders from DEAR (one run): NDJSON orders to --out or stdout, summary on stderr.
+    OrderDownload(order_download::OrderDownloadArgs),
     /// Check a settings file and print the effective settings (every default filled in).
     Settings(local::LocalOptions),
     /// List ledger records of the local store: what happened to each order, shipment or stock line.
@@ -81,6 +84,11 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => run_sim(args).await,
+        Command::OrderDownload(args) => match order_download::run(args).await {
+            Ok(false) => std::process::ExitCode::SUCCESS,
+            Ok(true) => std::process::ExitCode::from(2),
+            Err(e) => report(Err(e)),
+        },
         Command::Settings(opts) => report(show_settings(&opts)),
         Command::Records(args) => report(list_records(&args).await),
     }

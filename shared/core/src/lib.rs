@@ -6,10 +6,12 @@
 //! behaviour.
 
 pub mod clock;
+pub mod connect;
 pub mod credentials;
 mod error;
 mod ids;
 pub mod memory;
+pub mod metrics;
 pub mod rate;
 pub mod run_lease;
 pub mod settings;
@@ -18,7 +20,7 @@ pub mod state;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use credentials::{CredentialSource, Credentials, CredentialsError, EnvCredentials};
 pub use error::StoreError;
 pub use ids::{Job, TenantId};

@@ -1,0 +1,875 @@
+//! The Order Download run: poll DEAR, map, validate, deliver each order exactly once per version.
+//!
+//! One run, in order:
+//! 1. take the tenant's order-download lease (a second run exits, saying who works);
+//! 2. retry ledger records that are due: failed deliveries (with backoff) and deliveries a crashed
+//!    run left in flight;
+//! 3. list every sale the filter selects changed since `cursor − overlap` and before the run's
+//!    start (all pages, Limit 1000), skip the rows whose `Updated` the ledger already has, and
+//!    `GET sale` only for the rest, oldest `Updated` first;
+//! 4. save the cursor: the greatest `Updated` below which every listed row was processed (never
+//!    the clock, never the last row: saleList is unordered).
+//!
+//! Each delivery is claimed in the ledger (`in_flight`, conditional) before the sink sees it and
+//! marked `done` after, so two runs (or a run and a webhook) never deliver the same version twice;
+//! a crash in between is resolved by asking the sink, or by delivering again under the same
+//! delivery id when the sink cannot tell.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use dear_client::{DearClient, DearDateTime, DearError, Sale};
+use dearsync_core::settings::OrderDownloadSettings;
+use dearsync_core::state::{
+    CursorKey, DetailChange, LedgerQuery, LedgerRecord, NewRecord, RecordKey, RecordState,
+    Transition,
+};
+use dearsync_core::{Clock, Job, RunLease, RunStart, StateStore, StoreError, TenantId};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::canonical::{SkipReason, map_sale, validate};
+use crate::filter::{StatusView, matches_attributes, matches_status, status_queries};
+use crate::sink::{OrderSink, delivery_id};
+
+/// The cursor's name within the job.
+pub const CURSOR_NAME: &str = "sales";
+/// How long an in-flight delivery is reserved before another run may take it over.
+const IN_FLIGHT_FOR: i64 = 15;
+/// A first run looks back this far when no `earliest_order_date` is set.
+const DEFAULT_LOOKBACK_DAYS: i64 = 30;
+
+/// Everything a run needs.
+pub struct OrderDownload {
+    /// Whose orders.
+    pub tenant: TenantId,
+    /// The tenant's `[order_download]` settings.
+    pub settings: OrderDownloadSettings,
+    /// DEAR, with the tenant's credentials and rate budget.
+    pub dear: Arc<DearClient>,
+    /// Cursors, ledger, leases.
+    pub store: Arc<dyn StateStore>,
+    /// Where orders go.
+    pub sink: Arc<dyn OrderSink>,
+    /// Now.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Reports progress (the CLI draws a bar).
+pub trait Progress: Send + Sync {
+    /// `done` of `total` sales of this run handled.
+    fn update(&self, done: u64, total: u64);
+}
+
+/// How one run behaves.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// This run's id (in the lease and the logs).
+    pub run_id: String,
+    /// Stop taking new work when less than `margin` is left before this.
+    pub deadline: Option<tokio::time::Instant>,
+    /// See `deadline`.
+    pub margin: StdDuration,
+    /// The lease's time to live (renewed as the run works).
+    pub lease_ttl: Duration,
+    /// Progress reports, if wanted.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            run_id: format!("run-{}", Uuid::new_v4().simple()),
+            deadline: None,
+            margin: StdDuration::from_secs(20),
+            lease_ttl: Duration::minutes(IN_FLIGHT_FOR),
+            progress: None,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "detail")]
+pub enum Outcome {
+    /// Everything listed was handled.
+    #[default]
+    Completed,
+    /// The deadline came first; the next run resumes.
+    StoppedAtDeadline,
+    /// Another run holds the lease; this one did nothing.
+    LeaseBusy(String),
+    /// DEAR, the store or the settings failed; the next run resumes from the saved cursor.
+    Aborted(String),
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunSummary {
+    /// The tenant.
+    pub tenant: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Sale rows listed (after de-duplication across queries).
+    pub listed: u64,
+    /// Rows skipped because the ledger already had their `Updated`.
+    pub unchanged: u64,
+    /// `GET sale` calls.
+    pub fetched: u64,
+    /// Orders delivered.
+    pub delivered: u64,
+    /// Sales whose order content was unchanged (a status change only): not delivered again.
+    pub same_version: u64,
+    /// Orders skipped, by reason category.
+    pub skipped: BTreeMap<String, u64>,
+    /// Sales that stopped matching the filter between listing and fetching.
+    pub no_longer_matching: u64,
+    /// Deliveries that failed (kept in the ledger for retry).
+    pub failed: u64,
+    /// Due ledger records retried.
+    pub retried: u64,
+    /// Crashed deliveries found already delivered by the sink.
+    pub recovered: u64,
+    /// DEAR calls made (retries included).
+    pub dear_calls: u64,
+    /// DEAR answers that said "throttled".
+    pub throttled: u64,
+    /// The cursor before the run.
+    pub cursor_before: Option<String>,
+    /// The cursor after it.
+    pub cursor_after: Option<String>,
+}
+
+impl RunSummary {
+    /// True when something needs attention: failed deliveries or an aborted run.
+    pub fn has_failures(&self) -> bool {
+        self.failed > 0 || matches!(self.outcome, Outcome::Aborted(_))
+    }
+
+    /// Orders skipped, all reasons.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    /// The summary as a CloudWatch EMF line.
+    pub fn emf(&self, timestamp_ms: i64) -> String {
+        dearsync_core::metrics::emf_line(
+            timestamp_ms,
+            &[
+                ("Tenant", &self.tenant),
+                ("Job", Job::OrderDownload.as_str()),
+            ],
+            &[
+                ("Listed", self.listed),
+                ("Fetched", self.fetched),
+                ("Delivered", self.delivered),
+                ("Skipped", self.skipped_total()),
+                ("Failed", self.failed),
+                ("Retried", self.retried),
+                ("DearCalls", self.dear_calls),
+                ("DearThrottled", self.throttled),
+                (
+                    "RunAborted",
+                    u64::from(matches!(self.outcome, Outcome::Aborted(_))),
+                ),
+            ],
+        )
+    }
+}
+
+/// What the ledger keeps per sale, as the record's `detail`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SaleDetail {
+    /// The `Updated` this record was last decided for.
+    updated: Option<String>,
+    order_number: Option<String>,
+    delivered_at: Option<String>,
+}
+
+impl SaleDetail {
+    fn of(record: &LedgerRecord) -> SaleDetail {
+        record
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default()
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn millis(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A listed sale: only what the run needs, to keep 10,000 rows small.
+#[derive(Clone, Debug)]
+struct Listed {
+    id: Uuid,
+    updated: Option<DateTime<Utc>>,
+}
+
+/// Why a single sale could not be handled (the run goes on or stops, by kind).
+enum SaleError {
+    /// DEAR or the store is failing: stop the run, resume later.
+    Stop(String),
+}
+
+impl From<StoreError> for SaleError {
+    fn from(e: StoreError) -> Self {
+        SaleError::Stop(format!("state store: {e}"))
+    }
+}
+
+/// Backoff for a failed delivery: 1, 2, 4 … minutes, at most an hour (CartRover retries hourly).
+fn retry_delay(attempts: u32) -> Duration {
+    Duration::minutes(1i64 << attempts.saturating_sub(1).min(6)).min(Duration::hours(1))
+}
+
+impl OrderDownload {
+    fn key(&self, sale_id: Uuid) -> RecordKey {
+        RecordKey::new(&self.tenant, Job::OrderDownload, sale_id.to_string())
+    }
+
+    fn out_of_time(&self, opts: &RunOptions) -> bool {
+        opts.deadline
+            .is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < opts.margin)
+    }
+
+    /// One scheduled run.
+    pub async fn run(&self, opts: &RunOptions) -> RunSummary {
+        let calls_before = self.dear.stats();
+        let mut summary = RunSummary {
+            tenant: self.tenant.to_string(),
+            ..Default::default()
+        };
+        let lease_key = dearsync_core::state::LeaseKey::new(&self.tenant, Job::OrderDownload);
+        let leases: Arc<dyn dearsync_core::state::Leases> = self.store.clone();
+        let mut lease =
+            match RunLease::start(leases, &lease_key, &opts.run_id, opts.lease_ttl).await {
+                Ok(RunStart::Acquired(l)) => l,
+                Ok(RunStart::Busy { holder, until }) => {
+                    let msg = RunStart::busy_message(&lease_key, &holder, until);
+                    tracing::info!(tenant = %self.tenant, "{msg}");
+                    summary.outcome = Outcome::LeaseBusy(msg);
+                    return summary;
+                }
+                Err(e) => {
+                    summary.outcome = Outcome::Aborted(format!("cannot take the run lease: {e}"));
+                    return summary;
+                }
+            };
+        let result = self.run_leased(opts, &mut lease, &mut summary).await;
+        if let Err(SaleError::Stop(why)) = result {
+            tracing::error!(tenant = %self.tenant, error = %why, "order download stopped");
+            summary.outcome = Outcome::Aborted(why);
+        }
+        if let Err(e) = lease.finish().await {
+            tracing::warn!(tenant = %self.tenant, error = %e, "could not release the run lease; it lapses by itself");
+        }
+        let calls = self.dear.stats();
+        summary.dear_calls = calls.calls - calls_before.calls;
+        summary.throttled = calls.throttled - calls_before.throttled;
+        summary
+    }
+
+    async fn run_leased(
+        &self,
+        opts: &RunOptions,
+        lease: &mut RunLease,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        let run_start = self.clock.now();
+        let mut handled: HashSet<Uuid> = HashSet::new();
+
+        // 2. Due retries first: they have waited longest.
+        self.retry_due(opts, lease, summary, &mut handled).await?;
+        if summary.outcome == Outcome::StoppedAtDeadline {
+            return Ok(());
+        }
+
+        // 3. The listing.
+        let cursor_key = CursorKey::new(&self.tenant, Job::OrderDownload, CURSOR_NAME);
+        let cursor = self.store.cursor(&cursor_key).await?;
+        summary.cursor_before = cursor.as_ref().map(|c| c.value.clone());
+        let since = match &cursor {
+            Some(c) => DateTime::parse_from_rfc3339(&c.value)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|e| {
+                    SaleError::Stop(format!("the saved cursor {:?} is unreadable: {e}", c.value))
+                })?,
+            None => self
+                .settings
+                .earliest_order_date
+                .map(|d| d.0)
+                .unwrap_or(run_start - Duration::days(DEFAULT_LOOKBACK_DAYS)),
+        };
+        let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
+        let mut rows = self.list(since - overlap, run_start).await?;
+        // Oldest first, so that a run cut short still moves the cursor over what it finished.
+        rows.sort_by_key(|r| r.updated);
+        summary.listed = rows.len() as u64;
+        let total = rows.len() as u64;
+
+        let mut stopped_at: Option<usize> = None;
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(p) = &opts.progress {
+                p.update(i as u64, total);
+            }
+            if handled.contains(&row.id) {
+                continue;
+            }
+            if self.out_of_time(opts) {
+                summary.outcome = Outcome::StoppedAtDeadline;
+                stopped_at = Some(i);
+                break;
+            }
+            lease
+                .keep_alive(self.clock.now())
+                .await
+                .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
+            if let Err(e) = self.handle_listed(row, summary).await {
+                stopped_at = Some(i);
+                let SaleError::Stop(why) = e;
+                summary.outcome = Outcome::Aborted(why);
+                break;
+            }
+            handled.insert(row.id);
+        }
+        if let Some(p) = &opts.progress {
+            p.update(stopped_at.map(|i| i as u64).unwrap_or(total), total);
+        }
+
+        // 4. The cursor: every row with Updated below it is done.
+        let next = match stopped_at {
+            None => rows.iter().filter_map(|r| r.updated).max(),
+            Some(i) => {
+                let limit = rows[i].updated;
+                rows[..i]
+                    .iter()
+                    .filter_map(|r| r.updated)
+                    .filter(|u| Some(*u) < limit)
+                    .max()
+            }
+        };
+        let previous = cursor
+            .as_ref()
+            .and_then(|c| DateTime::parse_from_rfc3339(&c.value).ok());
+        if let Some(next) = next
+            && previous.is_none_or(|p| next > p)
+        {
+            let value = millis(next);
+            self.store
+                .save_cursor(&cursor_key, &value, cursor.as_ref().map(|c| c.version))
+                .await?;
+            summary.cursor_after = Some(value);
+        } else {
+            summary.cursor_after = summary.cursor_before.clone();
+        }
+        match std::mem::take(&mut summary.outcome) {
+            Outcome::Aborted(why) => Err(SaleError::Stop(why)),
+            other => {
+                summary.outcome = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// Lists every selected sale changed in `(since, until)`, de-duplicated across queries.
+    async fn list(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<Listed>, SaleError> {
+        let location_id = match &self.settings.location_name {
+            Some(name) => Some(self.location_id(name).await?),
+            None => None,
+        };
+        let earliest = self.settings.earliest_order_date.map(|d| d.0.naive_utc());
+        let mut seen = HashSet::new();
+        let mut rows = Vec::new();
+        for mut query in status_queries(&self.settings.sale_status) {
+            query.updated_since = Some(DearDateTime::from_utc(since));
+            query.updated_until = Some(DearDateTime::from_utc(until));
+            query.order_location_id = location_id;
+            let mut pages = std::pin::pin!(self.dear.sale_list(&query, dear_client::MAX_LIMIT));
+            while let Some(page) = pages.try_next().await.map_err(dear_stop)? {
+                for item in page.items {
+                    let view = StatusView {
+                        status: &item.status,
+                        sale_type: &item.sale_type,
+                        pick: item.combined_picking_status.as_deref(),
+                        pack: item.combined_packing_status.as_deref(),
+                        ship: item.combined_shipping_status.as_deref(),
+                    };
+                    if !matches_status(&self.settings.sale_status, &view) {
+                        continue;
+                    }
+                    let order_date = item.order_date.map(|d| d.0);
+                    if let (Some(e), Some(d)) = (earliest, order_date)
+                        && d < e
+                    {
+                        continue;
+                    }
+                    if seen.insert(item.sale_id) {
+                        rows.push(Listed {
+                            id: item.sale_id,
+                            updated: item.updated.map(|u| u.to_utc()),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    async fn location_id(&self, name: &str) -> Result<Uuid, SaleError> {
+        let mut known = Vec::new();
+        let mut pages = std::pin::pin!(self.dear.locations(None, dear_client::MAX_LIMIT));
+        while let Some(page) = pages.try_next().await.map_err(dear_stop)? {
+            for loc in page.items {
+                let loc_name = loc.name.clone().unwrap_or_default();
+                if loc_name.trim().eq_ignore_ascii_case(name.trim()) {
+                    return Ok(loc.id);
+                }
+                known.push(loc_name);
+            }
+        }
+        Err(SaleError::Stop(format!(
+            "order_download.location_name {name:?} is not a DEAR location (DEAR has: {})",
+            known.join(", ")
+        )))
+    }
+
+    async fn handle_listed(&self, row: &Listed, summary: &mut RunSummary) -> Result<(), SaleError> {
+        let record = self.store.record(&self.key(row.id)).await?;
+        let now = self.clock.now();
+        let listed_updated = row.updated.map(millis);
+        if let Some(rec) = &record {
+            let same_updated =
+                SaleDetail::of(rec).updated == listed_updated && listed_updated.is_some();
+            let settled = matches!(rec.state, RecordState::Done | RecordState::Skipped);
+            let waiting = matches!(rec.state, RecordState::Failed | RecordState::InFlight)
+                && rec.due_at.is_some_and(|d| d > now);
+            if (same_updated && settled) || waiting {
+                summary.unchanged += 1;
+                return Ok(());
+            }
+        }
+        self.fetch_and_deliver(row.id, row.updated, record, summary)
+            .await
+    }
+
+    /// Retries due failed records and takes over deliveries a crashed run left in flight.
+    async fn retry_due(
+        &self,
+        opts: &RunOptions,
+        lease: &mut RunLease,
+        summary: &mut RunSummary,
+        handled: &mut HashSet<Uuid>,
+    ) -> Result<(), SaleError> {
+        for state in [RecordState::InFlight, RecordState::Failed] {
+            let mut query = LedgerQuery::new(&self.tenant, Job::OrderDownload, state);
+            query.due_before = Some(self.clock.now());
+            query.limit = 200;
+            loop {
+                let page = self.store.list(&query).await?;
+                for listed in &page.records {
+                    if self.out_of_time(opts) {
+                        summary.outcome = Outcome::StoppedAtDeadline;
+                        return Ok(());
+                    }
+                    lease
+                        .keep_alive(self.clock.now())
+                        .await
+                        .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
+                    let Ok(id) = listed.key.entity.parse::<Uuid>() else {
+                        continue;
+                    };
+                    // The index may lag: act on a fresh read only.
+                    let Some(rec) = self.store.record(&listed.key).await? else {
+                        continue;
+                    };
+                    if rec.state != state || rec.due_at.is_none_or(|d| d > self.clock.now()) {
+                        continue;
+                    }
+                    summary.retried += 1;
+                    handled.insert(id);
+                    if state == RecordState::InFlight
+                        && self.recover_in_flight(&rec, summary).await?
+                    {
+                        continue;
+                    }
+                    self.fetch_and_deliver(id, None, Some(rec), summary).await?;
+                }
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A run died after claiming a delivery: if the sink has it, record it done.
+    async fn recover_in_flight(
+        &self,
+        rec: &LedgerRecord,
+        summary: &mut RunSummary,
+    ) -> Result<bool, SaleError> {
+        let id = format!("{}:{}", rec.key.entity, rec.input_hash);
+        match self.sink.was_delivered(&id).await {
+            Ok(Some(true)) => {
+                let mut detail = SaleDetail::of(rec);
+                detail.delivered_at = Some(millis(self.clock.now()));
+                let change = Transition::to(RecordState::Done).detail(detail.to_json());
+                match self.store.transition(rec, change).await {
+                    Ok(_) => {
+                        summary.recovered += 1;
+                        Ok(true)
+                    }
+                    Err(e) if e.is_conflict() => Ok(true),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Ok(_) => Ok(false),
+            Err(e) => {
+                tracing::warn!(delivery = %id, error = %e, "cannot ask the sink about an interrupted delivery; delivering again");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Downloads one sale now (the webhook path): same rules as a scheduled run, no listing.
+    pub async fn download_one(&self, sale_id: Uuid) -> RunSummary {
+        let calls_before = self.dear.stats();
+        let mut summary = RunSummary {
+            tenant: self.tenant.to_string(),
+            listed: 1,
+            ..Default::default()
+        };
+        let result = async {
+            let record = self.store.record(&self.key(sale_id)).await?;
+            if let Some(rec) = &record
+                && rec.state == RecordState::InFlight
+                && rec.due_at.is_some_and(|d| d > self.clock.now())
+            {
+                summary.unchanged += 1;
+                return Ok(());
+            }
+            self.fetch_and_deliver(sale_id, None, record, &mut summary)
+                .await
+        }
+        .await;
+        if let Err(SaleError::Stop(why)) = result {
+            summary.outcome = Outcome::Aborted(why);
+        }
+        let calls = self.dear.stats();
+        summary.dear_calls = calls.calls - calls_before.calls;
+        summary.throttled = calls.throttled - calls_before.throttled;
+        summary
+    }
+
+    async fn fetch_and_deliver(
+        &self,
+        sale_id: Uuid,
+        listed_updated: Option<DateTime<Utc>>,
+        record: Option<LedgerRecord>,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        summary.fetched += 1;
+        let sale = match self.dear.sale(sale_id).await {
+            Ok(sale) => sale,
+            Err(e)
+                if e.is_transient()
+                    || matches!(
+                        e,
+                        DearError::Credentials { .. } | DearError::Config(_) | DearError::Budget(_)
+                    ) =>
+            {
+                return Err(dear_stop(e));
+            }
+            Err(e) => {
+                // DEAR refused this one sale (deleted? a bad record?): keep it visible and retry later.
+                let reason = format!("GET sale {sale_id} failed: {e}");
+                self.record_failure(sale_id, record, None, &reason, summary)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let updated = sale.last_modified_on.map(|d| d.to_utc()).or(listed_updated);
+        let view = StatusView {
+            status: &sale.status,
+            sale_type: &sale.sale_type,
+            pick: sale.combined_picking_status.as_deref(),
+            pack: sale.combined_packing_status.as_deref(),
+            ship: sale.combined_shipping_status.as_deref(),
+        };
+        if !matches_status(&self.settings.sale_status, &view)
+            || self.before_earliest(&sale)
+            || !self.matches_location(&sale)
+        {
+            summary.no_longer_matching += 1;
+            // A pending or failed record of a sale that moved on is closed; done records stay done.
+            if let Some(rec) = record
+                && !matches!(rec.state, RecordState::Done | RecordState::Skipped)
+            {
+                let reason = format!(
+                    "the sale no longer matches the filters (status {}, sale_status filter {})",
+                    sale.status, self.settings.sale_status
+                );
+                self.settle(&rec, RecordState::Skipped, Some(reason), None, updated)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let order = map_sale(&sale, &self.settings, listed_updated);
+        if let Err(reason) = matches_attributes(&self.settings, |n| {
+            sale.additional_attribute(n).map(str::to_owned)
+        }) {
+            let skip = SkipReason {
+                category: "attribute_filter",
+                detail: reason,
+            };
+            return self
+                .record_skip(
+                    sale_id,
+                    record,
+                    &order.version,
+                    &sale,
+                    skip,
+                    updated,
+                    summary,
+                )
+                .await;
+        }
+        if let Err(skip) = validate(&order) {
+            return self
+                .record_skip(
+                    sale_id,
+                    record,
+                    &order.version,
+                    &sale,
+                    skip,
+                    updated,
+                    summary,
+                )
+                .await;
+        }
+        // Delivered before at this version: only a status or timestamp changed.
+        if let Some(rec) = &record
+            && rec.state == RecordState::Done
+            && rec.input_hash == order.version
+        {
+            summary.same_version += 1;
+            self.settle(rec, RecordState::Done, None, None, updated)
+                .await?;
+            return Ok(());
+        }
+
+        // Claim the delivery.
+        let now = self.clock.now();
+        let detail = SaleDetail {
+            updated: updated.map(millis),
+            order_number: Some(order.order_number.clone()),
+            delivered_at: None,
+        };
+        let due = now + Duration::minutes(IN_FLIGHT_FOR);
+        let claimed = match record {
+            None => {
+                let mut new =
+                    NewRecord::new(self.key(sale_id), RecordState::InFlight, &order.version);
+                new.attempts = 1;
+                new.due_at = Some(due);
+                new.detail = Some(detail.to_json());
+                self.store.insert(new).await
+            }
+            Some(rec) => {
+                let change = Transition::to(RecordState::InFlight)
+                    .input_hash(&order.version)
+                    .attempt()
+                    .due_at(due)
+                    .detail(detail.to_json());
+                self.store.transition(&rec, change).await
+            }
+        };
+        let claimed = match claimed {
+            Ok(rec) => rec,
+            // Another run or a webhook claimed it first: theirs to deliver.
+            Err(e) if e.is_conflict() => {
+                summary.unchanged += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        match self.sink.deliver(&order).await {
+            Ok(()) => {
+                let mut detail = detail;
+                detail.delivered_at = Some(millis(self.clock.now()));
+                let change = Transition::to(RecordState::Done).detail(detail.to_json());
+                self.store.transition(&claimed, change).await?;
+                summary.delivered += 1;
+                tracing::info!(tenant = %self.tenant, sale_id = %sale_id, order_number = %order.order_number,
+                    delivery = %delivery_id(&order), "order delivered");
+            }
+            Err(e) => {
+                summary.failed += 1;
+                let change = Transition::to(RecordState::Failed)
+                    .reason(format!("delivery failed: {e}"))
+                    .due_at(self.clock.now() + retry_delay(claimed.attempts));
+                self.store.transition(&claimed, change).await?;
+                tracing::warn!(tenant = %self.tenant, sale_id = %sale_id, error = %e, attempts = claimed.attempts,
+                    "order delivery failed; it will be retried");
+            }
+        }
+        Ok(())
+    }
+
+    fn before_earliest(&self, sale: &Sale) -> bool {
+        match (self.settings.earliest_order_date, sale.sale_order_date) {
+            (Some(e), Some(d)) => d.0 < e.0.naive_utc(),
+            _ => false,
+        }
+    }
+
+    fn matches_location(&self, sale: &Sale) -> bool {
+        match &self.settings.location_name {
+            None => true,
+            Some(name) => sale
+                .location
+                .as_deref()
+                .is_some_and(|l| l.trim().eq_ignore_ascii_case(name.trim())),
+        }
+    }
+
+    /// Moves a record to a final state for `updated` (no attempt counted).
+    async fn settle(
+        &self,
+        rec: &LedgerRecord,
+        state: RecordState,
+        reason: Option<String>,
+        input_hash: Option<&str>,
+        updated: Option<DateTime<Utc>>,
+    ) -> Result<(), SaleError> {
+        let mut detail = SaleDetail::of(rec);
+        detail.updated = updated.map(millis);
+        let mut change = Transition::to(state);
+        change.reason = reason;
+        change.input_hash = input_hash.map(str::to_owned);
+        change.detail = DetailChange::Set(detail.to_json());
+        match self.store.transition(rec, change).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_conflict() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_skip(
+        &self,
+        sale_id: Uuid,
+        record: Option<LedgerRecord>,
+        version: &str,
+        sale: &Sale,
+        skip: SkipReason,
+        updated: Option<DateTime<Utc>>,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        *summary.skipped.entry(skip.category.to_owned()).or_default() += 1;
+        tracing::info!(tenant = %self.tenant, sale_id = %sale_id, order_number = sale.order_number().unwrap_or(""),
+            reason = %skip.detail, "order skipped");
+        let reason = format!("{}: {}", skip.category, skip.detail);
+        match record {
+            Some(rec) if rec.state == RecordState::Done => {
+                // Delivered before; this newer version is not deliverable. Recorded, not delivered.
+                self.settle(
+                    &rec,
+                    RecordState::Skipped,
+                    Some(reason),
+                    Some(version),
+                    updated,
+                )
+                .await
+            }
+            Some(rec) => {
+                self.settle(
+                    &rec,
+                    RecordState::Skipped,
+                    Some(reason),
+                    Some(version),
+                    updated,
+                )
+                .await
+            }
+            None => {
+                let mut new = NewRecord::new(self.key(sale_id), RecordState::Skipped, version);
+                new.reason = Some(reason);
+                new.detail = Some(
+                    SaleDetail {
+                        updated: updated.map(millis),
+                        order_number: sale.order_number().map(str::to_owned),
+                        delivered_at: None,
+                    }
+                    .to_json(),
+                );
+                match self.store.insert(new).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.is_conflict() => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        sale_id: Uuid,
+        record: Option<LedgerRecord>,
+        updated: Option<DateTime<Utc>>,
+        reason: &str,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        summary.failed += 1;
+        tracing::warn!(tenant = %self.tenant, sale_id = %sale_id, reason, "sale could not be downloaded");
+        let now = self.clock.now();
+        let result = match record {
+            Some(rec) => {
+                let attempts = rec.attempts + 1;
+                let change = Transition::to(RecordState::Failed)
+                    .reason(reason)
+                    .attempt()
+                    .due_at(now + retry_delay(attempts));
+                self.store.transition(&rec, change).await.map(|_| ())
+            }
+            None => {
+                let mut new = NewRecord::new(self.key(sale_id), RecordState::Failed, "");
+                new.reason = Some(reason.to_owned());
+                new.attempts = 1;
+                new.due_at = Some(now + retry_delay(1));
+                new.detail = Some(
+                    SaleDetail {
+                        updated: updated.map(millis),
+                        ..Default::default()
+                    }
+                    .to_json(),
+                );
+                self.store.insert(new).await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_conflict() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn dear_stop(e: DearError) -> SaleError {
+    SaleError::Stop(format!("DEAR: {e}"))
+}

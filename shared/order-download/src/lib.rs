@@ -1,0 +1,11 @@
+//! dear-sync's Order Download: DEAR sales selected by CartRover's filters, mapped to a documented
+//! canonical order, validated, and delivered exactly once per version through a sink.
+
+pub mod canonical;
+pub mod filter;
+pub mod job;
+pub mod sink;
+
+pub use canonical::{CanonicalOrder, map_sale, validate};
+pub use job::{OrderDownload, Outcome, Progress, RunOptions, RunSummary};
+pub use sink::{NdjsonSink, OrderSink, SinkError, WebhookSink};

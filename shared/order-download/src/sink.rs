@@ -1,0 +1,225 @@
+//! Where canonical orders go: a port, with an NDJSON sink (file or stdout, for the CLI) and an
+//! HTTPS webhook sink signed with HMAC-SHA256 (for Lambda).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::canonical::CanonicalOrder;
+
+/// A delivery that did not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// What went wrong.
+    pub message: String,
+}
+
+impl SinkError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// The id of one delivery: the sale and the version of its order.
+pub fn delivery_id(order: &CanonicalOrder) -> String {
+    format!("{}:{}", order.sale_id, order.version)
+}
+
+/// Receives orders.
+#[async_trait]
+pub trait OrderSink: Send + Sync {
+    /// Delivers one order; an error leaves it to be retried later.
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError>;
+
+    /// Whether the delivery `id` ([`delivery_id`]) already arrived, if the sink can tell
+    /// (`None`: it cannot). Used after a crash between delivering and recording it.
+    async fn was_delivered(&self, id: &str) -> Result<Option<bool>, SinkError> {
+        let _ = id;
+        Ok(None)
+    }
+}
+
+/// Orders as JSON lines, to a file (appended and synced per order) or stdout.
+pub struct NdjsonSink {
+    target: Target,
+}
+
+enum Target {
+    Stdout(Mutex<std::io::Stdout>),
+    File(PathBuf, Mutex<std::fs::File>),
+}
+
+impl NdjsonSink {
+    /// Orders to stdout (a crash between delivery and its record may repeat one order).
+    pub fn stdout() -> Self {
+        Self {
+            target: Target::Stdout(Mutex::new(std::io::stdout())),
+        }
+    }
+
+    /// Orders appended to `path` (created if missing).
+    pub fn file(path: impl AsRef<Path>) -> Result<Self, SinkError> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| {
+                SinkError::new(format!("cannot open {} for orders: {e}", path.display()))
+            })?;
+        Ok(Self {
+            target: Target::File(path, Mutex::new(file)),
+        })
+    }
+}
+
+#[async_trait]
+impl OrderSink for NdjsonSink {
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+        let mut line = serde_json::to_vec(order).map_err(|e| SinkError::new(e.to_string()))?;
+        line.push(b'\n');
+        match &self.target {
+            Target::Stdout(out) => {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                out.write_all(&line)
+                    .and_then(|_| out.flush())
+                    .map_err(|e| SinkError::new(format!("cannot write to stdout: {e}")))
+            }
+            Target::File(path, file) => {
+                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                // Synced before the ledger says "done", so a crash can only leave it delivered
+                // and not yet recorded — which `was_delivered` then finds.
+                file.write_all(&line)
+                    .and_then(|_| file.sync_data())
+                    .map_err(|e| SinkError::new(format!("cannot write to {}: {e}", path.display())))
+            }
+        }
+    }
+
+    async fn was_delivered(&self, id: &str) -> Result<Option<bool>, SinkError> {
+        let Target::File(path, _) = &self.target else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Ids {
+            sale_id: String,
+            version: String,
+        }
+        let file = std::fs::File::open(path)
+            .map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
+        for line in std::io::BufReader::new(file).lines() {
+            let line =
+                line.map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
+            // A torn last line (the crash hit mid-write) is not a delivery.
+            if let Ok(ids) = serde_json::from_str::<Ids>(&line)
+                && format!("{}:{}", ids.sale_id, ids.version) == id
+            {
+                return Ok(Some(true));
+            }
+        }
+        Ok(Some(false))
+    }
+}
+
+/// The header carrying the HMAC-SHA256 of the body: `sha256=<hex>`.
+pub const SIGNATURE_HEADER: &str = "X-DearSync-Signature";
+/// The header carrying the delivery id (also sent as `Idempotency-Key`).
+pub const DELIVERY_HEADER: &str = "X-DearSync-Delivery";
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// Orders POSTed as JSON to an HTTPS endpoint, signed, with bounded retries.
+pub struct WebhookSink {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    secret: Vec<u8>,
+    attempts: u32,
+}
+
+impl WebhookSink {
+    /// POSTs to `url`, signing with `secret`; each POST times out after `timeout`; up to
+    /// `attempts` tries per delivery (5xx, 408, 429 and network errors are retried).
+    pub fn new(
+        url: &str,
+        secret: &[u8],
+        timeout: Duration,
+        attempts: u32,
+    ) -> Result<Self, SinkError> {
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| SinkError::new(format!("webhook URL {url:?}: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| SinkError::new(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            url,
+            secret: secret.to_vec(),
+            attempts: attempts.max(1),
+        })
+    }
+}
+
+#[async_trait]
+impl OrderSink for WebhookSink {
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+        let body = serde_json::to_vec(order).map_err(|e| SinkError::new(e.to_string()))?;
+        let sig = signature(&self.secret, &body);
+        let id = delivery_id(order);
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let result = self
+                .http
+                .post(self.url.clone())
+                .header("Content-Type", "application/json")
+                .header(SIGNATURE_HEADER, &sig)
+                .header(DELIVERY_HEADER, &id)
+                .header("Idempotency-Key", &id)
+                .body(body.clone())
+                .send()
+                .await;
+            let retryable = match result {
+                Ok(resp) if resp.status().is_success() => return Ok(()),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let text: String = resp
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
+                    last = format!("the order webhook answered HTTP {status}: {text}");
+                    status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429
+                }
+                Err(e) => {
+                    last = format!("the order webhook could not be reached: {e}");
+                    true
+                }
+            };
+            if !retryable {
+                break;
+            }
+            if attempt < self.attempts {
+                tokio::time::sleep(Duration::from_millis(500 * 2u64.pow(attempt - 1))).await;
+            }
+        }
+        Err(SinkError::new(last))
+    }
+}

@@ -1,0 +1,128 @@
+//! `dearsync order-download`: one Order Download run against DEAR, state in the embedded store,
+//! orders as NDJSON to a file or stdout, the summary on stderr.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dearsync_core::{CredentialSource, EnvCredentials, SystemClock, connect};
+use dearsync_order_download::{
+    NdjsonSink, OrderDownload, OrderSink, Progress, RunOptions, RunSummary,
+};
+
+use crate::local::LocalOptions;
+
+/// Options of `dearsync order-download`.
+#[derive(clap::Args)]
+pub struct OrderDownloadArgs {
+    #[command(flatten)]
+    local: LocalOptions,
+    /// Append orders (NDJSON) to this file; default stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Download just this sale (a SaleID) instead of polling.
+    #[arg(long)]
+    sale: Option<uuid::Uuid>,
+    /// No DEAR rate budget at all: only against a simulator with its limit off (real DEAR throttles).
+    #[arg(long)]
+    no_rate_limit: bool,
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn update(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+/// Runs it; `Ok(true)` when something failed (the exit status says so).
+pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
+    let ctx = args.local.open()?;
+    let settings = args.local.settings()?;
+    let clock = Arc::new(SystemClock);
+    let credentials = EnvCredentials::from_env()
+        .credentials(&ctx.tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base_url = connect::base_url_from_env();
+    let dear = if args.no_rate_limit {
+        connect::unlimited_dear_client(&credentials, &base_url)
+    } else {
+        connect::dear_client(
+            &credentials,
+            &base_url,
+            &settings.dear,
+            ctx.store.clone(),
+            clock.clone(),
+        )
+    }
+    .map_err(|e| e.to_string())?;
+    let sink: Arc<dyn OrderSink> = match &args.out {
+        Some(path) => Arc::new(NdjsonSink::file(path).map_err(|e| e.to_string())?),
+        None => Arc::new(NdjsonSink::stdout()),
+    };
+    let job = OrderDownload {
+        tenant: ctx.tenant.clone(),
+        settings: settings.order_download,
+        dear: Arc::new(dear),
+        store: ctx.store.clone(),
+        sink,
+        clock,
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} sales {pos}/{len} {wide_bar} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let opts = RunOptions {
+        progress: bar.clone().map(|b| Arc::new(Bar(b)) as Arc<dyn Progress>),
+        ..RunOptions::default()
+    };
+    let summary = match args.sale {
+        Some(id) => job.download_one(id).await,
+        None => job.run(&opts).await,
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print_summary(&summary);
+    Ok(summary.has_failures())
+}
+
+fn print_summary(s: &RunSummary) {
+    eprintln!("order download ({}): {}", s.tenant, outcome_text(s));
+    eprintln!(
+        "  listed {}  unchanged {}  fetched {}  delivered {}  same version {}  failed {}  retried {}",
+        s.listed, s.unchanged, s.fetched, s.delivered, s.same_version, s.failed, s.retried
+    );
+    if !s.skipped.is_empty() {
+        let reasons: Vec<String> = s.skipped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!("  skipped {} ({})", s.skipped_total(), reasons.join(", "));
+    }
+    eprintln!(
+        "  DEAR calls {}  throttled {}  cursor {} -> {}",
+        s.dear_calls,
+        s.throttled,
+        s.cursor_before.as_deref().unwrap_or("(none)"),
+        s.cursor_after.as_deref().unwrap_or("(none)")
+    );
+    eprintln!(
+        "  summary: {}",
+        serde_json::to_string(s).unwrap_or_default()
+    );
+}
+
+fn outcome_text(s: &RunSummary) -> String {
+    use dearsync_order_download::Outcome;
+    match &s.outcome {
+        Outcome::Completed => "completed".into(),
+        Outcome::StoppedAtDeadline => "stopped at the deadline; the next run resumes".into(),
+        Outcome::LeaseBusy(why) => why.clone(),
+        Outcome::Aborted(why) => format!("ABORTED: {why}"),
+    }
+}

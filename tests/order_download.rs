@@ -1,0 +1,594 @@
+//! Order Download end to end: the job against the DEAR simulator over HTTP on 127.0.0.1, with
+//! state in memory, in SQLite, and in DynamoDB on the AWS emulator.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dear_client::{
+    ApiKey, DearClient, DearConfig, RetryPolicy, SaleListItem, SaleListQuery, SaleStatus, SaleType,
+};
+use dear_sim::seed::SeedSpec;
+use dear_sim::{Fault, FaultRule, SaleEdit, SimConfig, SimServer};
+use dearsync_core::settings::OrderDownloadSettings;
+use dearsync_core::state::{LedgerQuery, RecordKey, RecordState};
+use dearsync_core::{Job, MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
+use dearsync_order_download::{
+    CanonicalOrder, OrderDownload, OrderSink, Outcome, RunOptions, RunSummary, SinkError,
+};
+use futures::TryStreamExt;
+use uuid::Uuid;
+
+const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+
+async fn sim(sales: usize) -> SimServer {
+    let spec = SeedSpec {
+        seed: 7,
+        sales,
+        products: 80,
+        ..Default::default()
+    };
+    let config = SimConfig {
+        rate_limit: 0,
+        hang_ms: 2_000,
+        retry_after_secs: Some(0),
+        ..Default::default()
+    };
+    dear_sim::start_seeded(config, &spec)
+        .await
+        .expect("simulator starts")
+}
+
+fn client(server: &SimServer) -> Arc<DearClient> {
+    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
+        .with_base_url(&server.base_url())
+        .expect("valid URL");
+    config.calls_per_minute = 0;
+    config.retry = RetryPolicy {
+        max_read_retries: 4,
+        max_throttle_retries: 6,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        throttle_pause: Duration::from_millis(20),
+        request_timeout: Duration::from_millis(500),
+    };
+    Arc::new(DearClient::new(config).expect("valid config"))
+}
+
+/// Collects delivered orders; can be told to fail some sales' first deliveries.
+#[derive(Default)]
+struct CollectingSink {
+    orders: Mutex<Vec<CanonicalOrder>>,
+    fail_once: Mutex<HashSet<String>>,
+}
+
+#[async_trait]
+impl OrderSink for CollectingSink {
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+        if self.fail_once.lock().unwrap().remove(&order.sale_id) {
+            return Err(SinkError {
+                message: "HTTP 503 from the warehouse".into(),
+            });
+        }
+        self.orders.lock().unwrap().push(order.clone());
+        Ok(())
+    }
+}
+
+impl CollectingSink {
+    fn sale_ids(&self) -> Vec<String> {
+        self.orders
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| o.sale_id.clone())
+            .collect()
+    }
+}
+
+fn settings(toml: &str) -> OrderDownloadSettings {
+    let base = "[order_download]\nearliest_order_date = \"2020-01-01\"\n";
+    TenantSettings::from_toml(&format!("{base}{toml}"))
+        .expect("valid settings")
+        .order_download
+}
+
+struct Harness {
+    server: SimServer,
+    store: Arc<dyn StateStore>,
+    sink: Arc<CollectingSink>,
+    clock: Arc<OffsetClock>,
+    job: OrderDownload,
+}
+
+fn harness(
+    server: SimServer,
+    store: Arc<dyn StateStore>,
+    clock: Arc<OffsetClock>,
+    od: OrderDownloadSettings,
+) -> Harness {
+    let sink = Arc::new(CollectingSink::default());
+    let job = OrderDownload {
+        tenant: TenantId::new("acme").unwrap(),
+        settings: od,
+        dear: client(&server),
+        store: store.clone(),
+        sink: sink.clone(),
+        clock: clock.clone(),
+    };
+    Harness {
+        server,
+        store,
+        sink,
+        clock,
+        job,
+    }
+}
+
+fn memory() -> (Arc<dyn StateStore>, Arc<OffsetClock>) {
+    let clock = Arc::new(OffsetClock::default());
+    (Arc::new(MemoryStore::new(clock.clone())), clock)
+}
+
+async fn run(h: &Harness) -> RunSummary {
+    let s = h.job.run(&RunOptions::default()).await;
+    assert!(
+        !matches!(s.outcome, Outcome::Aborted(_) | Outcome::LeaseBusy(_)),
+        "{s:?}"
+    );
+    s
+}
+
+/// Every sale, as DEAR lists it (the test's view, not the job's).
+async fn all_rows(server: &SimServer) -> Vec<SaleListItem> {
+    let c = client(server);
+    let pages: Vec<_> = c
+        .sale_list(&SaleListQuery::default(), 1000)
+        .try_collect()
+        .await
+        .unwrap();
+    pages.into_iter().flat_map(|p| p.items).collect()
+}
+
+/// The oracle for the status filter, restated from the documented rules: simple sales by
+/// `Status`; advanced sales when some of the sale reached the stage and not all moved past it.
+fn selected(filter: &str, row: &SaleListItem) -> bool {
+    let adv = row.sale_type == SaleType::Advanced;
+    let c = |v: &Option<String>| v.clone().unwrap_or_default();
+    let (pick, pack, ship) = (
+        c(&row.combined_picking_status),
+        c(&row.combined_packing_status),
+        c(&row.combined_shipping_status),
+    );
+    let stage = |s: &str| -> bool {
+        if adv {
+            match s {
+                "PICKED" => {
+                    (pick == "PICKED" || pick == "PARTIALLY PICKED")
+                        && pack != "PACKED"
+                        && pack != "PACKING"
+                }
+                "PACKED" => {
+                    (pack == "PACKED" || pack == "PARTIALLY PACKED")
+                        && ship != "SHIPPED"
+                        && ship != "SHIPPING"
+                }
+                "SHIPPING" => ship == "SHIPPING",
+                other => row.status.as_str() == other,
+            }
+        } else {
+            row.status.as_str() == s
+        }
+    };
+    match filter {
+        "Any" => true,
+        "Packed & Shipping" => stage("PACKED") || stage("SHIPPING"),
+        s => stage(s),
+    }
+}
+
+/// Whether the simulator's sale is complete enough to deliver (the oracle for validation).
+fn deliverable(server: &SimServer, id: Uuid) -> bool {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            let s = &d.sales[&id];
+            let a = &s.shipping;
+            ![&a.line1, &a.city, &a.postcode, &a.country]
+                .iter()
+                .any(|v| v.trim().is_empty())
+                && !s.lines.is_empty()
+                && !s.order_number.is_empty()
+        })
+        .unwrap()
+}
+
+fn ids(v: impl IntoIterator<Item = impl ToString>) -> HashSet<String> {
+    v.into_iter().map(|x| x.to_string()).collect()
+}
+
+async fn ledger_entities(store: &Arc<dyn StateStore>, state: RecordState) -> HashSet<String> {
+    let mut q = LedgerQuery::new(&TenantId::new("acme").unwrap(), Job::OrderDownload, state);
+    q.limit = 1000;
+    let mut out = HashSet::new();
+    loop {
+        let page = store.list(&q).await.unwrap();
+        out.extend(page.records.iter().map(|r| r.key.entity.clone()));
+        match page.next {
+            Some(n) => q.after = Some(n),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_status_filter_delivers_exactly_the_selected_sales_once() {
+    let server = sim(2_000).await;
+    let rows = all_rows(&server).await;
+    assert_eq!(rows.len(), 2_000);
+    let statuses: BTreeMap<String, usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(format!("{} {}", r.status, r.sale_type))
+            .or_default() += 1;
+        m
+    });
+    let sim_shared = server.sim.clone();
+    let base_url = server.base_url();
+    let mut h = harness(
+        server,
+        memory().0,
+        Arc::new(OffsetClock::default()),
+        settings(""),
+    );
+    for filter in ["PICKED", "Packed & Shipping", "BACKORDERED", "Any"] {
+        let (store, clock) = memory();
+        h.store = store.clone();
+        h.clock = clock.clone();
+        h.sink = Arc::new(CollectingSink::default());
+        h.job.store = store;
+        h.job.clock = clock;
+        h.job.sink = h.sink.clone();
+        h.job.settings = settings(&format!("sale_status = \"{filter}\"\n"));
+        let expected: Vec<&SaleListItem> = rows.iter().filter(|r| selected(filter, r)).collect();
+        assert!(
+            !expected.is_empty(),
+            "{filter}: the seed has such sales ({statuses:?})"
+        );
+        if filter == "PICKED" {
+            assert!(
+                expected.iter().any(|r| r.sale_type == SaleType::Advanced)
+                    && expected.iter().any(|r| r.status == SaleStatus::Picked),
+                "PICKED covers simple and advanced sales"
+            );
+        }
+        let want_delivered = ids(expected
+            .iter()
+            .filter(|r| deliverable(&h.server, r.sale_id))
+            .map(|r| r.sale_id));
+        let want_skipped = ids(expected
+            .iter()
+            .filter(|r| !deliverable(&h.server, r.sale_id))
+            .map(|r| r.sale_id));
+
+        let s = run(&h).await;
+        let delivered = h.sink.sale_ids();
+        assert_eq!(
+            delivered.len(),
+            ids(&delivered).len(),
+            "{filter}: no order delivered twice"
+        );
+        assert_eq!(ids(&delivered), want_delivered, "{filter}: delivered set");
+        assert_eq!(
+            ledger_entities(&h.store, RecordState::Skipped).await,
+            want_skipped,
+            "{filter}: skipped set"
+        );
+        assert_eq!(s.delivered as usize, want_delivered.len());
+        assert_eq!(s.failed, 0);
+        // DEAR calls: the listing pages plus one GET per selected sale.
+        let pages = s.dear_calls - s.fetched;
+        assert_eq!(
+            s.fetched as usize,
+            expected.len(),
+            "{filter}: one GET per selected sale"
+        );
+        assert!(pages <= 5 * 3, "{filter}: {pages} listing calls");
+
+        // A second run lists again and fetches nothing.
+        let again = run(&h).await;
+        assert_eq!(
+            (again.delivered, again.fetched),
+            (0, 0),
+            "{filter}: {again:?}"
+        );
+        assert_eq!(h.sink.sale_ids().len(), delivered.len());
+    }
+    drop(sim_shared);
+    drop(base_url);
+}
+
+#[tokio::test]
+async fn an_edited_sale_is_delivered_again_once_and_a_status_change_alone_is_not() {
+    let server = sim(150).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let first = run(&h).await;
+    assert!(first.delivered > 50, "{first:?}");
+    let orders = h.sink.orders.lock().unwrap().clone();
+    let target = orders
+        .iter()
+        .find(|o| o.status == "ORDERED")
+        .expect("an ORDERED sale");
+    let other = orders
+        .iter()
+        .find(|o| o.sale_id != target.sale_id && o.status == "ORDERED")
+        .unwrap();
+    let target_id: Uuid = target.sale_id.parse().unwrap();
+    h.server
+        .sim
+        .edit_sale(
+            ACCOUNT,
+            target_id,
+            &SaleEdit {
+                order_memo: Some("Leave at the back door".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // An attribute the order does not carry: DEAR's Updated moves, the order does not change.
+    h.server
+        .sim
+        .edit_sale(
+            ACCOUNT,
+            other.sale_id.parse().unwrap(),
+            &SaleEdit {
+                attributes: [(7u8, "internal".to_owned())].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = run(&h).await;
+    assert_eq!(
+        (second.delivered, second.same_version, second.fetched),
+        (1, 1, 2),
+        "{second:?}"
+    );
+    let all = h.sink.orders.lock().unwrap().clone();
+    let versions: Vec<_> = all.iter().filter(|o| o.sale_id == target.sale_id).collect();
+    assert_eq!(versions.len(), 2);
+    assert_ne!(versions[0].version, versions[1].version);
+    assert_eq!(versions[1].notes.as_deref(), Some("Leave at the back door"));
+    let third = run(&h).await;
+    assert_eq!((third.delivered, third.fetched), (0, 0), "{third:?}");
+}
+
+#[tokio::test]
+async fn a_failed_delivery_stays_in_the_ledger_and_is_retried_when_due() {
+    let server = sim(120).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let rows = all_rows(&h.server).await;
+    let victim = rows
+        .iter()
+        .find(|r| deliverable(&h.server, r.sale_id) && r.order_number.is_some())
+        .unwrap()
+        .sale_id;
+    h.sink.fail_once.lock().unwrap().insert(victim.to_string());
+    let first = run(&h).await;
+    assert_eq!(first.failed, 1, "{first:?}");
+    assert!(first.has_failures());
+    let key = RecordKey::new(
+        &TenantId::new("acme").unwrap(),
+        Job::OrderDownload,
+        victim.to_string(),
+    );
+    let rec = h.store.record(&key).await.unwrap().unwrap();
+    assert_eq!(rec.state, RecordState::Failed);
+    assert!(
+        rec.reason.as_deref().unwrap().contains("HTTP 503"),
+        "{rec:?}"
+    );
+    // Not due yet: the next run leaves it.
+    let early = run(&h).await;
+    assert_eq!((early.retried, early.delivered), (0, 0));
+    h.clock.advance(chrono::Duration::minutes(2));
+    let later = run(&h).await;
+    assert_eq!((later.retried, later.delivered), (1, 1), "{later:?}");
+    assert_eq!(
+        h.store.record(&key).await.unwrap().unwrap().state,
+        RecordState::Done
+    );
+    assert_eq!(
+        h.sink
+            .sale_ids()
+            .iter()
+            .filter(|s| **s == victim.to_string())
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn location_and_attribute_filters_select_exactly_their_sales() {
+    let server = sim(200).await;
+    let rows = all_rows(&server).await;
+    let main_id = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.locations
+                .iter()
+                .find(|l| l.name == "Main Warehouse")
+                .unwrap()
+                .id
+        })
+        .unwrap();
+    // Tag a few sales as wholesale.
+    let tagged: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| deliverable(&server, r.sale_id))
+        .take(5)
+        .map(|r| r.sale_id)
+        .collect();
+    for id in &tagged {
+        server
+            .sim
+            .edit_sale(
+                ACCOUNT,
+                *id,
+                &SaleEdit {
+                    attributes: [(5u8, "Wholesale".to_owned())].into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    let (store, clock) = memory();
+    let mut h = harness(
+        server,
+        store,
+        clock,
+        settings("sale_status = \"Any\"\nlocation_name = \"main warehouse\"\n"),
+    );
+    run(&h).await;
+    let want = ids(rows
+        .iter()
+        .filter(|r| r.order_location_id == Some(main_id) && deliverable(&h.server, r.sale_id))
+        .map(|r| r.sale_id));
+    assert!(!want.is_empty() && want.len() < rows.len());
+    assert_eq!(ids(h.sink.sale_ids()), want);
+
+    let (store, clock) = memory();
+    h.store = store.clone();
+    h.job.store = store;
+    h.job.clock = clock;
+    h.sink = Arc::new(CollectingSink::default());
+    h.job.sink = h.sink.clone();
+    h.job.settings = settings(
+        "sale_status = \"Any\"\nadditional_attribute_filters = { \"5\" = \"wholesale\" }\n",
+    );
+    let s = run(&h).await;
+    assert_eq!(ids(h.sink.sale_ids()), ids(&tagged));
+    assert_eq!(
+        s.skipped.get("attribute_filter").copied().unwrap_or(0) as usize,
+        rows.len()
+            - tagged.len()
+            - s.skipped
+                .iter()
+                .filter(|(k, _)| *k != "attribute_filter")
+                .map(|(_, v)| *v as usize)
+                .sum::<usize>()
+    );
+
+    let (store, clock) = memory();
+    h.job.store = store;
+    h.job.clock = clock;
+    h.job.settings = settings("location_name = \"Nowhere\"\n");
+    let s = h.job.run(&RunOptions::default()).await;
+    match s.outcome {
+        Outcome::Aborted(why) => assert!(
+            why.contains("\"Nowhere\" is not a DEAR location") && why.contains("Main Warehouse"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dear_faults_do_not_change_what_is_delivered() {
+    let server = sim(300).await;
+    let rows = all_rows(&server).await;
+    let want = ids(rows
+        .iter()
+        .filter(|r| deliverable(&server, r.sale_id))
+        .map(|r| r.sale_id));
+    for (route, fault) in [
+        ("salelist", Fault::Status(429)),
+        ("salelist", Fault::Status(500)),
+        ("sale", Fault::Status(503)),
+        ("sale", Fault::Status(500)),
+        ("sale", Fault::Timeout),
+        ("sale", Fault::ErrorModel200(500)),
+        ("sale", Fault::Drop),
+    ] {
+        server.sim.add_fault(
+            ACCOUNT,
+            FaultRule {
+                route: route.into(),
+                probability: 0.04,
+                fault: Some(fault),
+                ..Default::default()
+            },
+        );
+    }
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    // Faults the client's retries cannot hide abort a run; the next run resumes.
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        let s = h.job.run(&RunOptions::default()).await;
+        if s.outcome == Outcome::Completed && s.failed == 0 {
+            break;
+        }
+        assert!(runs < 30, "never completed: {s:?}");
+        h.clock.advance(chrono::Duration::hours(1));
+    }
+    let calls = h.server.sim.calls(ACCOUNT).unwrap();
+    assert!(calls.total > 0);
+    let delivered = h.sink.sale_ids();
+    assert_eq!(delivered.len(), ids(&delivered).len(), "no duplicates");
+    assert_eq!(ids(&delivered), want);
+}
+
+#[tokio::test]
+async fn overlapping_runs_never_work_at_once() {
+    let server = sim(50).await;
+    let (store, clock) = memory();
+    let h = harness(
+        server,
+        store.clone(),
+        clock,
+        settings("sale_status = \"Any\"\n"),
+    );
+    let key =
+        dearsync_core::state::LeaseKey::new(&TenantId::new("acme").unwrap(), Job::OrderDownload);
+    let held = store
+        .acquire(&key, "run-elsewhere", chrono::Duration::minutes(5))
+        .await
+        .unwrap();
+    assert!(matches!(
+        held,
+        dearsync_core::state::LeaseOutcome::Acquired(_)
+    ));
+    let s = h.job.run(&RunOptions::default()).await;
+    match &s.outcome {
+        Outcome::LeaseBusy(msg) => assert!(msg.contains("run-elsewhere"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((s.fetched, s.dear_calls), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_through_dynamodb_on_the_aws_emulator() {
+    let server = sim(250).await;
+    let rows = all_rows(&server).await;
+    let table = dearsync_aws::testing::fresh_table().await;
+    let clock = Arc::new(OffsetClock::default());
+    let store: Arc<dyn StateStore> = Arc::new(dearsync_aws::DynamoStore::new(
+        dearsync_aws::testing::dynamodb(),
+        &table,
+        clock.clone(),
+    ));
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let want = ids(rows
+        .iter()
+        .filter(|r| deliverable(&h.server, r.sale_id))
+        .map(|r| r.sale_id));
+    let s = run(&h).await;
+    assert_eq!(ids(h.sink.sale_ids()), want);
+    assert_eq!(s.delivered as usize, want.len());
+    let again = run(&h).await;
+    assert_eq!((again.delivered, again.fetched), (0, 0));
+    assert_eq!(ledger_entities(&h.store, RecordState::Done).await, want);
+}
