@@ -23,6 +23,9 @@ pub struct OrderDownloadArgs {
     /// Download just this sale (a SaleID) instead of polling.
     #[arg(long)]
     sale: Option<uuid::Uuid>,
+    /// Seconds a crashed run keeps the next one waiting (the run lease, renewed while it works).
+    #[arg(long, default_value_t = 120)]
+    lease_ttl_secs: u32,
     /// No DEAR rate budget at all: only against a simulator with its limit off (real DEAR throttles).
     #[arg(long)]
     no_rate_limit: bool,
@@ -81,6 +84,7 @@ pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
     });
     let opts = RunOptions {
         progress: bar.clone().map(|b| Arc::new(Bar(b)) as Arc<dyn Progress>),
+        lease_ttl: chrono::Duration::seconds(i64::from(args.lease_ttl_secs.max(1))),
         ..RunOptions::default()
     };
     let summary = match args.sale {

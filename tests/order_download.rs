@@ -592,3 +592,180 @@ async fn the_same_through_dynamodb_on_the_aws_emulator() {
     assert_eq!((again.delivered, again.fetched), (0, 0));
     assert_eq!(ledger_entities(&h.store, RecordState::Done).await, want);
 }
+
+/// Every `sale_id:version` in an NDJSON file, in order.
+fn deliveries_in(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            format!(
+                "{}:{}",
+                v["sale_id"].as_str().unwrap(),
+                v["version"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cli_run_resumes_and_delivers_every_order_exactly_once() {
+    let server = sim(2_000).await;
+    let rows = all_rows(&server).await;
+    let want = ids(rows
+        .iter()
+        .filter(|r| deliverable(&server, r.sale_id))
+        .map(|r| r.sale_id));
+    // Slow DEAR down so the run is still going when it is killed.
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale".into(),
+            latency_ms: 3,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tenant.toml"),
+        "[order_download]\nsale_status = \"Any\"\nearliest_order_date = \"2020-01-01\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("orders.ndjson");
+    let command = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dearsync"));
+        c.args([
+            "order-download",
+            "--no-rate-limit",
+            "--lease-ttl-secs",
+            "2",
+            "--config",
+            "tenant.toml",
+            "--out",
+            "orders.ndjson",
+        ])
+        .current_dir(dir.path())
+        .env("DEAR_BASE_URL", server.base_url())
+        .env("DEAR_ACCOUNT_ID", ACCOUNT)
+        .env("DEAR_API_KEY", dear_sim::DEFAULT_API_KEY)
+        .env_remove("DEARSYNC_STATE_DIR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut child = command().spawn().expect("start dearsync");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while deliveries_in(&out).len() < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never delivered 400 orders"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    let at_kill = deliveries_in(&out).len();
+    assert!(
+        at_kill < want.len(),
+        "killed mid-way ({at_kill} of {})",
+        want.len()
+    );
+
+    server.sim.clear_faults(ACCOUNT);
+    // Right after the kill the dead run's lease still stands: the rerun says so and does nothing.
+    let blocked = command().output().expect("rerun");
+    assert!(blocked.status.success());
+    assert!(
+        String::from_utf8_lossy(&blocked.stderr).contains("holds the lease"),
+        "{}",
+        String::from_utf8_lossy(&blocked.stderr)
+    );
+    assert_eq!(deliveries_in(&out).len(), at_kill);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let done = command().output().expect("rerun");
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let all = deliveries_in(&out);
+    assert_eq!(
+        all.len(),
+        ids(&all).len(),
+        "no order delivered twice across the kill"
+    );
+    let sales: HashSet<String> = all
+        .iter()
+        .map(|d| d.split(':').next().unwrap().to_owned())
+        .collect();
+    assert!(
+        sales == want,
+        "every order delivered: {} delivered, {} wanted, {} missing",
+        sales.len(),
+        want.len(),
+        want.difference(&sales).count()
+    );
+
+    // A third run has nothing to do.
+    let again = command().output().unwrap();
+    assert!(again.status.success());
+    assert_eq!(deliveries_in(&out).len(), all.len());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("delivered 0"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_interrupted_after_the_sink_wrote_it_is_recorded_not_repeated() {
+    let server = sim(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("orders.ndjson");
+    let (store, clock) = memory();
+    let mut h = harness(
+        server,
+        store.clone(),
+        clock.clone(),
+        settings("sale_status = \"Any\"\n"),
+    );
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::file(&out).unwrap());
+    run(&h).await;
+    let first = deliveries_in(&out);
+    assert!(!first.is_empty());
+    // Rewind one record to in_flight, as if the run died after writing the line.
+    let (sale, version) = first[0].split_once(':').unwrap();
+    let key = RecordKey::new(&TenantId::new("acme").unwrap(), Job::OrderDownload, sale);
+    let done = store.record(&key).await.unwrap().unwrap();
+    let in_flight = store
+        .transition(
+            &done,
+            dearsync_core::state::Transition::to(RecordState::InFlight).due_at(clock.now_plus(0)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(in_flight.input_hash, version);
+    h.clock.advance(chrono::Duration::minutes(1));
+    let s = run(&h).await;
+    assert_eq!((s.recovered, s.delivered), (1, 0), "{s:?}");
+    assert_eq!(deliveries_in(&out), first);
+    assert_eq!(
+        store.record(&key).await.unwrap().unwrap().state,
+        RecordState::Done
+    );
+}
+
+trait NowPlus {
+    fn now_plus(&self, secs: i64) -> chrono::DateTime<chrono::Utc>;
+}
+
+impl NowPlus for OffsetClock {
+    fn now_plus(&self, secs: i64) -> chrono::DateTime<chrono::Utc> {
+        dearsync_core::Clock::now(self) + chrono::Duration::seconds(secs)
+    }
+}

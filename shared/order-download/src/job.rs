@@ -73,7 +73,8 @@ pub struct RunOptions {
     pub deadline: Option<tokio::time::Instant>,
     /// See `deadline`.
     pub margin: StdDuration,
-    /// The lease's time to live (renewed as the run works).
+    /// The lease's time to live, renewed as the run works: how long a crashed run blocks the next
+    /// one. Default 2 minutes.
     pub lease_ttl: Duration,
     /// Progress reports, if wanted.
     pub progress: Option<Arc<dyn Progress>>,
@@ -85,7 +86,7 @@ impl Default for RunOptions {
             run_id: format!("run-{}", Uuid::new_v4().simple()),
             deadline: None,
             margin: StdDuration::from_secs(20),
-            lease_ttl: Duration::minutes(IN_FLIGHT_FOR),
+            lease_ttl: Duration::minutes(2),
             progress: None,
         }
     }
@@ -187,6 +188,9 @@ struct SaleDetail {
     updated: Option<String>,
     order_number: Option<String>,
     delivered_at: Option<String>,
+    /// Who claimed the delivery: a run id (`run-…`), or `webhook`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claimed_by: Option<String>,
 }
 
 impl SaleDetail {
@@ -333,7 +337,7 @@ impl OrderDownload {
                 .keep_alive(self.clock.now())
                 .await
                 .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
-            if let Err(e) = self.handle_listed(row, summary).await {
+            if let Err(e) = self.handle_listed(row, &opts.run_id, summary).await {
                 stopped_at = Some(i);
                 let SaleError::Stop(why) = e;
                 summary.outcome = Outcome::Aborted(why);
@@ -446,7 +450,12 @@ impl OrderDownload {
         )))
     }
 
-    async fn handle_listed(&self, row: &Listed, summary: &mut RunSummary) -> Result<(), SaleError> {
+    async fn handle_listed(
+        &self,
+        row: &Listed,
+        run_id: &str,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
         let record = self.store.record(&self.key(row.id)).await?;
         let now = self.clock.now();
         let listed_updated = row.updated.map(millis);
@@ -461,7 +470,7 @@ impl OrderDownload {
                 return Ok(());
             }
         }
-        self.fetch_and_deliver(row.id, row.updated, record, summary)
+        self.fetch_and_deliver(row.id, row.updated, record, run_id, summary)
             .await
     }
 
@@ -475,7 +484,9 @@ impl OrderDownload {
     ) -> Result<(), SaleError> {
         for state in [RecordState::InFlight, RecordState::Failed] {
             let mut query = LedgerQuery::new(&self.tenant, Job::OrderDownload, state);
-            query.due_before = Some(self.clock.now());
+            // In-flight claims of other runs are taken over at once: this run holds the lease, so
+            // the run that claimed them is gone. A webhook's claim is left until it lapses.
+            query.due_before = (state == RecordState::Failed).then(|| self.clock.now());
             query.limit = 200;
             loop {
                 let page = self.store.list(&query).await?;
@@ -505,7 +516,8 @@ impl OrderDownload {
                     {
                         continue;
                     }
-                    self.fetch_and_deliver(id, None, Some(rec), summary).await?;
+                    self.fetch_and_deliver(id, None, Some(rec), &opts.run_id, summary)
+                        .await?;
                 }
                 match page.next {
                     Some(next) => query.after = Some(next),
@@ -527,6 +539,7 @@ impl OrderDownload {
             Ok(Some(true)) => {
                 let mut detail = SaleDetail::of(rec);
                 detail.delivered_at = Some(millis(self.clock.now()));
+                detail.claimed_by = None;
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 match self.store.transition(rec, change).await {
                     Ok(_) => {
@@ -562,7 +575,7 @@ impl OrderDownload {
                 summary.unchanged += 1;
                 return Ok(());
             }
-            self.fetch_and_deliver(sale_id, None, record, &mut summary)
+            self.fetch_and_deliver(sale_id, None, record, "webhook", &mut summary)
                 .await
         }
         .await;
@@ -580,6 +593,7 @@ impl OrderDownload {
         sale_id: Uuid,
         listed_updated: Option<DateTime<Utc>>,
         record: Option<LedgerRecord>,
+        claimant: &str,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
         summary.fetched += 1;
@@ -678,6 +692,7 @@ impl OrderDownload {
             updated: updated.map(millis),
             order_number: Some(order.order_number.clone()),
             delivered_at: None,
+            claimed_by: Some(claimant.to_owned()),
         };
         let due = now + Duration::minutes(IN_FLIGHT_FOR);
         let claimed = match record {
@@ -712,6 +727,7 @@ impl OrderDownload {
             Ok(()) => {
                 let mut detail = detail;
                 detail.delivered_at = Some(millis(self.clock.now()));
+                detail.claimed_by = None;
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 self.store.transition(&claimed, change).await?;
                 summary.delivered += 1;
@@ -815,6 +831,7 @@ impl OrderDownload {
                         updated: updated.map(millis),
                         order_number: sale.order_number().map(str::to_owned),
                         delivered_at: None,
+                        claimed_by: None,
                     }
                     .to_json(),
                 );
