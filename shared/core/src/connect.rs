@@ -42,7 +42,7 @@ pub fn dear_client(
                 capacity: settings.burst,
                 per_minute: settings.calls_per_minute,
             },
-            batch: settings.burst,
+            batch: settings.burst.min(3),
             ..SharedBudgetConfig::default()
         },
     );

@@ -12,6 +12,12 @@ pub struct Credentials {
     pub account_id: String,
     /// DEAR's `api-auth-applicationkey`.
     pub api_key: ApiKey,
+    /// The HMAC key orders POSTed to the warehouse are signed with (secret key
+    /// `order_webhook_secret`; CLI: `DEARSYNC_ORDER_WEBHOOK_SECRET`).
+    pub order_webhook_secret: Option<ApiKey>,
+    /// The shared secret DEAR webhooks and warehouse pushes must carry (secret key
+    /// `inbound_secret`; CLI: `DEARSYNC_INBOUND_SECRET`).
+    pub inbound_secret: Option<ApiKey>,
 }
 
 /// Why credentials could not be had.
@@ -68,6 +74,18 @@ impl Credentials {
         let obj = value
             .as_object()
             .ok_or_else(|| malformed("the secret is not a JSON object"))?;
+        let optional = |name: &str| -> Result<Option<ApiKey>, CredentialsError> {
+            match obj.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                    Ok(Some(ApiKey::new(s.trim())))
+                }
+                Some(serde_json::Value::String(_)) => {
+                    Err(malformed(&format!("\"{name}\" is empty")))
+                }
+                Some(_) => Err(malformed(&format!("\"{name}\" is not a string"))),
+            }
+        };
         let field = |name: &str| -> Result<String, CredentialsError> {
             match obj.get(name) {
                 Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
@@ -80,7 +98,10 @@ impl Credentials {
                 None => Err(malformed(&format!("\"{name}\" is missing"))),
             }
         };
-        Self::new(field("account_id")?, field("api_key")?, tenant, location)
+        let mut creds = Self::new(field("account_id")?, field("api_key")?, tenant, location)?;
+        creds.order_webhook_secret = optional("order_webhook_secret")?;
+        creds.inbound_secret = optional("inbound_secret")?;
+        Ok(creds)
     }
 
     /// Checks and wraps an account id and key.
@@ -100,6 +121,8 @@ impl Credentials {
         Ok(Self {
             account_id: account_id.trim().to_owned(),
             api_key: ApiKey::new(api_key.trim()),
+            order_webhook_secret: None,
+            inbound_secret: None,
         })
     }
 }
@@ -116,6 +139,8 @@ pub trait CredentialSource: Send + Sync {
 pub struct EnvCredentials {
     account_id: Option<String>,
     api_key: Option<String>,
+    order_webhook_secret: Option<String>,
+    inbound_secret: Option<String>,
 }
 
 impl EnvCredentials {
@@ -129,6 +154,8 @@ impl EnvCredentials {
         Self {
             account_id: std::env::var(Self::ACCOUNT_ID_VAR).ok(),
             api_key: std::env::var(Self::API_KEY_VAR).ok(),
+            order_webhook_secret: std::env::var("DEARSYNC_ORDER_WEBHOOK_SECRET").ok(),
+            inbound_secret: std::env::var("DEARSYNC_INBOUND_SECRET").ok(),
         }
     }
 
@@ -137,6 +164,8 @@ impl EnvCredentials {
         Self {
             account_id,
             api_key,
+            order_webhook_secret: None,
+            inbound_secret: None,
         }
     }
 }
@@ -146,7 +175,18 @@ impl CredentialSource for EnvCredentials {
     async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
         let location = format!("${} / ${}", Self::ACCOUNT_ID_VAR, Self::API_KEY_VAR);
         match (&self.account_id, &self.api_key) {
-            (Some(a), Some(k)) => Credentials::new(a.clone(), k.clone(), tenant, &location),
+            (Some(a), Some(k)) => {
+                let mut c = Credentials::new(a.clone(), k.clone(), tenant, &location)?;
+                let secret = |v: &Option<String>| {
+                    v.as_deref()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(ApiKey::new)
+                };
+                c.order_webhook_secret = secret(&self.order_webhook_secret);
+                c.inbound_secret = secret(&self.inbound_secret);
+                Ok(c)
+            }
             (None, _) => Err(CredentialsError::Missing {
                 tenant: tenant.to_string(),
                 location: format!("${}", Self::ACCOUNT_ID_VAR),
@@ -157,6 +197,15 @@ impl CredentialSource for EnvCredentials {
             }),
         }
     }
+}
+
+/// Compares a presented secret with the expected one in time independent of where they differ.
+pub fn secrets_match(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    if a.len() != b.len() || b.is_empty() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -170,13 +219,18 @@ mod tests {
     #[test]
     fn a_secret_is_read_and_its_key_never_shown() {
         let c = Credentials::from_secret_json(
-            r#"{"account_id": "a-1", "api_key": "s3cr3t-key", "note": "x"}"#,
+            r#"{"account_id": "a-1", "api_key": "s3cr3t-key", "note": "x", "order_webhook_secret": "hm4c"}"#,
             &tenant(),
             "dear-sync/acme",
         )
         .unwrap();
         assert_eq!(c.account_id, "a-1");
         assert_eq!(c.api_key.expose(), "s3cr3t-key");
+        assert_eq!(
+            c.order_webhook_secret.as_ref().map(|k| k.expose()),
+            Some("hm4c")
+        );
+        assert!(c.inbound_secret.is_none());
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 
@@ -201,6 +255,14 @@ mod tests {
             assert!(e.contains(needle) && e.contains("dear-sync/acme"), "{e}");
             assert!(!e.contains("s3cr3t"), "{e}");
         }
+    }
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        assert!(secrets_match("abc", "abc"));
+        assert!(!secrets_match("abd", "abc"));
+        assert!(!secrets_match("ab", "abc"));
+        assert!(!secrets_match("", ""));
     }
 
     #[tokio::test]

@@ -117,6 +117,22 @@ impl TenantSettings {
             ));
         }
 
+        if let Some(url) = &od.webhook_url {
+            check_webhook_url("order_download.webhook_url", url)?;
+        }
+        if !(1..=60).contains(&od.webhook_timeout_secs) {
+            return Err(SettingsError::new(
+                "order_download.webhook_timeout_secs",
+                format!("must be 1-60, got {}", od.webhook_timeout_secs),
+            ));
+        }
+        if !(1..=10).contains(&od.webhook_attempts) {
+            return Err(SettingsError::new(
+                "order_download.webhook_attempts",
+                format!("must be 1-10, got {}", od.webhook_attempts),
+            ));
+        }
+
         let sc = &self.shipment_confirmation;
         non_blank("shipment_confirmation.location", sc.location.as_deref())?;
         for (from, to) in &sc.carrier_map {
@@ -172,6 +188,25 @@ impl TenantSettings {
         }
         Ok(())
     }
+}
+
+/// A webhook URL must be HTTPS; plain HTTP only to this machine (tests, local receivers).
+fn check_webhook_url(path: &str, url: &str) -> Result<(), SettingsError> {
+    let t = url.trim();
+    let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| t.starts_with(p));
+    let host_ok = t
+        .split_once("://")
+        .map(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'))
+        .unwrap_or(false);
+    if !(t.starts_with("https://") || local) || !host_ok {
+        return Err(SettingsError::new(
+            path,
+            format!("{t:?} must be an https:// URL (http:// only for 127.0.0.1 or localhost)"),
+        ));
+    }
+    Ok(())
 }
 
 fn non_blank(path: &str, value: Option<&str>) -> Result<(), SettingsError> {
@@ -474,6 +509,13 @@ pub struct OrderDownloadSettings {
     /// Each poll re-reads this many minutes before the cursor (DEAR's `Updated` is not
     /// strictly ordered); default 10.
     pub overlap_minutes: u32,
+    /// Where the Lambda function POSTs orders (HTTPS; the CLI writes NDJSON instead). Signed with
+    /// HMAC-SHA256 of the body under the tenant secret's `order_webhook_secret`.
+    pub webhook_url: Option<String>,
+    /// Seconds before one POST times out; default 10.
+    pub webhook_timeout_secs: u32,
+    /// POSTs per delivery attempt before it is left to a later run; default 3.
+    pub webhook_attempts: u32,
 }
 
 impl Default for OrderDownloadSettings {
@@ -490,6 +532,9 @@ impl Default for OrderDownloadSettings {
             split_names: true,
             earliest_order_date: None,
             overlap_minutes: 10,
+            webhook_url: None,
+            webhook_timeout_secs: 10,
+            webhook_attempts: 3,
         }
     }
 }

@@ -1,0 +1,360 @@
+//! The Order Download handler with its production adapters: DynamoDB and Secrets Manager on the
+//! AWS emulator, DEAR from the simulator, and a local warehouse endpoint that checks signatures.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use dear_sim::seed::SeedSpec;
+use dear_sim::{SimConfig, SimServer};
+use dearsync_aws::{DynamoStore, SecretsManagerCredentials, testing};
+use dearsync_core::state::TenantEntry;
+use dearsync_core::{SystemClock, TenantId};
+use hmac::{Hmac, KeyInit, Mac};
+use order_download::{Deps, HandlerError, handle};
+use serde_json::{Value, json};
+
+const HMAC_KEY: &str = "order-signing-key";
+const INBOUND: &str = "inbound-shared-secret";
+
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<(HeaderMap, Bytes)>>>);
+
+/// A warehouse endpoint on 127.0.0.1 that accepts every order.
+async fn warehouse() -> (String, Received) {
+    let received = Received::default();
+    let r = received.clone();
+    let app = axum::Router::new().route(
+        "/orders",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let r = r.clone();
+            async move {
+                r.0.lock().unwrap().push((headers, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/orders"), received)
+}
+
+fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(HMAC_KEY.as_bytes()).unwrap();
+    mac.update(body);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    headers
+        .get("x-dearsync-signature")
+        .and_then(|v| v.to_str().ok())
+        == Some(&format!("sha256={want}"))
+}
+
+struct World {
+    sim: SimServer,
+    deps: Deps,
+    received: Received,
+    webhook_url: String,
+}
+
+async fn world() -> World {
+    let spec = SeedSpec {
+        seed: 11,
+        sales: 60,
+        products: 30,
+        ..Default::default()
+    };
+    let sim = dear_sim::start_seeded(
+        SimConfig {
+            rate_limit: 0,
+            ..Default::default()
+        },
+        &spec,
+    )
+    .await
+    .unwrap();
+    let table = testing::fresh_table().await;
+    let prefix = format!("dear-sync-test/{}/", uuid::Uuid::new_v4().simple());
+    let clock = Arc::new(SystemClock);
+    let deps = Deps {
+        store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
+        credentials: Arc::new(SecretsManagerCredentials::new(
+            testing::secrets_manager(),
+            &prefix,
+            std::time::Duration::from_secs(60),
+        )),
+        base_url: sim.base_url(),
+        clock,
+    };
+    let (webhook_url, received) = warehouse().await;
+    for tenant in ["acme", "broken", "dormant"] {
+        testing::secrets_manager()
+            .create_secret()
+            .name(format!("{prefix}{tenant}"))
+            .secret_string(
+                json!({
+                    "account_id": dear_sim::DEFAULT_ACCOUNT_ID,
+                    "api_key": dear_sim::DEFAULT_API_KEY,
+                    "order_webhook_secret": HMAC_KEY,
+                    "inbound_secret": INBOUND,
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    World {
+        sim,
+        deps,
+        received,
+        webhook_url,
+    }
+}
+
+fn settings(url: &str) -> String {
+    format!(
+        "[dear]\ncalls_per_minute = 50\nburst = 10\n[order_download]\nsale_status = \"PICKED\"\nearliest_order_date = \"2020-01-01\"\nwebhook_url = \"{url}\"\n"
+    )
+}
+
+async fn put(w: &World, tenant: &str, enabled: bool, toml: String) {
+    w.deps
+        .store
+        .put_tenant(&TenantEntry {
+            tenant: TenantId::new(tenant).unwrap(),
+            enabled,
+            settings_toml: toml,
+        })
+        .await
+        .unwrap();
+}
+
+fn orders(r: &Received) -> Vec<Value> {
+    r.0.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_event_delivers_signed_orders_once() {
+    let w = world().await;
+    put(&w, "acme", true, settings(&w.webhook_url)).await;
+    let out = handle(&w.deps, json!({ "tenant": "acme" }), "req-1", None)
+        .await
+        .unwrap();
+    let delivered = out["tenants"][0]["delivered"].as_u64().unwrap();
+    assert!(delivered > 0, "{out}");
+    let got = w.received.0.lock().unwrap().clone();
+    assert_eq!(got.len() as u64, delivered);
+    for (headers, body) in &got {
+        assert!(
+            verify(headers, body),
+            "every order is signed with the tenant's key"
+        );
+        let order: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(order["schema"], "dear-sync.order/v1");
+        assert_eq!(
+            headers.get("idempotency-key").unwrap().to_str().unwrap(),
+            format!(
+                "{}:{}",
+                order["sale_id"].as_str().unwrap(),
+                order["version"].as_str().unwrap()
+            )
+        );
+    }
+    // EventBridge's own shape, with the tenant in `detail`: nothing new to deliver.
+    let again = handle(&w.deps, json!({ "detail-type": "Scheduled Event", "source": "aws.scheduler", "detail": { "tenant": "acme" } }), "req-2", None)
+        .await
+        .unwrap();
+    assert_eq!(again["tenants"][0]["delivered"], 0);
+    assert_eq!(w.received.0.lock().unwrap().len() as u64, delivered);
+    drop(w.sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_run_isolates_a_broken_tenant_and_skips_disabled_ones() {
+    let w = world().await;
+    put(&w, "acme", true, settings(&w.webhook_url)).await;
+    put(
+        &w,
+        "broken",
+        true,
+        "[order_download]\nsale_status = \"PICKD\"\n".into(),
+    )
+    .await;
+    put(&w, "dormant", false, settings(&w.webhook_url)).await;
+    let err = handle(
+        &w.deps,
+        json!({ "detail-type": "Scheduled Event", "detail": {} }),
+        "req-3",
+        None,
+    )
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, HandlerError::RunFailed(_)));
+    assert!(
+        text.contains("1 of 2 tenants failed")
+            && text.contains("broken")
+            && text.contains("order_download.sale_status"),
+        "{text}"
+    );
+    // acme ran all the same; dormant did not run at all.
+    let delivered = orders(&w.received);
+    assert!(!delivered.is_empty());
+    let again = handle(&w.deps, json!({ "tenant": "acme" }), "req-4", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again["tenants"][0]["delivered"], 0,
+        "acme's orders were delivered by the fan-out run"
+    );
+}
+
+#[tokio::test]
+async fn malformed_events_are_refused_naming_what_is_wrong() {
+    let w = world().await;
+    for (event, needle) in [
+        (json!(5), "expected a JSON object"),
+        (json!({ "tenant": 5 }), "tenant must be a tenant id string"),
+        (json!({ "detail": { "tenant": "a b" } }), "detail.tenant"),
+    ] {
+        let err = handle(&w.deps, event.clone(), "req", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, HandlerError::BadEvent(_)) && err.to_string().contains(needle),
+            "{event}: {err}"
+        );
+    }
+    let err = handle(&w.deps, json!({ "tenant": "nobody" }), "req", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("tenant nobody: not configured"),
+        "{err}"
+    );
+    put(&w, "acme", true, "[order_download]\n".into()).await;
+    let err = handle(&w.deps, json!({ "tenant": "acme" }), "req", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("order_download.webhook_url is not set"),
+        "{err}"
+    );
+}
+
+fn url_request(method: &str, path: &str, secret: Option<&str>, body: &str) -> Value {
+    let mut headers = json!({ "content-type": "application/json" });
+    if let Some(s) = secret {
+        headers["X-DearSync-Secret"] = json!(s);
+    }
+    json!({
+        "version": "2.0",
+        "rawPath": path,
+        "headers": headers,
+        "body": body,
+        "isBase64Encoded": false,
+        "requestContext": { "http": { "method": method, "path": path } },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
+    let w = world().await;
+    put(&w, "acme", true, settings(&w.webhook_url)).await;
+    let picked = w
+        .sim
+        .sim
+        .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
+            d.sales
+                .values()
+                .find(|s| {
+                    dear_sim::rules::sale_status(s) == "PICKED" && !s.shipping.postcode.is_empty()
+                })
+                .map(|s| s.id)
+        })
+        .unwrap()
+        .expect("a PICKED sale in the seed");
+    let event_body = json!({ "SaleID": picked.to_string().to_uppercase(), "SaleOrderNumber": "SO-1", "EventType": "Sale/PickAuthorised" }).to_string();
+    let status = |v: &Value| v["statusCode"].as_u64().unwrap();
+
+    for (req, want, needle) in [
+        (
+            url_request("GET", "/dear/acme", Some(INBOUND), ""),
+            405,
+            "not allowed",
+        ),
+        (
+            url_request("POST", "/elsewhere", Some(INBOUND), &event_body),
+            404,
+            "/dear/<tenant>",
+        ),
+        (
+            url_request("POST", "/dear/nobody", Some(INBOUND), &event_body),
+            404,
+            "not configured",
+        ),
+        (
+            url_request("POST", "/dear/acme", None, &event_body),
+            401,
+            "x-dearsync-secret",
+        ),
+        (
+            url_request("POST", "/dear/acme", Some("wrong"), &event_body),
+            401,
+            "x-dearsync-secret",
+        ),
+        (
+            url_request("POST", "/dear/acme", Some(INBOUND), "{not json"),
+            400,
+            "not JSON",
+        ),
+        (
+            url_request("POST", "/dear/acme", Some(INBOUND), "[{\"SKU\":\"Bread\"}]"),
+            400,
+            "no SaleID",
+        ),
+    ] {
+        let resp = handle(&w.deps, req, "req", None).await.unwrap();
+        assert_eq!(status(&resp), want, "{resp}");
+        assert!(resp["body"].as_str().unwrap().contains(needle), "{resp}");
+    }
+    assert!(
+        w.received.0.lock().unwrap().is_empty(),
+        "nothing delivered for refused requests"
+    );
+
+    let resp = handle(
+        &w.deps,
+        url_request("POST", "/dear/acme", Some(INBOUND), &event_body),
+        "req",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&resp), 200, "{resp}");
+    let got = orders(&w.received);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["sale_id"], picked.to_string());
+    // DEAR retries its webhooks: a repeat delivers nothing new.
+    let resp = handle(
+        &w.deps,
+        url_request("POST", "/dear/acme", Some(INBOUND), &event_body),
+        "req",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&resp), 200);
+    assert_eq!(orders(&w.received).len(), 1);
+}
