@@ -769,3 +769,54 @@ impl NowPlus for OffsetClock {
         dearsync_core::Clock::now(self) + chrono::Duration::seconds(secs)
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stops_at_its_deadline_and_the_next_resumes_without_loss_or_duplicates() {
+    let server = sim(150).await;
+    let rows = all_rows(&server).await;
+    let want = ids(rows
+        .iter()
+        .filter(|r| deliverable(&server, r.sale_id))
+        .map(|r| r.sale_id));
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale".into(),
+            latency_ms: 15,
+            ..Default::default()
+        },
+    );
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let opts = RunOptions {
+        deadline: Some(tokio::time::Instant::now() + Duration::from_millis(700)),
+        margin: Duration::from_millis(100),
+        ..RunOptions::default()
+    };
+    let cut = h.job.run(&opts).await;
+    assert_eq!(cut.outcome, Outcome::StoppedAtDeadline, "{cut:?}");
+    assert!(
+        cut.delivered > 0 && (cut.delivered as usize) < want.len(),
+        "{cut:?}"
+    );
+    let max_updated = rows
+        .iter()
+        .filter_map(|r| r.updated)
+        .max()
+        .unwrap()
+        .to_utc();
+    let cursor = cut
+        .cursor_after
+        .clone()
+        .expect("the cursor moved over the finished part");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&cursor).unwrap() < max_updated,
+        "{cursor}"
+    );
+    h.server.sim.clear_faults(ACCOUNT);
+    let rest = run(&h).await;
+    assert_eq!(rest.outcome, Outcome::Completed);
+    let delivered = h.sink.sale_ids();
+    assert_eq!(delivered.len(), ids(&delivered).len(), "no duplicates");
+    assert_eq!(ids(&delivered), want);
+}

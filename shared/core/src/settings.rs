@@ -233,17 +233,17 @@ fn non_empty_items(path: &str, values: &[String]) -> Result<(), SettingsError> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DearSettings {
-    /// Calls per minute the jobs together may make (DEAR allows 60); default 55.
+    /// Calls per minute the jobs together may make (DEAR allows 60); default 57 (with the burst of 2, never more than 60 in any sliding minute).
     pub calls_per_minute: u32,
-    /// Calls that may go at once after a pause; burst + calls_per_minute ≤ 60. Default 3.
+    /// Calls that may go at once after a pause; burst + calls_per_minute ≤ 60. Default 2.
     pub burst: u32,
 }
 
 impl Default for DearSettings {
     fn default() -> Self {
         Self {
-            calls_per_minute: 55,
-            burst: 3,
+            calls_per_minute: 57,
+            burst: 2,
         }
     }
 }
