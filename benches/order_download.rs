@@ -25,7 +25,9 @@ struct CountingSink(AtomicU64);
 impl OrderSink for CountingSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
         // Serialise as a real sink would, then drop it.
-        let bytes = serde_json::to_vec(order).map_err(|e| SinkError { message: e.to_string() })?;
+        let bytes = serde_json::to_vec(order).map_err(|e| SinkError {
+            message: e.to_string(),
+        })?;
         std::hint::black_box(bytes);
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -35,6 +37,8 @@ impl OrderSink for CountingSink {
 struct Sim {
     child: Child,
     base_url: String,
+    // Kept open: the simulator prints more lines, and a closed pipe would kill it.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Drop for Sim {
@@ -45,25 +49,59 @@ impl Drop for Sim {
 }
 
 fn start_sim(sales: usize, rate_limit: u32) -> Sim {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dearsync"))
-        .args(["sim", "--listen", &format!("127.0.0.1:{port}"), "--sales", &sales.to_string()])
-        .args(["--products", "200", "--rate-limit", &rate_limit.to_string(), "--seed", "3"])
+        .args([
+            "sim",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sales",
+            &sales.to_string(),
+        ])
+        .args([
+            "--products",
+            "200",
+            "--rate-limit",
+            &rate_limit.to_string(),
+            "--seed",
+            "3",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start dearsync sim");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base_url = line.trim().strip_prefix("DEAR_BASE_URL=").expect("the simulator prints its URL").to_owned();
-    Sim { child, base_url }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let base_url = line
+        .trim()
+        .strip_prefix("DEAR_BASE_URL=")
+        .expect("the simulator prints its URL")
+        .to_owned();
+    Sim {
+        child,
+        base_url,
+        _stdout: stdout,
+    }
 }
 
 /// (user + system CPU seconds, peak resident MB) of this process, from /proc.
 fn cpu_and_peak() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, r)| r.split(' ').collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12); 100 ticks/s.
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -94,7 +132,13 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> (OrderDownload, Arc
     let dear = if unlimited {
         connect::unlimited_dear_client(&creds, &sim.base_url)
     } else {
-        connect::dear_client(&creds, &sim.base_url, &settings.dear, store.clone(), clock.clone())
+        connect::dear_client(
+            &creds,
+            &sim.base_url,
+            &settings.dear,
+            store.clone(),
+            clock.clone(),
+        )
     }
     .unwrap();
     let sink = Arc::new(CountingSink(AtomicU64::new(0)));
@@ -121,12 +165,29 @@ async fn volume(sales: usize) {
     let delivered = sink.0.load(Ordering::Relaxed);
     let again = job.run(&RunOptions::default()).await;
     println!("volume: {sales} sales in DEAR, filter Any, state in SQLite, simulator limit off");
-    println!("  outcome {:?}; listed {}, fetched {}, delivered {delivered}, skipped {}", s.outcome, s.listed, s.fetched, s.skipped_total());
-    println!("  DEAR calls {} = {:.4} per delivered order ({} listing pages + {} GET sale)", s.dear_calls,
-        s.dear_calls as f64 / delivered.max(1) as f64, s.dear_calls - s.fetched, s.fetched);
-    println!("  wall {wall:.1} s; job CPU {:.2} s = {:.3} s per 1,000 orders; peak RSS {peak:.1} MB",
-        cpu1 - cpu0, (cpu1 - cpu0) * 1000.0 / delivered.max(1) as f64);
-    println!("  second run: DEAR calls {}, fetched {}, delivered {}", again.dear_calls, again.fetched, again.delivered);
+    println!(
+        "  outcome {:?}; listed {}, fetched {}, delivered {delivered}, skipped {}",
+        s.outcome,
+        s.listed,
+        s.fetched,
+        s.skipped_total()
+    );
+    println!(
+        "  DEAR calls {} = {:.4} per delivered order ({} listing pages + {} GET sale)",
+        s.dear_calls,
+        s.dear_calls as f64 / delivered.max(1) as f64,
+        s.dear_calls - s.fetched,
+        s.fetched
+    );
+    println!(
+        "  wall {wall:.1} s; job CPU {:.2} s = {:.3} s per 1,000 orders; peak RSS {peak:.1} MB",
+        cpu1 - cpu0,
+        (cpu1 - cpu0) * 1000.0 / delivered.max(1) as f64
+    );
+    println!(
+        "  second run: DEAR calls {}, fetched {}, delivered {}",
+        again.dear_calls, again.fetched, again.delivered
+    );
 }
 
 async fn rate(seconds: u64) {
@@ -141,25 +202,51 @@ async fn rate(seconds: u64) {
     let started = Instant::now();
     let s = job.run(&opts).await;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
-    let admin: serde_json::Value = reqwest::get(format!("{}calls", sim.base_url.replace("ExternalApi/v2/", "admin/")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    println!("rate: DEAR simulator limited to 60 calls per sliding minute; the job's budget {:?}", TenantSettings::default().dear);
+    let admin: serde_json::Value = reqwest::get(format!(
+        "{}calls",
+        sim.base_url.replace("ExternalApi/v2/", "admin/")
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    println!(
+        "rate: DEAR simulator limited to 60 calls per sliding minute; the job's budget {:?}",
+        TenantSettings::default().dear
+    );
     println!("  ran {:.2} min, outcome {:?}", minutes, s.outcome);
-    println!("  DEAR calls {} = {:.1} per minute ({:.1}% of 60); throttled answers {} (client) / {} (simulator)",
-        s.dear_calls, s.dear_calls as f64 / minutes, s.dear_calls as f64 / minutes / 60.0 * 100.0, s.throttled, admin["throttled"]);
-    println!("  most calls the simulator saw in any 60 s: {}; orders delivered {}", admin["max_in_window"], sink.0.load(Ordering::Relaxed));
+    println!(
+        "  DEAR calls {} = {:.1} per minute ({:.1}% of 60); throttled answers {} (client) / {} (simulator)",
+        s.dear_calls,
+        s.dear_calls as f64 / minutes,
+        s.dear_calls as f64 / minutes / 60.0 * 100.0,
+        s.throttled,
+        admin["throttled"]
+    );
+    println!(
+        "  most calls the simulator saw in any 60 s: {}; orders delivered {}",
+        admin["max_in_window"],
+        sink.0.load(Ordering::Relaxed)
+    );
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     match args.first().map(String::as_str) {
-        Some("rate") => rt.block_on(rate(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(240))),
-        Some("volume") | None => rt.block_on(volume(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000))),
+        Some("rate") => rt.block_on(rate(
+            args.get(1).and_then(|s| s.parse().ok()).unwrap_or(240),
+        )),
+        Some("volume") | None => rt.block_on(volume(
+            args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000),
+        )),
         Some(other) => eprintln!("unknown benchmark {other}; use volume or rate"),
     }
 }

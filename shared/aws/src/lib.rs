@@ -20,14 +20,7 @@ pub async fn load_sdk_config() -> aws_config::SdkConfig {
 
 /// Renders an SDK error with its whole cause chain (the SDK's `Display` alone says only "service error").
 pub(crate) fn sdk_error_text<E: std::error::Error>(e: &E) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    dear_client::error_chain(e)
 }
 
 #[cfg(feature = "test-support")]

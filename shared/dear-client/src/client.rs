@@ -764,8 +764,8 @@ impl DearClient {
     }
 }
 
-/// The error and its sources, one line (reqwest hides the useful part in the chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The error and its sources, one line (reqwest and the AWS SDK hide the useful part in the chain).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -242,7 +242,7 @@ impl OrderDownload {
 
     fn out_of_time(&self, opts: &RunOptions) -> bool {
         opts.deadline
-            .is_some_and(|d| d.saturating_duration_since(tokio::time::Instant::now()) < opts.margin)
+            .is_some_and(|d| tokio::time::Instant::now() + opts.margin >= d)
     }
 
     /// One scheduled run.
@@ -643,26 +643,15 @@ impl OrderDownload {
             return Ok(());
         }
         let order = map_sale(&sale, &self.settings, listed_updated);
-        if let Err(reason) = matches_attributes(&self.settings, |n| {
+        let deliverable = matches_attributes(&self.settings, |n| {
             sale.additional_attribute(n).map(str::to_owned)
-        }) {
-            let skip = SkipReason {
-                category: "attribute_filter",
-                detail: reason,
-            };
-            return self
-                .record_skip(
-                    sale_id,
-                    record,
-                    &order.version,
-                    &sale,
-                    skip,
-                    updated,
-                    summary,
-                )
-                .await;
-        }
-        if let Err(skip) = validate(&order) {
+        })
+        .map_err(|reason| SkipReason {
+            category: "attribute_filter",
+            detail: reason,
+        })
+        .and_then(|()| validate(&order));
+        if let Err(skip) = deliverable {
             return self
                 .record_skip(
                     sale_id,
