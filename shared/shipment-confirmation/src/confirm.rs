@@ -1,0 +1,940 @@
+//! Applies one warehouse shipment to DEAR: pick → pack (a box per package) → ship (a line per box
+//! with carrier and tracking), exactly once, resumable, with late tracking updates.
+//!
+//! Exactly once: the shipment id is claimed in the idempotency store before anything is written
+//! (a concurrent duplicate is told it is in progress; a repeat gets the stored result), and the
+//! ledger records which fulfilment the shipment uses, so a retry after a crash re-reads that
+//! fulfilment's stages in DEAR and continues from the first one not yet authorised. A write whose
+//! outcome is unknown (a timeout) is settled by re-reading the stage before anything is written again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Duration;
+use dear_client::{
+    DearClient, DearDateTime, DearError, Fulfilment, FulfilmentLine, PickPack, Sale, SaleListQuery,
+    Ship, ShipLine, StageStatus,
+};
+use dearsync_core::settings::{ShipOrderAction, ShipmentConfirmationSettings};
+use dearsync_core::state::{
+    Claim, ClaimTerms, DetailChange, IdempotencyKey, LedgerRecord, NewRecord, RecordKey,
+    RecordState, Transition,
+};
+use dearsync_core::{Clock, Job, StateStore, StoreError, TenantId};
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::shipment::{Invalid, Shipment};
+
+/// The idempotency scope of shipments.
+const SCOPE: &str = "shipment";
+
+/// What confirming did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The warehouse's shipment id.
+    pub shipment_id: String,
+    /// `applied`, `replayed` (a repeat: nothing written), or `tracking_updated`.
+    pub action: String,
+    /// DEAR's SaleID.
+    pub sale_id: String,
+    /// DEAR's order number.
+    pub order_number: String,
+    /// The fulfilment the shipment was written to.
+    pub task_id: String,
+    /// Its number on the sale.
+    pub fulfilment_number: Option<i64>,
+    /// The DEAR carrier written.
+    pub carrier: String,
+    /// One entry per box.
+    pub boxes: Vec<BoxResult>,
+    /// The fulfilment's ship status after the write.
+    pub ship_status: String,
+}
+
+/// One box as written.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BoxResult {
+    /// The box name in DEAR.
+    pub r#box: String,
+    /// Its tracking number.
+    pub tracking_number: Option<String>,
+}
+
+/// Why a shipment was not (fully) applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    /// The shipment is wrong (or does not fit the sale): nothing was written; fix and resend.
+    #[error("invalid shipment: {0}")]
+    Invalid(Invalid),
+    /// The same shipment id was applied before with other contents; only carrier and tracking may change.
+    #[error(
+        "shipment {shipment_id} was already applied with other contents ({detail}); only carrier and tracking numbers can be changed"
+    )]
+    Changed {
+        /// Which.
+        shipment_id: String,
+        /// What differs.
+        detail: String,
+    },
+    /// Another worker is applying this shipment now; retry later.
+    #[error("shipment {0} is being applied by another worker; retry later")]
+    InProgress(String),
+    /// DEAR or the state store failed; retrying later is safe (it resumes).
+    #[error("{0}; retrying later resumes where it stopped")]
+    Transient(String),
+    /// DEAR refused a write for a reason a retry will not fix.
+    #[error("DEAR refused the shipment: {0}")]
+    Rejected(String),
+}
+
+impl ConfirmError {
+    /// True when a retry may succeed (SQS should redeliver).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ConfirmError::InProgress(_) | ConfirmError::Transient(_)
+        )
+    }
+}
+
+impl From<Invalid> for ConfirmError {
+    fn from(e: Invalid) -> Self {
+        ConfirmError::Invalid(e)
+    }
+}
+
+impl From<StoreError> for ConfirmError {
+    fn from(e: StoreError) -> Self {
+        ConfirmError::Transient(format!("state store: {e}"))
+    }
+}
+
+fn dear_error(e: DearError) -> ConfirmError {
+    if e.is_transient() || e.is_outcome_unknown() {
+        ConfirmError::Transient(format!("DEAR: {e}"))
+    } else {
+        ConfirmError::Rejected(e.to_string())
+    }
+}
+
+/// What the ledger keeps per shipment (its `detail`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ShipmentDetail {
+    sale_id: Option<String>,
+    task_id: Option<String>,
+    contents_hash: Option<String>,
+    payload_hash: Option<String>,
+    confirmation: Option<Confirmation>,
+}
+
+impl ShipmentDetail {
+    fn of(rec: &LedgerRecord) -> Self {
+        rec.detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default()
+    }
+    fn json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Everything confirmation needs.
+pub struct ShipmentConfirmation {
+    /// Whose.
+    pub tenant: TenantId,
+    /// The tenant's `[shipment_confirmation]` settings.
+    pub settings: ShipmentConfirmationSettings,
+    /// DEAR.
+    pub dear: Arc<DearClient>,
+    /// Idempotency and ledger.
+    pub store: Arc<dyn StateStore>,
+    /// Now.
+    pub clock: Arc<dyn Clock>,
+}
+
+fn sum_by_sku<'a>(lines: impl Iterator<Item = &'a FulfilmentLine>) -> BTreeMap<String, Decimal> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(l.sku.clone().unwrap_or_default().trim().to_owned())
+            .or_default() += l.quantity;
+    }
+    m
+}
+
+fn is_live(f: &Fulfilment) -> bool {
+    f.pick.status != StageStatus::Voided && f.ship.status != StageStatus::Voided
+}
+
+fn shipped(f: &Fulfilment) -> bool {
+    matches!(
+        f.ship.status,
+        StageStatus::Authorised | StageStatus::PartiallyAuthorised
+    )
+}
+
+impl ShipmentConfirmation {
+    fn key(&self, shipment: &Shipment) -> RecordKey {
+        RecordKey::new(
+            &self.tenant,
+            Job::ShipmentConfirmation,
+            shipment.shipment_id.trim(),
+        )
+    }
+
+    /// Confirms one shipment.
+    pub async fn confirm(&self, shipment: &Shipment) -> Result<Confirmation, ConfirmError> {
+        shipment.check()?;
+        let id = shipment.shipment_id.trim().to_owned();
+        let hash = shipment.payload_hash();
+        let key = IdempotencyKey::new(&self.tenant, SCOPE, &id);
+        let terms = ClaimTerms {
+            in_progress_for: Duration::minutes(5),
+            keep_for: Duration::days(90),
+        };
+        match self.store.claim(&key, &hash, terms).await {
+            Ok(Claim::Completed { result }) => {
+                let mut c: Confirmation = serde_json::from_str(&result).map_err(|e| {
+                    ConfirmError::Transient(format!("stored result unreadable: {e}"))
+                })?;
+                c.action = "replayed".into();
+                Ok(c)
+            }
+            Ok(Claim::InProgress { .. }) => Err(ConfirmError::InProgress(id)),
+            Err(StoreError::PayloadMismatch { .. }) => self.changed(shipment).await,
+            Err(e) => Err(e.into()),
+            Ok(Claim::Acquired { token }) => {
+                let result = self.apply(shipment, &hash).await;
+                match &result {
+                    Ok(c) => {
+                        let text = serde_json::to_string(c).unwrap_or_default();
+                        self.store
+                            .complete(&key, &token, &text, terms.keep_for)
+                            .await?;
+                    }
+                    Err(_) => self.store.release_claim(&key, &token).await?,
+                }
+                result
+            }
+        }
+    }
+
+    /// The same shipment id with a different payload: a late tracking update, or a conflict.
+    async fn changed(&self, shipment: &Shipment) -> Result<Confirmation, ConfirmError> {
+        let id = shipment.shipment_id.trim().to_owned();
+        let rec = self.store.record(&self.key(shipment)).await?;
+        let Some(rec) = rec.filter(|r| r.state == RecordState::Done) else {
+            return Err(ConfirmError::InProgress(id));
+        };
+        let detail = ShipmentDetail::of(&rec);
+        let Some(applied) = detail.confirmation.clone() else {
+            return Err(ConfirmError::Transient(format!(
+                "shipment {id}: the ledger has no result"
+            )));
+        };
+        if detail.contents_hash.as_deref() != Some(shipment.contents_hash().as_str()) {
+            return Err(ConfirmError::Changed {
+                shipment_id: id,
+                detail: "its sale, date, location, boxes or lines differ".into(),
+            });
+        }
+        if detail.payload_hash.as_deref() == Some(shipment.payload_hash().as_str()) {
+            let mut c = applied;
+            c.action = "replayed".into();
+            return Ok(c);
+        }
+        // Only carrier or tracking changed: one claim per update, so concurrent updates apply once.
+        let key = IdempotencyKey::new(
+            &self.tenant,
+            SCOPE,
+            format!("{id}#{}", &shipment.payload_hash()[..16]),
+        );
+        let terms = ClaimTerms {
+            in_progress_for: Duration::minutes(5),
+            keep_for: Duration::days(90),
+        };
+        let token = match self
+            .store
+            .claim(&key, &shipment.payload_hash(), terms)
+            .await?
+        {
+            Claim::Completed { result } => {
+                return serde_json::from_str(&result).map_err(|e| {
+                    ConfirmError::Transient(format!("stored result unreadable: {e}"))
+                });
+            }
+            Claim::InProgress { .. } => return Err(ConfirmError::InProgress(id)),
+            Claim::Acquired { token } => token,
+        };
+        let result = self.update_tracking(shipment, &applied).await;
+        match &result {
+            Ok(c) => {
+                let mut d = detail.clone();
+                d.payload_hash = Some(shipment.payload_hash());
+                d.confirmation = Some(c.clone());
+                let change = Transition::to(RecordState::Done).detail(d.json());
+                self.store.transition(&rec, change).await?;
+                self.store
+                    .complete(
+                        &key,
+                        &token,
+                        &serde_json::to_string(c).unwrap_or_default(),
+                        terms.keep_for,
+                    )
+                    .await?;
+            }
+            Err(_) => self.store.release_claim(&key, &token).await?,
+        }
+        result
+    }
+
+    async fn update_tracking(
+        &self,
+        shipment: &Shipment,
+        applied: &Confirmation,
+    ) -> Result<Confirmation, ConfirmError> {
+        let task: Uuid = applied
+            .task_id
+            .parse()
+            .map_err(|_| ConfirmError::Transient("bad stored task id".into()))?;
+        let carrier = self.carrier_for(shipment).await?;
+        let date = DearDateTime(shipment.ship_date_time()?);
+        let lines: Vec<ShipLine> = shipment
+            .packages
+            .iter()
+            .zip(&applied.boxes)
+            .map(|(p, b)| ShipLine {
+                shipment_date: Some(date),
+                carrier: Some(carrier.clone()),
+                r#box: Some(b.r#box.clone()),
+                tracking_number: p.tracking_number.clone(),
+                tracking_url: p.tracking_url.clone(),
+                is_shipped: true,
+                ..Default::default()
+            })
+            .collect();
+        let ship = Ship {
+            task_id: Some(task),
+            status: StageStatus::Authorised,
+            add_tracking_numbers: Some(true),
+            lines,
+            ..Default::default()
+        };
+        let written = self
+            .dear
+            .write_ship(&ship, true)
+            .await
+            .map_err(dear_error)?;
+        let mut c = applied.clone();
+        c.action = "tracking_updated".into();
+        c.carrier = carrier;
+        c.boxes = shipment
+            .packages
+            .iter()
+            .zip(&applied.boxes)
+            .map(|(p, b)| BoxResult {
+                r#box: b.r#box.clone(),
+                tracking_number: p.tracking_number.clone(),
+            })
+            .collect();
+        c.ship_status = written.status.to_string();
+        Ok(c)
+    }
+
+    /// Finds the sale by id or order number.
+    async fn sale(&self, shipment: &Shipment) -> Result<Sale, ConfirmError> {
+        let id = match shipment
+            .sale_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(text) => text
+                .parse::<Uuid>()
+                .map_err(|_| Invalid::new("sale_id", "not a GUID"))?,
+            None => {
+                let number = shipment
+                    .order_number
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                let query = SaleListQuery {
+                    search: Some(number.clone()),
+                    ..Default::default()
+                };
+                let pages: Vec<_> = self
+                    .dear
+                    .sale_list(&query, 100)
+                    .try_collect()
+                    .await
+                    .map_err(dear_error)?;
+                pages
+                    .into_iter()
+                    .flat_map(|p| p.items)
+                    .find(|s| {
+                        s.order_number
+                            .as_deref()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(&number))
+                    })
+                    .map(|s| s.sale_id)
+                    .ok_or_else(|| {
+                        Invalid::new(
+                            "order_number",
+                            format!("no DEAR sale has order number {number:?}"),
+                        )
+                    })?
+            }
+        };
+        match self.dear.sale(id).await {
+            Ok(sale) => Ok(sale),
+            Err(DearError::Rejected {
+                status: 400 | 404, ..
+            }) => Err(Invalid::new("sale_id", format!("DEAR has no sale {id}")).into()),
+            Err(e) => Err(dear_error(e)),
+        }
+    }
+
+    /// The DEAR carrier name for the shipment's carrier and service (the carrier map, else as sent).
+    async fn carrier_for(&self, shipment: &Shipment) -> Result<String, ConfirmError> {
+        let carrier = shipment.carrier.trim();
+        let service = shipment.service.as_deref().map(str::trim).unwrap_or("");
+        let find = |k: &str| {
+            self.settings
+                .carrier_map
+                .iter()
+                .find(|(from, _)| from.trim().eq_ignore_ascii_case(k))
+                .map(|(_, to)| to.trim().to_owned())
+        };
+        let mapped = find(&format!("{carrier}/{service}")).or_else(|| find(carrier));
+        let name = mapped.unwrap_or_else(|| carrier.to_owned());
+        if self.settings.create_missing_carriers {
+            let pages: Vec<_> = self
+                .dear
+                .carriers(1000)
+                .try_collect()
+                .await
+                .map_err(dear_error)?;
+            let known = pages.iter().flat_map(|p| &p.items).any(|c| {
+                c.description
+                    .as_deref()
+                    .is_some_and(|d| d.trim().eq_ignore_ascii_case(&name))
+            });
+            if !known {
+                self.dear.create_carrier(&name).await.map_err(dear_error)?;
+                tracing::info!(tenant = %self.tenant, carrier = %name, "created a DEAR carrier");
+            }
+        }
+        Ok(name)
+    }
+
+    async fn apply(&self, shipment: &Shipment, hash: &str) -> Result<Confirmation, ConfirmError> {
+        let key = self.key(shipment);
+        let existing = self.store.record(&key).await?;
+        let sale = self.sale(shipment).await?;
+        let resume_task = existing
+            .as_ref()
+            .filter(|r| r.state == RecordState::InFlight)
+            .and_then(|r| ShipmentDetail::of(r).task_id)
+            .and_then(|t| t.parse::<Uuid>().ok());
+        if existing
+            .as_ref()
+            .is_some_and(|r| r.state == RecordState::Done)
+        {
+            // Applied before, claim since lapsed (90 days): answer from the ledger.
+            if let Some(c) = existing
+                .as_ref()
+                .and_then(|r| ShipmentDetail::of(r).confirmation)
+            {
+                return Ok(Confirmation {
+                    action: "replayed".into(),
+                    ..c
+                });
+            }
+        }
+        let plan = match self.plan(shipment, &sale, resume_task) {
+            Ok(p) => p,
+            Err(e) => {
+                self.record_failure(&key, existing, &e.to_string(), hash)
+                    .await?;
+                return Err(e.into());
+            }
+        };
+        let carrier = self.carrier_for(shipment).await?;
+
+        // The fulfilment: the one a previous attempt chose, an open one, or a new one.
+        // The sale was read just now, so its fulfilments are current; a new one comes back from DEAR.
+        let fulfilment = match plan
+            .task
+            .and_then(|t| sale.fulfilments.iter().find(|f| f.task_id == t))
+        {
+            Some(f) => f.clone(),
+            None => {
+                let created = self
+                    .dear
+                    .create_fulfilment(sale.id)
+                    .await
+                    .map_err(dear_error)?;
+                created
+                    .fulfilments
+                    .into_iter()
+                    .filter(|f| is_live(f) && f.pick.status.is_open() && !shipped(f))
+                    .max_by_key(|f| f.fulfillment_number.unwrap_or(0))
+                    .ok_or_else(|| ConfirmError::Rejected("DEAR opened no new fulfilment".into()))?
+            }
+        };
+        let task = fulfilment.task_id;
+        let detail = ShipmentDetail {
+            sale_id: Some(sale.id.to_string()),
+            task_id: Some(task.to_string()),
+            contents_hash: Some(shipment.contents_hash()),
+            payload_hash: Some(hash.to_owned()),
+            confirmation: None,
+        };
+        let in_flight = match existing {
+            None => {
+                let mut new = NewRecord::new(key.clone(), RecordState::InFlight, hash);
+                new.attempts = 1;
+                new.detail = Some(detail.json());
+                self.store.insert(new).await?
+            }
+            Some(rec) => {
+                let change = Transition::to(RecordState::InFlight)
+                    .input_hash(hash)
+                    .attempt()
+                    .detail(detail.json());
+                self.store.transition(&rec, change).await?
+            }
+        };
+
+        let location = shipment
+            .location
+            .clone()
+            .or_else(|| self.settings.location.clone())
+            .or_else(|| sale.location.clone())
+            .unwrap_or_default();
+        let date = DearDateTime(shipment.ship_date_time()?);
+        let result = self
+            .write_stages(shipment, &sale, fulfilment, &location, &carrier, date)
+            .await;
+        let ship = match result {
+            Ok(ship) => ship,
+            Err(e) => {
+                let reason = e.to_string();
+                let retryable = e.is_retryable();
+                // Stays in flight (with its task) for a retry to resume, or fails with the reason.
+                let change = if retryable {
+                    Transition::to(RecordState::InFlight)
+                        .reason(reason)
+                        .detail(detail.json())
+                } else {
+                    Transition::to(RecordState::Failed)
+                        .reason(reason)
+                        .detail(detail.json())
+                };
+                self.store.transition(&in_flight, change).await?;
+                return Err(e);
+            }
+        };
+        let fulfilment_number = self
+            .dear
+            .fulfilments(sale.id)
+            .await
+            .ok()
+            .and_then(|all| all.fulfilments.into_iter().find(|f| f.task_id == task))
+            .and_then(|f| f.fulfillment_number);
+        let confirmation = Confirmation {
+            shipment_id: shipment.shipment_id.trim().to_owned(),
+            action: "applied".into(),
+            sale_id: sale.id.to_string(),
+            order_number: sale.order_number().unwrap_or_default().to_owned(),
+            task_id: task.to_string(),
+            fulfilment_number,
+            carrier,
+            boxes: shipment
+                .packages
+                .iter()
+                .map(|p| BoxResult {
+                    r#box: p.r#box.trim().to_owned(),
+                    tracking_number: p.tracking_number.clone(),
+                })
+                .collect(),
+            ship_status: ship.status.to_string(),
+        };
+        let mut done = detail;
+        done.confirmation = Some(confirmation.clone());
+        let mut change = Transition::to(RecordState::Done);
+        change.detail = DetailChange::Set(done.json());
+        self.store.transition(&in_flight, change).await?;
+        tracing::info!(tenant = %self.tenant, shipment_id = %confirmation.shipment_id, sale_id = %confirmation.sale_id,
+            task_id = %confirmation.task_id, boxes = confirmation.boxes.len(), "shipment confirmed in DEAR");
+        Ok(confirmation)
+    }
+
+    async fn record_failure(
+        &self,
+        key: &RecordKey,
+        existing: Option<LedgerRecord>,
+        reason: &str,
+        hash: &str,
+    ) -> Result<(), ConfirmError> {
+        let result = match existing {
+            Some(rec) if rec.state != RecordState::Done => {
+                let change = Transition::to(RecordState::Failed)
+                    .reason(reason)
+                    .input_hash(hash)
+                    .attempt();
+                self.store.transition(&rec, change).await.map(|_| ())
+            }
+            Some(_) => Ok(()),
+            None => {
+                let mut new = NewRecord::new(key.clone(), RecordState::Failed, hash);
+                new.reason = Some(reason.to_owned());
+                new.attempts = 1;
+                self.store.insert(new).await.map(|_| ())
+            }
+        };
+        match result {
+            Err(e) if !e.is_conflict() => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which fulfilment to write, decided before any write.
+struct Plan {
+    /// The fulfilment, or `None` for a new one.
+    task: Option<Uuid>,
+}
+
+impl ShipmentConfirmation {
+    /// Validates the shipment against the sale and picks the fulfilment. Nothing is written.
+    fn plan(
+        &self,
+        shipment: &Shipment,
+        sale: &Sale,
+        resume: Option<Uuid>,
+    ) -> Result<Plan, Invalid> {
+        let number = sale.order_number().unwrap_or("(no number)");
+        if sale.status == dear_client::SaleStatus::Voided {
+            return Err(Invalid::new(
+                "sale_id",
+                format!("sale {number} ({}) is voided", sale.id),
+            ));
+        }
+        if !sale.order_status().is_authorised() {
+            return Err(Invalid::new(
+                "sale_id",
+                format!(
+                    "the order of sale {number} is not authorised (order status {})",
+                    sale.order_status()
+                ),
+            ));
+        }
+        let ordered: BTreeMap<String, Decimal> = {
+            let mut m = BTreeMap::new();
+            for l in sale
+                .order
+                .as_ref()
+                .map(|o| o.lines.as_slice())
+                .unwrap_or_default()
+            {
+                *m.entry(l.sku.clone().unwrap_or_default().trim().to_owned())
+                    .or_default() += l.quantity;
+            }
+            m
+        };
+        let live: Vec<&Fulfilment> = sale.fulfilments.iter().filter(|f| is_live(f)).collect();
+        // What other fulfilments already took (picked, packed or shipped).
+        let taken = sum_by_sku(
+            live.iter()
+                .filter(|f| Some(f.task_id) != resume && !f.pick.status.is_open())
+                .flat_map(|f| f.pick.lines.iter()),
+        );
+        let mut shipped_by_sku: BTreeMap<String, Decimal> = BTreeMap::new();
+        for ((sku, _), q) in shipment.quantities() {
+            *shipped_by_sku.entry(sku).or_default() += q;
+        }
+        for (i, p) in shipment.packages.iter().enumerate() {
+            for (j, l) in p.lines.iter().enumerate() {
+                if !ordered.contains_key(l.sku.trim()) {
+                    return Err(Invalid::new(
+                        format!("packages[{i}].lines[{j}].sku"),
+                        format!(
+                            "{:?} is not on sale {number} (it has {})",
+                            l.sku,
+                            ordered.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let action = self.settings.ship_order_action;
+        // A fulfilment this shipment can use.
+        let candidate = match resume {
+            Some(t) => live.iter().find(|f| f.task_id == t).copied(),
+            None => match action {
+                ShipOrderAction::MarkPackedAndShipped => live
+                    .iter()
+                    .find(|f| !shipped(f) && (f.pack.status.is_open()))
+                    .copied(),
+                ShipOrderAction::MarkShipped => live
+                    .iter()
+                    .find(|f| !shipped(f) && f.pack.status.is_authorised())
+                    .copied(),
+            },
+        };
+        if action == ShipOrderAction::MarkShipped {
+            let Some(f) = candidate else {
+                return Err(Invalid::new(
+                    "shipment_id",
+                    format!(
+                        "sale {number} has no packed, unshipped fulfilment (ship_order_action is mark_shipped: pick and pack in DEAR first)"
+                    ),
+                ));
+            };
+            let packed = sum_by_sku(f.pack.lines.iter());
+            if packed != shipped_by_sku {
+                return Err(Invalid::new(
+                    "packages",
+                    format!(
+                        "the shipment ({}) differs from what is packed in DEAR ({})",
+                        show(&shipped_by_sku),
+                        show(&packed)
+                    ),
+                ));
+            }
+            return Ok(Plan {
+                task: Some(f.task_id),
+            });
+        }
+        // Mark packed & shipped: an already authorised pick must be exactly what shipped.
+        if let Some(f) = candidate
+            && f.pick.status.is_authorised()
+        {
+            let picked = sum_by_sku(f.pick.lines.iter());
+            if picked != shipped_by_sku {
+                return Err(Invalid::new(
+                    "packages",
+                    format!(
+                        "fulfilment {} of sale {number} is already picked in DEAR ({}); the shipment ({}) must ship exactly that",
+                        f.fulfillment_number.unwrap_or(0),
+                        show(&picked),
+                        show(&shipped_by_sku)
+                    ),
+                ));
+            }
+            return Ok(Plan {
+                task: Some(f.task_id),
+            });
+        }
+        for (sku, q) in &shipped_by_sku {
+            let remaining = ordered.get(sku).copied().unwrap_or_default()
+                - taken.get(sku).copied().unwrap_or_default();
+            if *q > remaining {
+                return Err(Invalid::new(
+                    "packages",
+                    format!(
+                        "{q} × {sku} exceeds what remains unshipped on sale {number} ({remaining})"
+                    ),
+                ));
+            }
+        }
+        if candidate.is_none() && live.iter().any(|f| !f.pick.status.is_authorised()) {
+            return Err(Invalid::new(
+                "shipment_id",
+                format!(
+                    "sale {number} has a fulfilment that is picked but not packed; DEAR allows no new fulfilment until it is"
+                ),
+            ));
+        }
+        Ok(Plan {
+            task: candidate.map(|f| f.task_id),
+        })
+    }
+
+    /// Writes pick, pack and ship as needed, re-reading each stage first.
+    async fn write_stages(
+        &self,
+        shipment: &Shipment,
+        sale: &Sale,
+        f: Fulfilment,
+        location: &str,
+        carrier: &str,
+        date: DearDateTime,
+    ) -> Result<Ship, ConfirmError> {
+        let task = f.task_id;
+        let products: BTreeMap<String, Option<Uuid>> = sale
+            .order
+            .as_ref()
+            .map(|o| {
+                o.lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.sku.clone().unwrap_or_default().trim().to_owned(),
+                            l.product_id,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line =
+            |sku: &str, q: Decimal, batch: Option<String>, r#box: Option<String>| FulfilmentLine {
+                product_id: products.get(sku).copied().flatten(),
+                sku: Some(sku.to_owned()),
+                location: Some(location.to_owned()),
+                quantity: q,
+                batch_sn: batch,
+                r#box,
+                ..Default::default()
+            };
+        if self.settings.ship_order_action == ShipOrderAction::MarkPackedAndShipped {
+            if !f.pick.status.is_authorised() {
+                let pick = PickPack {
+                    task_id: Some(task),
+                    status: StageStatus::Authorised,
+                    lines: shipment
+                        .quantities()
+                        .into_iter()
+                        .map(|((sku, batch), q)| line(&sku, q, batch, None))
+                        .collect(),
+                    ..Default::default()
+                };
+                let replace = f.pick.status == StageStatus::Draft;
+                self.write_checked(
+                    "pick",
+                    || self.dear.write_pick(&pick, replace),
+                    || self.dear.pick(task),
+                    |p| p.status.is_authorised(),
+                )
+                .await?;
+            }
+            if !f.pack.status.is_authorised() {
+                let lines = shipment
+                    .packages
+                    .iter()
+                    .flat_map(|p| {
+                        p.lines.iter().map(|l| {
+                            line(
+                                l.sku.trim(),
+                                l.quantity,
+                                l.batch.clone().filter(|b| !b.trim().is_empty()),
+                                Some(p.r#box.trim().to_owned()),
+                            )
+                        })
+                    })
+                    .collect();
+                let pack = PickPack {
+                    task_id: Some(task),
+                    status: StageStatus::Authorised,
+                    lines,
+                    ..Default::default()
+                };
+                let replace = f.pack.status == StageStatus::Draft;
+                self.write_checked(
+                    "pack",
+                    || self.dear.write_pack(&pack, replace),
+                    || self.dear.pack(task),
+                    |p| p.status.is_authorised(),
+                )
+                .await?;
+            }
+        }
+        if shipped(&f) {
+            return Ok(f.ship);
+        }
+        // One ship line per box; a "mark shipped" box name follows DEAR's pack when it has one box.
+        let packed_boxes: Vec<String> = {
+            let mut b: Vec<String> = f
+                .pack
+                .lines
+                .iter()
+                .filter_map(|l| l.r#box.clone())
+                .collect();
+            b.dedup();
+            b
+        };
+        let lines = shipment
+            .packages
+            .iter()
+            .map(|p| {
+                let name = if self.settings.ship_order_action == ShipOrderAction::MarkShipped
+                    && shipment.packages.len() == 1
+                    && packed_boxes.len() == 1
+                {
+                    packed_boxes[0].clone()
+                } else {
+                    p.r#box.trim().to_owned()
+                };
+                ShipLine {
+                    shipment_date: Some(date),
+                    carrier: Some(carrier.to_owned()),
+                    r#box: Some(name),
+                    tracking_number: p.tracking_number.clone(),
+                    tracking_url: p.tracking_url.clone(),
+                    is_shipped: true,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let ship = Ship {
+            task_id: Some(task),
+            status: StageStatus::Authorised,
+            lines,
+            ..Default::default()
+        };
+        self.write_checked(
+            "ship",
+            || self.dear.write_ship(&ship, false),
+            || self.dear.ship(task),
+            |s| {
+                matches!(
+                    s.status,
+                    StageStatus::Authorised | StageStatus::PartiallyAuthorised
+                )
+            },
+        )
+        .await
+    }
+
+    /// Writes a stage; if the outcome is unknown (timeout, dropped connection), reads the stage
+    /// back and accepts it when DEAR has it, instead of writing it again blindly.
+    async fn write_checked<T, W, WF, R, RF>(
+        &self,
+        stage: &str,
+        write: W,
+        read: R,
+        done: impl Fn(&T) -> bool,
+    ) -> Result<T, ConfirmError>
+    where
+        W: Fn() -> WF,
+        WF: std::future::Future<Output = Result<T, DearError>>,
+        R: Fn() -> RF,
+        RF: std::future::Future<Output = Result<T, DearError>>,
+    {
+        match write().await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_outcome_unknown() => {
+                tracing::warn!(stage, error = %e, "write outcome unknown; reading DEAR back");
+                let now = read().await.map_err(dear_error)?;
+                if done(&now) {
+                    Ok(now)
+                } else {
+                    write().await.map_err(dear_error)
+                }
+            }
+            Err(e) => Err(dear_error(e)),
+        }
+    }
+}
+
+fn show(m: &BTreeMap<String, Decimal>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{} × {k}", v.normalize()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,8 @@
+//! dear-sync's Shipment Confirmation – Detailed: a warehouse shipment (boxes, carrier, a tracking
+//! number per box) written to DEAR through pick → pack → ship, exactly once.
+
+pub mod confirm;
+pub mod shipment;
+
+pub use confirm::{BoxResult, ConfirmError, Confirmation, ShipmentConfirmation};
+pub use shipment::{Invalid, Shipment};

@@ -1,0 +1,471 @@
+//! Shipment Confirmation end to end against the DEAR simulator: DEAR's final state after each
+//! scenario, and that nothing was applied twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dear_client::{ApiKey, DearClient, DearConfig, RetryPolicy, StageStatus};
+use dear_sim::seed::SeedSpec;
+use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
+use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
+use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
+use serde_json::json;
+use uuid::Uuid;
+
+const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+
+async fn sim() -> SimServer {
+    let spec = SeedSpec {
+        seed: 21,
+        sales: 120,
+        products: 40,
+        ..Default::default()
+    };
+    let config = SimConfig {
+        rate_limit: 0,
+        hang_ms: 1_000,
+        ..Default::default()
+    };
+    dear_sim::start_seeded(config, &spec).await.unwrap()
+}
+
+fn client(server: &SimServer) -> Arc<DearClient> {
+    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
+        .with_base_url(&server.base_url())
+        .unwrap();
+    config.calls_per_minute = 0;
+    config.retry = RetryPolicy {
+        max_read_retries: 3,
+        max_throttle_retries: 3,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        throttle_pause: Duration::from_millis(20),
+        request_timeout: Duration::from_millis(400),
+    };
+    Arc::new(DearClient::new(config).unwrap())
+}
+
+fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> ShipmentConfirmation {
+    ShipmentConfirmation {
+        tenant: TenantId::new("acme").unwrap(),
+        settings: TenantSettings::from_toml(settings)
+            .unwrap()
+            .shipment_confirmation,
+        dear: client(server),
+        store,
+        clock: Arc::new(OffsetClock::default()),
+    }
+}
+
+fn memory() -> Arc<dyn StateStore> {
+    Arc::new(MemoryStore::new(Arc::new(OffsetClock::default())))
+}
+
+/// A simple sale in a given status with its order lines (SKU, quantity).
+fn find_sale(server: &SimServer, status: &str, min_qty: i64) -> (Uuid, String, Vec<(String, i64)>) {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.sales
+                .values()
+                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == status)
+                .filter(|s| {
+                    s.lines.iter().all(|l| {
+                        l.quantity >= rust_decimal::Decimal::from(min_qty)
+                            && l.quantity.fract().is_zero()
+                    })
+                })
+                .map(|s| {
+                    let lines = s
+                        .lines
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.sku.clone(),
+                                l.quantity.trunc().to_string().parse().unwrap(),
+                            )
+                        })
+                        .collect();
+                    (s.id, s.order_number.clone(), lines)
+                })
+                .next()
+        })
+        .unwrap()
+        .unwrap_or_else(|| panic!("the seed has a simple {status} sale"))
+}
+
+fn shipment(id: &str, sale: Uuid, packages: serde_json::Value) -> Shipment {
+    Shipment::from_json(
+        &json!({ "shipment_id": id, "sale_id": sale.to_string(), "ship_date": "2026-11-20", "carrier": "UPS", "service": "Ground", "packages": packages })
+            .to_string(),
+    )
+    .unwrap()
+}
+
+/// Every line of the sale in one box per SKU, with tracking `T-<n>`.
+fn boxes_per_sku(lines: &[(String, i64)], share: impl Fn(i64) -> i64) -> serde_json::Value {
+    json!(lines
+        .iter()
+        .enumerate()
+        .map(|(i, (sku, q))| json!({ "box": format!("CTN-{}", i + 1), "tracking_number": format!("T-{}", i + 1), "lines": [{ "sku": sku, "quantity": share(*q) }] }))
+        .collect::<Vec<_>>())
+}
+
+fn writes(server: &SimServer) -> u64 {
+    let c = server.sim.calls(ACCOUNT).unwrap();
+    c.by_route
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GET"))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+fn total_calls(server: &SimServer) -> u64 {
+    server.sim.calls(ACCOUNT).unwrap().total
+}
+
+#[tokio::test]
+async fn a_simple_sale_is_picked_packed_and_shipped_with_a_tracking_number_per_box() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let j = job(&server, memory(), "");
+    let s = shipment("WMS-1", sale, boxes_per_sku(&lines, |q| q));
+    let before = total_calls(&server);
+    let c = j.confirm(&s).await.unwrap();
+    assert_eq!(c.action, "applied");
+    assert!(
+        total_calls(&server) - before <= 5,
+        "{} DEAR calls",
+        total_calls(&server) - before
+    );
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert_eq!(f.task_id.to_string(), c.task_id);
+    assert!(f.pick.status.is_authorised() && f.pack.status.is_authorised());
+    assert_eq!(f.ship.status, StageStatus::Authorised);
+    let mut tracking: Vec<_> = f
+        .ship
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.r#box.clone().unwrap(),
+                l.tracking_number.clone().unwrap(),
+                l.carrier.clone().unwrap(),
+            )
+        })
+        .collect();
+    tracking.sort();
+    let want: Vec<_> = (1..=lines.len())
+        .map(|i| (format!("CTN-{i}"), format!("T-{i}"), "UPS".to_owned()))
+        .collect();
+    assert_eq!(tracking, want, "one ship line per box");
+    let sale_now = j.dear.sale(sale).await.unwrap();
+    assert_eq!(
+        sale_now.combined_shipping_status.as_deref(),
+        Some("SHIPPED")
+    );
+
+    // A repeat is a no-op that answers with the earlier result.
+    let writes_before = writes(&server);
+    let again = j.confirm(&s).await.unwrap();
+    assert_eq!(again.action, "replayed");
+    assert_eq!(again.task_id, c.task_id);
+    assert_eq!(writes(&server), writes_before, "nothing written again");
+}
+
+#[tokio::test]
+async fn a_partial_then_a_final_shipment_use_two_fulfilments_and_account_for_everything() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 2);
+    let j = job(&server, memory(), "");
+    let first = j
+        .confirm(&shipment("WMS-P1", sale, boxes_per_sku(&lines, |q| q / 2)))
+        .await
+        .unwrap();
+    let mid = j.dear.sale(sale).await.unwrap();
+    assert_eq!(
+        mid.combined_shipping_status.as_deref(),
+        Some("PARTIALLY SHIPPED"),
+        "{mid:?}"
+    );
+    let second = j
+        .confirm(&shipment(
+            "WMS-P2",
+            sale,
+            boxes_per_sku(&lines, |q| q - q / 2),
+        ))
+        .await
+        .unwrap();
+    assert_ne!(first.task_id, second.task_id, "a second fulfilment");
+    let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|f| f.ship.status == StageStatus::Authorised));
+    let end = j.dear.sale(sale).await.unwrap();
+    assert_eq!(end.combined_shipping_status.as_deref(), Some("SHIPPED"));
+    // Nothing more can ship.
+    let err = j
+        .confirm(&shipment("WMS-P3", sale, boxes_per_sku(&lines[..1], |_| 1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConfirmError::Invalid(e) if e.message.contains("exceeds what remains")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn late_tracking_updates_the_shipment_and_other_changes_are_refused() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let j = job(
+        &server,
+        memory(),
+        "[shipment_confirmation]\ncarrier_map = { \"UPS/Ground\" = \"UPS Ground\" }\n",
+    );
+    let original = shipment("WMS-T", sale, boxes_per_sku(&lines, |q| q));
+    let c = j.confirm(&original).await.unwrap();
+    assert_eq!(c.carrier, "UPS Ground", "mapped by carrier and service");
+    let mut late = original.clone();
+    for p in &mut late.packages {
+        p.tracking_number = Some(format!("LATE-{}", p.r#box));
+    }
+    let u = j.confirm(&late).await.unwrap();
+    assert_eq!(u.action, "tracking_updated");
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert!(
+        f.ship
+            .lines
+            .iter()
+            .all(|l| l.tracking_number.as_deref().unwrap().starts_with("LATE-")),
+        "{:?}",
+        f.ship.lines
+    );
+    // The same update again is a no-op.
+    let writes_before = writes(&server);
+    assert_eq!(j.confirm(&late).await.unwrap().action, "replayed");
+    assert_eq!(writes(&server), writes_before);
+    // Anything else is refused.
+    let mut changed = original.clone();
+    changed.packages[0].lines[0].quantity -= rust_decimal::Decimal::ONE;
+    if changed.packages[0].lines[0].quantity.is_zero() {
+        changed.packages[0].lines[0].quantity = rust_decimal::Decimal::TWO;
+    }
+    let err = j.confirm(&changed).await.unwrap_err();
+    assert!(matches!(err, ConfirmError::Changed { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn bad_shipments_are_refused_before_anything_is_written() {
+    let server = sim().await;
+    let (sale, number, lines) = find_sale(&server, "ORDERED", 1);
+    let (draft, _, dlines) = find_sale(&server, "ORDERING", 1);
+    let voided = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.sales.values().find(|s| s.voided).map(|s| s.id)
+        })
+        .unwrap()
+        .unwrap();
+    let j = job(&server, memory(), "");
+    let before = writes(&server);
+    let cases: Vec<(Shipment, &str)> = vec![
+        (
+            shipment(
+                "B1",
+                sale,
+                json!([{ "box": "A", "lines": [{ "sku": "NOPE-1", "quantity": 1 }] }]),
+            ),
+            "is not on sale",
+        ),
+        (
+            shipment("B2", sale, boxes_per_sku(&lines, |q| q + 1)),
+            "exceeds what remains",
+        ),
+        (
+            shipment("B3", draft, boxes_per_sku(&dlines, |q| q)),
+            "not authorised",
+        ),
+        (
+            shipment(
+                "B4",
+                voided,
+                json!([{ "box": "A", "lines": [{ "sku": "X", "quantity": 1 }] }]),
+            ),
+            "voided",
+        ),
+        (
+            shipment(
+                "B5",
+                Uuid::new_v4(),
+                json!([{ "box": "A", "lines": [{ "sku": "X", "quantity": 1 }] }]),
+            ),
+            "DEAR has no sale",
+        ),
+    ];
+    for (s, needle) in cases {
+        let err = j.confirm(&s).await.unwrap_err();
+        assert!(
+            matches!(err, ConfirmError::Invalid(_)) && err.to_string().contains(needle),
+            "{}: {err}",
+            s.shipment_id
+        );
+        assert!(!err.is_retryable());
+    }
+    // By order number too, and an unknown one is named.
+    let by_number = Shipment::from_json(&json!({ "shipment_id": "B6", "order_number": "SO-99999", "ship_date": "2026-11-20", "carrier": "UPS", "packages": [{ "box": "A", "lines": [{ "sku": "X", "quantity": 1 }] }] }).to_string()).unwrap();
+    let err = j.confirm(&by_number).await.unwrap_err();
+    assert!(err.to_string().contains("SO-99999"), "{err}");
+    assert_eq!(
+        writes(&server),
+        before,
+        "nothing written for any bad shipment"
+    );
+    // A corrected shipment under a refused id is then applied.
+    let fixed = Shipment::from_json(&json!({ "shipment_id": "B1", "order_number": number, "ship_date": "2026-11-20", "carrier": "UPS", "packages": boxes_per_sku(&lines, |q| q) }).to_string()).unwrap();
+    assert_eq!(j.confirm(&fixed).await.unwrap().action, "applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_apply_once() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let store = memory();
+    let s = shipment("WMS-DUP", sale, boxes_per_sku(&lines, |q| q));
+    let results = futures::future::join_all((0..8).map(|_| {
+        let j = job(&server, store.clone(), "");
+        let s = s.clone();
+        tokio::spawn(async move { j.confirm(&s).await })
+    }))
+    .await;
+    let applied = results
+        .iter()
+        .filter(|r| matches!(r.as_ref().unwrap(), Ok(c) if c.action == "applied"))
+        .count();
+    let busy = results
+        .iter()
+        .filter(|r| matches!(r.as_ref().unwrap(), Err(ConfirmError::InProgress(_))))
+        .count();
+    assert_eq!(applied, 1);
+    assert_eq!(
+        applied
+            + busy
+            + results
+                .iter()
+                .filter(|r| matches!(r.as_ref().unwrap(), Ok(c) if c.action == "replayed"))
+                .count(),
+        8
+    );
+    let fulfilments = client(&server).fulfilments(sale).await.unwrap().fulfilments;
+    assert_eq!(fulfilments.len(), 1);
+    assert_eq!(
+        fulfilments[0].ship.lines.len(),
+        lines.len(),
+        "each box shipped once"
+    );
+}
+
+#[tokio::test]
+async fn a_run_that_died_after_the_pick_resumes_from_deals_state() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let store = memory();
+    let j = job(&server, store.clone(), "");
+    let s = shipment("WMS-CRASH", sale, boxes_per_sku(&lines, |q| q));
+    // The pack write fails every time: DEAR is down after the pick.
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale/fulfilment/pack".into(),
+            method: Some("POST".into()),
+            probability: 1.0,
+            fault: Some(Fault::Status(503)),
+            ..Default::default()
+        },
+    );
+    let err = j.confirm(&s).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert!(f.pick.status.is_authorised() && !f.pack.status.is_authorised());
+    server.sim.clear_faults(ACCOUNT);
+    // A write whose outcome is unknown (applied, then the connection dropped) is read back, not repeated.
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale/fulfilment/ship".into(),
+            method: Some("POST".into()),
+            sequence: [Fault::Drop].into(),
+            after_apply: true,
+            ..Default::default()
+        },
+    );
+    let c = j.confirm(&s).await.unwrap();
+    assert_eq!(c.action, "applied");
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert_eq!(f.ship.status, StageStatus::Authorised);
+    assert_eq!(
+        f.pick
+            .lines
+            .iter()
+            .map(|l| l.quantity)
+            .sum::<rust_decimal::Decimal>(),
+        lines
+            .iter()
+            .map(|(_, q)| rust_decimal::Decimal::from(*q))
+            .sum::<rust_decimal::Decimal>(),
+        "picked once"
+    );
+    assert_eq!(f.ship.lines.len(), lines.len(), "shipped once");
+}
+
+#[tokio::test]
+async fn mark_shipped_ships_what_the_merchant_packed() {
+    let server = sim().await;
+    let (sale, _, _) = find_sale(&server, "PACKED", 1);
+    let j = job(
+        &server,
+        memory(),
+        "[shipment_confirmation]\nship_order_action = \"mark_shipped\"\n",
+    );
+    let f = j
+        .dear
+        .fulfilments(sale)
+        .await
+        .unwrap()
+        .fulfilments
+        .remove(0);
+    let mut by_box: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for l in &f.pack.lines {
+        by_box
+            .entry(l.r#box.clone().unwrap())
+            .or_default()
+            .push(json!({ "sku": l.sku, "quantity": l.quantity.to_string() }));
+    }
+    let packages: Vec<_> = by_box
+        .iter()
+        .map(|(b, ls)| json!({ "box": b, "tracking_number": format!("TRK-{b}"), "lines": ls }))
+        .collect();
+    let c = j
+        .confirm(&shipment("WMS-MS", sale, json!(packages)))
+        .await
+        .unwrap();
+    assert_eq!(c.action, "applied");
+    let after = j
+        .dear
+        .fulfilments(sale)
+        .await
+        .unwrap()
+        .fulfilments
+        .remove(0);
+    assert_eq!(after.ship.status, StageStatus::Authorised);
+    assert_eq!(
+        after.pack.lines, f.pack.lines,
+        "the merchant's pack is untouched"
+    );
+    assert!(
+        after
+            .ship
+            .lines
+            .iter()
+            .all(|l| l.tracking_number.as_deref().unwrap().starts_with("TRK-"))
+    );
+}
