@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use dearsync_core::Job;
 use dearsync_core::state::{LedgerQuery, RecordState};
 
+mod confirm_shipment;
 mod local;
 mod order_download;
 
@@ -23,6 +24,8 @@ enum Command {
     Sim(SimArgs),
     /// Download orders from DEAR (one run): NDJSON orders to --out or stdout, summary on stderr.
     OrderDownload(order_download::OrderDownloadArgs),
+    /// Apply one warehouse shipment (JSON file, or - for stdin) to DEAR: pick, pack, ship.
+    ConfirmShipment(confirm_shipment::ConfirmShipmentArgs),
     /// Check a settings file and print the effective settings (every default filled in).
     Settings(local::LocalOptions),
     /// List ledger records of the local store: what happened to each order, shipment or stock line.
@@ -87,6 +90,11 @@ async fn main() -> std::process::ExitCode {
         Command::OrderDownload(args) => match order_download::run(args).await {
             Ok(false) => std::process::ExitCode::SUCCESS,
             Ok(true) => std::process::ExitCode::from(2),
+            Err(e) => report(Err(e)),
+        },
+        Command::ConfirmShipment(args) => match confirm_shipment::run(args).await {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(2),
             Err(e) => report(Err(e)),
         },
         Command::Settings(opts) => report(show_settings(&opts)),

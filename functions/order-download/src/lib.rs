@@ -11,29 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dearsync_core::{
-    Clock, CredentialSource, StateStore, TenantId, TenantSettings, connect,
-    credentials::secrets_match,
-};
+use dearsync_core::TenantId;
+pub use dearsync_function_support::{Deps, SECRET_HEADER};
+use dearsync_function_support::{http, http_error, is_http, kind, method};
 use dearsync_order_download::{
     OrderDownload, OrderSink, Outcome, RunOptions, RunSummary, WebhookSink,
 };
 use serde_json::{Value, json};
-
-/// The header a DEAR webhook (or any caller) must carry: the tenant's `inbound_secret`.
-pub const SECRET_HEADER: &str = "x-dearsync-secret";
-
-/// What the handler is built from, once per cold start.
-pub struct Deps {
-    /// State (DynamoDB in Lambda).
-    pub store: Arc<dyn StateStore>,
-    /// Tenant credentials (Secrets Manager in Lambda).
-    pub credentials: Arc<dyn CredentialSource>,
-    /// DEAR's API root.
-    pub base_url: String,
-    /// Now.
-    pub clock: Arc<dyn Clock>,
-}
 
 /// Why an invocation failed (reported to Lambda as the error type and message).
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +37,7 @@ pub async fn handle(
     request_id: &str,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Value, HandlerError> {
-    if event
-        .get("requestContext")
-        .and_then(|c| c.get("http"))
-        .is_some()
-    {
+    if is_http(&event) {
         return Ok(handle_http(deps, &event).await);
     }
     let tenant = scheduled_tenant(&event)?;
@@ -104,17 +84,6 @@ fn scheduled_tenant(event: &Value) -> Result<Option<TenantId>, HandlerError> {
             "{name} must be a tenant id string, got {}",
             kind(other)
         ))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -173,27 +142,20 @@ fn report(summary: &RunSummary, deps: &Deps) {
 
 /// Builds the tenant's job from its stored settings and secret.
 async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, HandlerError> {
-    let fail = |m: String| HandlerError::RunFailed(format!("tenant {tenant}: {m}"));
-    let entry = deps
-        .store
-        .tenant(tenant)
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("not configured (no settings in the state table)".into()))?;
-    let settings =
-        TenantSettings::from_toml(&entry.settings_toml).map_err(|e| fail(e.to_string()))?;
-    let creds = deps
+    let ctx = deps.tenant(tenant).await.map_err(HandlerError::RunFailed)?;
+    let fail = |m: &str| HandlerError::RunFailed(format!("tenant {tenant}: {m}"));
+    let od = &ctx.settings.order_download;
+    let url = od
+        .webhook_url
+        .as_deref()
+        .ok_or_else(|| fail("order_download.webhook_url is not set: nowhere to deliver orders"))?;
+    let secret = ctx
         .credentials
-        .credentials(tenant)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let od = &settings.order_download;
-    let url = od.webhook_url.as_deref().ok_or_else(|| {
-        fail("order_download.webhook_url is not set: nowhere to deliver orders".into())
-    })?;
-    let secret = creds.order_webhook_secret.as_ref().ok_or_else(|| {
-        fail("the tenant secret has no \"order_webhook_secret\" to sign orders with".into())
-    })?;
+        .order_webhook_secret
+        .as_ref()
+        .ok_or_else(|| {
+            fail("the tenant secret has no \"order_webhook_secret\" to sign orders with")
+        })?;
     let sink: Arc<dyn OrderSink> = Arc::new(
         WebhookSink::new(
             url,
@@ -201,20 +163,12 @@ async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, Handle
             Duration::from_secs(u64::from(od.webhook_timeout_secs)),
             od.webhook_attempts,
         )
-        .map_err(|e| fail(e.to_string()))?,
+        .map_err(|e| fail(&e.to_string()))?,
     );
-    let dear = connect::dear_client(
-        &creds,
-        &deps.base_url,
-        &settings.dear,
-        deps.store.clone(),
-        deps.clock.clone(),
-    )
-    .map_err(|e| fail(e.to_string()))?;
     Ok(OrderDownload {
         tenant: tenant.clone(),
-        settings: settings.order_download,
-        dear: Arc::new(dear),
+        settings: ctx.settings.order_download,
+        dear: ctx.dear,
         store: deps.store.clone(),
         sink,
         clock: deps.clock.clone(),
@@ -230,59 +184,17 @@ async fn run_tenant(
     Ok(job.run(opts).await)
 }
 
-fn http(status: u16, body: Value) -> Value {
-    json!({
-        "statusCode": status,
-        "headers": { "content-type": "application/json" },
-        "body": body.to_string(),
-    })
-}
-
-fn http_error(status: u16, message: impl Into<String>) -> Value {
-    http(status, json!({ "error": message.into() }))
-}
-
 /// A Function URL request: a DEAR webhook for one sale.
 async fn handle_http(deps: &Deps, event: &Value) -> Value {
-    let method = event["requestContext"]["http"]["method"]
-        .as_str()
-        .unwrap_or("");
+    let method = method(event);
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; DEAR webhooks POST"));
     }
-    let path = event["rawPath"].as_str().unwrap_or("");
-    let Some(tenant_text) = path.strip_prefix("/dear/").map(|t| t.trim_end_matches('/')) else {
-        return http_error(
-            404,
-            format!("no such path {path:?}; DEAR webhooks go to /dear/<tenant>"),
-        );
+    let tenant = match deps.authorise(event, "/dear/").await {
+        Ok(ctx) => ctx.tenant,
+        Err(response) => return response,
     };
-    let Ok(tenant) = TenantId::new(tenant_text) else {
-        return http_error(404, format!("{tenant_text:?} is not a tenant id"));
-    };
-    match deps.store.tenant(&tenant).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return http_error(404, format!("tenant {tenant} is not configured")),
-        Err(e) => return http_error(503, format!("state store unavailable: {e}")),
-    }
-    let creds = match deps.credentials.credentials(&tenant).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(tenant = %tenant, error = %e, "cannot read the tenant's credentials");
-            return http_error(503, "the tenant's credentials cannot be read");
-        }
-    };
-    let given = header(event, SECRET_HEADER);
-    let Some(expected) = creds.inbound_secret.as_ref() else {
-        return http_error(
-            401,
-            "this tenant has no inbound_secret configured; webhooks are refused",
-        );
-    };
-    if !given.is_some_and(|g| secrets_match(g, expected.expose())) {
-        return http_error(401, format!("missing or wrong {SECRET_HEADER} header"));
-    }
-    let body = match body_text(event) {
+    let body = match dearsync_function_support::body_text(event) {
         Ok(b) => b,
         Err(e) => return http_error(400, e),
     };
@@ -319,26 +231,5 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         // DEAR retries a failed webhook; the scheduled poll catches up anyway.
         Outcome::Aborted(why) => http_error(503, why.clone()),
         _ => http(200, serde_json::to_value(&summary).unwrap_or(Value::Null)),
-    }
-}
-
-fn header<'a>(event: &'a Value, name: &str) -> Option<&'a str> {
-    event["headers"]
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.as_str())
-}
-
-fn body_text(event: &Value) -> Result<String, String> {
-    let body = event["body"].as_str().unwrap_or("");
-    if event["isBase64Encoded"].as_bool().unwrap_or(false) {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(body.trim())
-            .map_err(|e| format!("the body is not valid base64: {e}"))?;
-        String::from_utf8(bytes).map_err(|_| "the body is not UTF-8".to_owned())
-    } else {
-        Ok(body.to_owned())
     }
 }

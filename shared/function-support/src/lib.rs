@@ -1,0 +1,179 @@
+//! What dear-sync's Lambda handlers share, apart from the Lambda runtime itself: the dependencies
+//! built once per cold start, a tenant's context (settings, credentials, DEAR client), and Function
+//! URL request and response helpers.
+
+use std::sync::Arc;
+
+use dear_client::DearClient;
+use dearsync_core::{
+    Clock, CredentialSource, Credentials, StateStore, TenantId, TenantSettings, connect,
+    credentials::secrets_match,
+};
+use serde_json::{Value, json};
+
+/// The header a caller of a Function URL must carry: the tenant's `inbound_secret`.
+pub const SECRET_HEADER: &str = "x-dearsync-secret";
+
+/// What a handler is built from, once per cold start.
+pub struct Deps {
+    /// State (DynamoDB in Lambda).
+    pub store: Arc<dyn StateStore>,
+    /// Tenant credentials (Secrets Manager in Lambda).
+    pub credentials: Arc<dyn CredentialSource>,
+    /// DEAR's API root.
+    pub base_url: String,
+    /// Now.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One tenant, ready to work.
+pub struct TenantContext {
+    /// Who.
+    pub tenant: TenantId,
+    /// Its validated settings.
+    pub settings: TenantSettings,
+    /// Its secrets.
+    pub credentials: Credentials,
+    /// DEAR for it, paced by the account's shared budget.
+    pub dear: Arc<DearClient>,
+}
+
+impl Deps {
+    /// Loads a tenant: stored settings (validated), its secret, and its DEAR client. Errors name
+    /// the tenant and what is missing or wrong.
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<TenantContext, String> {
+        let fail = |m: String| format!("tenant {tenant}: {m}");
+        let entry = self
+            .store
+            .tenant(tenant)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail("not configured (no settings in the state table)".into()))?;
+        let settings =
+            TenantSettings::from_toml(&entry.settings_toml).map_err(|e| fail(e.to_string()))?;
+        let credentials = self
+            .credentials
+            .credentials(tenant)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let dear = connect::dear_client(
+            &credentials,
+            &self.base_url,
+            &settings.dear,
+            self.store.clone(),
+            self.clock.clone(),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        Ok(TenantContext {
+            tenant: tenant.clone(),
+            settings,
+            credentials,
+            dear: Arc::new(dear),
+        })
+    }
+
+    /// Checks a Function URL request's tenant and secret; `Err` is the HTTP response to send.
+    pub async fn authorise(&self, event: &Value, prefix: &str) -> Result<TenantContext, Value> {
+        let path = event["rawPath"].as_str().unwrap_or("");
+        let Some(tenant_text) = path.strip_prefix(prefix).map(|t| t.trim_end_matches('/')) else {
+            return Err(http_error(
+                404,
+                format!("no such path {path:?}; use {prefix}<tenant>"),
+            ));
+        };
+        let Ok(tenant) = TenantId::new(tenant_text) else {
+            return Err(http_error(
+                404,
+                format!("{tenant_text:?} is not a tenant id"),
+            ));
+        };
+        match self.store.tenant(&tenant).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(http_error(
+                    404,
+                    format!("tenant {tenant} is not configured"),
+                ));
+            }
+            Err(e) => return Err(http_error(503, format!("state store unavailable: {e}"))),
+        }
+        let ctx = self.tenant(&tenant).await.map_err(|e| http_error(503, e))?;
+        let Some(expected) = ctx.credentials.inbound_secret.as_ref() else {
+            return Err(http_error(
+                401,
+                "this tenant has no inbound_secret configured; requests are refused",
+            ));
+        };
+        if !header(event, SECRET_HEADER).is_some_and(|g| secrets_match(g, expected.expose())) {
+            return Err(http_error(
+                401,
+                format!("missing or wrong {SECRET_HEADER} header"),
+            ));
+        }
+        Ok(ctx)
+    }
+}
+
+/// True if the event is a Function URL request.
+pub fn is_http(event: &Value) -> bool {
+    event
+        .get("requestContext")
+        .and_then(|c| c.get("http"))
+        .is_some()
+}
+
+/// The request's method.
+pub fn method(event: &Value) -> &str {
+    event["requestContext"]["http"]["method"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// A Function URL response with a JSON body.
+pub fn http(status: u16, body: Value) -> Value {
+    json!({
+        "statusCode": status,
+        "headers": { "content-type": "application/json" },
+        "body": body.to_string(),
+    })
+}
+
+/// A Function URL error response: `{"error": message}`.
+pub fn http_error(status: u16, message: impl Into<String>) -> Value {
+    http(status, json!({ "error": message.into() }))
+}
+
+/// A request header, case-insensitively.
+pub fn header<'a>(event: &'a Value, name: &str) -> Option<&'a str> {
+    event["headers"]
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .and_then(|(_, v)| v.as_str())
+}
+
+/// The request body as text (Function URLs base64-encode binary bodies).
+pub fn body_text(event: &Value) -> Result<String, String> {
+    let body = event["body"].as_str().unwrap_or("");
+    if event["isBase64Encoded"].as_bool().unwrap_or(false) {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
+            .map_err(|e| format!("the body is not valid base64: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| "the body is not UTF-8".to_owned())
+    } else {
+        Ok(body.to_owned())
+    }
+}
+
+/// The kind of a JSON value, for error messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

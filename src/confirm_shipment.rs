@@ -1,0 +1,77 @@
+//! `dearsync confirm-shipment FILE`: applies one warehouse shipment to DEAR and prints the result
+//! as JSON; exits non-zero when it was not applied.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dearsync_core::{CredentialSource, EnvCredentials, SystemClock, connect};
+use dearsync_shipment_confirmation::{Shipment, ShipmentConfirmation};
+
+use crate::local::LocalOptions;
+
+/// Options of `dearsync confirm-shipment`.
+#[derive(clap::Args)]
+pub struct ConfirmShipmentArgs {
+    #[command(flatten)]
+    local: LocalOptions,
+    /// The shipment (JSON, `docs/canonical-shipment.md`); `-` for stdin.
+    file: PathBuf,
+    /// No DEAR rate budget at all: only against a simulator with its limit off.
+    #[arg(long)]
+    no_rate_limit: bool,
+}
+
+/// Runs it; `Ok(false)` when the shipment was not applied.
+pub async fn run(args: ConfirmShipmentArgs) -> Result<bool, String> {
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?
+    };
+    let shipment = Shipment::from_json(&text)
+        .map_err(|e| format!("{}: invalid shipment: {e}", args.file.display()))?;
+    let ctx = args.local.open()?;
+    let settings = args.local.settings()?;
+    let clock = Arc::new(SystemClock);
+    let credentials = EnvCredentials::from_env()
+        .credentials(&ctx.tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base_url = connect::base_url_from_env();
+    let dear = if args.no_rate_limit {
+        connect::unlimited_dear_client(&credentials, &base_url)
+    } else {
+        connect::dear_client(
+            &credentials,
+            &base_url,
+            &settings.dear,
+            ctx.store.clone(),
+            clock.clone(),
+        )
+    }
+    .map_err(|e| e.to_string())?;
+    let job = ShipmentConfirmation {
+        tenant: ctx.tenant.clone(),
+        settings: settings.shipment_confirmation,
+        dear: Arc::new(dear),
+        store: ctx.store.clone(),
+        clock,
+    };
+    match job.confirm(&shipment).await {
+        Ok(c) => {
+            println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
+            Ok(true)
+        }
+        Err(e) => {
+            let out = serde_json::json!({
+                "shipment_id": shipment.shipment_id,
+                "error": e.to_string(),
+                "retryable": e.is_retryable(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            eprintln!("error: {e}");
+            Ok(false)
+        }
+    }
+}
