@@ -469,3 +469,94 @@ async fn mark_shipped_ships_what_the_merchant_packed() {
             .all(|l| l.tracking_number.as_deref().unwrap().starts_with("TRK-"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dear_faults_never_apply_a_shipment_twice() {
+    let server = sim().await;
+    let store = memory();
+    let j = job(&server, store.clone(), "");
+    let mut sales = Vec::new();
+    for status in ["ORDERED"] {
+        let found: Vec<_> = server
+            .sim
+            .with_data(ACCOUNT, |d| {
+                d.sales
+                    .values()
+                    .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == status)
+                    .take(6)
+                    .map(|s| {
+                        (
+                            s.id,
+                            s.lines
+                                .iter()
+                                .map(|l| {
+                                    (
+                                        l.sku.clone(),
+                                        l.quantity
+                                            .trunc()
+                                            .to_string()
+                                            .parse::<i64>()
+                                            .unwrap()
+                                            .max(1),
+                                    )
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        sales.extend(found);
+    }
+    for (route, fault, after_apply) in [
+        ("*", Fault::Status(429), false),
+        ("*", Fault::Status(503), false),
+        ("*", Fault::Status(500), false),
+        ("*", Fault::Timeout, false),
+        ("*", Fault::ErrorModel200(500), false),
+        ("sale/fulfilment/pack", Fault::Drop, true),
+    ] {
+        server.sim.add_fault(
+            ACCOUNT,
+            FaultRule {
+                route: route.into(),
+                probability: 0.08,
+                fault: Some(fault),
+                after_apply,
+                ..Default::default()
+            },
+        );
+    }
+    for (i, (sale, lines)) in sales.iter().enumerate() {
+        let lines: Vec<(String, i64)> = lines.clone();
+        let s = shipment(&format!("FAULT-{i}"), *sale, boxes_per_sku(&lines, |q| q));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match j.confirm(&s).await {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() => assert!(tries < 40, "never applied: {e}"),
+                Err(e) => panic!("{}: {e}", s.shipment_id),
+            }
+        }
+    }
+    server.sim.clear_faults(ACCOUNT);
+    for (sale, lines) in &sales {
+        let all = j.dear.fulfilments(*sale).await.unwrap().fulfilments;
+        assert_eq!(all.len(), 1, "one fulfilment");
+        let f = &all[0];
+        assert_eq!(f.ship.status, StageStatus::Authorised);
+        assert_eq!(
+            f.ship.lines.len(),
+            lines.len(),
+            "one ship line per box, once"
+        );
+        let picked: rust_decimal::Decimal = f.pick.lines.iter().map(|l| l.quantity).sum();
+        let packed: rust_decimal::Decimal = f.pack.lines.iter().map(|l| l.quantity).sum();
+        let want: rust_decimal::Decimal = lines
+            .iter()
+            .map(|(_, q)| rust_decimal::Decimal::from(*q))
+            .sum();
+        assert_eq!((picked, packed), (want, want), "picked and packed once");
+    }
+}

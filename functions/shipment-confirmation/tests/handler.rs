@@ -1,0 +1,204 @@
+//! The Shipment Confirmation handler with DynamoDB and Secrets Manager on the AWS emulator and DEAR
+//! from the simulator: a real SQS batch with a good and a bad message, an EventBridge event, and
+//! warehouse pushes through the Function URL.
+
+use std::sync::Arc;
+
+use dear_sim::seed::SeedSpec;
+use dear_sim::{SimConfig, SimServer};
+use dearsync_aws::{DynamoStore, SecretsManagerCredentials, testing};
+use dearsync_core::state::TenantEntry;
+use dearsync_core::{SystemClock, TenantId};
+use serde_json::{Value, json};
+use shipment_confirmation::{Deps, HandlerError, handle};
+
+const INBOUND: &str = "warehouse-shared-secret";
+
+async fn world() -> (SimServer, Deps) {
+    let spec = SeedSpec {
+        seed: 21,
+        sales: 120,
+        products: 40,
+        ..Default::default()
+    };
+    let sim = dear_sim::start_seeded(
+        SimConfig {
+            rate_limit: 0,
+            ..Default::default()
+        },
+        &spec,
+    )
+    .await
+    .unwrap();
+    let table = testing::fresh_table().await;
+    let prefix = format!("dear-sync-test/{}/", uuid::Uuid::new_v4().simple());
+    let clock = Arc::new(SystemClock);
+    let deps = Deps {
+        store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
+        credentials: Arc::new(SecretsManagerCredentials::new(
+            testing::secrets_manager(),
+            &prefix,
+            std::time::Duration::from_secs(60),
+        )),
+        base_url: sim.base_url(),
+        clock,
+    };
+    testing::secrets_manager()
+        .create_secret()
+        .name(format!("{prefix}acme"))
+        .secret_string(json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": INBOUND }).to_string())
+        .send()
+        .await
+        .unwrap();
+    deps.store
+        .put_tenant(&TenantEntry {
+            tenant: TenantId::new("acme").unwrap(),
+            enabled: true,
+            settings_toml: "[dear]\ncalls_per_minute = 50\nburst = 10\n".into(),
+        })
+        .await
+        .unwrap();
+    (sim, deps)
+}
+
+/// Two ORDERED simple sales with their order lines.
+fn ordered_sales(sim: &SimServer) -> Vec<(String, Vec<(String, String)>)> {
+    sim.sim
+        .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
+            d.sales
+                .values()
+                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == "ORDERED")
+                .take(3)
+                .map(|s| {
+                    (
+                        s.id.to_string(),
+                        s.lines
+                            .iter()
+                            .map(|l| (l.sku.clone(), l.quantity.to_string()))
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+fn shipment(id: &str, sale: &(String, Vec<(String, String)>)) -> Value {
+    json!({
+        "shipment_id": id, "sale_id": sale.0, "ship_date": "2026-11-20", "carrier": "UPS",
+        "packages": [{ "box": "CTN-1", "tracking_number": format!("1Z-{id}"),
+                       "lines": sale.1.iter().map(|(sku, q)| json!({ "sku": sku, "quantity": q })).collect::<Vec<_>>() }]
+    })
+}
+
+fn sqs_record(id: &str, body: &str) -> Value {
+    json!({
+        "messageId": id, "receiptHandle": "rh", "body": body,
+        "attributes": { "ApproximateReceiveCount": "1" }, "messageAttributes": {},
+        "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:shipments", "awsRegion": "us-east-1"
+    })
+}
+
+async fn ship_status(deps: &Deps, sale: &str) -> String {
+    let client = dear_client::DearClient::new(
+        dear_client::DearConfig::new(
+            dear_sim::DEFAULT_ACCOUNT_ID,
+            dear_client::ApiKey::new(dear_sim::DEFAULT_API_KEY),
+        )
+        .with_base_url(&deps.base_url)
+        .unwrap(),
+    )
+    .unwrap();
+    client
+        .fulfilments(sale.parse().unwrap())
+        .await
+        .unwrap()
+        .fulfilments[0]
+        .ship
+        .status
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_batch_reports_only_the_bad_message_as_failed() {
+    let (sim, deps) = world().await;
+    let sales = ordered_sales(&sim);
+    let good = json!({ "tenant": "acme", "shipment": shipment("SQS-1", &sales[0]) }).to_string();
+    let mut bad_shipment = shipment("SQS-2", &sales[1]);
+    bad_shipment["packages"][0]["lines"][0]["sku"] = json!("NOT-ON-THE-SALE");
+    let bad = json!({ "tenant": "acme", "shipment": bad_shipment }).to_string();
+    let event = json!({ "Records": [sqs_record("m-good", &good), sqs_record("m-bad", &bad), sqs_record("m-junk", "{oops")] });
+    let out = handle(&deps, event).await.unwrap();
+    assert_eq!(
+        out,
+        json!({ "batchItemFailures": [{ "itemIdentifier": "m-bad" }, { "itemIdentifier": "m-junk" }] })
+    );
+    assert_eq!(
+        ship_status(&deps, &sales[0].0).await,
+        "AUTHORISED",
+        "the good shipment is applied"
+    );
+    assert_eq!(
+        ship_status(&deps, &sales[1].0).await,
+        "NOT AVAILABLE",
+        "the bad one wrote nothing"
+    );
+    // SQS redelivers the batch item: the applied one is a no-op.
+    let again = handle(&deps, json!({ "Records": [sqs_record("m-good-2", &good)] }))
+        .await
+        .unwrap();
+    assert_eq!(again, json!({ "batchItemFailures": [] }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eventbridge_event_and_a_function_url_push_are_confirmed() {
+    let (sim, deps) = world().await;
+    let sales = ordered_sales(&sim);
+    let event = json!({
+        "version": "0", "id": "e-1", "detail-type": "Shipment", "source": "wms", "account": "123456789012",
+        "time": "2026-11-20T10:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": { "tenant": "acme", "shipment": shipment("EB-1", &sales[0]) }
+    });
+    let out = handle(&deps, event).await.unwrap();
+    assert_eq!(out["action"], "applied");
+    let err = handle(&deps, json!({ "detail": { "tenant": "acme" } }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandlerError::NotApplied(ref m) if m.contains("shipment is missing")),
+        "{err}"
+    );
+    assert!(matches!(
+        handle(&deps, json!([1])).await.unwrap_err(),
+        HandlerError::BadEvent(_)
+    ));
+
+    let push = |secret: &str, body: &Value| {
+        json!({
+            "version": "2.0", "rawPath": "/shipments/acme", "headers": { "x-dearsync-secret": secret },
+            "body": body.to_string(), "isBase64Encoded": false,
+            "requestContext": { "http": { "method": "POST", "path": "/shipments/acme" } }
+        })
+    };
+    let body = shipment("URL-1", &sales[1]);
+    let status = |v: &Value| v["statusCode"].as_u64().unwrap();
+    assert_eq!(
+        status(&handle(&deps, push("nope", &body)).await.unwrap()),
+        401
+    );
+    let mut invalid = body.clone();
+    invalid["ship_date"] = json!("soon");
+    let resp = handle(&deps, push(INBOUND, &invalid)).await.unwrap();
+    assert_eq!(status(&resp), 400);
+    assert!(
+        resp["body"].as_str().unwrap().contains("ship_date"),
+        "{resp}"
+    );
+    let resp = handle(&deps, push(INBOUND, &body)).await.unwrap();
+    assert_eq!(status(&resp), 202, "{resp}");
+    let mut changed = body.clone();
+    changed["packages"][0]["box"] = json!("CTN-9");
+    let resp = handle(&deps, push(INBOUND, &changed)).await.unwrap();
+    assert_eq!(status(&resp), 409, "{resp}");
+    assert_eq!(ship_status(&deps, &sales[1].0).await, "AUTHORISED");
+}
