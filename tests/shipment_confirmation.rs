@@ -475,39 +475,34 @@ async fn dear_faults_never_apply_a_shipment_twice() {
     let server = sim().await;
     let store = memory();
     let j = job(&server, store.clone(), "");
-    let mut sales = Vec::new();
-    for status in ["ORDERED"] {
-        let found: Vec<_> = server
-            .sim
-            .with_data(ACCOUNT, |d| {
-                d.sales
-                    .values()
-                    .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == status)
-                    .take(6)
-                    .map(|s| {
-                        (
-                            s.id,
-                            s.lines
-                                .iter()
-                                .map(|l| {
-                                    (
-                                        l.sku.clone(),
-                                        l.quantity
-                                            .trunc()
-                                            .to_string()
-                                            .parse::<i64>()
-                                            .unwrap()
-                                            .max(1),
-                                    )
-                                })
-                                .collect::<Vec<_>>(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap();
-        sales.extend(found);
-    }
+    let sales: Vec<(Uuid, Vec<(String, i64)>)> = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.sales
+                .values()
+                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == "ORDERED")
+                .take(6)
+                .map(|s| {
+                    let lines = s
+                        .lines
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.sku.clone(),
+                                l.quantity
+                                    .trunc()
+                                    .to_string()
+                                    .parse::<i64>()
+                                    .unwrap()
+                                    .max(1),
+                            )
+                        })
+                        .collect();
+                    (s.id, lines)
+                })
+                .collect()
+        })
+        .unwrap();
     for (route, fault, after_apply) in [
         ("*", Fault::Status(429), false),
         ("*", Fault::Status(503), false),
