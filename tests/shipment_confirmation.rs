@@ -555,3 +555,96 @@ async fn dear_faults_never_apply_a_shipment_twice() {
         assert_eq!((picked, packed), (want, want), "picked and packed once");
     }
 }
+
+#[tokio::test]
+async fn one_sku_split_over_three_boxes_ships_three_tracked_boxes() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 3);
+    let (sku, q) = lines[0].clone();
+    let mut packages: Vec<serde_json::Value> = (1..=3)
+        .map(|i| json!({ "box": format!("BOX-{i}"), "tracking_number": format!("TRK-{i}"), "lines": [{ "sku": sku, "quantity": if i < 3 { 1 } else { q - 2 } }] }))
+        .collect();
+    for (other, oq) in &lines[1..] {
+        packages[0]["lines"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "sku": other, "quantity": oq }));
+    }
+    let j = job(&server, memory(), "");
+    let c = j
+        .confirm(&shipment("WMS-3BOX", sale, json!(packages)))
+        .await
+        .unwrap();
+    assert_eq!(c.boxes.len(), 3);
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let mut boxes: Vec<_> = f
+        .ship
+        .lines
+        .iter()
+        .map(|l| (l.r#box.clone().unwrap(), l.tracking_number.clone().unwrap()))
+        .collect();
+    boxes.sort();
+    assert_eq!(
+        boxes,
+        vec![
+            ("BOX-1".into(), "TRK-1".into()),
+            ("BOX-2".into(), "TRK-2".into()),
+            ("BOX-3".into(), "TRK-3".into())
+        ]
+    );
+    let in_box_3: rust_decimal::Decimal = f
+        .pack
+        .lines
+        .iter()
+        .filter(|l| l.r#box.as_deref() == Some("BOX-3"))
+        .map(|l| l.quantity)
+        .sum();
+    assert_eq!(in_box_3, rust_decimal::Decimal::from(q - 2));
+}
+
+#[tokio::test]
+async fn a_run_that_died_after_the_pack_resumes_with_the_ship_only() {
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let j = job(&server, memory(), "");
+    let s = shipment("WMS-CRASH-2", sale, boxes_per_sku(&lines, |q| q));
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale/fulfilment/ship".into(),
+            method: Some("POST".into()),
+            probability: 1.0,
+            fault: Some(Fault::Status(503)),
+            ..Default::default()
+        },
+    );
+    assert!(j.confirm(&s).await.unwrap_err().is_retryable());
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert!(f.pack.status.is_authorised() && f.ship.status != StageStatus::Authorised);
+    let packed_before = f.pack.lines.clone();
+    server.sim.clear_faults(ACCOUNT);
+    let writes_before = server
+        .sim
+        .calls(ACCOUNT)
+        .unwrap()
+        .by_route
+        .get("POST sale/fulfilment/pack")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(j.confirm(&s).await.unwrap().action, "applied");
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert_eq!(f.ship.status, StageStatus::Authorised);
+    assert_eq!(f.pack.lines, packed_before, "packed once");
+    assert_eq!(
+        server
+            .sim
+            .calls(ACCOUNT)
+            .unwrap()
+            .by_route
+            .get("POST sale/fulfilment/pack")
+            .copied()
+            .unwrap_or(0),
+        writes_before,
+        "no second pack write"
+    );
+}
