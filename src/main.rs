@@ -7,6 +7,7 @@ use dearsync_core::Job;
 use dearsync_core::state::{LedgerQuery, RecordState};
 
 mod confirm_shipment;
+mod inventory_sync;
 mod local;
 mod order_download;
 
@@ -26,6 +27,8 @@ enum Command {
     OrderDownload(order_download::OrderDownloadArgs),
     /// Apply one warehouse shipment (JSON file, or - for stdin) to DEAR: pick, pack, ship.
     ConfirmShipment(confirm_shipment::ConfirmShipmentArgs),
+    /// Set DEAR's stock at one location to a warehouse snapshot (JSON or CSV); --dry-run prints the plan.
+    InventorySync(inventory_sync::InventorySyncArgs),
     /// Check a settings file and print the effective settings (every default filled in).
     Settings(local::LocalOptions),
     /// List ledger records of the local store: what happened to each order, shipment or stock line.
@@ -93,6 +96,11 @@ async fn main() -> std::process::ExitCode {
             Err(e) => report(Err(e)),
         },
         Command::ConfirmShipment(args) => match confirm_shipment::run(args).await {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::from(2),
+            Err(e) => report(Err(e)),
+        },
+        Command::InventorySync(args) => match inventory_sync::run(args).await {
             Ok(true) => std::process::ExitCode::SUCCESS,
             Ok(false) => std::process::ExitCode::from(2),
             Err(e) => report(Err(e)),

@@ -1,0 +1,8 @@
+//! dear-sync's Inventory Sync: a warehouse's stock snapshot → DEAR stock adjustments at one
+//! location, posting only what differs, as absolute quantities, exactly once.
+
+pub mod snapshot;
+pub mod sync;
+
+pub use snapshot::{Snapshot, SnapshotError, SnapshotLine, parse_instant};
+pub use sync::{Action, InventorySync, PlanLine, SyncError, SyncSummary};

@@ -1,0 +1,643 @@
+//! Sets DEAR's stock at one location to the warehouse's snapshot: reads DEAR's levels, works out
+//! each SKU's target, and posts only the differences as stock adjustments of absolute quantities.
+//!
+//! Exactly once: a snapshot id is claimed before anything is posted and recorded when done, so the
+//! same snapshot never posts twice; a snapshot older than the last one applied at the location is
+//! ignored; a POST whose outcome is unknown is looked up by its reference before anything is
+//! re-posted. Because lines carry absolute targets, a run that died half-way is resumed by simply
+//! planning again: what was applied now matches and drops out of the plan.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, SecondsFormat};
+use dear_client::{
+    AdjustmentStatus, AvailabilityQuery, DearClient, DearDateTime, DearError, Product,
+    ProductQuery, StockAdjustmentLineWrite, StockAdjustmentWrite,
+};
+use dearsync_core::settings::{
+    AdjustmentStatusSetting, InventorySyncSettings, QuantityIs, SnapshotScope,
+};
+use dearsync_core::state::{Claim, ClaimTerms, CursorKey, IdempotencyKey};
+use dearsync_core::{Clock, Job, StateStore, StoreError, TenantId};
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::snapshot::Snapshot;
+
+/// What happens to one SKU (and batch).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// DEAR already has the target.
+    Unchanged,
+    /// Posted in a stock adjustment.
+    Adjust,
+    /// Beyond the drift threshold: posted as DRAFT for review.
+    Review,
+    /// Not posted, for this reason.
+    Skip(String),
+}
+
+/// One planned line.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanLine {
+    /// The SKU.
+    pub sku: String,
+    /// Its batch, for batch-tracked products.
+    pub batch: Option<String>,
+    /// DEAR's level now (on hand or available, per the setting).
+    #[serde(serialize_with = "decimal_text")]
+    pub dear_now: Decimal,
+    /// The target.
+    #[serde(serialize_with = "decimal_text")]
+    pub target: Decimal,
+    /// target − now.
+    #[serde(serialize_with = "decimal_text")]
+    pub change: Decimal,
+    /// What happens.
+    pub action: Action,
+    #[serde(skip)]
+    product_id: Option<Uuid>,
+    #[serde(skip)]
+    unit_cost: Option<Decimal>,
+}
+
+fn decimal_text<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&v.normalize())
+}
+
+/// What a sync did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncSummary {
+    /// The tenant.
+    pub tenant: String,
+    /// The snapshot.
+    pub snapshot_id: String,
+    /// The DEAR location.
+    pub location: String,
+    /// `applied`, `dry_run`, `already_applied`, `stale` (older than the last applied) or `in_progress`.
+    pub outcome: String,
+    /// Why, when nothing was applied.
+    pub note: Option<String>,
+    /// Snapshot lines read.
+    pub lines_read: u64,
+    /// Lines DEAR already matched.
+    pub unchanged: u64,
+    /// Lines adjusted.
+    pub adjusted: u64,
+    /// Lines held for review (DRAFT).
+    pub held_for_review: u64,
+    /// SKUs DEAR does not know.
+    pub unknown_skus: Vec<String>,
+    /// Lines skipped, by reason.
+    pub skipped: BTreeMap<String, u64>,
+    /// Stock adjustments posted: (reference, DEAR TaskID).
+    pub adjustments: Vec<(String, String)>,
+    /// DEAR calls made.
+    pub dear_calls: u64,
+    /// The plan (changed and skipped lines only).
+    pub plan: Vec<PlanLine>,
+}
+
+impl SyncSummary {
+    /// The summary as a CloudWatch EMF line.
+    pub fn emf(&self, timestamp_ms: i64) -> String {
+        dearsync_core::metrics::emf_line(
+            timestamp_ms,
+            &[
+                ("Tenant", &self.tenant),
+                ("Job", Job::InventorySync.as_str()),
+            ],
+            &[
+                ("LinesRead", self.lines_read),
+                ("Unchanged", self.unchanged),
+                ("Adjusted", self.adjusted),
+                ("HeldForReview", self.held_for_review),
+                ("UnknownSkus", self.unknown_skus.len() as u64),
+                ("Skipped", self.skipped.values().sum()),
+                ("DearCalls", self.dear_calls),
+            ],
+        )
+    }
+}
+
+/// Why a sync failed (nothing half-applied: a retry plans again).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The snapshot or the settings do not fit DEAR.
+    #[error("{0}")]
+    Invalid(String),
+    /// DEAR or the store failed; retrying is safe.
+    #[error("{0}; retrying is safe")]
+    Transient(String),
+}
+
+impl From<StoreError> for SyncError {
+    fn from(e: StoreError) -> Self {
+        SyncError::Transient(format!("state store: {e}"))
+    }
+}
+
+fn dear(e: DearError) -> SyncError {
+    if e.is_transient() || e.is_outcome_unknown() {
+        SyncError::Transient(format!("DEAR: {e}"))
+    } else {
+        SyncError::Invalid(format!("DEAR refused: {e}"))
+    }
+}
+
+/// Everything a sync needs.
+pub struct InventorySync {
+    /// Whose.
+    pub tenant: TenantId,
+    /// The tenant's `[inventory_sync]` settings.
+    pub settings: InventorySyncSettings,
+    /// DEAR.
+    pub dear: Arc<DearClient>,
+    /// Cursors, idempotency, the order ledger.
+    pub store: Arc<dyn StateStore>,
+    /// Now.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// DEAR's stock of one product (and batch) at the location.
+#[derive(Default, Clone)]
+struct Level {
+    on_hand: Decimal,
+    available: Decimal,
+}
+
+impl InventorySync {
+    /// Syncs one snapshot; `dry_run` plans without writing.
+    pub async fn sync(&self, snapshot: &Snapshot, dry_run: bool) -> Result<SyncSummary, SyncError> {
+        let calls_before = self.dear.stats().calls;
+        let location = self
+            .settings
+            .location
+            .clone()
+            .or_else(|| snapshot.location.clone())
+            .ok_or_else(|| {
+                SyncError::Invalid(
+                    "no location: set inventory_sync.location or the snapshot's location".into(),
+                )
+            })?;
+        let mut summary = SyncSummary {
+            tenant: self.tenant.to_string(),
+            snapshot_id: snapshot.snapshot_id.clone(),
+            location: location.clone(),
+            lines_read: snapshot.lines.len() as u64,
+            ..Default::default()
+        };
+        let cursor_key = CursorKey::new(
+            &self.tenant,
+            Job::InventorySync,
+            format!("location:{}", location.to_ascii_lowercase()),
+        );
+        let cursor = self.store.cursor(&cursor_key).await?;
+        let claim_key = IdempotencyKey::new(
+            &self.tenant,
+            "snapshot",
+            format!("{}@{}", snapshot.snapshot_id, location.to_ascii_lowercase()),
+        );
+        if let Some(c) = &cursor
+            && let Ok(last) = DateTime::parse_from_rfc3339(&c.value)
+            && snapshot.as_of < last
+        {
+            summary.outcome = "stale".into();
+            summary.note = Some(format!(
+                "snapshot {} is as of {}, older than the last applied one at {location} ({}); ignored",
+                snapshot.snapshot_id,
+                snapshot.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
+                c.value
+            ));
+            tracing::warn!(tenant = %self.tenant, note = summary.note.as_deref().unwrap_or(""), "stale snapshot");
+            return Ok(summary);
+        }
+        let payload_hash = dearsync_core::sha256_hex(format!("{:?}", snapshot.lines).as_bytes());
+        let terms = ClaimTerms {
+            in_progress_for: Duration::minutes(15),
+            keep_for: Duration::days(365),
+        };
+        let token = if dry_run {
+            None
+        } else {
+            match self.store.claim(&claim_key, &payload_hash, terms).await {
+                Ok(Claim::Acquired { token }) => Some(token),
+                Ok(Claim::Completed { result }) => {
+                    summary.outcome = "already_applied".into();
+                    summary.note = Some(format!(
+                        "snapshot {} was applied before: {result}",
+                        snapshot.snapshot_id
+                    ));
+                    return Ok(summary);
+                }
+                Ok(Claim::InProgress { until }) => {
+                    summary.outcome = "in_progress".into();
+                    summary.note = Some(format!("another worker is applying it until {until}"));
+                    return Ok(summary);
+                }
+                Err(StoreError::PayloadMismatch { .. }) => {
+                    return Err(SyncError::Invalid(format!(
+                        "snapshot id {} was used before for other lines; a new snapshot needs a new id",
+                        snapshot.snapshot_id
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let result = self
+            .plan_and_post(snapshot, &location, dry_run, &mut summary)
+            .await;
+        summary.dear_calls = self.dear.stats().calls - calls_before;
+        if let Some(token) = token {
+            match &result {
+                Ok(()) => {
+                    let done = serde_json::json!({ "adjustments": summary.adjustments, "adjusted": summary.adjusted, "held_for_review": summary.held_for_review });
+                    self.store
+                        .complete(&claim_key, &token, &done.to_string(), terms.keep_for)
+                        .await?;
+                    let value = snapshot.as_of.to_rfc3339_opts(SecondsFormat::Millis, true);
+                    let newer = cursor.as_ref().is_none_or(|c| {
+                        DateTime::parse_from_rfc3339(&c.value).is_ok_and(|l| snapshot.as_of >= l)
+                    });
+                    if newer {
+                        self.store
+                            .save_cursor(&cursor_key, &value, cursor.as_ref().map(|c| c.version))
+                            .await?;
+                    }
+                }
+                Err(_) => self.store.release_claim(&claim_key, &token).await?,
+            }
+        }
+        result?;
+        summary.outcome = if dry_run {
+            "dry_run".into()
+        } else {
+            "applied".into()
+        };
+        tracing::info!(tenant = %self.tenant, summary = %serde_json::json!({
+            "snapshot_id": summary.snapshot_id, "location": summary.location, "lines_read": summary.lines_read,
+            "unchanged": summary.unchanged, "adjusted": summary.adjusted, "held_for_review": summary.held_for_review,
+            "unknown_skus": summary.unknown_skus.len(), "skipped": summary.skipped, "dear_calls": summary.dear_calls,
+        }), "inventory sync");
+        if summary.held_for_review > 0 {
+            tracing::warn!(tenant = %self.tenant, lines = summary.held_for_review, "inventory drift beyond the threshold: held as DRAFT for review");
+        }
+        Ok(summary)
+    }
+
+    async fn plan_and_post(
+        &self,
+        snapshot: &Snapshot,
+        location: &str,
+        dry_run: bool,
+        summary: &mut SyncSummary,
+    ) -> Result<(), SyncError> {
+        let s = &self.settings;
+        // DEAR's levels at the location, per product and batch (bins summed).
+        let query = AvailabilityQuery {
+            location: Some(location.to_owned()),
+            ..Default::default()
+        };
+        let pages: Vec<_> = self
+            .dear
+            .product_availability(&query, dear_client::MAX_LIMIT)
+            .try_collect()
+            .await
+            .map_err(dear)?;
+        let mut levels: HashMap<(Uuid, Option<String>), Level> = HashMap::new();
+        for row in pages.iter().flat_map(|p| &p.items) {
+            if !row
+                .location
+                .as_deref()
+                .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()))
+            {
+                continue;
+            }
+            let e = levels
+                .entry((row.id, row.batch.clone().filter(|b| !b.trim().is_empty())))
+                .or_default();
+            e.on_hand += row.on_hand;
+            e.available += row.available;
+        }
+        // The catalogue: SKU → product (costing method, costs).
+        let pages: Vec<_> = self
+            .dear
+            .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
+            .try_collect()
+            .await
+            .map_err(dear)?;
+        let mut by_sku: HashMap<String, Product> = HashMap::new();
+        for p in pages.into_iter().flat_map(|p| p.items) {
+            if let Some(sku) = p.sku.clone() {
+                by_sku.insert(sku.trim().to_ascii_lowercase(), p);
+            }
+        }
+        let tier = match &s.price_tier_name {
+            Some(name) => {
+                let tiers = self.dear.price_tiers().await.map_err(dear)?;
+                let code = tiers
+                    .iter()
+                    .find(|t| t.name.as_deref().is_some_and(|n| n.trim().eq_ignore_ascii_case(name.trim())))
+                    .map(|t| t.code)
+                    .ok_or_else(|| {
+                        let known: Vec<String> = tiers.iter().filter_map(|t| t.name.clone()).collect();
+                        SyncError::Invalid(format!("inventory_sync.price_tier_name {name:?} is not a DEAR price tier (DEAR has: {})", known.join(", ")))
+                    })?;
+                Some(code)
+            }
+            None => None,
+        };
+        let orders = if s.subtract_orders_since_snapshot {
+            dearsync_order_download::delivered_since(
+                self.store.as_ref(),
+                &self.tenant,
+                snapshot.as_of,
+                location,
+            )
+            .await?
+        } else {
+            BTreeMap::new()
+        };
+
+        // Targets per (product, batch).
+        let mut targets: BTreeMap<(String, Option<String>), (Decimal, Uuid)> = BTreeMap::new();
+        let mut unknown = Vec::new();
+        let skip = |summary: &mut SyncSummary,
+                    sku: &str,
+                    batch: Option<String>,
+                    now: Decimal,
+                    target: Decimal,
+                    reason: &str| {
+            *summary
+                .skipped
+                .entry(reason.split(':').next().unwrap_or(reason).to_owned())
+                .or_default() += 1;
+            summary.plan.push(PlanLine {
+                sku: sku.to_owned(),
+                batch,
+                dear_now: now,
+                target,
+                change: target - now,
+                action: Action::Skip(reason.to_owned()),
+                product_id: None,
+                unit_cost: None,
+            });
+        };
+        for line in &snapshot.lines {
+            let sku = line.sku.trim();
+            let Some(product) = by_sku.get(&sku.to_ascii_lowercase()) else {
+                unknown.push(sku.to_owned());
+                continue;
+            };
+            let psku = product.sku.clone().unwrap_or_default();
+            let batch = if product.is_batch_tracked() {
+                match line.batch.clone().filter(|b| !b.trim().is_empty()) {
+                    Some(b) => Some(b),
+                    None => {
+                        let batches: Vec<_> = levels
+                            .keys()
+                            .filter(|(id, b)| *id == product.id && b.is_some())
+                            .collect();
+                        if batches.len() == 1 {
+                            batches[0].1.clone()
+                        } else {
+                            skip(
+                                summary,
+                                &psku,
+                                None,
+                                Decimal::ZERO,
+                                line.quantity,
+                                "batch_required: the product is batch-tracked and the snapshot line has no batch",
+                            );
+                            continue;
+                        }
+                    }
+                }
+            } else {
+                None // FIFO products are not split by batch: the snapshot's batches are summed.
+            };
+            let mut q = line.quantity;
+            if let Some(sold) = orders.get(&psku) {
+                // Spread the orders over the SKU's lines in snapshot order: take from the first.
+                let take = (*sold).min(q);
+                q -= take;
+            }
+            let e = targets
+                .entry((psku, batch))
+                .or_insert((Decimal::ZERO, product.id));
+            e.0 += q;
+        }
+        unknown.sort();
+        unknown.dedup();
+        summary.unknown_skus = unknown;
+        if s.snapshot == SnapshotScope::Full {
+            let listed: std::collections::HashSet<Uuid> =
+                targets.values().map(|(_, id)| *id).collect();
+            let id_to_sku: HashMap<Uuid, String> = by_sku
+                .values()
+                .map(|p| (p.id, p.sku.clone().unwrap_or_default()))
+                .collect();
+            for ((id, batch), level) in &levels {
+                if !listed.contains(id)
+                    && !level.on_hand.is_zero()
+                    && let Some(sku) = id_to_sku.get(id)
+                {
+                    let product_batch = by_sku
+                        .get(&sku.to_ascii_lowercase())
+                        .filter(|p| p.is_batch_tracked())
+                        .and(batch.clone());
+                    targets.insert((sku.clone(), product_batch), (Decimal::ZERO, *id));
+                }
+            }
+        }
+
+        // Compare and classify.
+        let mut adjust = Vec::new();
+        let mut review = Vec::new();
+        for ((sku, batch), (mut target, product_id)) in targets {
+            if target < s.minimum_level {
+                target = Decimal::ZERO;
+            }
+            let product = by_sku.get(&sku.to_ascii_lowercase());
+            let level = if product.is_some_and(|p| p.is_batch_tracked()) {
+                levels
+                    .get(&(product_id, batch.clone()))
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                // FIFO: every batch row of the product together.
+                levels.iter().filter(|((id, _), _)| *id == product_id).fold(
+                    Level::default(),
+                    |mut acc, (_, l)| {
+                        acc.on_hand += l.on_hand;
+                        acc.available += l.available;
+                        acc
+                    },
+                )
+            };
+            let now = match s.quantity_is {
+                QuantityIs::OnHand => level.on_hand,
+                QuantityIs::Available => level.available,
+            };
+            if now == target {
+                summary.unchanged += 1;
+                continue;
+            }
+            // No stock (zero or negative) in DEAR: the line is a new-stock line and needs a unit cost.
+            let unit_cost = if level.on_hand <= Decimal::ZERO {
+                let p = product.expect("planned products are known");
+                let tier_price = tier
+                    .and_then(|c| p.price_tier(c))
+                    .filter(|v| *v > Decimal::ZERO);
+                let average = p.average_cost.filter(|v| *v > Decimal::ZERO);
+                match tier_price.or(average) {
+                    Some(c) => Some(c),
+                    None => {
+                        skip(
+                            summary,
+                            &sku,
+                            batch,
+                            now,
+                            target,
+                            "no_unit_cost: zero stock in DEAR, and neither the price tier nor AverageCost gives a unit cost",
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let change = target - now;
+            let drift = s.drift_threshold_units.is_some_and(|u| change.abs() > u)
+                || s.drift_threshold_percent.is_some_and(|pct| {
+                    !now.is_zero() && change.abs() * Decimal::ONE_HUNDRED / now.abs() > pct
+                });
+            let line = PlanLine {
+                sku,
+                batch,
+                dear_now: now,
+                target,
+                change,
+                action: if drift {
+                    Action::Review
+                } else {
+                    Action::Adjust
+                },
+                product_id: Some(product_id),
+                unit_cost,
+            };
+            if drift {
+                review.push(line)
+            } else {
+                adjust.push(line)
+            }
+        }
+        summary.adjusted = adjust.len() as u64;
+        summary.held_for_review = review.len() as u64;
+        summary.plan.extend(adjust.iter().cloned());
+        summary.plan.extend(review.iter().cloned());
+        if dry_run {
+            return Ok(());
+        }
+        let status = match s.adjustment_status {
+            AdjustmentStatusSetting::Completed => AdjustmentStatus::Completed,
+            AdjustmentStatusSetting::Draft => AdjustmentStatus::Draft,
+        };
+        let base_ref = s
+            .adjustment_reference
+            .replace("{snapshot_id}", &snapshot.snapshot_id);
+        self.post(&adjust, status, &base_ref, location, snapshot, summary)
+            .await?;
+        self.post(
+            &review,
+            AdjustmentStatus::Draft,
+            &format!("{base_ref} review"),
+            location,
+            snapshot,
+            summary,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn post(
+        &self,
+        lines: &[PlanLine],
+        status: AdjustmentStatus,
+        base_ref: &str,
+        location: &str,
+        snapshot: &Snapshot,
+        summary: &mut SyncSummary,
+    ) -> Result<(), SyncError> {
+        let max = self.settings.max_lines_per_adjustment.max(1) as usize;
+        let parts: Vec<&[PlanLine]> = lines.chunks(max).collect();
+        let n = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            let reference = if n > 1 {
+                format!("{base_ref} ({}/{n})", i + 1)
+            } else {
+                base_ref.to_owned()
+            };
+            let body = StockAdjustmentWrite {
+                effective_date: Some(DearDateTime::from_utc(snapshot.as_of)),
+                status: status.clone(),
+                account: self.settings.adjustment_account.clone(),
+                reference: Some(reference.clone()),
+                update_on_hand: Some(self.settings.quantity_is == QuantityIs::OnHand),
+                lines: part
+                    .iter()
+                    .map(|l| StockAdjustmentLineWrite {
+                        product_id: l.product_id,
+                        sku: Some(l.sku.clone()),
+                        quantity: l.target,
+                        unit_cost: l.unit_cost,
+                        location: Some(location.to_owned()),
+                        batch_sn: l.batch.clone(),
+                        received_date: l.unit_cost.map(|_| DearDateTime::from_utc(snapshot.as_of)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let task = match self.dear.create_stock_adjustment(&body).await {
+                Ok(adj) => adj.task_id,
+                Err(e) if e.is_outcome_unknown() => {
+                    // It may have been applied: find it by its reference before posting again.
+                    tracing::warn!(reference = %reference, error = %e, "stock adjustment outcome unknown; looking it up");
+                    match self.find_by_reference(&reference).await? {
+                        Some(task) => task,
+                        None => {
+                            self.dear
+                                .create_stock_adjustment(&body)
+                                .await
+                                .map_err(dear)?
+                                .task_id
+                        }
+                    }
+                }
+                Err(e) => return Err(dear(e)),
+            };
+            summary.adjustments.push((reference, task.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn find_by_reference(&self, reference: &str) -> Result<Option<Uuid>, SyncError> {
+        let pages: Vec<_> = self
+            .dear
+            .stock_adjustment_list(None, dear_client::MAX_LIMIT)
+            .try_collect()
+            .await
+            .map_err(dear)?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.items)
+            .filter(|a| a.status != AdjustmentStatus::Voided)
+            .find(|a| a.reference.as_deref() == Some(reference))
+            .map(|a| a.task_id))
+    }
+}

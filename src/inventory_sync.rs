@@ -1,0 +1,141 @@
+//! `dearsync inventory-sync FILE [--dry-run]`: sets DEAR's stock at one location to a warehouse
+//! snapshot (JSON, or CSV with `--snapshot-id`, `--as-of`, `--location`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dearsync_core::{CredentialSource, EnvCredentials, SystemClock, connect};
+use dearsync_inventory_sync::{InventorySync, Snapshot, parse_instant};
+
+use crate::local::LocalOptions;
+
+/// Options of `dearsync inventory-sync`.
+#[derive(clap::Args)]
+pub struct InventorySyncArgs {
+    #[command(flatten)]
+    local: LocalOptions,
+    /// The snapshot: `.json`, or `.csv` (header `sku,quantity`, optional `batch`, `location`).
+    file: PathBuf,
+    /// Print the plan (SKU, DEAR now, target, change, action) without writing.
+    #[arg(long)]
+    dry_run: bool,
+    /// CSV: the snapshot's id.
+    #[arg(long)]
+    snapshot_id: Option<String>,
+    /// CSV: when the levels were true (RFC 3339 or a date).
+    #[arg(long)]
+    as_of: Option<String>,
+    /// CSV: the DEAR location (unless the file has a location column or the settings name one).
+    #[arg(long)]
+    location: Option<String>,
+    /// No DEAR rate budget at all: only against a simulator with its limit off.
+    #[arg(long)]
+    no_rate_limit: bool,
+}
+
+/// Runs it; `Ok(false)` when something needs attention (skipped lines, unknown SKUs, drift).
+pub async fn run(args: InventorySyncArgs) -> Result<bool, String> {
+    let file = std::fs::File::open(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let is_csv = args
+        .file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let snapshot = if is_csv {
+        let id = args
+            .snapshot_id
+            .as_deref()
+            .ok_or("a CSV snapshot needs --snapshot-id")?;
+        let as_of = parse_instant(
+            args.as_of
+                .as_deref()
+                .ok_or("a CSV snapshot needs --as-of")?,
+        )
+        .map_err(|e| format!("--as-of: {e}"))?;
+        Snapshot::from_csv_reader(file, id, as_of, args.location.as_deref())
+    } else {
+        Snapshot::from_json_reader(file)
+    }
+    .map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let ctx = args.local.open()?;
+    let settings = args.local.settings()?;
+    let clock = Arc::new(SystemClock);
+    let credentials = EnvCredentials::from_env()
+        .credentials(&ctx.tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    let base_url = connect::base_url_from_env();
+    let dear = if args.no_rate_limit {
+        connect::unlimited_dear_client(&credentials, &base_url)
+    } else {
+        connect::dear_client(
+            &credentials,
+            &base_url,
+            &settings.dear,
+            ctx.store.clone(),
+            clock.clone(),
+        )
+    }
+    .map_err(|e| e.to_string())?;
+    let job = InventorySync {
+        tenant: ctx.tenant.clone(),
+        settings: settings.inventory_sync,
+        dear: Arc::new(dear),
+        store: ctx.store.clone(),
+        clock,
+    };
+    let s = job
+        .sync(&snapshot, args.dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    if args.dry_run {
+        println!(
+            "{:<24} {:<12} {:>12} {:>12} {:>12}  action",
+            "sku", "batch", "dear now", "target", "change"
+        );
+        for l in &s.plan {
+            let action = match &l.action {
+                dearsync_inventory_sync::Action::Skip(why) => format!("skip: {why}"),
+                other => serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+            };
+            println!(
+                "{:<24} {:<12} {:>12} {:>12} {:>12}  {action}",
+                l.sku,
+                l.batch.as_deref().unwrap_or(""),
+                l.dear_now.normalize(),
+                l.target.normalize(),
+                l.change.normalize()
+            );
+        }
+    }
+    eprintln!(
+        "inventory sync {} at {}: {}{}",
+        s.snapshot_id,
+        s.location,
+        s.outcome,
+        s.note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    eprintln!(
+        "  lines read {}  unchanged {}  adjusted {}  held for review {}  unknown SKUs {}  skipped {:?}  DEAR calls {}",
+        s.lines_read,
+        s.unchanged,
+        s.adjusted,
+        s.held_for_review,
+        s.unknown_skus.len(),
+        s.skipped,
+        s.dear_calls
+    );
+    if !s.unknown_skus.is_empty() {
+        eprintln!("  unknown SKUs: {}", s.unknown_skus.join(", "));
+    }
+    for (reference, task) in &s.adjustments {
+        eprintln!("  stock adjustment {task}: {reference}");
+    }
+    Ok(s.unknown_skus.is_empty() && s.skipped.is_empty() && s.held_for_review == 0)
+}

@@ -1,0 +1,456 @@
+//! Inventory Sync end to end against the DEAR simulator: DEAR's levels after each scenario, and
+//! that nothing is adjusted twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dear_client::{
+    AdjustmentStatus, ApiKey, AvailabilityQuery, DearClient, DearConfig, RetryPolicy,
+};
+use dear_sim::seed::SeedSpec;
+use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
+use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
+use dearsync_inventory_sync::{InventorySync, Snapshot, parse_instant};
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+const MAIN: &str = "Main Warehouse";
+
+async fn sim(products: usize) -> SimServer {
+    let spec = SeedSpec {
+        seed: 5,
+        sales: 40,
+        products,
+        ..Default::default()
+    };
+    dear_sim::start_seeded(
+        SimConfig {
+            rate_limit: 0,
+            hang_ms: 1_000,
+            ..Default::default()
+        },
+        &spec,
+    )
+    .await
+    .unwrap()
+}
+
+fn client(server: &SimServer) -> Arc<DearClient> {
+    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
+        .with_base_url(&server.base_url())
+        .unwrap();
+    config.calls_per_minute = 0;
+    config.retry = RetryPolicy {
+        max_read_retries: 3,
+        max_throttle_retries: 3,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        throttle_pause: Duration::from_millis(20),
+        request_timeout: Duration::from_millis(2_000),
+    };
+    Arc::new(DearClient::new(config).unwrap())
+}
+
+fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> InventorySync {
+    InventorySync {
+        tenant: TenantId::new("acme").unwrap(),
+        settings: TenantSettings::from_toml(&format!(
+            "[inventory_sync]\nlocation = \"{MAIN}\"\nsubtract_orders_since_snapshot = false\n{}",
+            if settings.contains("price_tier_name") {
+                settings.to_owned()
+            } else {
+                format!("price_tier_name = \"Tier 1\"\n{settings}")
+            }
+        ))
+        .unwrap()
+        .inventory_sync,
+        dear: client(server),
+        store,
+        clock: Arc::new(OffsetClock::default()),
+    }
+}
+
+fn memory() -> Arc<dyn StateStore> {
+    Arc::new(MemoryStore::new(Arc::new(OffsetClock::default())))
+}
+
+/// On hand per SKU at Main Warehouse, as DEAR reports it (batches and bins summed).
+async fn on_hand(server: &SimServer) -> BTreeMap<String, Decimal> {
+    let q = AvailabilityQuery {
+        location: Some(MAIN.into()),
+        ..Default::default()
+    };
+    let pages: Vec<_> = client(server)
+        .product_availability(&q, 1000)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut m = BTreeMap::new();
+    for r in pages.iter().flat_map(|p| &p.items) {
+        *m.entry(r.sku.clone().unwrap()).or_default() += r.on_hand;
+    }
+    m
+}
+
+/// Every product's SKU, batch-tracked or not, with its batch at Main if it has one.
+fn products(server: &SimServer) -> Vec<(String, bool, Option<String>)> {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            let main = d.locations.iter().find(|l| l.name == MAIN).unwrap().id;
+            d.products
+                .values()
+                .map(|p| {
+                    let batch = d
+                        .stock
+                        .values()
+                        .find(|(k, _)| k.product_id == p.id && k.location_id == main)
+                        .and_then(|(k, _)| k.batch.clone());
+                    (p.sku.clone(), p.batch_tracked(), batch)
+                })
+                .collect()
+        })
+        .unwrap()
+}
+
+fn snapshot(id: &str, as_of: &str, lines: &[(String, Decimal, Option<String>)]) -> Snapshot {
+    let lines: Vec<_> = lines
+        .iter()
+        .map(|(s, q, b)| json!({ "sku": s, "quantity": q.to_string(), "batch": b }))
+        .collect();
+    Snapshot::from_json_reader(
+        json!({ "snapshot_id": id, "as_of": as_of, "location": MAIN, "lines": lines })
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn adjustments_with(server: &SimServer, reference_prefix: &str) -> usize {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.adjustments
+                .values()
+                .filter(|a| a.reference.starts_with(reference_prefix))
+                .count()
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_skus_with_three_percent_different_change_exactly_those() {
+    let server = sim(10_000).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    // The warehouse agrees on everything stocked at Main, except every 33rd SKU (+7).
+    let mut lines = Vec::new();
+    let mut changed = BTreeMap::new();
+    for (i, (sku, q)) in before.iter().enumerate() {
+        // DEAR can be negative (shipped beyond stock); a warehouse never is.
+        let target = if i % 33 == 0 {
+            (*q).max(Decimal::ZERO) + Decimal::from(7)
+        } else {
+            (*q).max(Decimal::ZERO)
+        };
+        if target != *q {
+            changed.insert(sku.clone(), target);
+        }
+        lines.push((sku.clone(), target, batches[sku].clone()));
+    }
+    assert!(lines.len() > 8_000 && !changed.is_empty());
+    let j = job(&server, memory(), "");
+    let s = j
+        .sync(&snapshot("INV-1", "2026-11-20T06:00:00Z", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.outcome, "applied");
+    assert_eq!(s.adjusted as usize, changed.len(), "{:?}", s.skipped);
+    assert_eq!(s.unchanged as usize, lines.len() - changed.len());
+    let after = on_hand(&server).await;
+    for (sku, q) in &after {
+        assert_eq!(
+            *q,
+            changed.get(sku).copied().unwrap_or(before[sku]),
+            "{sku}"
+        );
+    }
+    // ≤ 10 reads + 1 write per 1,000 changed lines (+ the catalogue): 10 availability pages,
+    // 10 product pages, 1 adjustment.
+    assert!(s.dear_calls <= 10 + 10 + 1, "{} DEAR calls", s.dear_calls);
+    assert_eq!(s.adjustments.len(), 1);
+
+    // A rerun of the same snapshot posts nothing; a new snapshot with the same levels neither.
+    let again = j
+        .sync(&snapshot("INV-1", "2026-11-20T06:00:00Z", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, "already_applied");
+    let fresh = j
+        .sync(&snapshot("INV-2", "2026-11-20T07:00:00Z", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!((fresh.adjusted, fresh.adjustments.len()), (0, 0));
+    // An older snapshot is ignored with a reason.
+    let old = j
+        .sync(&snapshot("INV-0", "2026-11-19T06:00:00Z", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(old.outcome, "stale");
+    assert!(old.note.unwrap().contains("older than the last applied"));
+}
+
+#[tokio::test]
+async fn zero_stock_skus_get_the_tier_cost_and_unknown_skus_are_reported() {
+    let server = sim(300).await;
+    let stocked = on_hand(&server).await;
+    let never: Vec<_> = products(&server)
+        .into_iter()
+        .filter(|(s, bt, _)| !stocked.contains_key(s) && !bt)
+        .take(3)
+        .collect();
+    assert!(
+        !never.is_empty(),
+        "the seed has products with no stock at Main"
+    );
+    let mut lines: Vec<_> = never
+        .iter()
+        .map(|(s, _, _)| (s.clone(), Decimal::from(12), None))
+        .collect();
+    lines.push(("NO-SUCH-SKU".into(), Decimal::ONE, None));
+    let j = job(&server, memory(), "price_tier_name = \"Wholesale\"\n");
+    let s = j
+        .sync(&snapshot("INV-Z", "2026-11-20", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.unknown_skus, vec!["NO-SUCH-SKU".to_owned()]);
+    let task = s.adjustments[0].1.parse().unwrap();
+    let adj = j.dear.stock_adjustment(task).await.unwrap();
+    let costs: BTreeMap<String, Decimal> = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.products
+                .values()
+                .map(|p| (p.sku.clone(), p.price_tiers[1]))
+                .collect()
+        })
+        .unwrap();
+    let zero_lines: Vec<_> = adj
+        .new_stock_lines
+        .iter()
+        .chain(adj.existing_stock_lines.iter().map(|_| unreachable!()))
+        .collect();
+    assert_eq!(zero_lines.len(), never.len());
+    for l in &adj.new_stock_lines {
+        let sku = l.sku.clone().unwrap();
+        assert_eq!(
+            l.unit_cost,
+            Some(costs[&sku]),
+            "{sku}: the Wholesale tier price"
+        );
+        assert_eq!(l.quantity, Decimal::from(12));
+    }
+    let after = on_hand(&server).await;
+    assert!(never.iter().all(|(s, _, _)| after[s] == Decimal::from(12)));
+}
+
+#[tokio::test]
+async fn big_changes_are_held_as_draft_for_review_and_small_ones_applied() {
+    let server = sim(200).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    let skus: Vec<_> = before
+        .iter()
+        .filter(|(_, q)| **q > Decimal::ZERO)
+        .map(|(s, _)| s.clone())
+        .take(4)
+        .collect();
+    let lines: Vec<_> = skus
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                s.clone(),
+                before[s].max(Decimal::ZERO) + Decimal::from(if i < 2 { 2 } else { 500 }),
+                batches[s].clone(),
+            )
+        })
+        .collect();
+    let j = job(&server, memory(), "drift_threshold_units = 50\n");
+    let s = j
+        .sync(&snapshot("INV-D", "2026-11-20", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!((s.adjusted, s.held_for_review), (2, 2));
+    let after = on_hand(&server).await;
+    assert_eq!(after[&skus[0]], before[&skus[0]] + Decimal::TWO);
+    assert_eq!(
+        after[&skus[3]], before[&skus[3]],
+        "held lines are not applied"
+    );
+    let review = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.adjustments
+                .values()
+                .find(|a| a.reference.ends_with("review"))
+                .map(|a| a.status.clone())
+        })
+        .unwrap();
+    assert_eq!(review.as_deref(), Some("DRAFT"));
+    let _ = AdjustmentStatus::Draft;
+}
+
+#[tokio::test]
+async fn a_full_snapshot_zeroes_what_it_leaves_out_and_a_partial_one_does_not() {
+    let server = sim(150).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    let (kept, left_out): (Vec<_>, Vec<_>) = before
+        .iter()
+        .filter(|(_, q)| !q.is_zero())
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let lines: Vec<_> = kept
+        .iter()
+        .map(|(_, (s, q))| ((*s).clone(), (**q).max(Decimal::ZERO), batches[*s].clone()))
+        .collect();
+    let partial = job(&server, memory(), "");
+    let negative = kept
+        .iter()
+        .filter(|(_, (_, q))| q.is_sign_negative())
+        .count();
+    let s = partial
+        .sync(&snapshot("INV-P", "2026-11-20", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.adjusted as usize, negative,
+        "a partial snapshot touches only what it lists: {:?}",
+        s.plan
+    );
+    let full = job(&server, memory(), "snapshot = \"full\"\n");
+    let s = full
+        .sync(&snapshot("INV-F", "2026-11-21", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.adjusted as usize, left_out.len());
+    let after = on_hand(&server).await;
+    assert!(
+        left_out
+            .iter()
+            .all(|(_, (sku, _))| after.get(*sku).is_none_or(|q| q.is_zero()))
+    );
+    assert!(
+        kept.iter()
+            .all(|(_, (sku, q))| after.get(*sku).copied().unwrap_or_default()
+                == (**q).max(Decimal::ZERO))
+    );
+}
+
+#[tokio::test]
+async fn a_post_that_times_out_after_applying_is_found_by_reference_not_posted_twice() {
+    let server = sim(100).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    let sku = before.keys().next().unwrap().clone();
+    let lines = vec![(
+        sku.clone(),
+        before[&sku].max(Decimal::ZERO) + Decimal::from(3),
+        batches[&sku].clone(),
+    )];
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "stockadjustment".into(),
+            method: Some("POST".into()),
+            sequence: [Fault::Drop].into(),
+            after_apply: true,
+            ..Default::default()
+        },
+    );
+    let j = job(
+        &server,
+        memory(),
+        "adjustment_reference = \"WMS {snapshot_id}\"\n",
+    );
+    let s = j
+        .sync(&snapshot("INV-T", "2026-11-20", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.adjustments.len(), 1);
+    assert_eq!(adjustments_with(&server, "WMS INV-T"), 1, "posted once");
+    assert_eq!(
+        on_hand(&server).await[&sku],
+        before[&sku].max(Decimal::ZERO) + Decimal::from(3)
+    );
+}
+
+#[tokio::test]
+async fn dear_faults_leave_nothing_half_applied_and_a_retry_finishes() {
+    let server = sim(300).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    let lines: Vec<_> = before
+        .iter()
+        .map(|(s, q)| {
+            (
+                s.clone(),
+                (*q).max(Decimal::ZERO) + Decimal::ONE,
+                batches[s].clone(),
+            )
+        })
+        .collect();
+    for fault in [
+        Fault::Status(503),
+        Fault::Status(500),
+        Fault::ErrorModel200(500),
+        Fault::Timeout,
+    ] {
+        server.sim.add_fault(
+            ACCOUNT,
+            FaultRule {
+                route: "*".into(),
+                probability: 0.15,
+                fault: Some(fault),
+                ..Default::default()
+            },
+        );
+    }
+    let store = memory();
+    let j = job(&server, store, "max_lines_per_adjustment = 40\n");
+    let snap = snapshot("INV-F1", "2026-11-20", &lines);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match j.sync(&snap, false).await {
+            Ok(s) if s.outcome == "applied" => break,
+            Ok(s) => panic!("{s:?}"),
+            Err(e) => assert!(tries < 30, "{e}"),
+        }
+    }
+    server.sim.clear_faults(ACCOUNT);
+    let after = on_hand(&server).await;
+    for (sku, q) in &before {
+        assert_eq!(after[sku], (*q).max(Decimal::ZERO) + Decimal::ONE, "{sku}");
+    }
+    let _ = parse_instant("2026-11-20");
+}
