@@ -454,3 +454,135 @@ async fn dear_faults_leave_nothing_half_applied_and_a_retry_finishes() {
     }
     let _ = parse_instant("2026-11-20");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_delivered_after_the_snapshot_are_subtracted() {
+    use dearsync_order_download::{NdjsonSink, OrderDownload, RunOptions};
+    let server = sim(120).await;
+    let store = memory();
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot_time = chrono::Utc::now() - chrono::Duration::hours(1);
+    // Orders reach the warehouse after the snapshot was taken.
+    let od = OrderDownload {
+        tenant: TenantId::new("acme").unwrap(),
+        settings: TenantSettings::from_toml(
+            "[order_download]\nsale_status = \"Any\"\nearliest_order_date = \"2020-01-01\"\n",
+        )
+        .unwrap()
+        .order_download,
+        dear: client(&server),
+        store: store.clone(),
+        sink: Arc::new(NdjsonSink::file(dir.path().join("orders.ndjson")).unwrap()),
+        clock: Arc::new(OffsetClock::default()),
+    };
+    od.run(&RunOptions::default()).await;
+    let sold = dearsync_order_download::delivered_since(
+        store.as_ref(),
+        &TenantId::new("acme").unwrap(),
+        snapshot_time,
+        MAIN,
+    )
+    .await
+    .unwrap();
+    assert!(!sold.is_empty(), "orders shipping from Main were delivered");
+    // FIFO products only: a batch-tracked one sold without stock at Main has no batch to adjust.
+    let fifo: std::collections::BTreeSet<String> = products(&server)
+        .into_iter()
+        .filter(|(_, bt, _)| !bt)
+        .map(|(s, _, _)| s)
+        .collect();
+    let sold: BTreeMap<String, Decimal> =
+        sold.into_iter().filter(|(s, _)| fifo.contains(s)).collect();
+    let lines: Vec<_> = sold
+        .keys()
+        .map(|sku| (sku.clone(), Decimal::from(1000), None))
+        .collect();
+    let j = job(&server, store.clone(), "").with_subtraction();
+    let at = snapshot_time.to_rfc3339();
+    let s = j
+        .sync(&snapshot("INV-S", &at, &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.adjusted as usize, lines.len(), "{:?}", s.skipped);
+    let after = on_hand(&server).await;
+    for (sku, q) in &sold {
+        assert_eq!(after[sku], Decimal::from(1000) - *q, "{sku}");
+    }
+    // Orders delivered before the snapshot are not subtracted.
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let s = j
+        .sync(&snapshot("INV-S2", &later, &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.adjusted as usize, lines.len());
+    let after = on_hand(&server).await;
+    assert!(sold.keys().all(|sku| after[sku] == Decimal::from(1000)));
+}
+
+trait WithSubtraction {
+    fn with_subtraction(self) -> Self;
+}
+
+impl WithSubtraction for InventorySync {
+    fn with_subtraction(mut self) -> Self {
+        self.settings.subtract_orders_since_snapshot = true;
+        self
+    }
+}
+
+// The CLI runs as a child process while this runtime serves the simulator: two worker threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_the_plan_and_writes_nothing() {
+    let server = sim(60).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    let (sku, q) = before.iter().find(|(_, q)| **q > Decimal::ZERO).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("sku,quantity,batch\n");
+    csv.push_str(&format!(
+        "{sku},{},{}\n",
+        *q + Decimal::from(5),
+        batches[sku].clone().unwrap_or_default()
+    ));
+    csv.push_str("GHOST-1,4,\n");
+    std::fs::write(dir.path().join("snap.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("t.toml"),
+        format!("[inventory_sync]\nlocation = \"{MAIN}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dearsync"))
+        .args([
+            "inventory-sync",
+            "snap.csv",
+            "--dry-run",
+            "--no-rate-limit",
+            "--snapshot-id",
+            "CSV-1",
+            "--as-of",
+            "2026-11-20",
+            "--config",
+            "t.toml",
+        ])
+        .current_dir(dir.path())
+        .env("DEAR_BASE_URL", server.base_url())
+        .env("DEAR_ACCOUNT_ID", ACCOUNT)
+        .env("DEAR_API_KEY", dear_sim::DEFAULT_API_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains(sku.as_str()) && stdout.contains("adjust"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("dry_run") && stderr.contains("GHOST-1"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(2), "unknown SKUs need attention");
+    assert_eq!(on_hand(&server).await, before, "nothing written");
+}
