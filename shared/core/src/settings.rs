@@ -180,6 +180,9 @@ impl TenantSettings {
                 format!("must be above 0, got {pct}"),
             ));
         }
+        if let Some(url) = &inv.snapshot_url {
+            check_webhook_url("inventory_sync.snapshot_url", url)?;
+        }
         if !(1..=10_000).contains(&inv.max_lines_per_adjustment) {
             return Err(SettingsError::new(
                 "inventory_sync.max_lines_per_adjustment",
@@ -628,6 +631,8 @@ pub struct InventorySyncSettings {
     pub max_lines_per_adjustment: u32,
     /// Subtract orders delivered to the warehouse after the snapshot was taken; default yes.
     pub subtract_orders_since_snapshot: bool,
+    /// Pull mode (the Lambda's schedule): where to GET the warehouse's JSON snapshot (HTTPS).
+    pub snapshot_url: Option<String>,
 }
 
 impl Default for InventorySyncSettings {
@@ -645,6 +650,7 @@ impl Default for InventorySyncSettings {
             drift_threshold_percent: None,
             max_lines_per_adjustment: 1000,
             subtract_orders_since_snapshot: true,
+            snapshot_url: None,
         }
     }
 }

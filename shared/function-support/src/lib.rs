@@ -26,6 +26,49 @@ pub struct Deps {
     pub clock: Arc<dyn Clock>,
 }
 
+#[cfg(feature = "aws")]
+impl Deps {
+    /// The production dependencies from the Lambda environment: `STATE_TABLE` (the DynamoDB state
+    /// table), `SECRET_PREFIX` (default `dear-sync/`), `DEAR_BASE_URL` (default DEAR's), and the
+    /// AWS SDK's own variables.
+    pub async fn from_env() -> Result<Self, String> {
+        use dearsync_aws::{DynamoStore, SecretsManagerCredentials, load_sdk_config};
+        let table = std::env::var("STATE_TABLE")
+            .map_err(|_| "STATE_TABLE (the DynamoDB state table) is not set")?;
+        let prefix = std::env::var("SECRET_PREFIX").unwrap_or_else(|_| "dear-sync/".to_owned());
+        let aws = load_sdk_config().await;
+        let clock = Arc::new(dearsync_core::SystemClock);
+        Ok(Deps {
+            store: Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(&aws),
+                table,
+                clock.clone(),
+            )),
+            credentials: Arc::new(SecretsManagerCredentials::new(
+                aws_sdk_secretsmanager::Client::new(&aws),
+                prefix,
+                SecretsManagerCredentials::DEFAULT_TTL,
+            )),
+            base_url: connect::base_url_from_env(),
+            clock,
+        })
+    }
+}
+
+/// JSON logs for CloudWatch (level from `RUST_LOG`, default info), without timestamps (Lambda adds them).
+#[cfg(feature = "aws")]
+pub fn init_lambda_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_current_span(false)
+        .without_time()
+        .init();
+}
+
 /// One tenant, ready to work.
 pub struct TenantContext {
     /// Who.

@@ -1,0 +1,344 @@
+//! The Inventory Sync Lambda's handler, apart from the runtime so tests can drive it.
+//!
+//! Events:
+//! * a schedule `{"tenant": "acme"}` (or `detail.tenant`; none = every enabled tenant with a
+//!   `snapshot_url`): pulls the tenant's JSON snapshot from `inventory_sync.snapshot_url` and syncs it;
+//! * SQS records and EventBridge `detail`s carrying `{"tenant": ..., "snapshot": {...}}`, or a chunk of
+//!   a large snapshot `{"tenant": ..., "chunk": {"snapshot_id", "as_of", "location", "part", "parts",
+//!   "lines"}}`: chunks are kept in the ledger until all parts are there, then synced as one;
+//! * a Function URL `POST /inventory/<tenant>` with a snapshot (or chunk) as the body and the tenant's
+//!   inbound secret in `x-dearsync-secret`: 202 with the summary, 4xx with the reason.
+
+use std::collections::BTreeMap;
+
+use dearsync_core::state::{NewRecord, RecordKey, RecordState, Transition};
+use dearsync_core::{Job, StoreError, TenantId};
+pub use dearsync_function_support::Deps;
+use dearsync_function_support::{body_text, http, http_error, is_http, kind, method};
+use dearsync_inventory_sync::{InventorySync, Snapshot, SnapshotLine, SyncSummary, parse_instant};
+use serde_json::{Value, json};
+
+/// Largest number of lines one chunk may carry (its lines are kept in one ledger record).
+pub const MAX_CHUNK_LINES: usize = 1000;
+
+/// Why an invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event is not one this function understands.
+    #[error("bad event: {0}")]
+    BadEvent(String),
+    /// The sync failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Handles one event.
+pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
+    if is_http(&event) {
+        return Ok(handle_http(deps, &event).await);
+    }
+    if let Some(records) = event.get("Records").and_then(Value::as_array) {
+        let mut failures = Vec::new();
+        for r in records {
+            let id = r
+                .get("messageId")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let outcome = match r
+                .get("body")
+                .and_then(Value::as_str)
+                .map(serde_json::from_str::<Value>)
+            {
+                Some(Ok(body)) => envelope(deps, &body).await.map(|_| ()),
+                Some(Err(e)) => Err(format!("the message body is not JSON: {e}")),
+                None => Err("the record has no body".into()),
+            };
+            if let Err(why) = outcome {
+                tracing::error!(message_id = %id, error = %why, "inventory message failed");
+                failures.push(json!({ "itemIdentifier": id }));
+            }
+        }
+        return Ok(json!({ "batchItemFailures": failures }));
+    }
+    let detail = event.get("detail");
+    if let Some(d) = detail
+        && (d.get("snapshot").is_some() || d.get("chunk").is_some())
+    {
+        return envelope(deps, d).await.map_err(HandlerError::Failed);
+    }
+    let tenant = event
+        .get("tenant")
+        .or_else(|| detail.and_then(|d| d.get("tenant")));
+    match tenant {
+        Some(Value::String(t)) => {
+            let tenant = TenantId::new(t.clone())
+                .map_err(|e| HandlerError::BadEvent(format!("tenant: {e}")))?;
+            pull(deps, &tenant)
+                .await
+                .map(|s| json!({ "tenants": [s] }))
+                .map_err(HandlerError::Failed)
+        }
+        Some(other) => Err(HandlerError::BadEvent(format!(
+            "tenant must be a tenant id string, got {}",
+            kind(other)
+        ))),
+        None if event.is_object() => pull_all(deps).await,
+        None => Err(HandlerError::BadEvent(format!(
+            "expected a JSON object, got {}",
+            kind(&event)
+        ))),
+    }
+}
+
+async fn job(deps: &Deps, tenant: &TenantId) -> Result<InventorySync, String> {
+    let ctx = deps.tenant(tenant).await?;
+    Ok(InventorySync {
+        tenant: tenant.clone(),
+        settings: ctx.settings.inventory_sync,
+        dear: ctx.dear,
+        store: deps.store.clone(),
+        clock: deps.clock.clone(),
+    })
+}
+
+async fn run(deps: &Deps, tenant: &TenantId, snapshot: &Snapshot) -> Result<SyncSummary, String> {
+    let job = job(deps, tenant).await?;
+    let s = job
+        .sync(snapshot, false)
+        .await
+        .map_err(|e| format!("tenant {tenant}, snapshot {}: {e}", snapshot.snapshot_id))?;
+    println!("{}", s.emf(deps.clock.now().timestamp_millis()));
+    Ok(s)
+}
+
+/// `{"tenant", "snapshot"}` or `{"tenant", "chunk"}`.
+async fn envelope(deps: &Deps, value: &Value) -> Result<Value, String> {
+    let tenant = match value.get("tenant") {
+        Some(Value::String(t)) => TenantId::new(t.clone()).map_err(|e| format!("tenant: {e}"))?,
+        _ => return Err(
+            "tenant is missing or not a string (expected {\"tenant\": ..., \"snapshot\": {...}})"
+                .into(),
+        ),
+    };
+    if let Some(snapshot) = value.get("snapshot") {
+        let snapshot = Snapshot::from_json_reader(snapshot.to_string().as_bytes())
+            .map_err(|e| format!("invalid snapshot: {e}"))?;
+        return run(deps, &tenant, &snapshot)
+            .await
+            .map(|s| json!(summary_json(&s)));
+    }
+    if let Some(chunk) = value.get("chunk") {
+        return chunk_arrived(deps, &tenant, chunk).await;
+    }
+    Err("expected \"snapshot\" or \"chunk\" next to \"tenant\"".into())
+}
+
+fn summary_json(s: &SyncSummary) -> Value {
+    json!({
+        "snapshot_id": s.snapshot_id, "location": s.location, "outcome": s.outcome, "note": s.note,
+        "lines_read": s.lines_read, "unchanged": s.unchanged, "adjusted": s.adjusted,
+        "held_for_review": s.held_for_review, "unknown_skus": s.unknown_skus, "skipped": s.skipped,
+        "adjustments": s.adjustments, "dear_calls": s.dear_calls,
+    })
+}
+
+fn chunk_key(tenant: &TenantId, snapshot_id: &str, part: u64) -> RecordKey {
+    RecordKey::new(
+        tenant,
+        Job::InventorySync,
+        format!("chunk:{snapshot_id}:{part}"),
+    )
+}
+
+/// Keeps a chunk; when every part is there, syncs the whole snapshot.
+async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<Value, String> {
+    let field = |name: &str| {
+        chunk
+            .get(name)
+            .ok_or_else(|| format!("chunk.{name} is missing"))
+    };
+    let snapshot_id = field("snapshot_id")?
+        .as_str()
+        .ok_or("chunk.snapshot_id must be a string")?
+        .to_owned();
+    let as_of = field("as_of")?
+        .as_str()
+        .ok_or("chunk.as_of must be a string")?
+        .to_owned();
+    parse_instant(&as_of).map_err(|e| format!("chunk.as_of: {e}"))?;
+    let location = chunk
+        .get("location")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let part = field("part")?
+        .as_u64()
+        .ok_or("chunk.part must be a whole number")?;
+    let parts = field("parts")?
+        .as_u64()
+        .ok_or("chunk.parts must be a whole number")?;
+    if parts == 0 || part == 0 || part > parts || parts > 10_000 {
+        return Err(format!(
+            "chunk.part {part} of {parts}: parts are numbered 1..=parts (at most 10000)"
+        ));
+    }
+    let lines = field("lines")?;
+    // Validate the lines as a snapshot would.
+    let as_snapshot =
+        json!({ "snapshot_id": snapshot_id, "as_of": as_of, "location": location, "lines": lines });
+    let checked = Snapshot::from_json_reader(as_snapshot.to_string().as_bytes())
+        .map_err(|e| format!("invalid chunk {part}/{parts}: {e}"))?;
+    if checked.lines.len() > MAX_CHUNK_LINES {
+        return Err(format!(
+            "chunk {part}/{parts} has {} lines; at most {MAX_CHUNK_LINES} per chunk",
+            checked.lines.len()
+        ));
+    }
+    let text =
+        json!({ "as_of": as_of, "location": location, "parts": parts, "lines": lines }).to_string();
+    let mut record = NewRecord::new(
+        chunk_key(tenant, &snapshot_id, part),
+        RecordState::Pending,
+        dearsync_core::sha256_hex(text.as_bytes()),
+    );
+    record.detail = Some(text);
+    match deps.store.insert(record).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() => {} // A redelivered chunk.
+        Err(StoreError::Invalid(m)) => {
+            return Err(format!("chunk {part}/{parts} is too large to keep: {m}"));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    // All parts there?
+    let mut all = Vec::new();
+    for p in 1..=parts {
+        match deps
+            .store
+            .record(&chunk_key(tenant, &snapshot_id, p))
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some(r) => all.push(r),
+            None => {
+                return Ok(
+                    json!({ "snapshot_id": snapshot_id, "outcome": "waiting_for_parts", "received": p - 1, "parts": parts }),
+                );
+            }
+        }
+    }
+    let mut lines: Vec<SnapshotLine> = Vec::new();
+    for r in &all {
+        let v: Value =
+            serde_json::from_str(r.detail.as_deref().unwrap_or("{}")).map_err(|e| e.to_string())?;
+        let part_snapshot =
+            json!({ "snapshot_id": snapshot_id, "as_of": as_of, "lines": v["lines"] });
+        let s = Snapshot::from_json_reader(part_snapshot.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        lines.extend(s.lines);
+    }
+    let snapshot = Snapshot {
+        snapshot_id: snapshot_id.clone(),
+        as_of: parse_instant(&as_of)?,
+        location,
+        lines,
+    };
+    snapshot
+        .check()
+        .map_err(|e| format!("the assembled snapshot {snapshot_id}: {e}"))?;
+    let summary = run(deps, tenant, &snapshot).await?;
+    for r in all {
+        if r.state == RecordState::Pending {
+            // Kept as done (a late duplicate of a part is then a no-op); failures here are harmless.
+            let _ = deps
+                .store
+                .transition(&r, Transition::to(RecordState::Done))
+                .await;
+        }
+    }
+    Ok(summary_json(&summary))
+}
+
+/// Pull mode: GET the tenant's snapshot and sync it.
+async fn pull(deps: &Deps, tenant: &TenantId) -> Result<Value, String> {
+    let job = job(deps, tenant).await?;
+    let url = job.settings.snapshot_url.clone().ok_or_else(|| {
+        format!("tenant {tenant}: inventory_sync.snapshot_url is not set: nothing to pull")
+    })?;
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| format!("tenant {tenant}: cannot GET the snapshot at {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "tenant {tenant}: the snapshot URL answered HTTP {}",
+            resp.status()
+        ));
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("tenant {tenant}: reading the snapshot: {e}"))?;
+    let snapshot = Snapshot::from_json_reader(bytes.as_ref())
+        .map_err(|e| format!("tenant {tenant}: invalid snapshot from {url}: {e}"))?;
+    run(deps, tenant, &snapshot).await.map(|s| summary_json(&s))
+}
+
+async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
+    let tenants = deps
+        .store
+        .tenants()
+        .await
+        .map_err(|e| HandlerError::Failed(format!("cannot list tenants: {e}")))?;
+    let mut results = Vec::new();
+    let mut failures = BTreeMap::new();
+    for t in tenants
+        .into_iter()
+        .filter(|t| t.enabled && t.settings_toml.contains("snapshot_url"))
+    {
+        match pull(deps, &t.tenant).await {
+            Ok(s) => results.push(s),
+            Err(e) => {
+                tracing::error!(tenant = %t.tenant, error = %e, "inventory pull failed");
+                failures.insert(t.tenant.to_string(), e);
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(json!({ "tenants": results }))
+    } else {
+        Err(HandlerError::Failed(format!(
+            "{} tenants failed: {failures:?}",
+            failures.len()
+        )))
+    }
+}
+
+async fn handle_http(deps: &Deps, event: &Value) -> Value {
+    let method = method(event);
+    if method != "POST" {
+        return http_error(405, format!("{method} is not allowed; POST a snapshot"));
+    }
+    let ctx = match deps.authorise(event, "/inventory/").await {
+        Ok(ctx) => ctx,
+        Err(response) => return response,
+    };
+    let body = match body_text(event).and_then(|b| {
+        serde_json::from_str::<Value>(&b).map_err(|e| format!("the body is not JSON: {e}"))
+    }) {
+        Ok(b) => b,
+        Err(e) => return http_error(400, e),
+    };
+    let wrapped = if body.get("part").is_some() {
+        json!({ "tenant": ctx.tenant, "chunk": body })
+    } else {
+        json!({ "tenant": ctx.tenant, "snapshot": body })
+    };
+    match envelope(deps, &wrapped).await {
+        Ok(summary) => http(202, summary),
+        Err(e) if e.contains("retrying is safe") => http_error(503, e),
+        Err(e) => http_error(400, e),
+    }
+}
