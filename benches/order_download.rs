@@ -8,8 +8,8 @@
 //! The simulator runs as a separate `dearsync sim` process, so this process's CPU time and peak
 //! memory are the job's alone (plus its embedded store and HTTP client).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +18,8 @@ use async_trait::async_trait;
 use dearsync_core::{Credentials, SystemClock, TenantId, TenantSettings, connect};
 use dearsync_order_download::{CanonicalOrder, OrderDownload, OrderSink, RunOptions, SinkError};
 use dearsync_store_sqlite::SqliteStore;
+
+use common::{Sim, cpu_and_peak, start_sim};
 
 struct CountingSink(AtomicU64);
 
@@ -32,86 +34,6 @@ impl OrderSink for CountingSink {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
-
-struct Sim {
-    child: Child,
-    base_url: String,
-    // Kept open: the simulator prints more lines, and a closed pipe would kill it.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_sim(sales: usize, rate_limit: u32) -> Sim {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dearsync"))
-        .args([
-            "sim",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--sales",
-            &sales.to_string(),
-        ])
-        .args([
-            "--products",
-            "200",
-            "--rate-limit",
-            &rate_limit.to_string(),
-            "--seed",
-            "3",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dearsync sim");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let base_url = line
-        .trim()
-        .strip_prefix("DEAR_BASE_URL=")
-        .expect("the simulator prints its URL")
-        .to_owned();
-    Sim {
-        child,
-        base_url,
-        _stdout: stdout,
-    }
-}
-
-/// (user + system CPU seconds, peak resident MB) of this process, from /proc.
-fn cpu_and_peak() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split(' ').collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Fields after the command name: utime is the 12th, stime the 13th (0-based 11, 12); 100 ticks/s.
-    let cpu = (ticks(11) + ticks(12)) / 100.0;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak_kb = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    (cpu, peak_kb / 1024.0)
 }
 
 fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> (OrderDownload, Arc<CountingSink>) {
@@ -154,7 +76,7 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> (OrderDownload, Arc
 }
 
 async fn volume(sales: usize) {
-    let sim = start_sim(sales, 0);
+    let sim = start_sim(sales, 200, 0);
     let dir = tempfile::tempdir().unwrap();
     let (job, sink) = job(&sim, dir.path(), true);
     let (cpu0, _) = cpu_and_peak();
@@ -191,7 +113,7 @@ async fn volume(sales: usize) {
 }
 
 async fn rate(seconds: u64) {
-    let sim = start_sim(2_000, 60);
+    let sim = start_sim(2_000, 200, 60);
     let dir = tempfile::tempdir().unwrap();
     let (job, sink) = job(&sim, dir.path(), false);
     let opts = RunOptions {

@@ -1,0 +1,187 @@
+//! Inventory Sync benchmarks (not timed tests): DEAR calls and wall time for 10,000 SKUs at DEAR's
+//! 60-calls-a-minute pace, and peak memory for a 100,000-line snapshot. Results: docs/benchmarks.md.
+//!
+//! cargo bench --bench inventory_sync -- calls [SKUS]      (default 10000; simulator limited to 60/min)
+//! cargo bench --bench inventory_sync -- memory [LINES]    (default 100000; simulator limit off)
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use dear_client::AvailabilityQuery;
+use dearsync_core::{Credentials, SystemClock, TenantId, TenantSettings, connect};
+use dearsync_inventory_sync::{InventorySync, Snapshot};
+use dearsync_store_sqlite::SqliteStore;
+use futures::TryStreamExt;
+use rust_decimal::Decimal;
+
+use common::{Sim, cpu_and_peak, start_sim};
+
+fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> InventorySync {
+    let tenant = TenantId::new("bench").unwrap();
+    let settings = TenantSettings::from_toml(
+        "[inventory_sync]\nlocation = \"Main Warehouse\"\nprice_tier_name = \"Tier 1\"\nsubtract_orders_since_snapshot = false\n",
+    )
+    .unwrap();
+    let clock = Arc::new(SystemClock);
+    let store = Arc::new(SqliteStore::open_dir(dir, clock.clone()).unwrap());
+    let creds = Credentials::new(
+        dear_sim::DEFAULT_ACCOUNT_ID.into(),
+        dear_sim::DEFAULT_API_KEY.into(),
+        &tenant,
+        "bench",
+    )
+    .unwrap();
+    let dear = if unlimited {
+        connect::unlimited_dear_client(&creds, &sim.base_url)
+    } else {
+        connect::dear_client(
+            &creds,
+            &sim.base_url,
+            &settings.dear,
+            store.clone(),
+            clock.clone(),
+        )
+    }
+    .unwrap();
+    InventorySync {
+        tenant,
+        settings: settings.inventory_sync,
+        dear: Arc::new(dear),
+        store,
+        clock,
+    }
+}
+
+/// A snapshot of everything stocked at Main, with every 33rd SKU different (a 3 % drift).
+async fn snapshot_of(sim: &Sim, id: &str) -> (String, usize) {
+    let creds = Credentials::new(
+        dear_sim::DEFAULT_ACCOUNT_ID.into(),
+        dear_sim::DEFAULT_API_KEY.into(),
+        &TenantId::new("b").unwrap(),
+        "b",
+    )
+    .unwrap();
+    let c = connect::unlimited_dear_client(&creds, &sim.base_url).unwrap();
+    let q = AvailabilityQuery {
+        location: Some("Main Warehouse".into()),
+        ..Default::default()
+    };
+    let pages: Vec<_> = c
+        .product_availability(&q, 1000)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut lines = String::new();
+    let mut n = 0;
+    for (i, r) in pages.iter().flat_map(|p| &p.items).enumerate() {
+        let q = r.on_hand.max(Decimal::ZERO)
+            + if i % 33 == 0 {
+                Decimal::from(5)
+            } else {
+                Decimal::ZERO
+            };
+        if n > 0 {
+            lines.push(',');
+        }
+        let batch = r
+            .batch
+            .as_deref()
+            .map(|b| format!("\"{b}\""))
+            .unwrap_or_else(|| "null".into());
+        lines.push_str(&format!(
+            "{{\"sku\":\"{}\",\"quantity\":{q},\"batch\":{batch}}}",
+            r.sku.as_deref().unwrap_or("")
+        ));
+        n += 1;
+    }
+    (
+        format!(
+            "{{\"snapshot_id\":\"{id}\",\"as_of\":\"2026-11-20T06:00:00Z\",\"lines\":[{lines}]}}"
+        ),
+        n,
+    )
+}
+
+async fn calls(skus: usize) {
+    let sim = start_sim(10, skus, 60);
+    let dir = tempfile::tempdir().unwrap();
+    let (json, n) = snapshot_of(&sim, "BENCH-1").await;
+    // The listing above went through the simulator's budget too: start the job's minute fresh.
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    let snapshot = Snapshot::from_json_reader(json.as_bytes()).unwrap();
+    let j = job(&sim, dir.path(), false);
+    let started = Instant::now();
+    let s = j.sync(&snapshot, false).await.unwrap();
+    println!(
+        "calls: {skus} products in DEAR, {n} snapshot lines at Main, 3 % different; DEAR limited to 60/min, default budget"
+    );
+    println!(
+        "  outcome {}; unchanged {}, adjusted {}, skipped {:?}, adjustments {}",
+        s.outcome,
+        s.unchanged,
+        s.adjusted,
+        s.skipped,
+        s.adjustments.len()
+    );
+    println!(
+        "  DEAR calls {} (availability + product pages, price tiers, {} POST); wall {:.1} s",
+        s.dear_calls,
+        s.adjustments.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn memory(lines: usize) {
+    let sim = start_sim(10, lines, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (json, n) = snapshot_of(&sim, "BENCH-M").await;
+    let path = dir.path().join("snapshot.json");
+    std::fs::write(&path, &json).unwrap();
+    drop(json);
+    let (_, peak_before) = cpu_and_peak();
+    let (cpu0, _) = cpu_and_peak();
+    let started = Instant::now();
+    // As the CLI does: the snapshot is streamed from the file.
+    let snapshot = Snapshot::from_json_reader(std::fs::File::open(&path).unwrap()).unwrap();
+    let j = job(&sim, dir.path(), true);
+    let s = j.sync(&snapshot, false).await.unwrap();
+    let (cpu1, peak) = cpu_and_peak();
+    println!(
+        "memory: {lines} products, {n}-line snapshot streamed from a file, simulator limit off"
+    );
+    println!(
+        "  outcome {}; unchanged {}, adjusted {}, adjustments {}, DEAR calls {}",
+        s.outcome,
+        s.unchanged,
+        s.adjusted,
+        s.adjustments.len(),
+        s.dear_calls
+    );
+    println!(
+        "  wall {:.1} s; job CPU {:.2} s; peak RSS {peak:.1} MB (before the sync: {peak_before:.1} MB)",
+        started.elapsed().as_secs_f64(),
+        cpu1 - cpu0
+    );
+}
+
+fn main() {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if !all.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs this too: a quick smoke run.
+        rt.block_on(memory(300));
+        return;
+    }
+    let args: Vec<String> = all.into_iter().filter(|a| !a.starts_with("--")).collect();
+    let n = args.get(1).and_then(|s| s.parse().ok());
+    match args.first().map(String::as_str) {
+        Some("calls") | None => rt.block_on(calls(n.unwrap_or(10_000))),
+        Some("memory") => rt.block_on(memory(n.unwrap_or(100_000))),
+        Some(other) => eprintln!("unknown benchmark {other}; use calls or memory"),
+    }
+}
