@@ -163,6 +163,30 @@ pub struct InventorySync {
     pub clock: Arc<dyn Clock>,
 }
 
+/// A product as the plan needs it.
+struct Item {
+    id: Uuid,
+    sku: String,
+    batch_tracked: bool,
+    /// The unit cost for zero-stock lines: the tier price, else AverageCost (positive only).
+    cost: Option<Decimal>,
+}
+
+impl Item {
+    fn of(p: &Product, tier: Option<u8>) -> Item {
+        let tier_price = tier
+            .and_then(|c| p.price_tier(c))
+            .filter(|v| *v > Decimal::ZERO);
+        let average = p.average_cost.filter(|v| *v > Decimal::ZERO);
+        Item {
+            id: p.id,
+            sku: p.sku.clone().unwrap_or_default(),
+            batch_tracked: p.is_batch_tracked(),
+            cost: tier_price.or(average),
+        }
+    }
+}
+
 /// DEAR's stock of one product (and batch) at the location.
 #[derive(Default, Clone)]
 struct Level {
@@ -297,45 +321,7 @@ impl InventorySync {
         summary: &mut SyncSummary,
     ) -> Result<(), SyncError> {
         let s = &self.settings;
-        // DEAR's levels at the location, per product and batch (bins summed).
-        let query = AvailabilityQuery {
-            location: Some(location.to_owned()),
-            ..Default::default()
-        };
-        let pages: Vec<_> = self
-            .dear
-            .product_availability(&query, dear_client::MAX_LIMIT)
-            .try_collect()
-            .await
-            .map_err(dear)?;
-        let mut levels: HashMap<(Uuid, Option<String>), Level> = HashMap::new();
-        for row in pages.iter().flat_map(|p| &p.items) {
-            if !row
-                .location
-                .as_deref()
-                .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()))
-            {
-                continue;
-            }
-            let e = levels
-                .entry((row.id, row.batch.clone().filter(|b| !b.trim().is_empty())))
-                .or_default();
-            e.on_hand += row.on_hand;
-            e.available += row.available;
-        }
-        // The catalogue: SKU → product (costing method, costs).
-        let pages: Vec<_> = self
-            .dear
-            .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
-            .try_collect()
-            .await
-            .map_err(dear)?;
-        let mut by_sku: HashMap<String, Product> = HashMap::new();
-        for p in pages.into_iter().flat_map(|p| p.items) {
-            if let Some(sku) = p.sku.clone() {
-                by_sku.insert(sku.trim().to_ascii_lowercase(), p);
-            }
-        }
+        // The price tier first: it decides the one cost kept per product.
         let tier = match &s.price_tier_name {
             Some(name) => {
                 let tiers = self.dear.price_tiers().await.map_err(dear)?;
@@ -345,12 +331,67 @@ impl InventorySync {
                     .map(|t| t.code)
                     .ok_or_else(|| {
                         let known: Vec<String> = tiers.iter().filter_map(|t| t.name.clone()).collect();
-                        SyncError::Invalid(format!("inventory_sync.price_tier_name {name:?} is not a DEAR price tier (DEAR has: {})", known.join(", ")))
+                        SyncError::Invalid(format!(
+                            "inventory_sync.price_tier_name {name:?} is not a DEAR price tier (DEAR has: {})",
+                            known.join(", ")
+                        ))
                     })?;
                 Some(code)
             }
             None => None,
         };
+        // DEAR's levels at the location, per product and batch (bins summed), a page at a time.
+        let query = AvailabilityQuery {
+            location: Some(location.to_owned()),
+            ..Default::default()
+        };
+        let mut levels: HashMap<Uuid, Vec<(Option<String>, Level)>> = HashMap::new();
+        {
+            let mut pages = std::pin::pin!(
+                self.dear
+                    .product_availability(&query, dear_client::MAX_LIMIT)
+            );
+            while let Some(page) = pages.try_next().await.map_err(dear)? {
+                for row in page.items {
+                    if !row
+                        .location
+                        .as_deref()
+                        .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()))
+                    {
+                        continue;
+                    }
+                    let batch = row.batch.filter(|b| !b.trim().is_empty());
+                    let rows = levels.entry(row.id).or_default();
+                    match rows.iter_mut().find(|(b, _)| *b == batch) {
+                        Some((_, l)) => {
+                            l.on_hand += row.on_hand;
+                            l.available += row.available;
+                        }
+                        None => rows.push((
+                            batch,
+                            Level {
+                                on_hand: row.on_hand,
+                                available: row.available,
+                            },
+                        )),
+                    }
+                }
+            }
+        }
+        // The catalogue, reduced to what the plan needs, a page at a time.
+        let mut by_sku: HashMap<String, Item> = HashMap::new();
+        {
+            let mut pages = std::pin::pin!(
+                self.dear
+                    .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
+            );
+            while let Some(page) = pages.try_next().await.map_err(dear)? {
+                for p in page.items {
+                    let Some(sku) = p.sku.clone() else { continue };
+                    by_sku.insert(sku.trim().to_ascii_lowercase(), Item::of(&p, tier));
+                }
+            }
+        }
         let orders = if s.subtract_orders_since_snapshot {
             dearsync_order_download::delivered_since(
                 self.store.as_ref(),
@@ -393,17 +434,22 @@ impl InventorySync {
                 unknown.push(sku.to_owned());
                 continue;
             };
-            let psku = product.sku.clone().unwrap_or_default();
-            let batch = if product.is_batch_tracked() {
+            let psku = product.sku.clone();
+            let batch = if product.batch_tracked {
                 match line.batch.clone().filter(|b| !b.trim().is_empty()) {
                     Some(b) => Some(b),
                     None => {
-                        let batches: Vec<_> = levels
-                            .keys()
-                            .filter(|(id, b)| *id == product.id && b.is_some())
-                            .collect();
+                        let batches: Vec<&Option<String>> = levels
+                            .get(&product.id)
+                            .map(|rows| {
+                                rows.iter()
+                                    .map(|(b, _)| b)
+                                    .filter(|b| b.is_some())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         if batches.len() == 1 {
-                            batches[0].1.clone()
+                            batches[0].clone()
                         } else {
                             skip(
                                 summary,
@@ -437,20 +483,23 @@ impl InventorySync {
         if s.snapshot == SnapshotScope::Full {
             let listed: std::collections::HashSet<Uuid> =
                 targets.values().map(|(_, id)| *id).collect();
-            let id_to_sku: HashMap<Uuid, String> = by_sku
-                .values()
-                .map(|p| (p.id, p.sku.clone().unwrap_or_default()))
-                .collect();
-            for ((id, batch), level) in &levels {
-                if !listed.contains(id)
-                    && !level.on_hand.is_zero()
-                    && let Some(sku) = id_to_sku.get(id)
-                {
-                    let product_batch = by_sku
-                        .get(&sku.to_ascii_lowercase())
-                        .filter(|p| p.is_batch_tracked())
-                        .and(batch.clone());
-                    targets.insert((sku.clone(), product_batch), (Decimal::ZERO, *id));
+            let id_to_item: HashMap<Uuid, &Item> = by_sku.values().map(|p| (p.id, p)).collect();
+            for (id, rows) in &levels {
+                let Some(item) = id_to_item.get(id) else {
+                    continue;
+                };
+                if listed.contains(id) {
+                    continue;
+                }
+                for (batch, level) in rows {
+                    if !level.on_hand.is_zero() {
+                        let product_batch = if item.batch_tracked {
+                            batch.clone()
+                        } else {
+                            None
+                        };
+                        targets.insert((item.sku.clone(), product_batch), (Decimal::ZERO, *id));
+                    }
                 }
             }
         }
@@ -463,22 +512,18 @@ impl InventorySync {
                 target = Decimal::ZERO;
             }
             let product = by_sku.get(&sku.to_ascii_lowercase());
-            let level = if product.is_some_and(|p| p.is_batch_tracked()) {
-                levels
-                    .get(&(product_id, batch.clone()))
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                // FIFO: every batch row of the product together.
-                levels.iter().filter(|((id, _), _)| *id == product_id).fold(
-                    Level::default(),
-                    |mut acc, (_, l)| {
-                        acc.on_hand += l.on_hand;
-                        acc.available += l.available;
-                        acc
-                    },
-                )
-            };
+            let batch_tracked = product.is_some_and(|p| p.batch_tracked);
+            // Batch-tracked: that batch's rows; FIFO: every batch row of the product together.
+            let level = levels
+                .get(&product_id)
+                .map(|rows| rows.iter().filter(|(b, _)| !batch_tracked || *b == batch))
+                .into_iter()
+                .flatten()
+                .fold(Level::default(), |mut acc, (_, l)| {
+                    acc.on_hand += l.on_hand;
+                    acc.available += l.available;
+                    acc
+                });
             let now = match s.quantity_is {
                 QuantityIs::OnHand => level.on_hand,
                 QuantityIs::Available => level.available,
@@ -489,12 +534,7 @@ impl InventorySync {
             }
             // No stock (zero or negative) in DEAR: the line is a new-stock line and needs a unit cost.
             let unit_cost = if level.on_hand <= Decimal::ZERO {
-                let p = product.expect("planned products are known");
-                let tier_price = tier
-                    .and_then(|c| p.price_tier(c))
-                    .filter(|v| *v > Decimal::ZERO);
-                let average = p.average_cost.filter(|v| *v > Decimal::ZERO);
-                match tier_price.or(average) {
+                match product.and_then(|p| p.cost) {
                     Some(c) => Some(c),
                     None => {
                         skip(
