@@ -2,9 +2,7 @@
 //! as JSON; exits non-zero when it was not applied.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use dearsync_core::{CredentialSource, EnvCredentials, SystemClock, connect};
 use dearsync_shipment_confirmation::{Shipment, ShipmentConfirmation};
 
 use crate::local::LocalOptions;
@@ -31,32 +29,13 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<bool, String> {
     };
     let shipment = Shipment::from_json(&text)
         .map_err(|e| format!("{}: invalid shipment: {e}", args.file.display()))?;
-    let ctx = args.local.open()?;
-    let settings = args.local.settings()?;
-    let clock = Arc::new(SystemClock);
-    let credentials = EnvCredentials::from_env()
-        .credentials(&ctx.tenant)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base_url = connect::base_url_from_env();
-    let dear = if args.no_rate_limit {
-        connect::unlimited_dear_client(&credentials, &base_url)
-    } else {
-        connect::dear_client(
-            &credentials,
-            &base_url,
-            &settings.dear,
-            ctx.store.clone(),
-            clock.clone(),
-        )
-    }
-    .map_err(|e| e.to_string())?;
+    let ctx = args.local.job(args.no_rate_limit).await?;
     let job = ShipmentConfirmation {
         tenant: ctx.tenant.clone(),
-        settings: settings.shipment_confirmation,
-        dear: Arc::new(dear),
+        settings: ctx.settings.shipment_confirmation,
+        dear: ctx.dear.clone(),
         store: ctx.store.clone(),
-        clock,
+        clock: ctx.clock.clone(),
     };
     match job.confirm(&shipment).await {
         Ok(c) => {

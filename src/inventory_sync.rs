@@ -2,9 +2,7 @@
 //! snapshot (JSON, or CSV with `--snapshot-id`, `--as-of`, `--location`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use dearsync_core::{CredentialSource, EnvCredentials, SystemClock, connect};
 use dearsync_inventory_sync::{InventorySync, Snapshot, parse_instant};
 
 use crate::local::LocalOptions;
@@ -57,32 +55,13 @@ pub async fn run(args: InventorySyncArgs) -> Result<bool, String> {
         Snapshot::from_json_reader(file)
     }
     .map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let ctx = args.local.open()?;
-    let settings = args.local.settings()?;
-    let clock = Arc::new(SystemClock);
-    let credentials = EnvCredentials::from_env()
-        .credentials(&ctx.tenant)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base_url = connect::base_url_from_env();
-    let dear = if args.no_rate_limit {
-        connect::unlimited_dear_client(&credentials, &base_url)
-    } else {
-        connect::dear_client(
-            &credentials,
-            &base_url,
-            &settings.dear,
-            ctx.store.clone(),
-            clock.clone(),
-        )
-    }
-    .map_err(|e| e.to_string())?;
+    let ctx = args.local.job(args.no_rate_limit).await?;
     let job = InventorySync {
         tenant: ctx.tenant.clone(),
-        settings: settings.inventory_sync,
-        dear: Arc::new(dear),
+        settings: ctx.settings.inventory_sync,
+        dear: ctx.dear.clone(),
         store: ctx.store.clone(),
-        clock,
+        clock: ctx.clock.clone(),
     };
     let s = job
         .sync(&snapshot, args.dry_run)

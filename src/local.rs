@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dearsync_core::{SystemClock, TenantId, TenantSettings};
+use dear_client::DearClient;
+use dearsync_core::{
+    CredentialSource, EnvCredentials, SystemClock, TenantId, TenantSettings, connect,
+};
 use dearsync_store_sqlite::SqliteStore;
 
 /// Options every local job takes.
@@ -48,6 +51,54 @@ impl LocalOptions {
         Ok(LocalContext {
             tenant,
             store: Arc::new(store),
+        })
+    }
+}
+
+/// Everything a local job run needs: the context, the settings, and a DEAR client.
+pub struct JobContext {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The validated settings.
+    pub settings: TenantSettings,
+    /// The embedded store.
+    pub store: Arc<SqliteStore>,
+    /// DEAR with credentials from `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` at `DEAR_BASE_URL`.
+    pub dear: Arc<DearClient>,
+    /// Now.
+    pub clock: Arc<SystemClock>,
+}
+
+impl LocalOptions {
+    /// Opens the store, reads the settings and credentials, and builds the DEAR client, paced by
+    /// the account's budget in the store (or not at all with `no_rate_limit`: simulators only).
+    pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, String> {
+        let ctx = self.open()?;
+        let settings = self.settings()?;
+        let clock = Arc::new(SystemClock);
+        let credentials = EnvCredentials::from_env()
+            .credentials(&ctx.tenant)
+            .await
+            .map_err(|e| e.to_string())?;
+        let base_url = connect::base_url_from_env();
+        let dear = if no_rate_limit {
+            connect::unlimited_dear_client(&credentials, &base_url)
+        } else {
+            connect::dear_client(
+                &credentials,
+                &base_url,
+                &settings.dear,
+                ctx.store.clone(),
+                clock.clone(),
+            )
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(JobContext {
+            tenant: ctx.tenant,
+            settings,
+            store: ctx.store,
+            dear: Arc::new(dear),
+            clock,
         })
     }
 }

@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dearsync_core::{CredentialSource, EnvCredentials, SystemClock, connect};
 use dearsync_order_download::{
     NdjsonSink, OrderDownload, OrderSink, Progress, RunOptions, RunSummary,
 };
@@ -42,37 +41,18 @@ impl Progress for Bar {
 
 /// Runs it; `Ok(true)` when something failed (the exit status says so).
 pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
-    let ctx = args.local.open()?;
-    let settings = args.local.settings()?;
-    let clock = Arc::new(SystemClock);
-    let credentials = EnvCredentials::from_env()
-        .credentials(&ctx.tenant)
-        .await
-        .map_err(|e| e.to_string())?;
-    let base_url = connect::base_url_from_env();
-    let dear = if args.no_rate_limit {
-        connect::unlimited_dear_client(&credentials, &base_url)
-    } else {
-        connect::dear_client(
-            &credentials,
-            &base_url,
-            &settings.dear,
-            ctx.store.clone(),
-            clock.clone(),
-        )
-    }
-    .map_err(|e| e.to_string())?;
+    let ctx = args.local.job(args.no_rate_limit).await?;
     let sink: Arc<dyn OrderSink> = match &args.out {
         Some(path) => Arc::new(NdjsonSink::file(path).map_err(|e| e.to_string())?),
         None => Arc::new(NdjsonSink::stdout()),
     };
     let job = OrderDownload {
         tenant: ctx.tenant.clone(),
-        settings: settings.order_download,
-        dear: Arc::new(dear),
+        settings: ctx.settings.order_download,
+        dear: ctx.dear.clone(),
         store: ctx.store.clone(),
         sink,
-        clock,
+        clock: ctx.clock.clone(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
