@@ -7,9 +7,6 @@ use std::sync::Arc;
 use dear_client::{ApiKey, AvailabilityQuery, DearClient, DearConfig};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SimConfig, SimServer};
-use dearsync_aws::{DynamoStore, SecretsManagerCredentials, testing};
-use dearsync_core::state::TenantEntry;
-use dearsync_core::{SystemClock, TenantId};
 use futures::TryStreamExt;
 use inventory_sync::{Deps, handle};
 use rust_decimal::Decimal;
@@ -33,37 +30,17 @@ async fn world(extra_settings: &str) -> (SimServer, Deps) {
     )
     .await
     .unwrap();
-    let table = testing::fresh_table().await;
-    let prefix = format!("dear-sync-test/{}/", uuid::Uuid::new_v4().simple());
-    let clock = Arc::new(SystemClock);
-    let deps = Deps {
-        store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
-        credentials: Arc::new(SecretsManagerCredentials::new(
-            testing::secrets_manager(),
-            &prefix,
-            std::time::Duration::from_secs(60),
-        )),
-        base_url: sim.base_url(),
-        clock,
-    };
-    testing::secrets_manager()
-        .create_secret()
-        .name(format!("{prefix}acme"))
-        .secret_string(json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": "s3" }).to_string())
-        .send()
-        .await
-        .unwrap();
+    let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
+    emu.put_secret(
+        "acme",
+        &json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": "s3" }),
+    )
+    .await;
     let settings = format!(
         "[dear]\ncalls_per_minute = 50\nburst = 10\n[inventory_sync]\nlocation = \"{MAIN}\"\nprice_tier_name = \"Tier 1\"\nsubtract_orders_since_snapshot = false\n{extra_settings}"
     );
-    deps.store
-        .put_tenant(&TenantEntry {
-            tenant: TenantId::new("acme").unwrap(),
-            enabled: true,
-            settings_toml: settings,
-        })
-        .await
-        .unwrap();
+    emu.put_tenant("acme", true, &settings).await;
+    let deps = emu.deps;
     (sim, deps)
 }
 

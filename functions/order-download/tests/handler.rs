@@ -7,9 +7,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SimConfig, SimServer};
-use dearsync_aws::{DynamoStore, SecretsManagerCredentials, testing};
+use dearsync_core::TenantId;
 use dearsync_core::state::TenantEntry;
-use dearsync_core::{SystemClock, TenantId};
 use hmac::{Hmac, KeyInit, Mac};
 use order_download::{Deps, HandlerError, handle};
 use serde_json::{Value, json};
@@ -78,37 +77,21 @@ async fn world() -> World {
     )
     .await
     .unwrap();
-    let table = testing::fresh_table().await;
-    let prefix = format!("dear-sync-test/{}/", uuid::Uuid::new_v4().simple());
-    let clock = Arc::new(SystemClock);
-    let deps = Deps {
-        store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
-        credentials: Arc::new(SecretsManagerCredentials::new(
-            testing::secrets_manager(),
-            &prefix,
-            std::time::Duration::from_secs(60),
-        )),
-        base_url: sim.base_url(),
-        clock,
-    };
+    let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
     let (webhook_url, received) = warehouse().await;
     for tenant in ["acme", "broken", "dormant"] {
-        testing::secrets_manager()
-            .create_secret()
-            .name(format!("{prefix}{tenant}"))
-            .secret_string(
-                json!({
-                    "account_id": dear_sim::DEFAULT_ACCOUNT_ID,
-                    "api_key": dear_sim::DEFAULT_API_KEY,
-                    "order_webhook_secret": HMAC_KEY,
-                    "inbound_secret": INBOUND,
-                })
-                .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
+        emu.put_secret(
+            tenant,
+            &json!({
+                "account_id": dear_sim::DEFAULT_ACCOUNT_ID,
+                "api_key": dear_sim::DEFAULT_API_KEY,
+                "order_webhook_secret": HMAC_KEY,
+                "inbound_secret": INBOUND,
+            }),
+        )
+        .await;
     }
+    let deps = emu.deps;
     World {
         sim,
         deps,

@@ -2,13 +2,9 @@
 //! from the simulator: a real SQS batch with a good and a bad message, an EventBridge event, and
 //! warehouse pushes through the Function URL.
 
-use std::sync::Arc;
 
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SimConfig, SimServer};
-use dearsync_aws::{DynamoStore, SecretsManagerCredentials, testing};
-use dearsync_core::state::TenantEntry;
-use dearsync_core::{SystemClock, TenantId};
 use serde_json::{Value, json};
 use shipment_confirmation::{Deps, HandlerError, handle};
 
@@ -30,34 +26,15 @@ async fn world() -> (SimServer, Deps) {
     )
     .await
     .unwrap();
-    let table = testing::fresh_table().await;
-    let prefix = format!("dear-sync-test/{}/", uuid::Uuid::new_v4().simple());
-    let clock = Arc::new(SystemClock);
-    let deps = Deps {
-        store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
-        credentials: Arc::new(SecretsManagerCredentials::new(
-            testing::secrets_manager(),
-            &prefix,
-            std::time::Duration::from_secs(60),
-        )),
-        base_url: sim.base_url(),
-        clock,
-    };
-    testing::secrets_manager()
-        .create_secret()
-        .name(format!("{prefix}acme"))
-        .secret_string(json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": INBOUND }).to_string())
-        .send()
-        .await
-        .unwrap();
-    deps.store
-        .put_tenant(&TenantEntry {
-            tenant: TenantId::new("acme").unwrap(),
-            enabled: true,
-            settings_toml: "[dear]\ncalls_per_minute = 50\nburst = 10\n".into(),
-        })
-        .await
-        .unwrap();
+    let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
+    emu.put_secret(
+        "acme",
+        &json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": INBOUND }),
+    )
+    .await;
+    emu.put_tenant("acme", true, "[dear]\ncalls_per_minute = 50\nburst = 10\n")
+        .await;
+    let deps = emu.deps;
     (sim, deps)
 }
 

@@ -220,3 +220,68 @@ pub fn kind(v: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+/// Test support: the production adapters on the AWS emulator, with a fresh table and secret prefix.
+#[cfg(feature = "test-support")]
+pub mod testing {
+    use std::sync::Arc;
+
+    use dearsync_aws::{DynamoStore, SecretsManagerCredentials, testing};
+    use dearsync_core::state::TenantEntry;
+    use dearsync_core::{SystemClock, TenantId};
+    use serde_json::Value;
+
+    use super::Deps;
+
+    /// [`Deps`] on the emulator, and the secret prefix its credentials read.
+    pub struct EmulatorDeps {
+        /// The dependencies.
+        pub deps: Deps,
+        /// Secrets are named `<prefix><tenant>`.
+        pub prefix: String,
+    }
+
+    /// Fresh state table and secret prefix; DEAR at `base_url`.
+    pub async fn emulator_deps(base_url: &str) -> EmulatorDeps {
+        let table = testing::fresh_table().await;
+        let prefix = format!("dear-sync-test/{}/", dearsync_core::memory::new_token());
+        let clock = Arc::new(SystemClock);
+        let deps = Deps {
+            store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
+            credentials: Arc::new(SecretsManagerCredentials::new(
+                testing::secrets_manager(),
+                &prefix,
+                std::time::Duration::from_secs(60),
+            )),
+            base_url: base_url.to_owned(),
+            clock,
+        };
+        EmulatorDeps { deps, prefix }
+    }
+
+    impl EmulatorDeps {
+        /// Stores `tenant`'s secret.
+        pub async fn put_secret(&self, tenant: &str, secret: &Value) {
+            testing::secrets_manager()
+                .create_secret()
+                .name(format!("{}{tenant}", self.prefix))
+                .secret_string(secret.to_string())
+                .send()
+                .await
+                .expect("create the tenant secret");
+        }
+
+        /// Stores `tenant`'s settings.
+        pub async fn put_tenant(&self, tenant: &str, enabled: bool, settings_toml: &str) {
+            self.deps
+                .store
+                .put_tenant(&TenantEntry {
+                    tenant: TenantId::new(tenant).expect("valid tenant id"),
+                    enabled,
+                    settings_toml: settings_toml.to_owned(),
+                })
+                .await
+                .expect("store the tenant");
+        }
+    }
+}
