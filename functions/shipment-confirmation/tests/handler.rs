@@ -2,7 +2,6 @@
 //! from the simulator: a real SQS batch with a good and a bad message, an EventBridge event, and
 //! warehouse pushes through the Function URL.
 
-
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
