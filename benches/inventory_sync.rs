@@ -33,18 +33,16 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> InventorySync {
         "bench",
     )
     .unwrap();
-    let dear = if unlimited {
-        connect::unlimited_dear_client(&creds, &sim.base_url)
-    } else {
-        connect::dear_client(
-            &creds,
-            &sim.base_url,
-            &settings.dear,
-            store.clone(),
-            clock.clone(),
-        )
-    }
+    let dear = connect::dear_client_or_unlimited(
+        &creds,
+        &sim.base_url,
+        &settings.dear,
+        store.clone(),
+        clock.clone(),
+        unlimited,
+    )
     .unwrap();
+
     InventorySync {
         tenant,
         settings: settings.inventory_sync,

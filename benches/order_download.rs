@@ -51,18 +51,16 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> (OrderDownload, Arc
         "bench",
     )
     .unwrap();
-    let dear = if unlimited {
-        connect::unlimited_dear_client(&creds, &sim.base_url)
-    } else {
-        connect::dear_client(
-            &creds,
-            &sim.base_url,
-            &settings.dear,
-            store.clone(),
-            clock.clone(),
-        )
-    }
+    let dear = connect::dear_client_or_unlimited(
+        &creds,
+        &sim.base_url,
+        &settings.dear,
+        store.clone(),
+        clock.clone(),
+        unlimited,
+    )
     .unwrap();
+
     let sink = Arc::new(CountingSink(AtomicU64::new(0)));
     let job = OrderDownload {
         tenant,
@@ -154,14 +152,17 @@ async fn rate(seconds: u64) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let all: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    // `cargo test --all-targets` runs this binary too, without `--bench`: a quick smoke run then.
+    if !all.iter().any(|a| a == "--bench") {
+        rt.block_on(volume(300));
+        return;
+    }
+    let args: Vec<String> = all.into_iter().filter(|a| !a.starts_with("--")).collect();
     match args.first().map(String::as_str) {
         Some("rate") => rt.block_on(rate(
             args.get(1).and_then(|s| s.parse().ok()).unwrap_or(240),

@@ -81,17 +81,14 @@ impl LocalOptions {
             .await
             .map_err(|e| e.to_string())?;
         let base_url = connect::base_url_from_env();
-        let dear = if no_rate_limit {
-            connect::unlimited_dear_client(&credentials, &base_url)
-        } else {
-            connect::dear_client(
-                &credentials,
-                &base_url,
-                &settings.dear,
-                ctx.store.clone(),
-                clock.clone(),
-            )
-        }
+        let dear = connect::dear_client_or_unlimited(
+            &credentials,
+            &base_url,
+            &settings.dear,
+            ctx.store.clone(),
+            clock.clone(),
+            no_rate_limit,
+        )
         .map_err(|e| e.to_string())?;
         Ok(JobContext {
             tenant: ctx.tenant,

@@ -61,3 +61,19 @@ pub fn unlimited_dear_client(
     config.validate()?;
     DearClient::new(config)
 }
+
+/// [`dear_client`], or with `unlimited` (simulators only) [`unlimited_dear_client`].
+pub fn dear_client_or_unlimited(
+    credentials: &Credentials,
+    base_url: &str,
+    settings: &DearSettings,
+    buckets: Arc<dyn TokenBuckets>,
+    clock: Arc<dyn Clock>,
+    unlimited: bool,
+) -> Result<DearClient, DearError> {
+    if unlimited {
+        unlimited_dear_client(credentials, base_url)
+    } else {
+        dear_client(credentials, base_url, settings, buckets, clock)
+    }
+}
