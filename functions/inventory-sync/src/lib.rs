@@ -32,6 +32,21 @@ pub enum HandlerError {
     Failed(String),
 }
 
+/// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
+/// the logs and in the invoke response without parsing the message.
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    fn from(error: HandlerError) -> Self {
+        let error_type = match &error {
+            HandlerError::BadEvent(_) => "BadEvent",
+            HandlerError::Failed(_) => "Failed",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: error_type.into(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 /// Handles one event.
 pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     if is_http(&event) {

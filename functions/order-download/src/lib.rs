@@ -30,6 +30,21 @@ pub enum HandlerError {
     RunFailed(String),
 }
 
+/// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
+/// the logs and in the invoke response without parsing the message.
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    fn from(error: HandlerError) -> Self {
+        let error_type = match &error {
+            HandlerError::BadEvent(_) => "BadEvent",
+            HandlerError::RunFailed(_) => "RunFailed",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: error_type.into(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 /// Handles one event; `deadline` is when Lambda stops the invocation.
 pub async fn handle(
     deps: &Deps,

@@ -14,9 +14,7 @@ async fn main() -> Result<(), Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = deadline_instant(event.context.deadline);
-        handle(deps, event.payload, &event.context.request_id, deadline)
-            .await
-            .map_err(Error::from)
+        handle(deps, event.payload, &event.context.request_id, deadline).await
     }))
     .await
 }

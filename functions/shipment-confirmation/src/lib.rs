@@ -8,7 +8,7 @@
 //! * a Function URL `POST /shipments/<tenant>` whose body is the shipment itself, with the tenant's
 //!   inbound secret in `x-dearsync-secret`: 202 with the result, 4xx with the reason on bad input.
 
-use dearsync_core::TenantId;
+use dearsync_core::{Job, TenantId};
 pub use dearsync_function_support::Deps;
 use dearsync_function_support::{body_text, http, http_error, is_http, kind, method};
 use dearsync_shipment_confirmation::{ConfirmError, Confirmation, Shipment, ShipmentConfirmation};
@@ -25,6 +25,21 @@ pub enum HandlerError {
     NotApplied(String),
 }
 
+/// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
+/// the logs and in the invoke response without parsing the message.
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    fn from(error: HandlerError) -> Self {
+        let error_type = match &error {
+            HandlerError::BadEvent(_) => "BadEvent",
+            HandlerError::NotApplied(_) => "NotApplied",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: error_type.into(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 /// Handles one event.
 pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     if is_http(&event) {
@@ -34,10 +49,13 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
         return Ok(handle_sqs(deps, records).await);
     }
     if let Some(detail) = event.get("detail") {
-        return confirm_envelope(deps, detail)
-            .await
-            .map(|c| json!(c))
-            .map_err(HandlerError::NotApplied);
+        let outcome = confirm_envelope(deps, detail).await;
+        print_metrics(
+            deps,
+            u64::from(outcome.is_ok()),
+            u64::from(outcome.is_err()),
+        );
+        return outcome.map(|c| json!(c)).map_err(HandlerError::NotApplied);
     }
     Err(HandlerError::BadEvent(format!(
         "expected an SQS batch (Records), an EventBridge event (detail) or a Function URL request, got {}",
@@ -99,6 +117,7 @@ async fn confirm_envelope(deps: &Deps, value: &Value) -> Result<Confirmation, St
 
 async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
     let mut failures = Vec::new();
+    let mut applied = 0;
     for record in records {
         let id = record
             .get("messageId")
@@ -114,13 +133,30 @@ async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
             Some(Err(e)) => Err(format!("the message body is not JSON: {e}")),
             None => Err("the record has no body".into()),
         };
-        if let Err(why) = outcome {
-            // Returned to SQS for another try; after maxReceiveCount it lands in the DLQ.
-            tracing::error!(message_id = %id, error = %why, "shipment message failed");
-            failures.push(json!({ "itemIdentifier": id }));
+        match outcome {
+            Ok(()) => applied += 1,
+            Err(why) => {
+                // Returned to SQS for another try; after maxReceiveCount it lands in the DLQ.
+                tracing::error!(message_id = %id, error = %why, "shipment message failed");
+                failures.push(json!({ "itemIdentifier": id }));
+            }
         }
     }
+    print_metrics(deps, applied, failures.len() as u64);
     json!({ "batchItemFailures": failures })
+}
+
+/// Prints the CloudWatch EMF line for the shipments of one event (per job, not per tenant: a batch
+/// mixes tenants; the logs name each shipment's tenant).
+fn print_metrics(deps: &Deps, applied: u64, failed: u64) {
+    println!(
+        "{}",
+        dearsync_core::metrics::emf_line(
+            deps.clock.now().timestamp_millis(),
+            &[("Job", Job::ShipmentConfirmation.as_str())],
+            &[("Confirmed", applied), ("Failed", failed)],
+        )
+    );
 }
 
 async fn handle_http(deps: &Deps, event: &Value) -> Value {

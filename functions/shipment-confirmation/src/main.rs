@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let deps = Deps::from_env().await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle(deps, event.payload).await.map_err(Error::from)
+        handle(deps, event.payload).await
     }))
     .await
 }

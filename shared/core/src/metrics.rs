@@ -6,8 +6,24 @@ use serde_json::{Map, Value, json};
 /// The namespace dear-sync's metrics are published under.
 pub const NAMESPACE: &str = "DearSync";
 
-/// An EMF line for `metrics` (name → count), with `dimensions` (name → value) as one dimension set.
+/// The dimension left out of the roll-up set, so alarms can watch a job across all tenants (a
+/// CloudWatch alarm must name every dimension value of the metric it watches).
+pub const ROLLED_UP_DIMENSION: &str = "Tenant";
+
+/// An EMF line for `metrics` (name → count), with `dimensions` (name → value). Two dimension sets
+/// are declared: all of `dimensions`, and all but [`ROLLED_UP_DIMENSION`] (when present).
 pub fn emf_line(timestamp_ms: i64, dimensions: &[(&str, &str)], metrics: &[(&str, u64)]) -> String {
+    let names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+    let mut sets = vec![names.clone()];
+    if names.contains(&ROLLED_UP_DIMENSION) {
+        sets.push(
+            names
+                .iter()
+                .copied()
+                .filter(|n| *n != ROLLED_UP_DIMENSION)
+                .collect(),
+        );
+    }
     let mut root = Map::new();
     root.insert(
         "_aws".into(),
@@ -15,7 +31,7 @@ pub fn emf_line(timestamp_ms: i64, dimensions: &[(&str, &str)], metrics: &[(&str
             "Timestamp": timestamp_ms,
             "CloudWatchMetrics": [{
                 "Namespace": NAMESPACE,
-                "Dimensions": [dimensions.iter().map(|(k, _)| *k).collect::<Vec<_>>()],
+                "Dimensions": sets,
                 "Metrics": metrics.iter().map(|(name, _)| json!({"Name": name, "Unit": "Count"})).collect::<Vec<_>>(),
             }],
         }),
@@ -45,7 +61,14 @@ mod tests {
         assert_eq!(v["Tenant"], "acme");
         let decl = &v["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(decl["Namespace"], "DearSync");
-        assert_eq!(decl["Dimensions"][0], json!(["Tenant", "Job"]));
+        assert_eq!(decl["Dimensions"], json!([["Tenant", "Job"], ["Job"]]));
         assert_eq!(decl["Metrics"][1]["Name"], "Failed");
+
+        let untenanted = emf_line(1, &[("Job", "shipment-confirmation")], &[("Failed", 1)]);
+        let v: Value = serde_json::from_str(&untenanted).unwrap();
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Job"]])
+        );
     }
 }

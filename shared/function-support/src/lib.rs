@@ -239,6 +239,10 @@ pub mod testing {
         pub deps: Deps,
         /// Secrets are named `<prefix><tenant>`.
         pub prefix: String,
+        /// The state table's name (`STATE_TABLE` for a function process).
+        pub table: String,
+        /// The emulator's endpoint (`AWS_ENDPOINT_URL` for a function process).
+        pub endpoint: String,
     }
 
     /// Fresh state table and secret prefix; DEAR at `base_url`.
@@ -247,7 +251,11 @@ pub mod testing {
         let prefix = format!("dear-sync-test/{}/", dearsync_core::memory::new_token());
         let clock = Arc::new(SystemClock);
         let deps = Deps {
-            store: Arc::new(DynamoStore::new(testing::dynamodb(), &table, clock.clone())),
+            store: Arc::new(DynamoStore::new(
+                testing::dynamodb(),
+                table.clone(),
+                clock.clone(),
+            )),
             credentials: Arc::new(SecretsManagerCredentials::new(
                 testing::secrets_manager(),
                 &prefix,
@@ -256,7 +264,12 @@ pub mod testing {
             base_url: base_url.to_owned(),
             clock,
         };
-        EmulatorDeps { deps, prefix }
+        EmulatorDeps {
+            deps,
+            prefix,
+            table,
+            endpoint: testing::endpoint().to_owned(),
+        }
     }
 
     impl EmulatorDeps {

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Checks template.yaml offline: CloudFormation's linter, then SAM's own validation with its linter.
+# (Neither needs AWS credentials; the region only picks the resource specification to check against.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cfn-lint template.yaml
+SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1 --template-file template.yaml
