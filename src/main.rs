@@ -7,9 +7,11 @@ use dearsync_core::Job;
 use dearsync_core::state::{LedgerQuery, RecordState};
 
 mod confirm_shipment;
+mod demo;
 mod inventory_sync;
 mod local;
 mod order_download;
+mod webhooks;
 
 /// dear-sync: DEAR Systems / Cin7 Core ↔ warehouse integration.
 #[derive(Parser)]
@@ -21,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// See the whole integration work on this machine: a simulated DEAR account, order download,
+    /// shipments (partial, multi-box), inventory sync, and a report. No AWS or DEAR account needed.
+    Demo(demo::DemoArgs),
     /// Run the DEAR API simulator on 127.0.0.1 with a seeded data set.
     Sim(SimArgs),
     /// Download orders from DEAR (one run): NDJSON orders to --out or stdout, summary on stderr.
@@ -31,6 +36,9 @@ enum Command {
     InventorySync(inventory_sync::InventorySyncArgs),
     /// Check a settings file and print the effective settings (every default filled in).
     Settings(local::LocalOptions),
+    /// Manage DEAR's webhook subscriptions to the Order Download function.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// List ledger records of the local store: what happened to each order, shipment or stock line.
     Records(RecordsArgs),
 }
@@ -89,6 +97,7 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Demo(args) => report(demo::run(args).await),
         Command::Sim(args) => run_sim(args).await,
         Command::OrderDownload(args) => match order_download::run(args).await {
             Ok(false) => std::process::ExitCode::SUCCESS,
@@ -107,6 +116,7 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Settings(opts) => report(show_settings(&opts)),
         Command::Records(args) => report(list_records(&args).await),
+        Command::Webhooks(command) => report(webhooks::run(command).await),
     }
 }
 

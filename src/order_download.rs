@@ -20,8 +20,13 @@ pub struct OrderDownloadArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Download just this sale (a SaleID) instead of polling.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "since")]
     sale: Option<uuid::Uuid>,
+    /// Backfill: list sales changed since this date (2026-10-01) or instant (RFC 3339) rather
+    /// than since the last run. Orders already delivered at their current version are not sent
+    /// again; the cursor only moves forward.
+    #[arg(long, value_parser = parse_since)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
     /// Seconds a crashed run keeps the next one waiting (the run lease, renewed while it works).
     #[arg(long, default_value_t = 120)]
     lease_ttl_secs: u32,
@@ -65,6 +70,7 @@ pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
     let opts = RunOptions {
         progress: bar.clone().map(|b| Arc::new(Bar(b)) as Arc<dyn Progress>),
         lease_ttl: chrono::Duration::seconds(i64::from(args.lease_ttl_secs.max(1))),
+        since: args.since,
         ..RunOptions::default()
     };
     let summary = match args.sale {
@@ -76,6 +82,10 @@ pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
     }
     print_summary(&summary);
     Ok(summary.has_failures())
+}
+
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    dearsync_core::settings::SettingInstant::parse(text).map(|i| i.0)
 }
 
 fn print_summary(s: &RunSummary) {

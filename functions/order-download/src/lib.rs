@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dearsync_core::TenantId;
+use dearsync_core::settings::SettingInstant;
 pub use dearsync_function_support::{Deps, SECRET_HEADER};
 use dearsync_function_support::{http, http_error, is_http, kind, method};
 use dearsync_order_download::{
@@ -59,6 +60,7 @@ pub async fn handle(
     let opts = RunOptions {
         run_id: format!("run-{request_id}"),
         deadline,
+        since: backfill_since(&event)?,
         ..RunOptions::default()
     };
     match tenant {
@@ -97,6 +99,27 @@ fn scheduled_tenant(event: &Value) -> Result<Option<TenantId>, HandlerError> {
             .map_err(|e| HandlerError::BadEvent(format!("{name}: {e}"))),
         Some((name, other)) => Err(HandlerError::BadEvent(format!(
             "{name} must be a tenant id string, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// An operator's backfill: `{"tenant": "acme", "since": "2026-10-01"}` lists from that date
+/// instead of the cursor (already delivered orders are not sent again).
+fn backfill_since(event: &Value) -> Result<Option<chrono::DateTime<chrono::Utc>>, HandlerError> {
+    let field = event.get("since").map(|v| ("since", v)).or_else(|| {
+        event
+            .get("detail")
+            .and_then(|d| d.get("since"))
+            .map(|v| ("detail.since", v))
+    });
+    match field {
+        None | Some((_, Value::Null)) => Ok(None),
+        Some((name, Value::String(text))) => SettingInstant::parse(text)
+            .map(|i| Some(i.0))
+            .map_err(|e| HandlerError::BadEvent(format!("{name}: {e}"))),
+        Some((name, other)) => Err(HandlerError::BadEvent(format!(
+            "{name} must be a date string (2026-10-01), got {}",
             kind(other)
         ))),
     }

@@ -209,6 +209,14 @@ async fn malformed_events_are_refused_naming_what_is_wrong() {
         (json!(5), "expected a JSON object"),
         (json!({ "tenant": 5 }), "tenant must be a tenant id string"),
         (json!({ "detail": { "tenant": "a b" } }), "detail.tenant"),
+        (
+            json!({ "tenant": "acme", "since": "last tuesday" }),
+            "since: \"last tuesday\" is not a date",
+        ),
+        (
+            json!({ "detail": { "since": 20261001 } }),
+            "detail.since must be a date string",
+        ),
     ] {
         let err = handle(&w.deps, event.clone(), "req", None)
             .await

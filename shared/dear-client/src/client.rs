@@ -755,6 +755,18 @@ impl DearClient {
         }
     }
 
+    /// `PUT webhooks`: replaces subscription `id` (URL, headers, active flag) with `webhook`.
+    pub async fn update_webhook(&self, id: Uuid, webhook: &Webhook) -> Result<(), DearError> {
+        let body = Webhook {
+            id: Some(id),
+            ..webhook.clone()
+        };
+        let _: serde_json::Value = self
+            .write(Method::PUT, "webhooks", &[], Some(&body))
+            .await?;
+        Ok(())
+    }
+
     /// `DELETE webhooks?ID=`.
     pub async fn delete_webhook(&self, id: Uuid) -> Result<(), DearError> {
         let _: serde_json::Value = self

@@ -78,6 +78,9 @@ pub struct RunOptions {
     pub lease_ttl: Duration,
     /// Progress reports, if wanted.
     pub progress: Option<Arc<dyn Progress>>,
+    /// A backfill: list sales changed since this instead of since the cursor. Orders already
+    /// delivered at their current version are not sent again, and the cursor only moves forward.
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl Default for RunOptions {
@@ -88,6 +91,7 @@ impl Default for RunOptions {
             margin: StdDuration::from_secs(20),
             lease_ttl: Duration::minutes(2),
             progress: None,
+            since: None,
         }
     }
 }
@@ -307,13 +311,14 @@ impl OrderDownload {
         let cursor_key = CursorKey::new(&self.tenant, Job::OrderDownload, CURSOR_NAME);
         let cursor = self.store.cursor(&cursor_key).await?;
         summary.cursor_before = cursor.as_ref().map(|c| c.value.clone());
-        let since = match &cursor {
-            Some(c) => DateTime::parse_from_rfc3339(&c.value)
+        let since = match (&opts.since, &cursor) {
+            (Some(backfill), _) => *backfill,
+            (None, Some(c)) => DateTime::parse_from_rfc3339(&c.value)
                 .map(|d| d.with_timezone(&Utc))
                 .map_err(|e| {
                     SaleError::Stop(format!("the saved cursor {:?} is unreadable: {e}", c.value))
                 })?,
-            None => self
+            (None, None) => self
                 .settings
                 .earliest_order_date
                 .map(|d| d.0)

@@ -1,0 +1,231 @@
+//! `dearsync webhooks register|list|delete`: DEAR's webhook subscriptions that point at the Order
+//! Download function's URL, so a sale reaching the downloaded status is sent to the warehouse at
+//! once rather than at the next poll (the poll stays the source of truth).
+//!
+//! DEAR cannot sign its deliveries, so each subscription carries the tenant's inbound secret in an
+//! `x-dearsync-secret` header, which the function checks.
+
+use dear_client::{DearClient, Webhook, WebhookHeader};
+use dearsync_core::settings::SaleStatusFilter;
+use dearsync_core::{CredentialSource, EnvCredentials, TenantId, connect};
+
+use crate::local::LocalOptions;
+
+/// The header DEAR adds to each delivery (checked by the Function URL handler).
+const SECRET_HEADER: &str = "x-dearsync-secret";
+
+/// `dearsync webhooks …`.
+#[derive(clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// Subscribe the Order Download function to DEAR's sale events (updates an existing
+    /// subscription to the same URL instead of adding a second one).
+    Register(RegisterArgs),
+    /// List the account's webhook subscriptions (header values are not shown).
+    List,
+    /// Remove subscriptions by ID, or every one delivering to a URL.
+    Delete(DeleteArgs),
+}
+
+/// Options of `dearsync webhooks register`.
+#[derive(clap::Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    local: LocalOptions,
+    /// The Order Download function's URL (the stack's `DearWebhookUrl` output); `dear/<tenant>` is
+    /// appended.
+    #[arg(long)]
+    url: String,
+    /// DEAR event types to subscribe to (repeatable); default: the event of the settings'
+    /// `order_download.sale_status` (e.g. PICKED → Sale/PickAuthorised).
+    #[arg(long = "event")]
+    events: Vec<String>,
+}
+
+/// Options of `dearsync webhooks delete`.
+#[derive(clap::Args)]
+pub struct DeleteArgs {
+    /// A subscription's ID (repeatable).
+    #[arg(long = "id", required_unless_present = "url")]
+    ids: Vec<uuid::Uuid>,
+    /// Every subscription delivering to exactly this URL.
+    #[arg(long, conflicts_with = "ids")]
+    url: Option<String>,
+}
+
+/// Runs a `webhooks` command.
+pub async fn run(command: WebhooksCommand) -> Result<(), String> {
+    match command {
+        WebhooksCommand::Register(args) => register(args).await,
+        WebhooksCommand::List => list().await,
+        WebhooksCommand::Delete(args) => delete(args).await,
+    }
+}
+
+/// DEAR with the credentials of `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` (and the inbound secret of
+/// `DEARSYNC_INBOUND_SECRET`), at `DEAR_BASE_URL`.
+async fn dear(tenant: &TenantId) -> Result<(DearClient, Option<String>), String> {
+    let credentials = EnvCredentials::from_env()
+        .credentials(tenant)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A handful of calls: the client's own pacing and 429 retries are enough.
+    let client = connect::unlimited_dear_client(&credentials, &connect::base_url_from_env())
+        .map_err(|e| e.to_string())?;
+    let inbound = credentials
+        .inbound_secret
+        .as_ref()
+        .map(|s| s.expose().to_owned());
+    Ok((client, inbound))
+}
+
+/// The DEAR events that announce a sale entering the downloaded status.
+fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, String> {
+    Ok(match filter {
+        SaleStatusFilter::Any => vec![
+            "Sale/OrderAuthorised",
+            "Sale/Backordered",
+            "Sale/PickAuthorised",
+            "Sale/PackAuthorised",
+            "Sale/ShipmentAuthorised",
+            "Sale/InvoiceAuthorised",
+        ],
+        SaleStatusFilter::PackedAndShipping => {
+            vec!["Sale/PackAuthorised", "Sale/ShipmentAuthorised"]
+        }
+        SaleStatusFilter::Status(status) => match status.as_str() {
+            "ESTIMATED" => vec!["Sale/QuoteAuthorised"],
+            "ORDERED" => vec!["Sale/OrderAuthorised"],
+            "BACKORDERED" => vec!["Sale/Backordered"],
+            "PICKING" | "PICKED" => vec!["Sale/PickAuthorised"],
+            "PACKING" | "PACKED" => vec!["Sale/PackAuthorised"],
+            "SHIPPING" => vec!["Sale/ShipmentAuthorised"],
+            "INVOICED" => vec!["Sale/InvoiceAuthorised"],
+            other => {
+                return Err(format!(
+                    "DEAR has no webhook for a sale becoming {other}; name the events with --event"
+                ));
+            }
+        },
+    })
+}
+
+async fn register(args: RegisterArgs) -> Result<(), String> {
+    let ctx = args.local.open()?;
+    let settings = args.local.settings()?;
+    let base = args.url.trim();
+    if !(base.starts_with("https://")
+        || base.starts_with("http://127.0.0.1")
+        || base.starts_with("http://localhost"))
+    {
+        return Err(format!(
+            "--url {base:?}: DEAR must deliver over https (http only to localhost, for tests)"
+        ));
+    }
+    let target = format!("{}/dear/{}", base.trim_end_matches('/'), ctx.tenant);
+    let events: Vec<String> = if args.events.is_empty() {
+        events_for(&settings.order_download.sale_status)?
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    } else {
+        args.events.clone()
+    };
+    let (client, inbound) = dear(&ctx.tenant).await?;
+    let secret = inbound.ok_or(
+        "DEARSYNC_INBOUND_SECRET is not set: the function refuses deliveries without the tenant's \
+         inbound secret (use the inbound_secret of the tenant's secret in Secrets Manager)",
+    )?;
+    let existing = client.webhooks().await.map_err(|e| e.to_string())?;
+    for event in &events {
+        let wanted = Webhook {
+            id: None,
+            event_type: event.clone(),
+            name: None,
+            is_active: true,
+            external_url: target.clone(),
+            external_authorization_type: "noauth".into(),
+            external_user_name: None,
+            external_password: None,
+            external_bearer_token: None,
+            external_headers: vec![WebhookHeader {
+                key: SECRET_HEADER.into(),
+                value: secret.clone(),
+            }],
+        };
+        let same = existing
+            .iter()
+            .find(|w| w.event_type.eq_ignore_ascii_case(event) && w.external_url == target);
+        match same.and_then(|w| w.id) {
+            Some(id) => {
+                client
+                    .update_webhook(id, &wanted)
+                    .await
+                    .map_err(|e| format!("update the {event} webhook {id}: {e}"))?;
+                println!("updated  {id}  {event:<28} {target}");
+            }
+            None => {
+                let made = client
+                    .create_webhook(&wanted)
+                    .await
+                    .map_err(|e| format!("create the {event} webhook: {e}"))?;
+                let id = made.id.map(|i| i.to_string()).unwrap_or_default();
+                println!("created  {id}  {event:<28} {target}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn local_tenant() -> Result<TenantId, String> {
+    TenantId::new("local").map_err(|e| e.to_string())
+}
+
+async fn list() -> Result<(), String> {
+    let (client, _) = dear(&local_tenant()?).await?;
+    let hooks = client.webhooks().await.map_err(|e| e.to_string())?;
+    println!("{:<36}  {:<6}  {:<28} url", "id", "active", "event");
+    for w in &hooks {
+        println!(
+            "{:<36}  {:<6}  {:<28} {}",
+            w.id.map(|i| i.to_string()).unwrap_or_default(),
+            if w.is_active { "yes" } else { "NO" },
+            w.event_type,
+            w.external_url
+        );
+    }
+    if hooks.iter().any(|w| !w.is_active) {
+        eprintln!(
+            "note: DEAR deactivates a webhook after 6 failed deliveries; run `dearsync webhooks register` again to reactivate it"
+        );
+    }
+    Ok(())
+}
+
+async fn delete(args: DeleteArgs) -> Result<(), String> {
+    let (client, _) = dear(&local_tenant()?).await?;
+    let ids: Vec<uuid::Uuid> = match &args.url {
+        Some(url) => client
+            .webhooks()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|w| &w.external_url == url)
+            .filter_map(|w| w.id)
+            .collect(),
+        None => args.ids.clone(),
+    };
+    if ids.is_empty() {
+        return Err(format!(
+            "no webhook delivers to {}",
+            args.url.as_deref().unwrap_or("that URL")
+        ));
+    }
+    for id in ids {
+        client
+            .delete_webhook(id)
+            .await
+            .map_err(|e| format!("delete webhook {id}: {e}"))?;
+        println!("deleted  {id}");
+    }
+    Ok(())
+}
