@@ -1,12 +1,12 @@
-//! What every local (CLI) run shares: the embedded state store and the tenant's settings from a
-//! TOML file.
+//! What every local (CLI) run shares: the state store (the embedded one, or the deployed stack's
+//! DynamoDB table with `--table`) and the tenant's settings from a TOML file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dear_client::DearClient;
 use dearsync_core::{
-    CredentialSource, EnvCredentials, SystemClock, TenantId, TenantSettings, connect,
+    CredentialSource, EnvCredentials, StateStore, SystemClock, TenantId, TenantSettings, connect,
 };
 use dearsync_store_sqlite::SqliteStore;
 
@@ -22,14 +22,19 @@ pub struct LocalOptions {
     /// The tenant id state is kept under (one local store can hold several).
     #[arg(long, env = "DEARSYNC_TENANT", default_value = "local")]
     pub tenant: String,
+    /// Use the deployed stack's DynamoDB state table instead of the embedded store (its
+    /// `StateTableName` output; AWS credentials and region from the usual AWS_* variables or
+    /// profile).
+    #[arg(long, env = "DEARSYNC_STATE_TABLE")]
+    pub table: Option<String>,
 }
 
 /// An opened local context.
 pub struct LocalContext {
     /// The tenant.
     pub tenant: TenantId,
-    /// The embedded store.
-    pub store: Arc<SqliteStore>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
 }
 
 impl LocalOptions {
@@ -44,14 +49,23 @@ impl LocalOptions {
     }
 
     /// Opens everything a local run needs.
-    pub fn open(&self) -> Result<LocalContext, String> {
+    pub async fn open(&self) -> Result<LocalContext, String> {
         let tenant = TenantId::new(self.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
-        let store = SqliteStore::open_dir(&self.state_dir, Arc::new(SystemClock))
-            .map_err(|e| e.to_string())?;
-        Ok(LocalContext {
-            tenant,
-            store: Arc::new(store),
-        })
+        let clock = Arc::new(SystemClock);
+        let store: Arc<dyn StateStore> = match &self.table {
+            Some(table) => {
+                let config = dearsync_aws::load_sdk_config().await;
+                Arc::new(dearsync_aws::DynamoStore::new(
+                    aws_sdk_dynamodb::Client::new(&config),
+                    table.clone(),
+                    clock,
+                ))
+            }
+            None => {
+                Arc::new(SqliteStore::open_dir(&self.state_dir, clock).map_err(|e| e.to_string())?)
+            }
+        };
+        Ok(LocalContext { tenant, store })
     }
 }
 
@@ -61,8 +75,8 @@ pub struct JobContext {
     pub tenant: TenantId,
     /// The validated settings.
     pub settings: TenantSettings,
-    /// The embedded store.
-    pub store: Arc<SqliteStore>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
     /// DEAR with credentials from `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` at `DEAR_BASE_URL`.
     pub dear: Arc<DearClient>,
     /// Now.
@@ -73,7 +87,7 @@ impl LocalOptions {
     /// Opens the store, reads the settings and credentials, and builds the DEAR client, paced by
     /// the account's budget in the store (or not at all with `no_rate_limit`: simulators only).
     pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, String> {
-        let ctx = self.open()?;
+        let ctx = self.open().await?;
         let settings = self.settings()?;
         let clock = Arc::new(SystemClock);
         let credentials = EnvCredentials::from_env()

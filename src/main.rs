@@ -11,6 +11,7 @@ mod demo;
 mod inventory_sync;
 mod local;
 mod order_download;
+mod tenants;
 mod webhooks;
 
 /// dear-sync: DEAR Systems / Cin7 Core ↔ warehouse integration.
@@ -36,6 +37,9 @@ enum Command {
     InventorySync(inventory_sync::InventorySyncArgs),
     /// Check a settings file and print the effective settings (every default filled in).
     Settings(local::LocalOptions),
+    /// Manage the tenants the Lambdas serve and their settings (use --table for the deployed stack).
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
     /// Manage DEAR's webhook subscriptions to the Order Download function.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -117,6 +121,7 @@ async fn main() -> std::process::ExitCode {
         Command::Settings(opts) => report(show_settings(&opts)),
         Command::Records(args) => report(list_records(&args).await),
         Command::Webhooks(command) => report(webhooks::run(command).await),
+        Command::Tenants(command) => report(tenants::run(command).await),
     }
 }
 
@@ -139,8 +144,7 @@ fn show_settings(opts: &local::LocalOptions) -> Result<(), String> {
 }
 
 async fn list_records(args: &RecordsArgs) -> Result<(), String> {
-    use dearsync_core::state::Ledger;
-    let ctx = args.local.open()?;
+    let ctx = args.local.open().await?;
     let mut query = LedgerQuery::new(&ctx.tenant, args.job, args.state);
     let mut left = args.limit;
     println!(

@@ -110,7 +110,7 @@ fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, String> {
 }
 
 async fn register(args: RegisterArgs) -> Result<(), String> {
-    let ctx = args.local.open()?;
+    let ctx = args.local.open().await?;
     let settings = args.local.settings()?;
     let base = args.url.trim();
     if !(base.starts_with("https://")
