@@ -854,14 +854,22 @@ async fn a_backfill_delivers_what_a_narrower_filter_left_out_and_nothing_twice()
             .any(|r| r.sale_id.to_string() == *id && r.order_location_id == Some(main_id))
     }));
 
-    // The merchant widens the filter: a normal run lists only what changed since the cursor
-    // (less its overlap window), so most of the newly selected sales stay behind.
+    widen_then_backfill(&mut h, &main_only, &everything).await;
+}
+
+/// After a run with a narrow filter delivered `narrow`: widening the filter and running normally
+/// leaves most of `everything` behind; a backfill delivers exactly the rest; nothing goes twice.
+async fn widen_then_backfill(
+    h: &mut Harness,
+    narrow: &HashSet<String>,
+    everything: &HashSet<String>,
+) {
+    // A normal run lists only what changed since the cursor (less its overlap window).
     h.job.settings = settings("sale_status = \"Any\"\n");
-    let widened = run(&h).await.delivered as usize;
-    let left_behind = everything.len() - main_only.len() - widened;
+    let widened = run(h).await.delivered as usize;
+    let left_behind = everything.len() - narrow.len() - widened;
     assert!(left_behind > 10, "{left_behind}");
 
-    // A backfill from a date picks up the rest, and only the rest.
     let backfill = RunOptions {
         since: Some("2020-01-01T00:00:00Z".parse().unwrap()),
         ..RunOptions::default()
@@ -874,6 +882,51 @@ async fn a_backfill_delivers_what_a_narrower_filter_left_out_and_nothing_twice()
         everything.len(),
         "no order delivered twice"
     );
-    assert_eq!(ids(delivered), everything);
-    assert_eq!(run(&h).await.delivered, 0);
+    assert_eq!(&ids(delivered), everything);
+    assert_eq!(run(h).await.delivered, 0);
+}
+
+#[tokio::test]
+async fn a_backfill_looks_again_at_sales_a_narrower_attribute_filter_skipped() {
+    let server = sim(150).await;
+    let rows = all_rows(&server).await;
+    let everything = ids(rows
+        .iter()
+        .filter(|r| deliverable(&server, r.sale_id))
+        .map(|r| r.sale_id));
+    let tagged: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| deliverable(&server, r.sale_id))
+        .take(4)
+        .map(|r| r.sale_id)
+        .collect();
+    for id in &tagged {
+        server
+            .sim
+            .edit_sale(
+                ACCOUNT,
+                *id,
+                &SaleEdit {
+                    attributes: [(5u8, "Wholesale".to_owned())].into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    let (store, clock) = memory();
+    let mut h = harness(
+        server,
+        store,
+        clock,
+        settings(
+            "sale_status = \"Any\"\nadditional_attribute_filters = { \"5\" = \"wholesale\" }\n",
+        ),
+    );
+    let s = run(&h).await;
+    assert_eq!(ids(h.sink.sale_ids()), ids(&tagged));
+    assert!(
+        s.skipped.get("attribute_filter").copied().unwrap_or(0) > 10,
+        "{s:?}"
+    );
+    widen_then_backfill(&mut h, &ids(&tagged), &everything).await;
 }

@@ -348,7 +348,7 @@ impl OrderDownload {
                 .keep_alive(self.clock.now())
                 .await
                 .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
-            if let Err(e) = self.handle_listed(row, &opts.run_id, summary).await {
+            if let Err(e) = self.handle_listed(row, opts, summary).await {
                 stopped_at = Some(i);
                 let SaleError::Stop(why) = e;
                 summary.outcome = Outcome::Aborted(why);
@@ -464,7 +464,7 @@ impl OrderDownload {
     async fn handle_listed(
         &self,
         row: &Listed,
-        run_id: &str,
+        opts: &RunOptions,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
         let record = self.store.record(&self.key(row.id)).await?;
@@ -473,7 +473,10 @@ impl OrderDownload {
         if let Some(rec) = &record {
             let same_updated =
                 SaleDetail::of(rec).updated == listed_updated && listed_updated.is_some();
-            let settled = matches!(rec.state, RecordState::Done | RecordState::Skipped);
+            // A backfill looks at skipped sales again: it usually follows a settings change
+            // (a wider attribute filter) that a skip's reason may no longer hold under.
+            let settled = rec.state == RecordState::Done
+                || (rec.state == RecordState::Skipped && opts.since.is_none());
             let waiting = matches!(rec.state, RecordState::Failed | RecordState::InFlight)
                 && rec.due_at.is_some_and(|d| d > now);
             if (same_updated && settled) || waiting {
@@ -481,7 +484,7 @@ impl OrderDownload {
                 return Ok(());
             }
         }
-        self.fetch_and_deliver(row.id, row.updated, record, run_id, summary)
+        self.fetch_and_deliver(row.id, row.updated, record, &opts.run_id, summary)
             .await
     }
 
