@@ -5,3 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cfn-lint template.yaml
 SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1 --template-file template.yaml
+python3 scripts/check_template_matches_code.py

@@ -1,0 +1,121 @@
+"""Checks that template.yaml and the code agree, where a mismatch would only show after deploying:
+the functions' binaries, the environment the code reads, the table's key schema and TTL, the
+DynamoDB actions the store uses (granted, and nothing more), the secrets' prefix, and the SQS partial
+batch response. Run by scripts/check-template.sh; exits non-zero naming each mismatch."""
+
+import pathlib
+import re
+import sys
+
+from cfnlint.decode import cfn_yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SDK_CALL_TO_ACTION = {
+    "get_item": "dynamodb:GetItem",
+    "put_item": "dynamodb:PutItem",
+    "update_item": "dynamodb:UpdateItem",
+    "delete_item": "dynamodb:DeleteItem",
+    "query": "dynamodb:Query",
+    "scan": "dynamodb:Scan",
+    "transact_write_items": "dynamodb:TransactWriteItems",
+    "batch_write_item": "dynamodb:BatchWriteItem",
+    "batch_get_item": "dynamodb:BatchGetItem",
+}
+
+
+def main() -> int:
+    template = cfn_yaml.load(str(ROOT / "template.yaml"))
+    resources = template["Resources"]
+    problems = []
+
+    dynamo_rs = (ROOT / "shared/aws/src/dynamo.rs").read_text()
+    consts = dict(re.findall(r'const (\w+): &str = "([^"]+)";', dynamo_rs))
+    used_actions = {
+        SDK_CALL_TO_ACTION[call]
+        for call in re.findall(r"\.(\w+)\(\)\s*\n\s*\.table_name", dynamo_rs)
+        if call in SDK_CALL_TO_ACTION
+    }
+    if not used_actions:
+        problems.append("found no DynamoDB calls in shared/aws/src/dynamo.rs (has the code moved?)")
+
+    # The table: keys, index and TTL as the store writes them.
+    table = resources["StateTable"]["Properties"]
+    keys = {k["KeyType"]: k["AttributeName"] for k in table["KeySchema"]}
+    if keys != {"HASH": consts["PK"], "RANGE": consts["SK"]}:
+        problems.append(f"StateTable keys {keys} != the store's pk/sk {consts['PK']}/{consts['SK']}")
+    gsis = {g["IndexName"]: g for g in table.get("GlobalSecondaryIndexes", [])}
+    gsi = gsis.get(consts["GSI1"])
+    if gsi is None:
+        problems.append(f"StateTable has no index {consts['GSI1']}")
+    else:
+        gkeys = {k["KeyType"]: k["AttributeName"] for k in gsi["KeySchema"]}
+        if gkeys != {"HASH": consts["GSI1PK"], "RANGE": consts["GSI1SK"]}:
+            problems.append(f"index {consts['GSI1']} keys {gkeys} != the store's")
+        if gsi["Projection"]["ProjectionType"] != "ALL":
+            problems.append("the gsi1 listing reads whole records: its projection must be ALL")
+    ttl = table.get("TimeToLiveSpecification", {})
+    if ttl.get("AttributeName") != consts["TTL"] or not ttl.get("Enabled"):
+        problems.append(f"StateTable TTL must be enabled on {consts['TTL']}")
+
+    # The functions.
+    bins = set()
+    for cargo in (ROOT / "functions").glob("*/Cargo.toml"):
+        bins |= set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', cargo.read_text()))
+    sources = "".join(p.read_text() for p in (ROOT / "shared").glob("*/src/**/*.rs"))
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    for name in env:
+        if name != "RUST_LOG" and f'"{name}"' not in sources:
+            problems.append(f"the template sets {name}, which no shared crate reads")
+    for var in ("STATE_TABLE", "SECRET_PREFIX", "DEAR_BASE_URL"):
+        if var not in env:
+            problems.append(f"the functions read {var}; the template does not set it")
+
+    functions = {n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
+    seen_bins = set()
+    for name, fn in functions.items():
+        meta = fn.get("Metadata", {})
+        binary = meta.get("BuildProperties", {}).get("Binary")
+        seen_bins.add(binary)
+        if meta.get("BuildMethod") != "rust-cargolambda":
+            problems.append(f"{name}: BuildMethod must be rust-cargolambda")
+        if binary not in bins:
+            problems.append(f"{name}: binary {binary!r} is not a [[bin]] of functions/*")
+        granted = set()
+        secret_resources = []
+        for policy in fn["Properties"].get("Policies", []):
+            if not isinstance(policy, dict) or "Statement" not in policy:
+                problems.append(f"{name}: only inline statements are allowed (least privilege)")
+                continue
+            for st in policy["Statement"]:
+                actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                for a in actions:
+                    if a.startswith("dynamodb:"):
+                        granted.add(a)
+                    if a == "secretsmanager:GetSecretValue":
+                        secret_resources.append(st["Resource"])
+                    if "*" in a:
+                        problems.append(f"{name}: wildcard action {a}")
+        if granted != used_actions:
+            problems.append(
+                f"{name}: DynamoDB actions granted {sorted(granted)} != used {sorted(used_actions)}"
+            )
+        if secret_resources != [
+            {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:${SecretPrefix}*"}
+        ]:
+            problems.append(f"{name}: secrets must be readable only under ${{SecretPrefix}}")
+        for event_name, event in fn["Properties"].get("Events", {}).items():
+            if event["Type"] == "SQS" and "ReportBatchItemFailures" not in event["Properties"].get(
+                "FunctionResponseTypes", []
+            ):
+                problems.append(f"{name}.{event_name}: the handler answers batchItemFailures; "
+                                "set FunctionResponseTypes: [ReportBatchItemFailures]")
+    if seen_bins != bins:
+        problems.append(f"functions without a template entry: {sorted(bins - seen_bins)}")
+
+    for p in problems:
+        print(f"template.yaml: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
