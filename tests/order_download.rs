@@ -409,25 +409,13 @@ async fn a_failed_delivery_stays_in_the_ledger_and_is_retried_when_due() {
     );
 }
 
-#[tokio::test]
-async fn location_and_attribute_filters_select_exactly_their_sales() {
-    let server = sim(200).await;
-    let rows = all_rows(&server).await;
-    let main_id = server
-        .sim
-        .with_data(ACCOUNT, |d| {
-            d.locations
-                .iter()
-                .find(|l| l.name == "Main Warehouse")
-                .unwrap()
-                .id
-        })
-        .unwrap();
-    // Tag a few sales as wholesale.
+/// Sets Additional Attribute 5 to "Wholesale" on the first `n` deliverable sales, as a DEAR user
+/// would; returns them.
+fn tag_wholesale(server: &SimServer, rows: &[SaleListItem], n: usize) -> Vec<Uuid> {
     let tagged: Vec<Uuid> = rows
         .iter()
-        .filter(|r| deliverable(&server, r.sale_id))
-        .take(5)
+        .filter(|r| deliverable(server, r.sale_id))
+        .take(n)
         .map(|r| r.sale_id)
         .collect();
     for id in &tagged {
@@ -443,6 +431,24 @@ async fn location_and_attribute_filters_select_exactly_their_sales() {
             )
             .unwrap();
     }
+    tagged
+}
+
+#[tokio::test]
+async fn location_and_attribute_filters_select_exactly_their_sales() {
+    let server = sim(200).await;
+    let rows = all_rows(&server).await;
+    let main_id = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.locations
+                .iter()
+                .find(|l| l.name == "Main Warehouse")
+                .unwrap()
+                .id
+        })
+        .unwrap();
+    let tagged = tag_wholesale(&server, &rows, 5);
     let (store, clock) = memory();
     let mut h = harness(
         server,
@@ -894,25 +900,7 @@ async fn a_backfill_looks_again_at_sales_a_narrower_attribute_filter_skipped() {
         .iter()
         .filter(|r| deliverable(&server, r.sale_id))
         .map(|r| r.sale_id));
-    let tagged: Vec<Uuid> = rows
-        .iter()
-        .filter(|r| deliverable(&server, r.sale_id))
-        .take(4)
-        .map(|r| r.sale_id)
-        .collect();
-    for id in &tagged {
-        server
-            .sim
-            .edit_sale(
-                ACCOUNT,
-                *id,
-                &SaleEdit {
-                    attributes: [(5u8, "Wholesale".to_owned())].into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-    }
+    let tagged = tag_wholesale(&server, &rows, 4);
     let (store, clock) = memory();
     let mut h = harness(
         server,
