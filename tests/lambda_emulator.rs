@@ -179,6 +179,31 @@ impl Lambda {
         Invocation { status, body }
     }
 
+    /// Invokes the function with a sample event file through `cargo lambda invoke`, as a developer
+    /// would; returns the function's answer.
+    fn invoke_with_cargo_lambda(&self, file: &str) -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/events")
+            .join(file);
+        let out = Command::new("cargo-lambda")
+            .args(["lambda", "invoke", "-A", "127.0.0.1", "-P"])
+            .arg(self.port.to_string())
+            .arg("--data-file")
+            .arg(&path)
+            .args(["--output-format", "json"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run cargo lambda invoke");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cargo lambda invoke {file}: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{stdout:?}: {e}"))
+    }
+
     /// The function's stdout: its JSON log lines and EMF metric lines.
     fn stdout_lines(&self) -> Vec<Value> {
         log_text(&self.logs.path().join("function.out"))
@@ -651,6 +676,13 @@ async fn inventory_sync_runs_under_the_lambda_runtime() {
     let out = lambda.invoke(&event).await;
     assert_eq!(out.body["outcome"], "already_applied", "{out:?}");
     assert_eq!(on_hand(&sim).await, after);
+
+    // The scheduled pull, from the sample file through `cargo lambda invoke`: this tenant pushes
+    // its snapshots (no snapshot_url), so there is nothing to pull.
+    assert_eq!(
+        lambda.invoke_with_cargo_lambda("scheduled-event.json"),
+        json!({ "tenants": [] })
+    );
 
     let metrics = lambda.metrics();
     let adjusted: Vec<u64> = metrics
