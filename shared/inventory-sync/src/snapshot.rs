@@ -2,7 +2,7 @@
 
 use std::io::BufRead;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -53,18 +53,9 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SnapshotError {
     }
 }
 
-/// Reads `2026-11-20T06:00:00Z` or `2026-11-20`.
+/// Reads `2026-11-20T06:00:00Z` or `2026-11-20` (midnight UTC), as the settings' dates are read.
 pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
-    let t = text.trim();
-    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
-        return Ok(d.with_timezone(&Utc));
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
-        return Ok(d.and_time(chrono::NaiveTime::MIN).and_utc());
-    }
-    Err(format!(
-        "{t:?} is not an RFC 3339 date-time (2026-11-20T06:00:00Z) or a date"
-    ))
+    dearsync_core::settings::SettingInstant::parse(text).map(|i| i.0)
 }
 
 fn instant<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
