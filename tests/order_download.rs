@@ -409,6 +409,17 @@ async fn a_failed_delivery_stays_in_the_ledger_and_is_retried_when_due() {
     );
 }
 
+/// The id of the simulated account's location `name`.
+fn location_id(server: &SimServer, name: &str) -> Uuid {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.locations.iter().find(|l| l.name == name).map(|l| l.id)
+        })
+        .flatten()
+        .unwrap_or_else(|| panic!("no location {name}"))
+}
+
 /// Sets Additional Attribute 5 to "Wholesale" on the first `n` deliverable sales, as a DEAR user
 /// would; returns them.
 fn tag_wholesale(server: &SimServer, rows: &[SaleListItem], n: usize) -> Vec<Uuid> {
@@ -438,16 +449,7 @@ fn tag_wholesale(server: &SimServer, rows: &[SaleListItem], n: usize) -> Vec<Uui
 async fn location_and_attribute_filters_select_exactly_their_sales() {
     let server = sim(200).await;
     let rows = all_rows(&server).await;
-    let main_id = server
-        .sim
-        .with_data(ACCOUNT, |d| {
-            d.locations
-                .iter()
-                .find(|l| l.name == "Main Warehouse")
-                .unwrap()
-                .id
-        })
-        .unwrap();
+    let main_id = location_id(&server, "Main Warehouse");
     let tagged = tag_wholesale(&server, &rows, 5);
     let (store, clock) = memory();
     let mut h = harness(
@@ -831,16 +833,7 @@ async fn a_run_stops_at_its_deadline_and_the_next_resumes_without_loss_or_duplic
 async fn a_backfill_delivers_what_a_narrower_filter_left_out_and_nothing_twice() {
     let server = sim(150).await;
     let rows = all_rows(&server).await;
-    let main_id = server
-        .sim
-        .with_data(ACCOUNT, |d| {
-            d.locations
-                .iter()
-                .find(|l| l.name == "Main Warehouse")
-                .unwrap()
-                .id
-        })
-        .unwrap();
+    let main_id = location_id(&server, "Main Warehouse");
     let (store, clock) = memory();
     let mut h = harness(
         server,
