@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use dear_client::DearClient;
 use dearsync_core::{
-    CredentialSource, EnvCredentials, StateStore, SystemClock, TenantId, TenantSettings, connect,
+    CredentialSource, Credentials, EnvCredentials, StateStore, SystemClock, TenantId,
+    TenantSettings, connect,
 };
 use dearsync_store_sqlite::SqliteStore;
 
@@ -27,6 +28,10 @@ pub struct LocalOptions {
     /// profile).
     #[arg(long, env = "DEARSYNC_STATE_TABLE")]
     pub table: Option<String>,
+    /// Read the tenant's DEAR credentials from the Secrets Manager secret `<prefix><tenant>` (the
+    /// stack's `SecretPrefix`, e.g. `dear-sync/`) instead of DEAR_ACCOUNT_ID / DEAR_API_KEY.
+    #[arg(long, env = "DEARSYNC_SECRET_PREFIX")]
+    pub secret_prefix: Option<String>,
 }
 
 /// An opened local context.
@@ -84,16 +89,30 @@ pub struct JobContext {
 }
 
 impl LocalOptions {
+    /// The tenant's DEAR credentials: from its secret under `--secret-prefix`, else from the
+    /// environment.
+    pub async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, String> {
+        let source: Box<dyn CredentialSource> = match &self.secret_prefix {
+            Some(prefix) => {
+                let config = dearsync_aws::load_sdk_config().await;
+                Box::new(dearsync_aws::SecretsManagerCredentials::new(
+                    aws_sdk_secretsmanager::Client::new(&config),
+                    prefix.clone(),
+                    dearsync_aws::SecretsManagerCredentials::DEFAULT_TTL,
+                ))
+            }
+            None => Box::new(EnvCredentials::from_env()),
+        };
+        source.credentials(tenant).await.map_err(|e| e.to_string())
+    }
+
     /// Opens the store, reads the settings and credentials, and builds the DEAR client, paced by
     /// the account's budget in the store (or not at all with `no_rate_limit`: simulators only).
     pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, String> {
         let ctx = self.open().await?;
         let settings = self.settings()?;
         let clock = Arc::new(SystemClock);
-        let credentials = EnvCredentials::from_env()
-            .credentials(&ctx.tenant)
-            .await
-            .map_err(|e| e.to_string())?;
+        let credentials = self.credentials(&ctx.tenant).await?;
         let base_url = connect::base_url_from_env();
         let dear = connect::dear_client_or_unlimited(
             &credentials,

@@ -7,7 +7,7 @@
 
 use dear_client::{DearClient, Webhook, WebhookHeader};
 use dearsync_core::settings::SaleStatusFilter;
-use dearsync_core::{CredentialSource, EnvCredentials, TenantId, connect};
+use dearsync_core::{TenantId, connect};
 
 use crate::local::LocalOptions;
 
@@ -21,7 +21,7 @@ pub enum WebhooksCommand {
     /// subscription to the same URL instead of adding a second one).
     Register(RegisterArgs),
     /// List the account's webhook subscriptions (header values are not shown).
-    List,
+    List(LocalOptions),
     /// Remove subscriptions by ID, or every one delivering to a URL.
     Delete(DeleteArgs),
 }
@@ -44,6 +44,8 @@ pub struct RegisterArgs {
 /// Options of `dearsync webhooks delete`.
 #[derive(clap::Args)]
 pub struct DeleteArgs {
+    #[command(flatten)]
+    local: LocalOptions,
     /// A subscription's ID (repeatable).
     #[arg(long = "id", required_unless_present = "url")]
     ids: Vec<uuid::Uuid>,
@@ -56,18 +58,17 @@ pub struct DeleteArgs {
 pub async fn run(command: WebhooksCommand) -> Result<(), String> {
     match command {
         WebhooksCommand::Register(args) => register(args).await,
-        WebhooksCommand::List => list().await,
+        WebhooksCommand::List(local) => list(local).await,
         WebhooksCommand::Delete(args) => delete(args).await,
     }
 }
 
-/// DEAR with the credentials of `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` (and the inbound secret of
-/// `DEARSYNC_INBOUND_SECRET`), at `DEAR_BASE_URL`.
-async fn dear(tenant: &TenantId) -> Result<(DearClient, Option<String>), String> {
-    let credentials = EnvCredentials::from_env()
-        .credentials(tenant)
-        .await
-        .map_err(|e| e.to_string())?;
+/// DEAR with the tenant's credentials (`--secret-prefix`, else `DEAR_ACCOUNT_ID` / `DEAR_API_KEY`)
+/// at `DEAR_BASE_URL`, and the tenant's inbound secret (from its secret, else
+/// `DEARSYNC_INBOUND_SECRET`).
+async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), String> {
+    let tenant = TenantId::new(local.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
+    let credentials = local.credentials(&tenant).await?;
     // A handful of calls: the client's own pacing and 429 retries are enough.
     let client = connect::unlimited_dear_client(&credentials, &connect::base_url_from_env())
         .map_err(|e| e.to_string())?;
@@ -130,10 +131,10 @@ async fn register(args: RegisterArgs) -> Result<(), String> {
     } else {
         args.events.clone()
     };
-    let (client, inbound) = dear(&ctx.tenant).await?;
+    let (client, inbound) = dear(&args.local).await?;
     let secret = inbound.ok_or(
-        "DEARSYNC_INBOUND_SECRET is not set: the function refuses deliveries without the tenant's \
-         inbound secret (use the inbound_secret of the tenant's secret in Secrets Manager)",
+        "no inbound secret: the function refuses deliveries without the tenant's inbound_secret; \
+         set DEARSYNC_INBOUND_SECRET, or pass --secret-prefix to read the tenant's secret",
     )?;
     let existing = client.webhooks().await.map_err(|e| e.to_string())?;
     for event in &events {
@@ -176,12 +177,8 @@ async fn register(args: RegisterArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn local_tenant() -> Result<TenantId, String> {
-    TenantId::new("local").map_err(|e| e.to_string())
-}
-
-async fn list() -> Result<(), String> {
-    let (client, _) = dear(&local_tenant()?).await?;
+async fn list(local: LocalOptions) -> Result<(), String> {
+    let (client, _) = dear(&local).await?;
     let hooks = client.webhooks().await.map_err(|e| e.to_string())?;
     println!("{:<36}  {:<6}  {:<28} url", "id", "active", "event");
     for w in &hooks {
@@ -202,7 +199,7 @@ async fn list() -> Result<(), String> {
 }
 
 async fn delete(args: DeleteArgs) -> Result<(), String> {
-    let (client, _) = dear(&local_tenant()?).await?;
+    let (client, _) = dear(&args.local).await?;
     let ids: Vec<uuid::Uuid> = match &args.url {
         Some(url) => client
             .webhooks()
