@@ -62,13 +62,20 @@ fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
-/// The workspace's build of `name` (next to this test binary's `deps/` folder).
+/// The function binary `name`: from `DEARSYNC_FUNCTIONS_DIR` when set (e.g. a folder of wrappers
+/// that run the arm64 bootstraps under qemu-user), else the workspace's build next to this test
+/// binary's `deps/` folder.
 fn function_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary sits in <target>/<profile>/deps");
+    let dir = match std::env::var_os("DEARSYNC_FUNCTIONS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("the test binary sits in <target>/<profile>/deps")
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
