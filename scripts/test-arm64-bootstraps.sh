@@ -22,5 +22,12 @@ for f in order-download shipment-confirmation inventory-sync; do
   printf '#!/bin/sh\nexec qemu-aarch64-static -L /usr/aarch64-linux-gnu %s "$@"\n' "$bootstrap" > "$wrappers/$f"
   chmod +x "$wrappers/$f"
   ls -l "$target/lambda/$f/bootstrap.zip"
+  # provided.al2023 has glibc 2.34: the bootstrap must not need a newer symbol version.
+  newest=$(readelf -V "$bootstrap" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+  if [ "$(printf '%s\nGLIBC_2.34\n' "$newest" | sort -V | tail -1)" != "GLIBC_2.34" ]; then
+    echo "$f needs $newest; provided.al2023 has GLIBC_2.34" >&2
+    exit 1
+  fi
+  echo "$f: newest glibc symbol $newest (al2023: 2.34)"
 done
 DEARSYNC_FUNCTIONS_DIR="$wrappers" cargo test --test lambda_emulator
