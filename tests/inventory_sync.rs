@@ -586,3 +586,41 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(2), "unknown SKUs need attention");
     assert_eq!(on_hand(&server).await, before, "nothing written");
 }
+
+#[tokio::test]
+async fn throttled_answers_are_retried_and_reported() {
+    let server = sim(40).await;
+    let before = on_hand(&server).await;
+    let batches: BTreeMap<String, Option<String>> = products(&server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect();
+    let lines: Vec<_> = before
+        .iter()
+        .take(5)
+        .map(|(s, q)| {
+            (
+                s.clone(),
+                (*q).max(Decimal::ZERO) + Decimal::TWO,
+                batches[s].clone(),
+            )
+        })
+        .collect();
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "*".into(),
+            sequence: [Fault::Status(429), Fault::Status(429)].into(),
+            ..Default::default()
+        },
+    );
+    let j = job(&server, memory(), "");
+    let s = j
+        .sync(&snapshot("INV-T1", "2026-11-20", &lines), false)
+        .await
+        .unwrap();
+    assert_eq!(s.outcome, "applied", "{s:?}");
+    assert_eq!(s.dear_throttled, 2, "{s:?}");
+    let emf: serde_json::Value = serde_json::from_str(&s.emf(0)).unwrap();
+    assert_eq!(emf["DearThrottled"], 2);
+}

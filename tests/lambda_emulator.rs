@@ -547,8 +547,12 @@ async fn shipment_confirmation_runs_under_the_lambda_runtime() {
         .find(|v| v["Job"] == "shipment-confirmation")
         .unwrap_or_else(|| panic!("no EMF line\n{}", lambda.logs()));
     assert_eq!(
-        (line["Confirmed"].as_u64(), line["Failed"].as_u64()),
-        (Some(1), Some(1))
+        (
+            line["Confirmed"].as_u64(),
+            line["Failed"].as_u64(),
+            line["DearThrottled"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
     );
 
     // SQS redelivers the batch: the applied shipment is not written again.

@@ -49,12 +49,10 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
         return Ok(handle_sqs(deps, records).await);
     }
     if let Some(detail) = event.get("detail") {
-        let outcome = confirm_envelope(deps, detail).await;
-        print_metrics(
-            deps,
-            u64::from(outcome.is_ok()),
-            u64::from(outcome.is_err()),
-        );
+        let mut tally = Tally::default();
+        let outcome = confirm_envelope(deps, detail, &mut tally).await;
+        tally.count(outcome.is_ok());
+        tally.print(deps);
         return outcome.map(|c| json!(c)).map_err(HandlerError::NotApplied);
     }
     Err(HandlerError::BadEvent(format!(
@@ -91,25 +89,67 @@ fn envelope(value: &Value) -> Result<(TenantId, Shipment), String> {
     Ok((tenant, shipment))
 }
 
+/// What one event's shipments did, for its CloudWatch EMF line.
+#[derive(Default)]
+struct Tally {
+    confirmed: u64,
+    failed: u64,
+    dear_throttled: u64,
+}
+
+impl Tally {
+    fn count(&mut self, confirmed: bool) {
+        if confirmed {
+            self.confirmed += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    /// Prints the line (per job, not per tenant: a batch mixes tenants; the logs name each
+    /// shipment's tenant).
+    fn print(&self, deps: &Deps) {
+        println!(
+            "{}",
+            dearsync_core::metrics::emf_line(
+                deps.clock.now().timestamp_millis(),
+                &[("Job", Job::ShipmentConfirmation.as_str())],
+                &[
+                    ("Confirmed", self.confirmed),
+                    ("Failed", self.failed),
+                    ("DearThrottled", self.dear_throttled),
+                ],
+            )
+        );
+    }
+}
+
 async fn confirm(
     deps: &Deps,
     tenant: &TenantId,
     shipment: &Shipment,
+    tally: &mut Tally,
 ) -> Result<Confirmation, ConfirmError> {
     let ctx = deps.tenant(tenant).await.map_err(ConfirmError::Transient)?;
     let job = ShipmentConfirmation {
         tenant: tenant.clone(),
         settings: ctx.settings.shipment_confirmation,
-        dear: ctx.dear,
+        dear: ctx.dear.clone(),
         store: deps.store.clone(),
         clock: deps.clock.clone(),
     };
-    job.confirm(shipment).await
+    let outcome = job.confirm(shipment).await;
+    tally.dear_throttled += ctx.dear.stats().throttled;
+    outcome
 }
 
-async fn confirm_envelope(deps: &Deps, value: &Value) -> Result<Confirmation, String> {
+async fn confirm_envelope(
+    deps: &Deps,
+    value: &Value,
+    tally: &mut Tally,
+) -> Result<Confirmation, String> {
     let (tenant, shipment) = envelope(value)?;
-    confirm(deps, &tenant, &shipment)
+    confirm(deps, &tenant, &shipment, tally)
         .await
         .inspect(|c| tracing::info!(tenant = %tenant, result = %json!(c), "shipment confirmed"))
         .map_err(|e| format!("tenant {tenant}, shipment {}: {e}", shipment.shipment_id))
@@ -117,7 +157,7 @@ async fn confirm_envelope(deps: &Deps, value: &Value) -> Result<Confirmation, St
 
 async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
     let mut failures = Vec::new();
-    let mut applied = 0;
+    let mut tally = Tally::default();
     for record in records {
         let id = record
             .get("messageId")
@@ -129,12 +169,13 @@ async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
             .and_then(Value::as_str)
             .map(serde_json::from_str::<Value>)
         {
-            Some(Ok(body)) => confirm_envelope(deps, &body).await.map(|_| ()),
+            Some(Ok(body)) => confirm_envelope(deps, &body, &mut tally).await.map(|_| ()),
             Some(Err(e)) => Err(format!("the message body is not JSON: {e}")),
             None => Err("the record has no body".into()),
         };
+        tally.count(outcome.is_ok());
         match outcome {
-            Ok(()) => applied += 1,
+            Ok(()) => {}
             Err(why) => {
                 // Returned to SQS for another try; after maxReceiveCount it lands in the DLQ.
                 tracing::error!(message_id = %id, error = %why, "shipment message failed");
@@ -142,21 +183,8 @@ async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
             }
         }
     }
-    print_metrics(deps, applied, failures.len() as u64);
+    tally.print(deps);
     json!({ "batchItemFailures": failures })
-}
-
-/// Prints the CloudWatch EMF line for the shipments of one event (per job, not per tenant: a batch
-/// mixes tenants; the logs name each shipment's tenant).
-fn print_metrics(deps: &Deps, applied: u64, failed: u64) {
-    println!(
-        "{}",
-        dearsync_core::metrics::emf_line(
-            deps.clock.now().timestamp_millis(),
-            &[("Job", Job::ShipmentConfirmation.as_str())],
-            &[("Confirmed", applied), ("Failed", failed)],
-        )
-    );
 }
 
 async fn handle_http(deps: &Deps, event: &Value) -> Value {
@@ -174,7 +202,11 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(s) => s,
         Err(e) => return http_error(400, e),
     };
-    match confirm(deps, &ctx.tenant, &shipment).await {
+    let mut tally = Tally::default();
+    let outcome = confirm(deps, &ctx.tenant, &shipment, &mut tally).await;
+    tally.count(outcome.is_ok());
+    tally.print(deps);
+    match outcome {
         Ok(c) => http(202, json!(c)),
         Err(e @ ConfirmError::Invalid(_)) => http_error(400, e.to_string()),
         Err(e @ ConfirmError::Changed { .. }) => http_error(409, e.to_string()),

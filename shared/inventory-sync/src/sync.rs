@@ -98,6 +98,8 @@ pub struct SyncSummary {
     pub adjustments: Vec<(String, String)>,
     /// DEAR calls made.
     pub dear_calls: u64,
+    /// DEAR answers that said "throttled" (retried).
+    pub dear_throttled: u64,
     /// The plan (changed and skipped lines only).
     pub plan: Vec<PlanLine>,
 }
@@ -119,6 +121,7 @@ impl SyncSummary {
                 ("UnknownSkus", self.unknown_skus.len() as u64),
                 ("Skipped", self.skipped.values().sum()),
                 ("DearCalls", self.dear_calls),
+                ("DearThrottled", self.dear_throttled),
             ],
         )
     }
@@ -197,7 +200,7 @@ struct Level {
 impl InventorySync {
     /// Syncs one snapshot; `dry_run` plans without writing.
     pub async fn sync(&self, snapshot: &Snapshot, dry_run: bool) -> Result<SyncSummary, SyncError> {
-        let calls_before = self.dear.stats().calls;
+        let stats_before = self.dear.stats();
         let location = self
             .settings
             .location
@@ -275,7 +278,9 @@ impl InventorySync {
         let result = self
             .plan_and_post(snapshot, &location, dry_run, &mut summary)
             .await;
-        summary.dear_calls = self.dear.stats().calls - calls_before;
+        let stats = self.dear.stats();
+        summary.dear_calls = stats.calls - stats_before.calls;
+        summary.dear_throttled = stats.throttled - stats_before.throttled;
         if let Some(token) = token {
             match &result {
                 Ok(()) => {
