@@ -141,14 +141,39 @@ fn adjustments_with(server: &SimServer, reference_prefix: &str) -> usize {
         .unwrap()
 }
 
+/// Each SKU's batch (batch-tracked products), from the simulated catalogue.
+fn batches(server: &SimServer) -> BTreeMap<String, Option<String>> {
+    products(server)
+        .into_iter()
+        .map(|(s, _, b)| (s, b))
+        .collect()
+}
+
+/// Snapshot lines for the first `n` SKUs of `before`: DEAR's level (never below 0) + `delta`.
+fn raised(
+    before: &BTreeMap<String, Decimal>,
+    batches: &BTreeMap<String, Option<String>>,
+    n: usize,
+    delta: Decimal,
+) -> Vec<(String, Decimal, Option<String>)> {
+    before
+        .iter()
+        .take(n)
+        .map(|(s, q)| {
+            (
+                s.clone(),
+                (*q).max(Decimal::ZERO) + delta,
+                batches[s].clone(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_skus_with_three_percent_different_change_exactly_those() {
     let server = sim(10_000).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
+    let batches = batches(&server);
     // The warehouse agrees on everything stocked at Main, except every 33rd SKU (+7).
     let mut lines = Vec::new();
     let mut changed = BTreeMap::new();
@@ -264,10 +289,7 @@ async fn zero_stock_skus_get_the_tier_cost_and_unknown_skus_are_reported() {
 async fn big_changes_are_held_as_draft_for_review_and_small_ones_applied() {
     let server = sim(200).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
+    let batches = batches(&server);
     let skus: Vec<_> = before
         .iter()
         .filter(|(_, q)| **q > Decimal::ZERO)
@@ -314,10 +336,7 @@ async fn big_changes_are_held_as_draft_for_review_and_small_ones_applied() {
 async fn a_full_snapshot_zeroes_what_it_leaves_out_and_a_partial_one_does_not() {
     let server = sim(150).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
+    let batches = batches(&server);
     let (kept, left_out): (Vec<_>, Vec<_>) = before
         .iter()
         .filter(|(_, q)| !q.is_zero())
@@ -364,10 +383,7 @@ async fn a_full_snapshot_zeroes_what_it_leaves_out_and_a_partial_one_does_not() 
 async fn a_post_that_times_out_after_applying_is_found_by_reference_not_posted_twice() {
     let server = sim(100).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
+    let batches = batches(&server);
     let sku = before.keys().next().unwrap().clone();
     let lines = vec![(
         sku.clone(),
@@ -405,20 +421,8 @@ async fn a_post_that_times_out_after_applying_is_found_by_reference_not_posted_t
 async fn dear_faults_leave_nothing_half_applied_and_a_retry_finishes() {
     let server = sim(300).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
-    let lines: Vec<_> = before
-        .iter()
-        .map(|(s, q)| {
-            (
-                s.clone(),
-                (*q).max(Decimal::ZERO) + Decimal::ONE,
-                batches[s].clone(),
-            )
-        })
-        .collect();
+    let batches = batches(&server);
+    let lines = raised(&before, &batches, before.len(), Decimal::ONE);
     for fault in [
         Fault::Status(503),
         Fault::Status(500),
@@ -535,10 +539,7 @@ impl WithSubtraction for InventorySync {
 async fn a_dry_run_prints_the_plan_and_writes_nothing() {
     let server = sim(60).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
+    let batches = batches(&server);
     let (sku, q) = before.iter().find(|(_, q)| **q > Decimal::ZERO).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut csv = String::from("sku,quantity,batch\n");
@@ -591,21 +592,8 @@ async fn a_dry_run_prints_the_plan_and_writes_nothing() {
 async fn throttled_answers_are_retried_and_reported() {
     let server = sim(40).await;
     let before = on_hand(&server).await;
-    let batches: BTreeMap<String, Option<String>> = products(&server)
-        .into_iter()
-        .map(|(s, _, b)| (s, b))
-        .collect();
-    let lines: Vec<_> = before
-        .iter()
-        .take(5)
-        .map(|(s, q)| {
-            (
-                s.clone(),
-                (*q).max(Decimal::ZERO) + Decimal::TWO,
-                batches[s].clone(),
-            )
-        })
-        .collect();
+    let batches = batches(&server);
+    let lines = raised(&before, &batches, 5, Decimal::TWO);
     server.sim.add_fault(
         ACCOUNT,
         FaultRule {
