@@ -111,7 +111,8 @@ fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, String> {
 }
 
 async fn register(args: RegisterArgs) -> Result<(), String> {
-    let ctx = args.local.open().await?;
+    // No state store: a subscription is DEAR's state, not ours.
+    let tenant = TenantId::new(args.local.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
     let settings = args.local.settings()?;
     let base = args.url.trim();
     if !(base.starts_with("https://")
@@ -122,7 +123,7 @@ async fn register(args: RegisterArgs) -> Result<(), String> {
             "--url {base:?}: DEAR must deliver over https (http only to localhost, for tests)"
         ));
     }
-    let target = format!("{}/dear/{}", base.trim_end_matches('/'), ctx.tenant);
+    let target = format!("{}/dear/{}", base.trim_end_matches('/'), tenant);
     let events: Vec<String> = if args.events.is_empty() {
         events_for(&settings.order_download.sale_status)?
             .into_iter()
