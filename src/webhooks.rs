@@ -6,13 +6,11 @@
 //! `x-dearsync-secret` header, which the function checks.
 
 use dear_client::{DearClient, Webhook, WebhookHeader};
+use dearsync_core::credentials::INBOUND_SECRET_HEADER;
 use dearsync_core::settings::SaleStatusFilter;
 use dearsync_core::{TenantId, connect};
 
 use crate::local::LocalOptions;
-
-/// The header DEAR adds to each delivery (checked by the Function URL handler).
-const SECRET_HEADER: &str = "x-dearsync-secret";
 
 /// `dearsync webhooks …`.
 #[derive(clap::Subcommand)]
@@ -150,7 +148,7 @@ async fn register(args: RegisterArgs) -> Result<(), String> {
             external_password: None,
             external_bearer_token: None,
             external_headers: vec![WebhookHeader {
-                key: SECRET_HEADER.into(),
+                key: INBOUND_SECRET_HEADER.into(),
                 value: secret.clone(),
             }],
         };

@@ -5,6 +5,10 @@ use dear_client::ApiKey;
 
 use crate::TenantId;
 
+/// The header that carries a tenant's `inbound_secret`: checked by the Function URLs, and set on
+/// the DEAR webhook subscriptions that call them.
+pub const INBOUND_SECRET_HEADER: &str = "x-dearsync-secret";
+
 /// A tenant's DEAR credentials. `Debug` shows the account, never the key.
 #[derive(Clone, Debug)]
 pub struct Credentials {

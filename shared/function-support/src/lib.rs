@@ -12,7 +12,7 @@ use dearsync_core::{
 use serde_json::{Value, json};
 
 /// The header a caller of a Function URL must carry: the tenant's `inbound_secret`.
-pub const SECRET_HEADER: &str = "x-dearsync-secret";
+pub use dearsync_core::credentials::INBOUND_SECRET_HEADER as SECRET_HEADER;
 
 /// What a handler is built from, once per cold start.
 pub struct Deps {
