@@ -78,12 +78,7 @@ pub async fn handle(
 
 /// Reads the tenant of a scheduled event; `None` = every enabled tenant.
 fn scheduled_tenant(event: &Value) -> Result<Option<TenantId>, HandlerError> {
-    let field = event.get("tenant").map(|v| ("tenant", v)).or_else(|| {
-        event
-            .get("detail")
-            .and_then(|d| d.get("tenant"))
-            .map(|v| ("detail.tenant", v))
-    });
+    let field = event_field(event, "tenant");
     match field {
         None => {
             if !event.is_object() {
@@ -104,15 +99,22 @@ fn scheduled_tenant(event: &Value) -> Result<Option<TenantId>, HandlerError> {
     }
 }
 
+/// `name` at the top of the event (an operator's or a Scheduler target's input), else in an
+/// EventBridge event's `detail`; with the dotted name errors should use.
+fn event_field<'a>(event: &'a Value, name: &str) -> Option<(String, &'a Value)> {
+    match event.get(name) {
+        Some(v) => Some((name.to_owned(), v)),
+        None => event
+            .get("detail")
+            .and_then(|d| d.get(name))
+            .map(|v| (format!("detail.{name}"), v)),
+    }
+}
+
 /// An operator's backfill: `{"tenant": "acme", "since": "2026-10-01"}` lists from that date
 /// instead of the cursor (already delivered orders are not sent again).
 fn backfill_since(event: &Value) -> Result<Option<chrono::DateTime<chrono::Utc>>, HandlerError> {
-    let field = event.get("since").map(|v| ("since", v)).or_else(|| {
-        event
-            .get("detail")
-            .and_then(|d| d.get("since"))
-            .map(|v| ("detail.since", v))
-    });
+    let field = event_field(event, "since");
     match field {
         None | Some((_, Value::Null)) => Ok(None),
         Some((name, Value::String(text))) => SettingInstant::parse(text)
