@@ -480,7 +480,7 @@ async fn orders_delivered_after_the_snapshot_are_subtracted() {
         clock: Arc::new(OffsetClock::default()),
     };
     od.run(&RunOptions::default()).await;
-    let sold = dearsync_order_download::delivered_since(
+    let sold = dearsync_core::delivered::delivered_since(
         store.as_ref(),
         &TenantId::new("acme").unwrap(),
         snapshot_time,

@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::types::{
 };
 use chrono::{DateTime, Duration, Utc};
 use dearsync_core::clock::{Clock, from_millis, to_millis};
-use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, new_token};
+use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, ledger_sort_start, new_token};
 use dearsync_core::state::*;
 use dearsync_core::{Job, StoreError, TenantId};
 
@@ -496,15 +496,27 @@ impl Ledger for DynamoStore {
             .index_name(GSI1)
             .expression_attribute_values(":p", s(&gsi1pk))
             .limit(limit as i32);
-        request = match query.due_before {
-            Some(due) => request
+        let start = query.changed_since.map(ledger_sort_start);
+        let end = query.due_before.map(ledger_sort_bound);
+        // No real key equals either bound (keys are `<ms>#<entity>`), so BETWEEN's inclusive ends
+        // give "at or after the start" and "before the end".
+        request = match (start, end) {
+            (Some(a), Some(b)) => request
+                .key_condition_expression("gsi1pk = :p AND gsi1sk BETWEEN :a AND :b")
+                .expression_attribute_values(":a", s(a))
+                .expression_attribute_values(":b", s(b)),
+            (Some(a), None) => request
+                .key_condition_expression("gsi1pk = :p AND gsi1sk >= :a")
+                .expression_attribute_values(":a", s(a)),
+            (None, Some(b)) => request
                 .key_condition_expression("gsi1pk = :p AND gsi1sk < :b")
-                .expression_attribute_values(":b", s(ledger_sort_bound(due))),
-            None => request.key_condition_expression("gsi1pk = :p"),
+                .expression_attribute_values(":b", s(b)),
+            (None, None) => request.key_condition_expression("gsi1pk = :p"),
         };
-        if let Some(after) = &query.after {
-            // The page token is the last item's index sort key, `<ms>#<entity>`: the whole
+        if let Some(token) = &query.after {
+            // This store's token is the last item's index sort key, `<ms>#<entity>`: the whole
             // start key can be rebuilt from it.
+            let after = token.position();
             let entity = after
                 .split_once('#')
                 .map(|(_, e)| e)
@@ -525,7 +537,7 @@ impl Ledger for DynamoStore {
             .map(record_from)
             .collect::<Result<Vec<_>, _>>()?;
         let next = match (out.last_evaluated_key(), records.last()) {
-            (Some(_), Some(last)) => Some(ledger_sort_key(last)),
+            (Some(_), Some(last)) => Some(PageToken::from_store(ledger_sort_key(last))),
             _ => None,
         };
         Ok(RecordPage { records, next })

@@ -46,7 +46,8 @@ macro_rules! conformance_suite {
             cursors_save_with_versions, cursor_race_has_one_winner,
             ledger_insert_and_read_back, ledger_insert_race_has_one_winner,
             ledger_transitions_are_conditional, ledger_transition_race_has_one_winner,
-            ledger_lists_by_state_in_due_order_and_pages, ledger_rejects_oversized_detail,
+            ledger_lists_by_state_in_due_order_and_pages, ledger_lists_changed_since_and_pages,
+            ledger_rejects_oversized_detail,
             idempotency_follows_powertools, idempotency_lapses_and_takeover,
             idempotency_claim_race_has_one_winner,
             leases_exclude_and_expire, lease_race_has_one_winner,
@@ -414,6 +415,75 @@ pub async fn ledger_lists_by_state_in_due_order_and_pages(factory: &dyn Factory)
         .await
         .unwrap();
     assert_eq!(failed.records.len(), 24);
+}
+
+/// A time bound: only records that changed at or after it, paged with the store's own tokens,
+/// also together with a due bound.
+pub async fn ledger_lists_changed_since_and_pages(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let start = f.clock.now_for_tests();
+    // A record written first and moved to done last counts as changed last.
+    let late = f
+        .store
+        .insert(new_record(&t, "LATE", RecordState::Pending))
+        .await
+        .unwrap();
+    // 30 done records, one a minute: DONE-00 at start … DONE-29 at start + 29 min.
+    for i in 0..30i64 {
+        f.store
+            .insert(new_record(&t, &format!("DONE-{i:02}"), RecordState::Done))
+            .await
+            .unwrap();
+        f.clock.advance(Duration::minutes(1));
+    }
+    f.store
+        .transition(&late, Transition::to(RecordState::Done))
+        .await
+        .unwrap();
+
+    let list_all = |mut query: LedgerQuery| {
+        let store = f.peer.clone();
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..20 {
+                let page = store.list(&query).await.unwrap();
+                assert!(page.records.len() <= query.limit);
+                seen.extend(page.records.iter().map(|r| r.key.entity.clone()));
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => return seen,
+                }
+            }
+            panic!("paging does not end");
+        }
+    };
+    // Inclusive: DONE-20 changed exactly at the bound.
+    let mut query = LedgerQuery::new(&t, Job::OrderDownload, RecordState::Done);
+    query.changed_since = Some(start + Duration::minutes(20));
+    query.limit = 3;
+    let mut expected: Vec<String> = (20..30).map(|i| format!("DONE-{i:02}")).collect();
+    expected.push("LATE".into());
+    assert_eq!(
+        list_all(query.clone()).await,
+        expected,
+        "changed since +20 min, oldest first"
+    );
+
+    // Both bounds: +5 … +9 minutes.
+    query.due_before = Some(start + Duration::minutes(9));
+    query.changed_since = Some(start + Duration::minutes(5));
+    let expected: Vec<String> = (5..10).map(|i| format!("DONE-{i:02}")).collect();
+    assert_eq!(
+        list_all(query.clone()).await,
+        expected,
+        "between +5 and +9 min"
+    );
+
+    // A bound after everything lists nothing.
+    query.due_before = None;
+    query.changed_since = Some(start + Duration::days(1));
+    assert!(list_all(query).await.is_empty());
 }
 
 /// Oversized details are refused with a clear error, not truncated.

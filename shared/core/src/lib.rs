@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod connect;
 pub mod credentials;
+pub mod delivered;
 mod error;
 mod ids;
 pub mod memory;

@@ -50,6 +50,12 @@ pub fn ledger_sort_key(record: &LedgerRecord) -> String {
     )
 }
 
+/// The sort key an inclusive `changed_since` bound starts at.
+pub fn ledger_sort_start(changed_since: DateTime<Utc>) -> String {
+    // Every key of that millisecond (`<ms>#<entity>`) sorts after the bare `<ms>`.
+    format!("{:015}", to_millis(changed_since).max(0))
+}
+
 /// The sort key an inclusive `due_before` bound ends at.
 pub fn ledger_sort_bound(due_before: DateTime<Utc>) -> String {
     // '#' < '$': every key at that millisecond sorts before the bound.
@@ -146,6 +152,7 @@ impl Ledger for MemoryStore {
     async fn list(&self, query: &LedgerQuery) -> Result<RecordPage, StoreError> {
         let inner = self.lock();
         let bound = query.due_before.map(ledger_sort_bound);
+        let start = query.changed_since.map(ledger_sort_start);
         let mut rows: Vec<(String, &LedgerRecord)> = inner
             .records
             .values()
@@ -153,7 +160,13 @@ impl Ledger for MemoryStore {
                 r.key.tenant == query.tenant && r.key.job == query.job && r.state == query.state
             })
             .map(|r| (ledger_sort_key(r), r))
-            .filter(|(k, _)| query.after.as_ref().is_none_or(|a| k > a))
+            .filter(|(k, _)| {
+                query
+                    .after
+                    .as_ref()
+                    .is_none_or(|a| k.as_str() > a.position())
+            })
+            .filter(|(k, _)| start.as_ref().is_none_or(|s| k >= s))
             .filter(|(k, _)| bound.as_ref().is_none_or(|b| k < b))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -162,7 +175,7 @@ impl Ledger for MemoryStore {
         rows.truncate(limit);
         Ok(RecordPage {
             next: if more {
-                rows.last().map(|(k, _)| k.clone())
+                rows.last().map(|(k, _)| PageToken::from_store(k.clone()))
             } else {
                 None
             },

@@ -345,6 +345,23 @@ impl Transition {
     }
 }
 
+/// Where a listing resumes. Only a store makes one (from the last record of a page), and a caller
+/// only hands it back unchanged in [`LedgerQuery::after`]: what it holds is the store's business.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageToken(String);
+
+impl PageToken {
+    /// For store adapters: a token holding the store's own resume position.
+    pub fn from_store(position: impl Into<String>) -> Self {
+        PageToken(position.into())
+    }
+
+    /// For store adapters: the position the token was made from.
+    pub fn position(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Which records to list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerQuery {
@@ -354,12 +371,15 @@ pub struct LedgerQuery {
     pub job: Job,
     /// In which state.
     pub state: RecordState,
+    /// Only those whose [`LedgerRecord::sort_at`] is at or after this. For records without a due
+    /// time (done, skipped, pending) that is their last change: "changed since".
+    pub changed_since: Option<DateTime<Utc>>,
     /// Only those whose [`LedgerRecord::sort_at`] is at or before this (e.g. "due now").
     pub due_before: Option<DateTime<Utc>>,
     /// At most this many (1–1000).
     pub limit: usize,
     /// The `next` of the previous page.
-    pub after: Option<String>,
+    pub after: Option<PageToken>,
 }
 
 impl LedgerQuery {
@@ -369,6 +389,7 @@ impl LedgerQuery {
             tenant: tenant.clone(),
             job,
             state,
+            changed_since: None,
             due_before: None,
             limit: 100,
             after: None,
@@ -382,7 +403,7 @@ pub struct RecordPage {
     /// The records.
     pub records: Vec<LedgerRecord>,
     /// Where the next page starts; `None` when this is the last.
-    pub next: Option<String>,
+    pub next: Option<PageToken>,
 }
 
 /// Records of what happened to every entity, with conditional transitions.

@@ -398,7 +398,7 @@ impl InventorySync {
             }
         }
         let orders = if s.subtract_orders_since_snapshot {
-            dearsync_order_download::delivered_since(
+            dearsync_core::delivered::delivered_since(
                 self.store.as_ref(),
                 &self.tenant,
                 snapshot.as_of,

@@ -21,6 +21,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use dear_client::{DearClient, DearDateTime, DearError, Sale};
+use dearsync_core::delivered::DeliveryFacts;
 use dearsync_core::settings::OrderDownloadSettings;
 use dearsync_core::state::{
     CursorKey, DetailChange, LedgerQuery, LedgerRecord, NewRecord, RecordKey, RecordState,
@@ -191,16 +192,14 @@ struct SaleDetail {
     /// The `Updated` this record was last decided for.
     updated: Option<String>,
     order_number: Option<String>,
-    delivered_at: Option<String>,
     /// Who claimed the delivery: a run id (`run-…`), or `webhook`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claimed_by: Option<String>,
-    /// Where the delivered order ships from, and its quantity per SKU (exact decimal text): what
-    /// Inventory Sync subtracts from a warehouse snapshot taken before the delivery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    location: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    lines: BTreeMap<String, String>,
+    /// Where the delivered order ships from, its quantity per SKU and when it was delivered: what
+    /// Inventory Sync subtracts from a warehouse snapshot taken before the delivery (core's read
+    /// model owns these keys).
+    #[serde(flatten)]
+    delivery: DeliveryFacts,
 }
 
 impl SaleDetail {
@@ -552,7 +551,7 @@ impl OrderDownload {
         match self.sink.was_delivered(&id).await {
             Ok(Some(true)) => {
                 let mut detail = SaleDetail::of(rec);
-                detail.delivered_at = Some(millis(self.clock.now()));
+                detail.delivery.delivered(self.clock.now());
                 detail.claimed_by = None;
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 match self.store.transition(rec, change).await {
@@ -694,18 +693,11 @@ impl OrderDownload {
         let detail = SaleDetail {
             updated: updated.map(millis),
             order_number: Some(order.order_number.clone()),
-            delivered_at: None,
             claimed_by: Some(claimant.to_owned()),
-            location: order.location.clone(),
-            lines: {
-                let mut m: BTreeMap<String, rust_decimal::Decimal> = BTreeMap::new();
-                for l in &order.lines {
-                    *m.entry(l.sku.clone()).or_default() += l.quantity;
-                }
-                m.into_iter()
-                    .map(|(k, v)| (k, v.normalize().to_string()))
-                    .collect()
-            },
+            delivery: DeliveryFacts::new(
+                order.location.clone(),
+                order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+            ),
         };
         let due = now + Duration::minutes(IN_FLIGHT_FOR);
         let claimed = match record {
@@ -739,7 +731,7 @@ impl OrderDownload {
         match self.sink.deliver(&order).await {
             Ok(()) => {
                 let mut detail = detail;
-                detail.delivered_at = Some(millis(self.clock.now()));
+                detail.delivery.delivered(self.clock.now());
                 detail.claimed_by = None;
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 self.store.transition(&claimed, change).await?;
@@ -843,7 +835,6 @@ impl OrderDownload {
                     SaleDetail {
                         updated: updated.map(millis),
                         order_number: sale.order_number().map(str::to_owned),
-                        delivered_at: None,
                         ..Default::default()
                     }
                     .to_json(),
@@ -902,46 +893,4 @@ impl OrderDownload {
 
 fn dear_stop(e: DearError) -> SaleError {
     SaleError::Stop(format!("DEAR: {e}"))
-}
-
-/// The quantity per SKU of orders delivered to the warehouse after `since` that ship from
-/// `location` (case-insensitive): what Inventory Sync subtracts from a snapshot taken at `since`.
-/// Reads the order ledger from `since` on, a page at a time.
-pub async fn delivered_since(
-    store: &dyn StateStore,
-    tenant: &TenantId,
-    since: DateTime<Utc>,
-    location: &str,
-) -> Result<BTreeMap<String, rust_decimal::Decimal>, StoreError> {
-    let mut totals: BTreeMap<String, rust_decimal::Decimal> = BTreeMap::new();
-    let mut query = LedgerQuery::new(tenant, Job::OrderDownload, RecordState::Done);
-    query.limit = 1000;
-    // Done records sort by their last change, which is at or after the delivery.
-    query.after = Some(format!("{:015}", since.timestamp_millis().max(0)));
-    loop {
-        let page = store.list(&query).await?;
-        for rec in &page.records {
-            let d = SaleDetail::of(rec);
-            let delivered = d
-                .delivered_at
-                .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
-            let here = d
-                .location
-                .as_deref()
-                .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()));
-            if here && delivered.is_some_and(|t| t > since) {
-                for (sku, q) in &d.lines {
-                    if let Ok(q) = q.parse::<rust_decimal::Decimal>() {
-                        *totals.entry(sku.clone()).or_default() += q;
-                    }
-                }
-            }
-        }
-        match page.next {
-            Some(next) => query.after = Some(next),
-            None => return Ok(totals),
-        }
-    }
 }

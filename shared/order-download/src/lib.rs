@@ -7,5 +7,5 @@ pub mod job;
 pub mod sink;
 
 pub use canonical::{CanonicalOrder, map_sale, validate};
-pub use job::{OrderDownload, Outcome, Progress, RunOptions, RunSummary, delivered_since};
+pub use job::{OrderDownload, Outcome, Progress, RunOptions, RunSummary};
 pub use sink::{NdjsonSink, OrderSink, SinkError, WebhookSink};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use dearsync_core::clock::{Clock, from_millis, to_millis};
-use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, new_token};
+use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, ledger_sort_start, new_token};
 use dearsync_core::state::*;
 use dearsync_core::{Job, StoreError, TenantId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -383,14 +383,17 @@ impl Ledger for SqliteStore {
         let query = query.clone();
         self.with(move |conn, _| {
             let limit = query.limit.clamp(1, 1000);
-            let after = query.after.clone().unwrap_or_default();
+            // After the page token (exclusive), from the time bound (inclusive); "" is no bound.
+            let after = query.after.as_ref().map(|t| t.position().to_owned()).unwrap_or_default();
+            let since = query.changed_since.map(ledger_sort_start).unwrap_or_default();
             // '~' sorts after every key this store writes.
             let bound = query.due_before.map(ledger_sort_bound).unwrap_or_else(|| "~".to_owned());
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {RECORD_COLUMNS}, sort_key FROM ledger
-                     WHERE tenant = ?1 AND job = ?2 AND state = ?3 AND sort_key > ?4 AND sort_key < ?5
-                     ORDER BY sort_key LIMIT ?6"
+                     WHERE tenant = ?1 AND job = ?2 AND state = ?3 AND sort_key > ?4 AND sort_key >= ?5
+                       AND sort_key < ?6
+                     ORDER BY sort_key LIMIT ?7"
                 ))
                 .map_err(db_error)?;
             let rows = stmt
@@ -400,6 +403,7 @@ impl Ledger for SqliteStore {
                         query.job.as_str(),
                         query.state.as_str(),
                         after,
+                        since,
                         bound,
                         (limit + 1) as i64
                     ],
@@ -420,7 +424,11 @@ impl Ledger for SqliteStore {
             }
             Ok(RecordPage {
                 records,
-                next: if more { last_key } else { None },
+                next: if more {
+                    last_key.map(PageToken::from_store)
+                } else {
+                    None
+                },
             })
         })
         .await
