@@ -353,7 +353,9 @@ async fn order_download_runs_under_the_lambda_runtime() {
         .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
             d.sales
                 .values()
-                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == "PICKED")
+                .filter(|s| {
+                    !s.advanced && dear_sim::rules::sale_status(s, Default::default()) == "PICKED"
+                })
                 .map(|s| (s.id.to_string(), s.order_number.clone()))
                 .collect()
         })
@@ -469,7 +471,9 @@ fn ordered_sales(sim: &SimServer, n: usize) -> Vec<(String, Vec<(String, Decimal
         .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
             d.sales
                 .values()
-                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == "ORDERED")
+                .filter(|s| {
+                    !s.advanced && dear_sim::rules::sale_status(s, Default::default()) == "ORDERED"
+                })
                 .filter(|s| s.lines.iter().any(|l| l.quantity >= Decimal::from(2)))
                 .take(n)
                 .map(|s| {

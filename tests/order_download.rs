@@ -911,3 +911,157 @@ async fn a_backfill_looks_again_at_sales_a_narrower_attribute_filter_skipped() {
     );
     widen_then_backfill(&mut h, &ids(&tagged), &everything).await;
 }
+
+/// A simulator playing `reading` for shipped, un-invoiced simple sales.
+async fn sim_reading(sales: usize, reading: dear_sim::rules::ShippedSaleStatus) -> SimServer {
+    let config = SimConfig {
+        rate_limit: 0,
+        retry_after_secs: Some(0),
+        shipped_sale_status: reading,
+        ..Default::default()
+    };
+    let spec = SeedSpec {
+        seed: 7,
+        sales,
+        products: 80,
+        ..Default::default()
+    };
+    dear_sim::start_seeded(config, &spec)
+        .await
+        .expect("simulator starts")
+}
+
+/// Sales whose shipping DEAR shows complete (the test's own reading of the simulator's data).
+fn shipped_sales(server: &SimServer) -> HashSet<String> {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            d.sales
+                .values()
+                .filter(|s| {
+                    let first_shipped = !s.advanced
+                        && s.fulfilments
+                            .iter()
+                            .find(|f| f.is_live())
+                            .is_some_and(|f| f.ship_status.is_authorised());
+                    first_shipped || dear_sim::rules::combined_statuses(s).shipping == "SHIPPED"
+                })
+                .map(|s| s.id.to_string())
+                .collect()
+        })
+        .unwrap()
+}
+
+/// A shipped sale is never sent for a status before shipping, whichever `Status` DEAR shows for a
+/// shipped simple sale that is not invoiced yet (both readings of the simulator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipped_sale_is_never_delivered_for_a_status_before_shipping() {
+    for reading in [
+        dear_sim::rules::ShippedSaleStatus::Invoicing,
+        dear_sim::rules::ShippedSaleStatus::Packed,
+    ] {
+        let server = sim_reading(1_000, reading).await;
+        let shipped = shipped_sales(&server);
+        assert!(shipped.len() > 20, "the seed has shipped sales");
+        let rows = all_rows(&server).await;
+        let shown_packed = rows
+            .iter()
+            .filter(|r| r.status == SaleStatus::Packed && shipped.contains(&r.sale_id.to_string()))
+            .count();
+        assert_eq!(
+            shown_packed > 0,
+            reading == dear_sim::rules::ShippedSaleStatus::Packed,
+            "{reading:?}: shipped simple sales show PACKED only in that reading"
+        );
+        let mut h = harness(
+            server,
+            memory().0,
+            Arc::new(OffsetClock::default()),
+            settings(""),
+        );
+        for filter in ["PACKED", "Packed & Shipping", "SHIPPING"] {
+            let (store, clock) = memory();
+            h.store = store.clone();
+            h.job.store = store;
+            h.job.clock = clock;
+            h.sink = Arc::new(CollectingSink::default());
+            h.job.sink = h.sink.clone();
+            h.job.settings = settings(&format!("sale_status = \"{filter}\"\n"));
+            let s = run(&h).await;
+            let delivered = ids(h.sink.sale_ids());
+            let reshipped: Vec<_> = delivered.intersection(&shipped).collect();
+            assert!(
+                reshipped.is_empty(),
+                "{reading:?} {filter}: shipped sales delivered: {reshipped:?}"
+            );
+            if filter != "SHIPPING" {
+                assert!(!delivered.is_empty(), "{reading:?} {filter}: {s:?}");
+            }
+            // Listed shipped sales are skipped with their reason, visibly.
+            let skipped_shipped = s.skipped.get("already_shipped").copied().unwrap_or(0) as usize;
+            if reading == dear_sim::rules::ShippedSaleStatus::Packed && filter != "SHIPPING" {
+                assert!(
+                    skipped_shipped >= shown_packed,
+                    "{reading:?} {filter}: {s:?}"
+                );
+                let skipped = ledger_entities(&h.store, RecordState::Skipped).await;
+                assert!(
+                    skipped.is_superset(
+                        &rows
+                            .iter()
+                            .filter(|r| r.status == SaleStatus::Packed
+                                && shipped.contains(&r.sale_id.to_string()))
+                            .map(|r| r.sale_id.to_string())
+                            .collect()
+                    )
+                );
+            }
+        }
+    }
+}
+
+/// A sale delivered when PACKED and then shipped in DEAR stays delivered once: the next run sends
+/// nothing, and the ledger keeps it done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_sale_that_ships_is_not_sent_again() {
+    // The reading in which DEAR still lists the shipped sale as PACKED.
+    let server = sim_reading(300, dear_sim::rules::ShippedSaleStatus::Packed).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"PACKED\"\n"));
+    let first = run(&h).await;
+    assert!(first.delivered > 0, "{first:?}");
+    let target: Uuid = h.sink.sale_ids()[0].parse().unwrap();
+    // DEAR ships it (and the sale changes, so the next run reads it again).
+    h.server
+        .sim
+        .with_data_mut(ACCOUNT, |d| {
+            let sale = d.sales.get_mut(&target).unwrap();
+            for f in sale.fulfilments.iter_mut().filter(|f| f.is_live()) {
+                f.ship_status = dear_sim::model::Stage::Authorised;
+            }
+            sale.updated += chrono::Duration::minutes(1);
+        })
+        .unwrap();
+    h.clock.advance(chrono::Duration::minutes(2));
+    run(&h).await;
+    let again = run(&h).await;
+    assert_eq!(again.delivered, 0, "{again:?}");
+    let sent = h
+        .sink
+        .sale_ids()
+        .iter()
+        .filter(|id| **id == target.to_string())
+        .count();
+    assert_eq!(sent, 1, "delivered once");
+    let rec = h
+        .store
+        .record(&RecordKey::new(
+            &TenantId::new("acme").unwrap(),
+            Job::OrderDownload,
+            target.to_string(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.state, RecordState::Done, "{rec:?}");
+}

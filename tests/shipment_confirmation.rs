@@ -68,7 +68,9 @@ fn find_sale(server: &SimServer, status: &str, min_qty: i64) -> (Uuid, String, V
         .with_data(ACCOUNT, |d| {
             d.sales
                 .values()
-                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == status)
+                .filter(|s| {
+                    !s.advanced && dear_sim::rules::sale_status(s, Default::default()) == status
+                })
                 .filter(|s| {
                     s.lines.iter().all(|l| {
                         l.quantity >= rust_decimal::Decimal::from(min_qty)
@@ -480,7 +482,9 @@ async fn dear_faults_never_apply_a_shipment_twice() {
         .with_data(ACCOUNT, |d| {
             d.sales
                 .values()
-                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == "ORDERED")
+                .filter(|s| {
+                    !s.advanced && dear_sim::rules::sale_status(s, Default::default()) == "ORDERED"
+                })
                 .take(6)
                 .map(|s| {
                     let lines = s

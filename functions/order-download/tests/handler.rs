@@ -270,7 +270,8 @@ async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
             d.sales
                 .values()
                 .find(|s| {
-                    dear_sim::rules::sale_status(s) == "PICKED" && !s.shipping.postcode.is_empty()
+                    dear_sim::rules::sale_status(s, Default::default()) == "PICKED"
+                        && !s.shipping.postcode.is_empty()
                 })
                 .map(|s| s.id)
         })

@@ -43,7 +43,9 @@ fn ordered_sales(sim: &SimServer) -> Vec<(String, Vec<(String, String)>)> {
         .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
             d.sales
                 .values()
-                .filter(|s| !s.advanced && dear_sim::rules::sale_status(s) == "ORDERED")
+                .filter(|s| {
+                    !s.advanced && dear_sim::rules::sale_status(s, Default::default()) == "ORDERED"
+                })
                 .take(3)
                 .map(|s| {
                     (

@@ -48,6 +48,8 @@ pub struct Ctx {
     pub shuffle: bool,
     /// Salt of the shuffle order.
     pub salt: u64,
+    /// How a shipped, un-invoiced simple sale shows its `Status`.
+    pub shipped_sale_status: rules::ShippedSaleStatus,
 }
 
 fn method_not_allowed() -> ApiError {
@@ -80,7 +82,7 @@ pub fn handle(
                 .sales
                 .get(&id)
                 .ok_or_else(|| ApiError::bad(format!("Sale with ID {id} not found")))?;
-            Ok(render::sale(sale, data))
+            Ok(render::sale(sale, data, ctx.shipped_sale_status))
         }
         ("sale/fulfilment", "GET") => {
             let id = q.guid("SaleID")?.ok_or_else(|| required("SaleID"))?;
@@ -291,7 +293,7 @@ fn sale_list(data: &Dataset, ctx: &Ctx, q: &Query) -> Result<Value, ApiError> {
             continue;
         }
         if let Some(st) = status
-            && !eq(st, rules::sale_status(s))
+            && !eq(st, rules::sale_status(s, ctx.shipped_sale_status))
         {
             continue;
         }
@@ -325,7 +327,7 @@ fn sale_list(data: &Dataset, ctx: &Ctx, q: &Query) -> Result<Value, ApiError> {
             continue;
         }
         if let Some(needle) = &search {
-            let status = rules::sale_status(s).to_lowercase();
+            let status = rules::sale_status(s, ctx.shipped_sale_status).to_lowercase();
             let hay = [
                 s.order_number.to_lowercase(),
                 status,
@@ -355,7 +357,9 @@ fn sale_list(data: &Dataset, ctx: &Ctx, q: &Query) -> Result<Value, ApiError> {
     page(
         q,
         "SaleList",
-        rows.into_iter().map(render::sale_list_row).collect(),
+        rows.into_iter()
+            .map(|s| render::sale_list_row(s, ctx.shipped_sale_status))
+            .collect(),
     )
 }
 

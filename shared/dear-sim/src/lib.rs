@@ -61,6 +61,8 @@ pub struct SimConfig {
     pub hang_ms: u64,
     /// Scale of DEAR's webhook retry schedule (1.0 = real minutes; 0.001 makes a minute 60 ms).
     pub webhook_time_scale: f64,
+    /// The `Status` of a shipped simple sale not yet invoiced (undocumented; see `docs/simulator.md`).
+    pub shipped_sale_status: rules::ShippedSaleStatus,
 }
 
 impl Default for SimConfig {
@@ -73,6 +75,7 @@ impl Default for SimConfig {
             shuffle_sales: true,
             hang_ms: 30_000,
             webhook_time_scale: 1.0,
+            shipped_sale_status: rules::ShippedSaleStatus::default(),
         }
     }
 }
@@ -591,6 +594,7 @@ async fn dear_api(
         now: chrono::Utc::now().naive_utc(),
         shuffle: config.shuffle_sales,
         salt: sim.salt,
+        shipped_sale_status: config.shipped_sale_status,
     };
     let mut events = Vec::new();
     let result = {

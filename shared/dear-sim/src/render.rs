@@ -185,11 +185,11 @@ fn sale_type(sale: &SimSale) -> &'static str {
 }
 
 /// One `saleList` row.
-pub fn sale_list_row(sale: &SimSale) -> Value {
+pub fn sale_list_row(sale: &SimSale, shipped: rules::ShippedSaleStatus) -> Value {
     let c = rules::combined_statuses(sale);
     let inv = sale.invoices.iter().find(|i| i.status.is_authorised());
     json!({
-        "SaleID": sale.id, "OrderNumber": sale.order_number, "Status": rules::sale_status(sale),
+        "SaleID": sale.id, "OrderNumber": sale.order_number, "Status": rules::sale_status(sale, shipped),
         "OrderDate": date(sale.order_date),
         "InvoiceDate": inv.map(|i| date(i.date)).unwrap_or(Value::Null),
         "Customer": sale.customer, "CustomerID": sale.customer_id,
@@ -211,7 +211,7 @@ pub fn sale_list_row(sale: &SimSale) -> Value {
 }
 
 /// The whole `GET sale` document.
-pub fn sale(sale: &SimSale, data: &Dataset) -> Value {
+pub fn sale(sale: &SimSale, data: &Dataset, shipped: rules::ShippedSaleStatus) -> Value {
     let c = rules::combined_statuses(sale);
     let order_total: Decimal = sale.lines.iter().map(SimLine::total).sum::<Decimal>()
         + sale
@@ -238,7 +238,7 @@ pub fn sale(sale: &SimSale, data: &Dataset) -> Value {
         "Location": location_name(data, sale.location_id, None),
         "SaleOrderDate": date(sale.order_date), "LastModifiedOn": stamp(sale.updated),
         "Note": sale.note, "CustomerReference": sale.customer_reference, "COGSAmount": 0,
-        "Status": rules::sale_status(sale),
+        "Status": rules::sale_status(sale, shipped),
         "CombinedPickingStatus": c.picking, "CombinedPackingStatus": c.packing,
         "CombinedShippingStatus": c.shipping, "FulFilmentStatus": c.fulfilment,
         "CombinedInvoiceStatus": c.invoice, "CombinedPaymentStatus": c.payment,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::model::*;
@@ -250,8 +251,9 @@ pub fn invoice_total(sale: &SimSale) -> Decimal {
         .sum()
 }
 
-/// The sale `Status` per the reference's §2.1: the furthest stage reached.
-pub fn sale_status(sale: &SimSale) -> &'static str {
+/// The sale `Status` per the reference's §2.1: the furthest stage reached. `when_shipped` is how
+/// a shipped simple sale without an authorised invoice shows (the list has no status for it).
+pub fn sale_status(sale: &SimSale, when_shipped: ShippedSaleStatus) -> &'static str {
     if sale.voided {
         return "VOIDED";
     }
@@ -293,7 +295,10 @@ pub fn sale_status(sale: &SimSale) -> &'static str {
         if f.ship_status == Stage::Draft {
             return "SHIPPING";
         }
-        // There is no SHIPPED status: a shipped simple sale not yet invoiced stays PACKED.
+        // PACKED means ShipStatus NOT AVAILABLE; once shipped, the list has no status of its own.
+        if f.ship_status.is_authorised() {
+            return when_shipped.as_str();
+        }
         if f.pack_status.is_authorised() {
             return "PACKED";
         }
@@ -431,5 +436,28 @@ pub fn after_ship(data: &mut Dataset, sale_id: Uuid, task_id: Uuid) {
     for (key, q) in consume {
         let now = data.on_hand(&key);
         data.set_on_hand(key, now - q);
+    }
+}
+
+/// How a shipped simple sale with no authorised invoice shows its `Status`: DEAR's status list
+/// (`../shared/dear-api.md` §2.1) has no status for it, so both readings are playable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShippedSaleStatus {
+    /// It moves on to INVOICING (default): the list's PACKED requires ShipStatus NOT AVAILABLE,
+    /// and INVOICING is the next stage, which [CR1]'s copy conditions on ShipStatus AUTHORISED.
+    #[default]
+    Invoicing,
+    /// It stays PACKED until invoiced (an inference some integrations make).
+    Packed,
+}
+
+impl ShippedSaleStatus {
+    /// The `Status` text it shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShippedSaleStatus::Invoicing => "INVOICING",
+            ShippedSaleStatus::Packed => "PACKED",
+        }
     }
 }

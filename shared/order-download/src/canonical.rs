@@ -408,7 +408,7 @@ pub fn content_version(order: &CanonicalOrder) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkipReason {
     /// `incomplete_ship_to`, `no_lines`, `line_without_sku`, `not_a_product`, `bad_quantity`,
-    /// `no_order_number`.
+    /// `no_order_number`, `attribute_filter`, `already_shipped`.
     pub category: &'static str,
     /// What exactly is wrong, for the operator.
     pub detail: String,

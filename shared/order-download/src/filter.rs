@@ -14,7 +14,7 @@
 //! | PACKED | CombinedPackingStatus = PACKED and CombinedShippingStatus is NOT SHIPPED / NOT AVAILABLE |
 //! | SHIPPING | CombinedShippingStatus = SHIPPING |
 
-use dear_client::{SaleListQuery, SaleStatus, SaleType};
+use dear_client::{Sale, SaleListQuery, SaleStatus, SaleType, StageStatus};
 use dearsync_core::settings::{OrderDownloadSettings, SaleStatusFilter};
 
 /// The status fields a filter looks at (from a saleList row or a sale detail).
@@ -75,6 +75,48 @@ pub fn matches_status(filter: &SaleStatusFilter, v: &StatusView<'_>) -> bool {
             status_matches(&SaleStatus::Packed, v) || status_matches(&SaleStatus::Shipping, v)
         }
     }
+}
+
+/// True if the filter selects sales before they ship (a status up to SHIPPING, or "Packed &
+/// Shipping"): such a sale must never reach the warehouse once DEAR shows it shipped.
+pub fn selects_before_shipping(filter: &SaleStatusFilter) -> bool {
+    match filter {
+        SaleStatusFilter::Any => false,
+        SaleStatusFilter::PackedAndShipping => true,
+        SaleStatusFilter::Status(s) => matches!(
+            s,
+            SaleStatus::Draft
+                | SaleStatus::Estimating
+                | SaleStatus::Estimated
+                | SaleStatus::Ordering
+                | SaleStatus::Ordered
+                | SaleStatus::Backordered
+                | SaleStatus::Picking
+                | SaleStatus::Picked
+                | SaleStatus::Packing
+                | SaleStatus::Packed
+                | SaleStatus::Shipping
+        ),
+    }
+}
+
+/// True if DEAR shows the sale's shipping complete: `CombinedShippingStatus` SHIPPED, or every
+/// fulfilment that is not voided has its ship stage authorised (unless DEAR says only part of the
+/// sale shipped). Either one is enough: which of the two DEAR keeps current after a ship is not
+/// settled for simple sales (`docs/simulator.md`).
+pub fn shipping_complete(sale: &Sale) -> bool {
+    let combined = sale.combined_shipping_status.as_deref();
+    if is(combined, "SHIPPED") {
+        return true;
+    }
+    let mut live = sale
+        .fulfilments
+        .iter()
+        .filter(|f| f.ship.status != StageStatus::Voided)
+        .peekable();
+    live.peek().is_some()
+        && live.all(|f| f.ship.status == StageStatus::Authorised)
+        && !is(combined, "PARTIALLY SHIPPED")
 }
 
 /// The saleList queries (without dates, paging or location) that together find every sale the

@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::canonical::{SkipReason, map_sale, validate};
-use crate::filter::{StatusView, matches_attributes, matches_status, status_queries};
+use crate::filter::{
+    StatusView, matches_attributes, matches_status, selects_before_shipping, shipping_complete,
+    status_queries,
+};
 use crate::sink::{OrderSink, delivery_id};
 
 /// The cursor's name within the job.
@@ -147,6 +150,31 @@ pub struct RunSummary {
     pub cursor_before: Option<String>,
     /// The cursor after it.
     pub cursor_after: Option<String>,
+    /// A first run (no cursor, no backfill, no `earliest_order_date`) looks back only to this
+    /// instant; older sales are not looked at.
+    pub first_run_since: Option<String>,
+    /// When such a first run found nothing: how many sales of the selected status changed before
+    /// that instant (DEAR's total for the first status query).
+    pub older_than_first_run: Option<u64>,
+}
+
+impl RunSummary {
+    /// What the first-run cut-off left out, for the operator; `None` when it did not apply.
+    pub fn first_run_note(&self) -> Option<String> {
+        let since = self.first_run_since.as_deref()?;
+        Some(match self.older_than_first_run {
+            Some(older) if older > 0 => format!(
+                "first run: only sales changed since {since} ({DEFAULT_LOOKBACK_DAYS} days back) were \
+                 looked at, and none matched; {older} matching sales changed before that. To send \
+                 them, run once with --since DATE (the Lambda: {{\"tenant\", \"since\"}}) or set \
+                 order_download.earliest_order_date"
+            ),
+            _ => format!(
+                "first run: only sales changed since {since} ({DEFAULT_LOOKBACK_DAYS} days back) were \
+                 looked at; --since DATE or order_download.earliest_order_date reaches further"
+            ),
+        })
+    }
 }
 
 impl RunSummary {
@@ -317,14 +345,20 @@ impl OrderDownload {
                 .map_err(|e| {
                     SaleError::Stop(format!("the saved cursor {:?} is unreadable: {e}", c.value))
                 })?,
-            (None, None) => self
-                .settings
-                .earliest_order_date
-                .map(|d| d.0)
-                .unwrap_or(run_start - Duration::days(DEFAULT_LOOKBACK_DAYS)),
+            (None, None) => match self.settings.earliest_order_date {
+                Some(d) => d.0,
+                None => {
+                    let cut_off = run_start - Duration::days(DEFAULT_LOOKBACK_DAYS);
+                    summary.first_run_since = Some(millis(cut_off));
+                    cut_off
+                }
+            },
         };
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
         let mut rows = self.list(since - overlap, run_start).await?;
+        if rows.is_empty() && summary.first_run_since.is_some() {
+            summary.older_than_first_run = Some(self.count_before(since - overlap).await?);
+        }
         // Oldest first, so that a run cut short still moves the cursor over what it finished.
         rows.sort_by_key(|r| r.updated);
         summary.listed = rows.len() as u64;
@@ -440,6 +474,23 @@ impl OrderDownload {
             }
         }
         Ok(rows)
+    }
+
+    /// How many sales of the first status query changed before `until` (one call, Limit 1): what a
+    /// first run's cut-off left out.
+    async fn count_before(&self, until: DateTime<Utc>) -> Result<u64, SaleError> {
+        let Some(mut query) = status_queries(&self.settings.sale_status)
+            .into_iter()
+            .next()
+        else {
+            return Ok(0);
+        };
+        query.updated_until = Some(DearDateTime::from_utc(until));
+        let mut pages = std::pin::pin!(self.dear.sale_list(&query, 1));
+        match pages.try_next().await.map_err(dear_stop)? {
+            Some(page) => Ok(page.total),
+            None => Ok(0),
+        }
     }
 
     async fn location_id(&self, name: &str) -> Result<Uuid, SaleError> {
@@ -655,6 +706,11 @@ impl OrderDownload {
             }
             return Ok(());
         }
+        if selects_before_shipping(&self.settings.sale_status) && shipping_complete(&sale) {
+            return self
+                .already_shipped(sale_id, record, &sale, updated, summary)
+                .await;
+        }
         let order = map_sale(&sale, &self.settings, listed_updated);
         let deliverable = matches_attributes(&self.settings, |n| {
             sale.additional_attribute(n).map(str::to_owned)
@@ -750,6 +806,38 @@ impl OrderDownload {
             }
         }
         Ok(())
+    }
+
+    /// A sale DEAR shows shipped is never sent (again) for a status before shipping: one
+    /// delivered before stays done (the warehouse shipped it), any other is skipped.
+    async fn already_shipped(
+        &self,
+        sale_id: Uuid,
+        record: Option<LedgerRecord>,
+        sale: &Sale,
+        updated: Option<DateTime<Utc>>,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        if let Some(rec) = &record
+            && rec.state == RecordState::Done
+        {
+            summary.same_version += 1;
+            return self
+                .settle(rec, RecordState::Done, None, None, updated)
+                .await;
+        }
+        let skip = SkipReason {
+            category: "already_shipped",
+            detail: format!(
+                "DEAR shows the sale shipped (CombinedShippingStatus {}, Status {}); a sale selected \
+                 before shipping is never sent to the warehouse once shipped",
+                sale.combined_shipping_status.as_deref().unwrap_or("-"),
+                sale.status
+            ),
+        };
+        let version = map_sale(sale, &self.settings, None).version;
+        self.record_skip(sale_id, record, &version, sale, skip, updated, summary)
+            .await
     }
 
     fn before_earliest(&self, sale: &Sale) -> bool {
