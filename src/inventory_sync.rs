@@ -12,7 +12,8 @@ use crate::local::LocalOptions;
 pub struct InventorySyncArgs {
     #[command(flatten)]
     local: LocalOptions,
-    /// The snapshot: `.json`, or `.csv` (header `sku,quantity`, optional `batch`, `location`).
+    /// The snapshot: `.json`, or `.csv` (columns sku and quantity, by name or alias, optional batch
+    /// and location; other columns are ignored: docs/inventory-snapshot.md).
     file: PathBuf,
     /// Print the plan (SKU, DEAR now, target, change, action) without writing.
     #[arg(long)]
@@ -26,6 +27,9 @@ pub struct InventorySyncArgs {
     /// CSV: the DEAR location (unless the file has a location column or the settings name one).
     #[arg(long)]
     location: Option<String>,
+    /// CSV: which column holds the quantity when the file has several, e.g. "On Hand".
+    #[arg(long, value_name = "NAME")]
+    quantity_column: Option<String>,
     /// No DEAR rate budget at all: only against a simulator with its limit off.
     #[arg(long)]
     no_rate_limit: bool,
@@ -50,7 +54,13 @@ pub async fn run(args: InventorySyncArgs) -> Result<bool, String> {
                 .ok_or("a CSV snapshot needs --as-of")?,
         )
         .map_err(|e| format!("--as-of: {e}"))?;
-        Snapshot::from_csv_reader(file, id, as_of, args.location.as_deref())
+        let options = dearsync_inventory_sync::CsvOptions {
+            snapshot_id: id,
+            as_of,
+            location: args.location.as_deref(),
+            quantity_column: args.quantity_column.as_deref(),
+        };
+        Snapshot::from_csv_reader(file, &options)
     } else {
         Snapshot::from_json_reader(file)
     }
