@@ -105,6 +105,9 @@ fn print_summary(s: &RunSummary) {
         s.cursor_before.as_deref().unwrap_or("(none)"),
         s.cursor_after.as_deref().unwrap_or("(none)")
     );
+    if let Some(note) = s.first_run_note() {
+        eprintln!("  {note}");
+    }
     eprintln!(
         "  summary: {}",
         serde_json::to_string(s).unwrap_or_default()

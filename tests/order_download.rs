@@ -20,7 +20,8 @@ use dearsync_order_download::{
 use futures::TryStreamExt;
 use uuid::Uuid;
 
-const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+mod common;
+use common::{ACCOUNT, deliverable, selected};
 
 async fn sim(sales: usize) -> SimServer {
     let spec = SeedSpec {
@@ -149,59 +150,6 @@ async fn all_rows(server: &SimServer) -> Vec<SaleListItem> {
         .await
         .unwrap();
     pages.into_iter().flat_map(|p| p.items).collect()
-}
-
-/// The oracle for the status filter, restated from the documented rules: simple sales by
-/// `Status`; advanced sales when some of the sale reached the stage and not all moved past it.
-fn selected(filter: &str, row: &SaleListItem) -> bool {
-    let adv = row.sale_type == SaleType::Advanced;
-    let c = |v: &Option<String>| v.clone().unwrap_or_default();
-    let (pick, pack, ship) = (
-        c(&row.combined_picking_status),
-        c(&row.combined_packing_status),
-        c(&row.combined_shipping_status),
-    );
-    let stage = |s: &str| -> bool {
-        if adv {
-            match s {
-                "PICKED" => {
-                    (pick == "PICKED" || pick == "PARTIALLY PICKED")
-                        && pack != "PACKED"
-                        && pack != "PACKING"
-                }
-                "PACKED" => {
-                    (pack == "PACKED" || pack == "PARTIALLY PACKED")
-                        && ship != "SHIPPED"
-                        && ship != "SHIPPING"
-                }
-                "SHIPPING" => ship == "SHIPPING",
-                other => row.status.as_str() == other,
-            }
-        } else {
-            row.status.as_str() == s
-        }
-    };
-    match filter {
-        "Any" => true,
-        "Packed & Shipping" => stage("PACKED") || stage("SHIPPING"),
-        s => stage(s),
-    }
-}
-
-/// Whether the simulator's sale is complete enough to deliver (the oracle for validation).
-fn deliverable(server: &SimServer, id: Uuid) -> bool {
-    server
-        .sim
-        .with_data(ACCOUNT, |d| {
-            let s = &d.sales[&id];
-            let a = &s.shipping;
-            ![&a.line1, &a.city, &a.postcode, &a.country]
-                .iter()
-                .any(|v| v.trim().is_empty())
-                && !s.lines.is_empty()
-                && !s.order_number.is_empty()
-        })
-        .unwrap()
 }
 
 fn ids(v: impl IntoIterator<Item = impl ToString>) -> HashSet<String> {
@@ -1064,4 +1012,69 @@ async fn a_delivered_sale_that_ships_is_not_sent_again() {
         .unwrap()
         .unwrap();
     assert_eq!(rec.state, RecordState::Done, "{rec:?}");
+}
+
+/// A first run with the default settings looks back 30 days; when that finds nothing, the summary
+/// says how many matching sales are older and names `--since`.
+#[tokio::test]
+async fn a_first_run_that_finds_nothing_says_what_the_cut_off_left_out() {
+    let spec = SeedSpec {
+        seed: 7,
+        sales: 120,
+        products: 40,
+        base_time: chrono::NaiveDate::from_ymd_opt(2025, 6, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap(),
+    };
+    let config = SimConfig {
+        rate_limit: 0,
+        ..Default::default()
+    };
+    let server = dear_sim::start_seeded(config, &spec).await.unwrap();
+    let picked = all_rows(&server)
+        .await
+        .iter()
+        .filter(|r| r.status == SaleStatus::Picked)
+        .count() as u64;
+    assert!(picked > 0);
+    let (store, clock) = memory();
+    let defaults = TenantSettings::default().order_download;
+    let h = harness(server, store, clock, defaults);
+    let s = run(&h).await;
+    assert_eq!((s.listed, s.delivered), (0, 0), "{s:?}");
+    assert_eq!(s.older_than_first_run, Some(picked), "{s:?}");
+    let note = s.first_run_note().expect("a note");
+    assert!(
+        note.contains("--since") && note.contains(&format!("{picked} matching sales")),
+        "{note}"
+    );
+}
+
+/// With the simulator's default data set (dated relative to now), a first run with every default
+/// finds the recent PICKED sales.
+#[tokio::test]
+async fn a_first_run_with_defaults_finds_the_simulators_recent_sales() {
+    let server = dear_sim::start_seeded(
+        SimConfig {
+            rate_limit: 0,
+            ..Default::default()
+        },
+        &SeedSpec::default(),
+    )
+    .await
+    .unwrap();
+    let (store, clock) = memory();
+    let h = harness(
+        server,
+        store,
+        clock,
+        TenantSettings::default().order_download,
+    );
+    let s = run(&h).await;
+    assert!(s.delivered > 0, "{s:?}");
+    assert!(
+        s.first_run_since.is_some() && s.older_than_first_run.is_none(),
+        "{s:?}"
+    );
 }

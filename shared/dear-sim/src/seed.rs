@@ -1,6 +1,6 @@
 //! Deterministic data sets: the same seed always gives the same products, stock and sales.
 
-use chrono::{Duration, NaiveDate, NaiveDateTime};
+use chrono::{Duration, NaiveDateTime};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -18,7 +18,9 @@ pub struct SeedSpec {
     pub products: usize,
     /// Number of sales.
     pub sales: usize,
-    /// Latest order date; sales spread over the 60 days before it.
+    /// Latest order date; sales spread over the 60 days before it. Default: two hours ago (to the
+    /// second; a sale's last change is up to an hour after its order date, and never in the
+    /// future), so that a first Order Download run, which looks back 30 days, finds the recent half.
     pub base_time: NaiveDateTime,
 }
 
@@ -28,11 +30,14 @@ impl Default for SeedSpec {
             seed: 1,
             products: 50,
             sales: 200,
-            base_time: NaiveDate::from_ymd_opt(2026, 11, 1)
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .expect("valid constant date"),
+            base_time: now_to_the_second() - Duration::hours(2),
         }
     }
+}
+
+fn now_to_the_second() -> NaiveDateTime {
+    let now = chrono::Utc::now().naive_utc();
+    now - Duration::nanoseconds(i64::from(now.and_utc().timestamp_subsec_nanos()))
 }
 
 /// The names of the seeded locations, default first.
