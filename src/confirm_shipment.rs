@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use dearsync_shipment_confirmation::{Shipment, ShipmentConfirmation};
 
+use crate::exit::Ended;
 use crate::local::LocalOptions;
 
 /// Options of `dearsync confirm-shipment`.
@@ -19,8 +20,8 @@ pub struct ConfirmShipmentArgs {
     no_rate_limit: bool,
 }
 
-/// Runs it; `Ok(false)` when the shipment was not applied.
-pub async fn run(args: ConfirmShipmentArgs) -> Result<bool, String> {
+/// Runs it; an error when the shipment was not applied (the JSON on stdout says why).
+pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, String> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
     } else {
@@ -40,7 +41,7 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<bool, String> {
     match job.confirm(&shipment).await {
         Ok(c) => {
             println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
-            Ok(true)
+            Ok(Ended::Ok)
         }
         Err(e) => {
             let out = serde_json::json!({
@@ -49,8 +50,10 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<bool, String> {
                 "retryable": e.is_retryable(),
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-            eprintln!("error: {e}");
-            Ok(false)
+            Err(format!(
+                "shipment {} not applied: {e}",
+                shipment.shipment_id
+            ))
         }
     }
 }

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use dearsync_inventory_sync::{InventorySync, Snapshot, parse_instant};
+use dearsync_inventory_sync::{InventorySync, Snapshot, SyncOptions, parse_instant};
 
+use crate::exit::Ended;
 use crate::local::LocalOptions;
 
 /// Options of `dearsync inventory-sync`.
@@ -30,13 +31,18 @@ pub struct InventorySyncArgs {
     /// CSV: which column holds the quantity when the file has several, e.g. "On Hand".
     #[arg(long, value_name = "NAME")]
     quantity_column: Option<String>,
+    /// Apply a snapshot the sanity guard holds (it would zero much of the location, or most of
+    /// its SKUs are unknown to DEAR): only after a person checked it.
+    #[arg(long)]
+    force: bool,
     /// No DEAR rate budget at all: only against a simulator with its limit off.
     #[arg(long)]
     no_rate_limit: bool,
 }
 
-/// Runs it; `Ok(false)` when something needs attention (skipped lines, unknown SKUs, drift).
-pub async fn run(args: InventorySyncArgs) -> Result<bool, String> {
+/// Runs it; needs attention when the snapshot was held or not applied (in progress, stale), or
+/// lines were skipped, unknown or held for review.
+pub async fn run(args: InventorySyncArgs) -> Result<Ended, String> {
     let file = std::fs::File::open(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let is_csv = args
@@ -73,8 +79,12 @@ pub async fn run(args: InventorySyncArgs) -> Result<bool, String> {
         store: ctx.store.clone(),
         clock: ctx.clock.clone(),
     };
+    let options = SyncOptions {
+        dry_run: args.dry_run,
+        force: args.force,
+    };
     let s = job
-        .sync(&snapshot, args.dry_run)
+        .sync_with(&snapshot, options)
         .await
         .map_err(|e| e.to_string())?;
     if args.dry_run {
@@ -126,5 +136,13 @@ pub async fn run(args: InventorySyncArgs) -> Result<bool, String> {
     for (reference, task) in &s.adjustments {
         eprintln!("  stock adjustment {task}: {reference}");
     }
-    Ok(s.unknown_skus.is_empty() && s.skipped.is_empty() && s.held_for_review == 0)
+    let clean = s.unknown_skus.is_empty()
+        && s.skipped.is_empty()
+        && s.held_for_review == 0
+        && matches!(
+            s.outcome.as_str(),
+            "applied" | "already_applied" | "dry_run"
+        )
+        && (s.note.is_none() || s.outcome == "already_applied");
+    Ok(Ended::attention_if(!clean))
 }

@@ -20,9 +20,10 @@ pub struct LocalOptions {
     /// Tenant settings (TOML); absent = every default.
     #[arg(long, env = "DEARSYNC_CONFIG")]
     pub config: Option<PathBuf>,
-    /// The tenant id state is kept under (one local store can hold several).
-    #[arg(long, env = "DEARSYNC_TENANT", default_value = "local")]
-    pub tenant: String,
+    /// The tenant id state is kept under (one local store can hold several); default `local`,
+    /// required by commands that write a tenant's settings.
+    #[arg(long, env = "DEARSYNC_TENANT")]
+    pub tenant: Option<String>,
     /// Use the deployed stack's DynamoDB state table instead of the embedded store (its
     /// `StateTableName` output; AWS credentials and region from the usual AWS_* variables or
     /// profile).
@@ -53,9 +54,32 @@ impl LocalOptions {
         TenantSettings::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// The tenant named by `--tenant`, else `local`.
+    pub fn tenant_id(&self) -> Result<TenantId, String> {
+        TenantId::new(self.tenant.as_deref().unwrap_or(DEFAULT_TENANT))
+            .map_err(|e| format!("--tenant: {e}"))
+    }
+
+    /// Opens a store that must exist already (commands that only read): the embedded store of
+    /// `--state-dir`, or the table of `--table`.
+    pub async fn open_existing(&self) -> Result<LocalContext, String> {
+        if self.table.is_none() {
+            let file = self.state_dir.join(dearsync_store_sqlite::FILE_NAME);
+            if !file.is_file() {
+                return Err(format!(
+                    "no state store in {} (no {} there): run a job first, or name the right \
+                     folder with --state-dir (or the stack's table with --table)",
+                    self.state_dir.display(),
+                    dearsync_store_sqlite::FILE_NAME
+                ));
+            }
+        }
+        self.open().await
+    }
+
     /// Opens everything a local run needs.
     pub async fn open(&self) -> Result<LocalContext, String> {
-        let tenant = TenantId::new(self.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
+        let tenant = self.tenant_id()?;
         let clock = Arc::new(SystemClock);
         let store: Arc<dyn StateStore> = match &self.table {
             Some(table) => {
@@ -71,6 +95,27 @@ impl LocalOptions {
             }
         };
         Ok(LocalContext { tenant, store })
+    }
+}
+
+/// The tenant id of runs without `--tenant`.
+pub const DEFAULT_TENANT: &str = "local";
+
+/// A tenant stored disabled (`tenants put --disabled`) gets no work done by the CLI either: its
+/// shipments, stock and orders are not written to DEAR or the warehouse.
+async fn refuse_if_disabled(ctx: &LocalContext) -> Result<(), String> {
+    match ctx
+        .store
+        .tenant(&ctx.tenant)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(entry) if !entry.enabled => Err(format!(
+            "tenant {} is disabled: nothing is done for it (`dearsync tenants put` without \
+             --disabled enables it)",
+            ctx.tenant
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -110,6 +155,7 @@ impl LocalOptions {
     /// the account's budget in the store (or not at all with `no_rate_limit`: simulators only).
     pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, String> {
         let ctx = self.open().await?;
+        refuse_if_disabled(&ctx).await?;
         let settings = self.settings()?;
         let clock = Arc::new(SystemClock);
         let credentials = self.credentials(&ctx.tenant).await?;

@@ -8,6 +8,7 @@ use dearsync_core::state::{LedgerQuery, RecordState};
 
 mod confirm_shipment;
 mod demo;
+mod exit;
 mod inventory_sync;
 mod local;
 mod order_download;
@@ -99,41 +100,29 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Demo(args) => report(demo::run(args).await),
-        Command::Sim(args) => run_sim(args).await,
-        Command::OrderDownload(args) => match order_download::run(args).await {
-            Ok(false) => std::process::ExitCode::SUCCESS,
-            Ok(true) => std::process::ExitCode::from(2),
-            Err(e) => report(Err(e)),
-        },
-        Command::ConfirmShipment(args) => match confirm_shipment::run(args).await {
-            Ok(true) => std::process::ExitCode::SUCCESS,
-            Ok(false) => std::process::ExitCode::from(2),
-            Err(e) => report(Err(e)),
-        },
-        Command::InventorySync(args) => match inventory_sync::run(args).await {
-            Ok(true) => std::process::ExitCode::SUCCESS,
-            Ok(false) => std::process::ExitCode::from(2),
-            Err(e) => report(Err(e)),
-        },
-        Command::Settings(opts) => report(show_settings(&opts)),
-        Command::Records(args) => report(list_records(&args).await),
-        Command::Webhooks(command) => report(webhooks::run(command).await),
-        Command::Tenants(command) => report(tenants::run(command).await),
-    }
-}
-
-/// Prints an error on stderr and turns it into the exit status.
-fn report(result: Result<(), String>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            let usage_error = e.use_stderr();
+            let _ = e.print();
+            return if usage_error {
+                std::process::ExitCode::from(exit::USAGE)
+            } else {
+                std::process::ExitCode::SUCCESS // --help, --version
+            };
         }
-    }
+    };
+    exit::status(match cli.command {
+        Command::Demo(args) => demo::run(args).await.map(|()| exit::Ended::Ok),
+        Command::Sim(args) => run_sim(args).await,
+        Command::OrderDownload(args) => order_download::run(args).await,
+        Command::ConfirmShipment(args) => confirm_shipment::run(args).await,
+        Command::InventorySync(args) => inventory_sync::run(args).await,
+        Command::Settings(opts) => show_settings(&opts).map(|()| exit::Ended::Ok),
+        Command::Records(args) => list_records(&args).await.map(|()| exit::Ended::Ok),
+        Command::Webhooks(command) => webhooks::run(command).await.map(|()| exit::Ended::Ok),
+        Command::Tenants(command) => tenants::run(command).await.map(|()| exit::Ended::Ok),
+    })
 }
 
 fn show_settings(opts: &local::LocalOptions) -> Result<(), String> {
@@ -144,7 +133,7 @@ fn show_settings(opts: &local::LocalOptions) -> Result<(), String> {
 }
 
 async fn list_records(args: &RecordsArgs) -> Result<(), String> {
-    let ctx = args.local.open().await?;
+    let ctx = args.local.open_existing().await?;
     let mut query = LedgerQuery::new(&ctx.tenant, args.job, args.state);
     let mut left = args.limit;
     println!(
@@ -186,7 +175,7 @@ fn parse_state(text: &str) -> Result<RecordState, String> {
     })
 }
 
-async fn run_sim(args: SimArgs) -> std::process::ExitCode {
+async fn run_sim(args: SimArgs) -> Result<exit::Ended, String> {
     let spec = dear_sim::seed::SeedSpec {
         seed: args.seed,
         sales: args.sales,
@@ -204,13 +193,9 @@ async fn run_sim(args: SimArgs) -> std::process::ExitCode {
         &args.api_key,
         dear_sim::seed::generate(&spec),
     );
-    let server = match dear_sim::start(sim, args.listen).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.listen);
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let server = dear_sim::start(sim, args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     println!("DEAR_BASE_URL={}", server.base_url());
     println!("DEAR_ACCOUNT_ID={}", args.account_id);
     println!("DEAR_API_KEY={}", args.api_key);
@@ -223,7 +208,7 @@ async fn run_sim(args: SimArgs) -> std::process::ExitCode {
     println!("# admin: {}calls  (Ctrl-C to stop)", server.admin_url());
     let _ = tokio::signal::ctrl_c().await;
     drop(server);
-    std::process::ExitCode::SUCCESS
+    Ok(exit::Ended::Ok)
 }
 
 fn parse_throttle_status(text: &str) -> Result<u16, String> {

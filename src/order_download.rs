@@ -9,6 +9,7 @@ use dearsync_order_download::{
     NdjsonSink, OrderDownload, OrderSink, Progress, RunOptions, RunSummary,
 };
 
+use crate::exit::Ended;
 use crate::local::LocalOptions;
 
 /// Options of `dearsync order-download`.
@@ -44,8 +45,9 @@ impl Progress for Bar {
     }
 }
 
-/// Runs it; `Ok(true)` when something failed (the exit status says so).
-pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
+/// Runs it: an error when a delivery failed or the run aborted; needs attention when orders were
+/// skipped or another run holds the lease.
+pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
     let ctx = args.local.job(args.no_rate_limit).await?;
     let sink: Arc<dyn OrderSink> = match &args.out {
         Some(path) => Arc::new(NdjsonSink::file(path).map_err(|e| e.to_string())?),
@@ -81,7 +83,22 @@ pub async fn run(args: OrderDownloadArgs) -> Result<bool, String> {
         bar.finish_and_clear();
     }
     print_summary(&summary);
-    Ok(summary.has_failures())
+    if summary.has_failures() {
+        return Err(format!(
+            "order download for {}: {} deliveries failed{}",
+            summary.tenant,
+            summary.failed,
+            match &summary.outcome {
+                dearsync_order_download::Outcome::Aborted(why) => format!(", run aborted: {why}"),
+                _ => String::new(),
+            }
+        ));
+    }
+    let busy = matches!(
+        summary.outcome,
+        dearsync_order_download::Outcome::LeaseBusy(_)
+    );
+    Ok(Ended::attention_if(busy || summary.skipped_total() > 0))
 }
 
 fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -46,6 +46,9 @@ async fn put(args: PutArgs) -> Result<(), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the settings file {}: {e}", path.display()))?;
     TenantSettings::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if args.local.tenant.is_none() {
+        return Err("--tenant: which tenant to store the settings for is required".into());
+    }
     let ctx = args.local.open().await?;
     ctx.store
         .put_tenant(&TenantEntry {
@@ -65,7 +68,7 @@ async fn put(args: PutArgs) -> Result<(), String> {
 }
 
 async fn list(local: LocalOptions) -> Result<(), String> {
-    let ctx = local.open().await?;
+    let ctx = local.open_existing().await?;
     let tenants = ctx.store.tenants().await.map_err(|e| e.to_string())?;
     println!(
         "{:<24} {:<8} {:<20} {:<8} inventory pull",
@@ -104,7 +107,7 @@ async fn list(local: LocalOptions) -> Result<(), String> {
 }
 
 async fn show(local: LocalOptions) -> Result<(), String> {
-    let ctx = local.open().await?;
+    let ctx = local.open_existing().await?;
     let entry = ctx
         .store
         .tenant(&ctx.tenant)

@@ -6,9 +6,9 @@
 //! `x-dearsync-secret` header, which the function checks.
 
 use dear_client::{DearClient, Webhook, WebhookHeader};
+use dearsync_core::connect;
 use dearsync_core::credentials::INBOUND_SECRET_HEADER;
 use dearsync_core::settings::SaleStatusFilter;
-use dearsync_core::{TenantId, connect};
 
 use crate::local::LocalOptions;
 
@@ -65,7 +65,7 @@ pub async fn run(command: WebhooksCommand) -> Result<(), String> {
 /// at `DEAR_BASE_URL`, and the tenant's inbound secret (from its secret, else
 /// `DEARSYNC_INBOUND_SECRET`).
 async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), String> {
-    let tenant = TenantId::new(local.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
+    let tenant = local.tenant_id()?;
     let credentials = local.credentials(&tenant).await?;
     // A handful of calls: the client's own pacing and 429 retries are enough.
     let client = connect::unlimited_dear_client(&credentials, &connect::base_url_from_env())
@@ -110,7 +110,7 @@ fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, String> {
 
 async fn register(args: RegisterArgs) -> Result<(), String> {
     // No state store: a subscription is DEAR's state, not ours.
-    let tenant = TenantId::new(args.local.tenant.clone()).map_err(|e| format!("--tenant: {e}"))?;
+    let tenant = args.local.tenant_id()?;
     let settings = args.local.settings()?;
     let base = args.url.trim();
     if !(base.starts_with("https://")

@@ -53,21 +53,56 @@ fn settings_are_checked_and_printed_with_defaults() {
 #[test]
 fn records_are_listed_from_the_default_state_directory() {
     let dir = tempfile::tempdir().unwrap();
+    // A folder with no store (a mistyped --state-dir) is an error, and no store is created.
+    let (ok, _, err) = dearsync(
+        &["records", "--job", "order-download", "--state", "skipped"],
+        dir.path(),
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("no state store in .dearsync") && err.contains("--state-dir"),
+        "{err}"
+    );
+    assert!(!dir.path().join(".dearsync/state.sqlite3").exists());
+
+    dearsync_store_sqlite::SqliteStore::open_dir(
+        dir.path().join(".dearsync"),
+        std::sync::Arc::new(dearsync_core::SystemClock),
+    )
+    .unwrap();
     let (ok, out, err) = dearsync(
         &["records", "--job", "order-download", "--state", "skipped"],
         dir.path(),
     );
     assert!(ok, "{err}");
     assert!(out.starts_with("entity"), "{out}");
-    assert!(
-        dir.path().join(".dearsync/state.sqlite3").exists(),
-        "state lives in .dearsync/ by default"
-    );
+}
 
-    let (ok, _, err) = dearsync(
-        &["records", "--job", "orders", "--state", "done"],
-        dir.path(),
+#[test]
+fn exit_statuses_follow_one_convention() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dearsync"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    // A usage error has its own status, never a job's 1 or 2.
+    let out = code(&["records", "--job", "orders", "--state", "done"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`orders` is not a job"));
+    assert_eq!(code(&["--help"]).status.code(), Some(0));
+    // A failed command is 1.
+    assert_eq!(
+        code(&["settings", "--config", "missing.toml"])
+            .status
+            .code(),
+        Some(1)
     );
-    assert!(!ok);
-    assert!(err.contains("`orders` is not a job"), "{err}");
+    // Writing a tenant's settings needs --tenant (no silent `local` tenant).
+    std::fs::write(dir.path().join("t.toml"), "").unwrap();
+    let out = code(&["tenants", "put", "--config", "t.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tenant"));
 }

@@ -11,7 +11,7 @@ use dear_client::{
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
-use dearsync_inventory_sync::{InventorySync, Snapshot, parse_instant};
+use dearsync_inventory_sync::{InventorySync, Snapshot, SyncOptions, parse_instant};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -58,7 +58,7 @@ fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> Invent
     InventorySync {
         tenant: TenantId::new("acme").unwrap(),
         settings: TenantSettings::from_toml(&format!(
-            "[inventory_sync]\nlocation = \"{MAIN}\"\nsubtract_orders_since_snapshot = false\n{}",
+            "[inventory_sync]\nlocation = \"{MAIN}\"\n{}",
             if settings.contains("price_tier_name") {
                 settings.to_owned()
             } else {
@@ -360,11 +360,51 @@ async fn a_full_snapshot_zeroes_what_it_leaves_out_and_a_partial_one_does_not() 
         "a partial snapshot touches only what it lists: {:?}",
         s.plan
     );
+    // Half the location to zero is more than the sanity guard lets through: held, nothing
+    // written, until a person applies it anyway.
     let full = job(&server, memory(), "snapshot = \"full\"\n");
+    let full_snapshot = snapshot("INV-F", "2026-11-21", &lines);
+    let writes_before = server
+        .sim
+        .calls(ACCOUNT)
+        .unwrap()
+        .by_route
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GET"))
+        .map(|(_, v)| *v)
+        .sum::<u64>();
+    let held = full.sync(&full_snapshot, false).await.unwrap();
+    assert_eq!(held.outcome, "held", "{held:?}");
+    let note = held.note.clone().unwrap_or_default();
+    assert!(
+        note.contains(&format!("{} of DEAR's", left_out.len())),
+        "{note}"
+    );
+    assert!(note.contains("--force"), "{note}");
+    let writes_after = server
+        .sim
+        .calls(ACCOUNT)
+        .unwrap()
+        .by_route
+        .iter()
+        .filter(|(k, _)| !k.starts_with("GET"))
+        .map(|(_, v)| *v)
+        .sum::<u64>();
+    assert_eq!(
+        writes_after, writes_before,
+        "a held snapshot writes nothing"
+    );
     let s = full
-        .sync(&snapshot("INV-F", "2026-11-21", &lines), false)
+        .sync_with(
+            &full_snapshot,
+            SyncOptions {
+                force: true,
+                ..SyncOptions::default()
+            },
+        )
         .await
         .unwrap();
+    assert_eq!(s.outcome, "applied");
     assert_eq!(s.adjusted as usize, left_out.len());
     let after = on_hand(&server).await;
     assert!(

@@ -180,6 +180,14 @@ impl TenantSettings {
                 format!("must be above 0, got {pct}"),
             ));
         }
+        if inv.hold_if_zeroing_percent.is_sign_negative()
+            || inv.hold_if_zeroing_percent > Decimal::ONE_HUNDRED
+        {
+            return Err(SettingsError::new(
+                "inventory_sync.hold_if_zeroing_percent",
+                format!("must be 0-100, got {}", inv.hold_if_zeroing_percent),
+            ));
+        }
         if let Some(url) = &inv.snapshot_url {
             check_webhook_url("inventory_sync.snapshot_url", url)?;
         }
@@ -631,6 +639,10 @@ pub struct InventorySyncSettings {
     pub max_lines_per_adjustment: u32,
     /// Subtract orders delivered to the warehouse after the snapshot was taken; default yes.
     pub subtract_orders_since_snapshot: bool,
+    /// A snapshot that would set more than this percent of DEAR's stocked SKUs at the location to
+    /// zero is held for a person, nothing written (an override applies it); default 20.
+    #[serde(with = "quantity")]
+    pub hold_if_zeroing_percent: Decimal,
     /// Pull mode (the Lambda's schedule): where to GET the warehouse's JSON snapshot (HTTPS).
     pub snapshot_url: Option<String>,
 }
@@ -650,6 +662,7 @@ impl Default for InventorySyncSettings {
             drift_threshold_percent: None,
             max_lines_per_adjustment: 1000,
             subtract_orders_since_snapshot: true,
+            hold_if_zeroing_percent: Decimal::from(20),
             snapshot_url: None,
         }
     }

@@ -5,4 +5,4 @@ pub mod snapshot;
 pub mod sync;
 
 pub use snapshot::{CsvOptions, Snapshot, SnapshotError, SnapshotLine, parse_instant};
-pub use sync::{Action, InventorySync, PlanLine, SyncError, SyncSummary};
+pub use sync::{Action, InventorySync, PlanLine, SyncError, SyncOptions, SyncSummary};

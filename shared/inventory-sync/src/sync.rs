@@ -197,9 +197,32 @@ struct Level {
     available: Decimal,
 }
 
+/// How one sync behaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncOptions {
+    /// Plan without writing.
+    pub dry_run: bool,
+    /// Apply a snapshot the sanity guard would hold (a person checked it).
+    pub force: bool,
+}
+
 impl InventorySync {
     /// Syncs one snapshot; `dry_run` plans without writing.
     pub async fn sync(&self, snapshot: &Snapshot, dry_run: bool) -> Result<SyncSummary, SyncError> {
+        let options = SyncOptions {
+            dry_run,
+            ..SyncOptions::default()
+        };
+        self.sync_with(snapshot, options).await
+    }
+
+    /// Syncs one snapshot as `options` say.
+    pub async fn sync_with(
+        &self,
+        snapshot: &Snapshot,
+        options: SyncOptions,
+    ) -> Result<SyncSummary, SyncError> {
+        let dry_run = options.dry_run;
         let stats_before = self.dear.stats();
         let location = self
             .settings
@@ -276,14 +299,15 @@ impl InventorySync {
             }
         };
         let result = self
-            .plan_and_post(snapshot, &location, dry_run, &mut summary)
+            .plan_and_post(snapshot, &location, options, &mut summary)
             .await;
         let stats = self.dear.stats();
         summary.dear_calls = stats.calls - stats_before.calls;
         summary.dear_throttled = stats.throttled - stats_before.throttled;
         if let Some(token) = token {
             match &result {
-                Ok(()) => {
+                Ok(Some(_held)) => self.store.release_claim(&claim_key, &token).await?,
+                Ok(None) => {
                     let done = serde_json::json!({ "adjustments": summary.adjustments, "adjusted": summary.adjusted, "held_for_review": summary.held_for_review });
                     self.store
                         .complete(&claim_key, &token, &done.to_string(), terms.keep_for)
@@ -301,7 +325,17 @@ impl InventorySync {
                 Err(_) => self.store.release_claim(&claim_key, &token).await?,
             }
         }
-        result?;
+        if let Some(reason) = result? {
+            tracing::warn!(tenant = %self.tenant, snapshot_id = %snapshot.snapshot_id, reason = %reason,
+                "inventory snapshot held for a person: nothing written");
+            summary.outcome = if dry_run { "dry_run" } else { "held" }.into();
+            summary.note = Some(if dry_run {
+                format!("a real run would hold it: {reason}")
+            } else {
+                reason
+            });
+            return Ok(summary);
+        }
         summary.outcome = if dry_run {
             "dry_run".into()
         } else {
@@ -318,13 +352,15 @@ impl InventorySync {
         Ok(summary)
     }
 
+    /// Plans the snapshot and posts the plan; `Some(reason)` when the sanity guard holds it
+    /// (nothing posted).
     async fn plan_and_post(
         &self,
         snapshot: &Snapshot,
         location: &str,
-        dry_run: bool,
+        options: SyncOptions,
         summary: &mut SyncSummary,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Option<String>, SyncError> {
         let s = &self.settings;
         // The price tier first: it decides the one cost kept per product.
         let tier = match &s.price_tier_name {
@@ -509,6 +545,16 @@ impl InventorySync {
             }
         }
 
+        let held = hold_reason(&GuardInput {
+            stocked: &stocked_products(&levels, &by_sku),
+            targets: &targets,
+            minimum_level: s.minimum_level,
+            unknown: &summary.unknown_skus,
+            lines: snapshot.lines.len(),
+            zeroing_percent: s.hold_if_zeroing_percent,
+            location,
+        });
+
         // Compare and classify.
         let mut adjust = Vec::new();
         let mut review = Vec::new();
@@ -585,8 +631,13 @@ impl InventorySync {
         summary.held_for_review = review.len() as u64;
         summary.plan.extend(adjust.iter().cloned());
         summary.plan.extend(review.iter().cloned());
-        if dry_run {
-            return Ok(());
+        if let Some(reason) = held
+            && (options.dry_run || !options.force)
+        {
+            return Ok(Some(reason));
+        }
+        if options.dry_run {
+            return Ok(None);
         }
         let status = match s.adjustment_status {
             AdjustmentStatusSetting::Completed => AdjustmentStatus::Completed,
@@ -606,7 +657,7 @@ impl InventorySync {
             summary,
         )
         .await?;
-        Ok(())
+        Ok(None)
     }
 
     async fn post(
@@ -684,5 +735,178 @@ impl InventorySync {
             .filter(|a| a.status != AdjustmentStatus::Voided)
             .find(|a| a.reference.as_deref() == Some(reference))
             .map(|a| a.task_id))
+    }
+}
+
+/// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU.
+fn stocked_products(
+    levels: &HashMap<Uuid, Vec<(Option<String>, Level)>>,
+    by_sku: &HashMap<String, Item>,
+) -> BTreeMap<Uuid, String> {
+    let sku_of: HashMap<Uuid, &str> = by_sku.values().map(|p| (p.id, p.sku.as_str())).collect();
+    levels
+        .iter()
+        .filter(|(_, rows)| rows.iter().map(|(_, l)| l.on_hand).sum::<Decimal>() > Decimal::ZERO)
+        .filter_map(|(id, _)| sku_of.get(id).map(|sku| (*id, (*sku).to_owned())))
+        .collect()
+}
+
+/// What the sanity guard looks at.
+struct GuardInput<'a> {
+    /// DEAR's stocked products at the location: id → SKU.
+    stocked: &'a BTreeMap<Uuid, String>,
+    /// The planned targets per (SKU, batch), with the product id.
+    targets: &'a BTreeMap<(String, Option<String>), (Decimal, Uuid)>,
+    /// Targets below it become 0.
+    minimum_level: Decimal,
+    /// SKUs of the snapshot DEAR does not know.
+    unknown: &'a [String],
+    /// The snapshot's line count.
+    lines: usize,
+    /// `hold_if_zeroing_percent`.
+    zeroing_percent: Decimal,
+    /// For the reason's text.
+    location: &'a str,
+}
+
+/// How many SKUs a reason names before "…".
+const NAMED_IN_REASON: usize = 10;
+
+/// Why a snapshot must be held for a person rather than applied, if it must: it would set more
+/// than `zeroing_percent` of the location's stocked SKUs to zero, or more than half of its lines
+/// name SKUs DEAR does not know (a wrong file or column, which a full snapshot turns into zeros).
+fn hold_reason(g: &GuardInput<'_>) -> Option<String> {
+    let mut per_product: HashMap<Uuid, Decimal> = HashMap::new();
+    for (target, id) in g.targets.values() {
+        let t = if *target < g.minimum_level {
+            Decimal::ZERO
+        } else {
+            *target
+        };
+        *per_product.entry(*id).or_default() += t;
+    }
+    let mut zeroed: Vec<&str> = g
+        .stocked
+        .iter()
+        .filter(|(id, _)| per_product.get(id).is_some_and(|t| t.is_zero()))
+        .map(|(_, sku)| sku.as_str())
+        .collect();
+    zeroed.sort_unstable();
+    let stocked = Decimal::from(g.stocked.len());
+    let mut reasons = Vec::new();
+    if !zeroed.is_empty()
+        && Decimal::from(zeroed.len()) * Decimal::ONE_HUNDRED > g.zeroing_percent * stocked
+    {
+        reasons.push(format!(
+            "it would set {} of DEAR's {} stocked SKUs at {} to zero (more than \
+             hold_if_zeroing_percent = {}%): {}",
+            zeroed.len(),
+            g.stocked.len(),
+            g.location,
+            g.zeroing_percent.normalize(),
+            first_named(&zeroed)
+        ));
+    }
+    if g.unknown.len() * 2 > g.lines && g.lines > 0 {
+        let unknown: Vec<&str> = g.unknown.iter().map(String::as_str).collect();
+        reasons.push(format!(
+            "{} of its {} lines name SKUs DEAR does not know: {}",
+            g.unknown.len(),
+            g.lines,
+            first_named(&unknown)
+        ));
+    }
+    (!reasons.is_empty()).then(|| {
+        format!(
+            "held for a person, nothing written: {}. Check the snapshot; to apply it as it is, \
+             run again with --force (the Lambda: \"force\": true next to the snapshot)",
+            reasons.join("; and ")
+        )
+    })
+}
+
+/// The first few names, then how many more.
+fn first_named(names: &[&str]) -> String {
+    let shown = names[..names.len().min(NAMED_IN_REASON)].join(", ");
+    match names.len().saturating_sub(NAMED_IN_REASON) {
+        0 => shown,
+        more => format!("{shown} … ({more} more)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(stocked: usize, zero: usize, unknown: usize, lines: usize) -> Option<String> {
+        let ids: Vec<Uuid> = (0..stocked).map(|_| Uuid::new_v4()).collect();
+        let stocked_map: BTreeMap<Uuid, String> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, format!("SKU-{i:03}")))
+            .collect();
+        let targets: BTreeMap<(String, Option<String>), (Decimal, Uuid)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let q = if i < zero {
+                    Decimal::ZERO
+                } else {
+                    Decimal::TEN
+                };
+                ((format!("SKU-{i:03}"), None), (q, *id))
+            })
+            .collect();
+        let unknown: Vec<String> = (0..unknown).map(|i| format!("X-{i}")).collect();
+        hold_reason(&GuardInput {
+            stocked: &stocked_map,
+            targets: &targets,
+            minimum_level: Decimal::ZERO,
+            unknown: &unknown,
+            lines,
+            zeroing_percent: Decimal::from(20),
+            location: "Main Warehouse",
+        })
+    }
+
+    #[test]
+    fn zeroing_more_than_the_threshold_is_held_and_named() {
+        assert_eq!(guard(10, 2, 0, 10), None, "20 % is not more than 20 %");
+        let reason = guard(10, 3, 0, 10).expect("30 % is held");
+        assert!(
+            reason.contains("3 of DEAR's 10 stocked SKUs at Main Warehouse")
+                && reason.contains("SKU-000, SKU-001, SKU-002")
+                && reason.contains("--force"),
+            "{reason}"
+        );
+        let many = guard(40, 30, 0, 40).unwrap();
+        assert!(many.contains("… (20 more)"), "{many}");
+    }
+
+    #[test]
+    fn mostly_unknown_skus_are_held() {
+        assert_eq!(guard(4, 0, 2, 4), None, "half is not more than half");
+        let reason = guard(4, 0, 3, 4).expect("held");
+        assert!(
+            reason.contains("3 of its 4 lines name SKUs DEAR does not know: X-0, X-1, X-2"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn targets_below_the_minimum_level_count_as_zero() {
+        let id = Uuid::new_v4();
+        let stocked = BTreeMap::from([(id, "A".to_owned())]);
+        let targets = BTreeMap::from([(("A".to_owned(), None), (Decimal::ONE, id))]);
+        let g = GuardInput {
+            stocked: &stocked,
+            targets: &targets,
+            minimum_level: Decimal::TWO,
+            unknown: &[],
+            lines: 1,
+            zeroing_percent: Decimal::from(20),
+            location: "Main",
+        };
+        assert!(hold_reason(&g).is_some());
     }
 }

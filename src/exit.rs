@@ -1,0 +1,42 @@
+//! The one exit convention of every `dearsync` command (README, "Exit status").
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Done; nothing needs a person.
+    Ok,
+    /// Done, but something needs a person: orders skipped, a snapshot held, unknown SKUs, lines
+    /// skipped or held for review, another run holding the lease.
+    NeedsAttention,
+}
+
+/// Exit status of a command that failed (an error, a failed delivery, a refused shipment).
+pub const FAILED: u8 = 1;
+/// Exit status of [`Ended::NeedsAttention`].
+pub const NEEDS_ATTENTION: u8 = 2;
+/// Exit status of a command line that is wrong (an unknown flag, a missing argument); BSD's
+/// `EX_USAGE`, so it is never mistaken for a job's outcome.
+pub const USAGE: u8 = 64;
+
+impl Ended {
+    /// `NeedsAttention` if `attention`, else `Ok`.
+    pub fn attention_if(attention: bool) -> Ended {
+        if attention {
+            Ended::NeedsAttention
+        } else {
+            Ended::Ok
+        }
+    }
+}
+
+/// The exit status of a command's result; an error is printed on stderr.
+pub fn status(result: Result<Ended, String>) -> std::process::ExitCode {
+    match result {
+        Ok(Ended::Ok) => std::process::ExitCode::SUCCESS,
+        Ok(Ended::NeedsAttention) => std::process::ExitCode::from(NEEDS_ATTENTION),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(FAILED)
+        }
+    }
+}
