@@ -5,7 +5,7 @@
 //! (`2026-11-03T00:00:00`); `updated` is UTC with milliseconds (`2026-11-03T10:04:05.120Z`).
 
 use chrono::SecondsFormat;
-use dear_client::{Address as DearAddress, Sale, SaleLine};
+use dear_client::{Address as DearAddress, Sale, SaleLine, StageStatus};
 use dearsync_core::settings::{LineSource, NotesField, OrderDownloadSettings, ShipMethodSelection};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -227,7 +227,8 @@ fn fulfilment_lines(sale: &Sale, pack: bool) -> Vec<OrderLine> {
     let mut lines: Vec<OrderLine> = Vec::new();
     for f in &sale.fulfilments {
         let stage = if pack { &f.pack } else { &f.pick };
-        if !(stage.status.is_authorised() || stage.status.is_open()) {
+        // Draft or authorised only: DEAR lists lines in a NOT AVAILABLE stage too (§4's example).
+        if !(stage.status.is_authorised() || stage.status == StageStatus::Draft) {
             continue;
         }
         for l in &stage.lines {
@@ -253,8 +254,10 @@ fn fulfilment_lines(sale: &Sale, pack: bool) -> Vec<OrderLine> {
             }
             lines.push(OrderLine {
                 sku,
-                name: clean(l.name.as_deref())
-                    .or_else(|| priced.and_then(|p| clean(p.name.as_deref()))),
+                // The order line's name (a merchant may rename it there), else the stage's.
+                name: priced
+                    .and_then(|p| clean(p.name.as_deref()))
+                    .or_else(|| clean(l.name.as_deref())),
                 product_id: l.product_id.map(|p| p.to_string()),
                 quantity: l.quantity,
                 unit_price: price,
@@ -278,7 +281,7 @@ pub fn order_lines(sale: &Sale, source: LineSource) -> Vec<OrderLine> {
         LineSource::Invoice => sale
             .invoices
             .iter()
-            .filter(|i| i.status.is_authorised() || i.status.is_open())
+            .filter(|i| i.status.is_authorised() || i.status == StageStatus::Draft)
             .flat_map(|i| i.lines.iter().map(from_sale_line))
             .collect(),
     };
