@@ -635,7 +635,11 @@ async fn a_killed_cli_run_resumes_and_delivers_every_order_exactly_once() {
     server.sim.clear_faults(ACCOUNT);
     // Right after the kill the dead run's lease still stands: the rerun says so and does nothing.
     let blocked = command().output().expect("rerun");
-    assert_eq!(blocked.status.code(), Some(2), "nothing done: needs attention");
+    assert_eq!(
+        blocked.status.code(),
+        Some(2),
+        "nothing done: needs attention"
+    );
     assert!(
         String::from_utf8_lossy(&blocked.stderr).contains("holds the lease"),
         "{}",
