@@ -16,7 +16,8 @@ use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+mod common;
+use common::ACCOUNT;
 const MAIN: &str = "Main Warehouse";
 
 async fn sim(products: usize) -> SimServer {
@@ -364,15 +365,7 @@ async fn a_full_snapshot_zeroes_what_it_leaves_out_and_a_partial_one_does_not() 
     // written, until a person applies it anyway.
     let full = job(&server, memory(), "snapshot = \"full\"\n");
     let full_snapshot = snapshot("INV-F", "2026-11-21", &lines);
-    let writes_before = server
-        .sim
-        .calls(ACCOUNT)
-        .unwrap()
-        .by_route
-        .iter()
-        .filter(|(k, _)| !k.starts_with("GET"))
-        .map(|(_, v)| *v)
-        .sum::<u64>();
+    let writes_before = common::writes(&server);
     let held = full.sync(&full_snapshot, false).await.unwrap();
     assert_eq!(held.outcome, "held", "{held:?}");
     let note = held.note.clone().unwrap_or_default();
@@ -381,15 +374,7 @@ async fn a_full_snapshot_zeroes_what_it_leaves_out_and_a_partial_one_does_not() 
         "{note}"
     );
     assert!(note.contains("--force"), "{note}");
-    let writes_after = server
-        .sim
-        .calls(ACCOUNT)
-        .unwrap()
-        .by_route
-        .iter()
-        .filter(|(k, _)| !k.starts_with("GET"))
-        .map(|(_, v)| *v)
-        .sum::<u64>();
+    let writes_after = common::writes(&server);
     assert_eq!(
         writes_after, writes_before,
         "a held snapshot writes nothing"

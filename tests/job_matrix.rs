@@ -24,7 +24,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod common;
-use common::{ACCOUNT, StoreKind, TestStore, deliverable, selected, store_of};
+use common::{ACCOUNT, StoreKind, TestStore, deliverable, selected, store_of, writes};
 
 const MAIN: &str = "Main Warehouse";
 
@@ -244,15 +244,6 @@ fn ordered_sale(server: &SimServer) -> (Uuid, Vec<(String, i64)>) {
         })
         .unwrap()
         .expect("the seed has a simple ORDERED sale")
-}
-
-fn writes(server: &SimServer) -> u64 {
-    let c = server.sim.calls(ACCOUNT).unwrap();
-    c.by_route
-        .iter()
-        .filter(|(k, _)| !k.starts_with("GET"))
-        .map(|(_, v)| *v)
-        .sum()
 }
 
 /// Shipment Confirmation with the defaults: a two-box shipment through a refused pick write

@@ -110,3 +110,17 @@ pub fn deliverable(server: &SimServer, id: Uuid) -> bool {
         })
         .expect("the simulator has the account")
 }
+
+/// DEAR writes the simulator has answered so far (every call but GETs).
+pub fn writes(server: &SimServer) -> u64 {
+    let calls = server
+        .sim
+        .calls(ACCOUNT)
+        .expect("the simulator has the account");
+    calls
+        .by_route
+        .iter()
+        .filter(|(route, _)| !route.starts_with("GET"))
+        .map(|(_, n)| *n)
+        .sum()
+}
