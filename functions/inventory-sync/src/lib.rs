@@ -14,9 +14,16 @@ use std::collections::BTreeMap;
 use dearsync_core::state::{NewRecord, RecordKey, RecordState, Transition};
 use dearsync_core::{Job, StoreError, TenantId};
 pub use dearsync_function_support::Deps;
-use dearsync_function_support::{body_text, http, http_error, is_http, kind, method};
-use dearsync_inventory_sync::{InventorySync, Snapshot, SnapshotLine, SyncSummary, parse_instant};
+use dearsync_function_support::{
+    TenantContext, TenantError, body_text, http, http_error, is_http, kind, method, query_flag,
+};
+use dearsync_inventory_sync::{
+    InventorySync, Snapshot, SnapshotLine, SyncError, SyncOptions, SyncSummary, parse_instant,
+};
 use serde_json::{Value, json};
+
+/// The summary outcome of a snapshot the sanity guard held for a person.
+const HELD: &str = "held";
 
 /// Largest number of lines one chunk may carry (its lines are kept in one ledger record).
 pub const MAX_CHUNK_LINES: usize = 1000;
@@ -27,9 +34,75 @@ pub enum HandlerError {
     /// The event is not one this function understands.
     #[error("bad event: {0}")]
     BadEvent(String),
-    /// The sync failed.
+    /// The snapshot was not synced.
+    #[error(transparent)]
+    NotSynced(#[from] NotSynced),
+    /// A scheduled pull of every tenant had failures (each named).
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why one snapshot (or chunk) was not synced; each says whether a retry may help.
+#[derive(Debug, thiserror::Error)]
+pub enum NotSynced {
+    /// The envelope, chunk or snapshot is malformed: fix and resend.
+    #[error("{0}")]
+    Bad(String),
+    /// The tenant cannot be worked for.
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    /// The sync itself failed.
+    #[error("tenant {tenant}, snapshot {snapshot_id}: {source}")]
+    Sync {
+        /// Whose.
+        tenant: TenantId,
+        /// Which.
+        snapshot_id: String,
+        /// Why.
+        #[source]
+        source: SyncError,
+    },
+    /// Keeping or reading chunks failed.
+    #[error("keeping the snapshot's chunks: {0}")]
+    Store(#[from] StoreError),
+    /// The tenant's snapshot URL could not be read.
+    #[error("{0}")]
+    Pull(String),
+}
+
+impl NotSynced {
+    /// True when the same input may succeed later (SQS should redeliver; HTTP 503).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            NotSynced::Bad(_) => false,
+            NotSynced::Tenant(e) => e.is_retryable(),
+            NotSynced::Sync { source, .. } => matches!(source, SyncError::Transient(_)),
+            NotSynced::Store(e) => e.is_transient(),
+            NotSynced::Pull(_) => true,
+        }
+    }
+
+    /// The Function URL status for it.
+    fn http_status(&self) -> u16 {
+        match self {
+            NotSynced::Tenant(e) => e.http_status(),
+            NotSynced::Bad(_) => 400,
+            NotSynced::Sync { .. } if !self.is_retryable() => 422,
+            _ => 503,
+        }
+    }
+}
+
+impl From<String> for NotSynced {
+    fn from(message: String) -> Self {
+        NotSynced::Bad(message)
+    }
+}
+
+impl From<&str> for NotSynced {
+    fn from(message: &str) -> Self {
+        NotSynced::Bad(message.to_owned())
+    }
 }
 
 /// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
@@ -38,6 +111,8 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     fn from(error: HandlerError) -> Self {
         let error_type = match &error {
             HandlerError::BadEvent(_) => "BadEvent",
+            HandlerError::NotSynced(e) if e.is_retryable() => "Retryable",
+            HandlerError::NotSynced(_) => "NotRetryable",
             HandlerError::Failed(_) => "Failed",
         };
         lambda_runtime::Diagnostic {
@@ -65,9 +140,9 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
                 .and_then(Value::as_str)
                 .map(serde_json::from_str::<Value>)
             {
-                Some(Ok(body)) => envelope(deps, &body).await.map(|_| ()),
-                Some(Err(e)) => Err(format!("the message body is not JSON: {e}")),
-                None => Err("the record has no body".into()),
+                Some(Ok(body)) => envelope(deps, &body, false).await.map(|_| ()),
+                Some(Err(e)) => Err(NotSynced::Bad(format!("the message body is not JSON: {e}"))),
+                None => Err(NotSynced::Bad("the record has no body".into())),
             };
             if let Err(why) = outcome {
                 tracing::error!(message_id = %id, error = %why, "inventory message failed");
@@ -80,7 +155,7 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     if let Some(d) = detail
         && (d.get("snapshot").is_some() || d.get("chunk").is_some())
     {
-        return envelope(deps, d).await.map_err(HandlerError::Failed);
+        return Ok(envelope(deps, d, false).await?);
     }
     let tenant = event
         .get("tenant")
@@ -89,10 +164,11 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
         Some(Value::String(t)) => {
             let tenant = TenantId::new(t.clone())
                 .map_err(|e| HandlerError::BadEvent(format!("tenant: {e}")))?;
-            pull(deps, &tenant)
-                .await
-                .map(|s| json!({ "tenants": [s] }))
-                .map_err(HandlerError::Failed)
+            let options = SyncOptions {
+                force: force_flag(&event)?,
+                ..SyncOptions::default()
+            };
+            Ok(json!({ "tenants": [pull(deps, &tenant, options).await?] }))
         }
         Some(other) => Err(HandlerError::BadEvent(format!(
             "tenant must be a tenant id string, got {}",
@@ -106,29 +182,50 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     }
 }
 
-async fn job(deps: &Deps, tenant: &TenantId) -> Result<InventorySync, String> {
-    let ctx = deps.tenant(tenant).await?;
-    Ok(InventorySync {
-        tenant: tenant.clone(),
+fn job(deps: &Deps, ctx: TenantContext) -> InventorySync {
+    InventorySync {
+        tenant: ctx.tenant,
         settings: ctx.settings.inventory_sync,
         dear: ctx.dear,
         store: deps.store.clone(),
         clock: deps.clock.clone(),
-    })
+    }
 }
 
-async fn run(deps: &Deps, tenant: &TenantId, snapshot: &Snapshot) -> Result<SyncSummary, String> {
-    let job = job(deps, tenant).await?;
+async fn run(
+    deps: &Deps,
+    job: &InventorySync,
+    snapshot: &Snapshot,
+    options: SyncOptions,
+) -> Result<SyncSummary, NotSynced> {
     let s = job
-        .sync(snapshot, false)
+        .sync_with(snapshot, options)
         .await
-        .map_err(|e| format!("tenant {tenant}, snapshot {}: {e}", snapshot.snapshot_id))?;
+        .map_err(|source| NotSynced::Sync {
+            tenant: job.tenant.clone(),
+            snapshot_id: snapshot.snapshot_id.clone(),
+            source,
+        })?;
     println!("{}", s.emf(deps.clock.now().timestamp_millis()));
     Ok(s)
 }
 
-/// `{"tenant", "snapshot"}` or `{"tenant", "chunk"}`.
-async fn envelope(deps: &Deps, value: &Value) -> Result<Value, String> {
+/// `"force": true` next to the tenant: apply a snapshot the sanity guard would hold (a person
+/// checked it). Anything but a boolean is refused rather than guessed.
+fn force_flag(value: &Value) -> Result<bool, NotSynced> {
+    match value.get("force") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(NotSynced::Bad(format!(
+            "force must be true or false, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// `{"tenant", "snapshot"}` or `{"tenant", "chunk"}`, with an optional `"force": true`; `force`
+/// is the caller's own (a Function URL's `?force=true`).
+async fn envelope(deps: &Deps, value: &Value, force: bool) -> Result<Value, NotSynced> {
     let tenant = match value.get("tenant") {
         Some(Value::String(t)) => TenantId::new(t.clone()).map_err(|e| format!("tenant: {e}"))?,
         _ => return Err(
@@ -136,17 +233,34 @@ async fn envelope(deps: &Deps, value: &Value) -> Result<Value, String> {
                 .into(),
         ),
     };
-    if let Some(snapshot) = value.get("snapshot") {
-        let snapshot = Snapshot::from_json_reader(snapshot.to_string().as_bytes())
-            .map_err(|e| format!("invalid snapshot: {e}"))?;
-        return run(deps, &tenant, &snapshot)
+    let options = SyncOptions {
+        force: force || force_flag(value)?,
+        ..SyncOptions::default()
+    };
+    let input = if let Some(snapshot) = value.get("snapshot") {
+        SyncInput::Snapshot(
+            Snapshot::from_json_reader(snapshot.to_string().as_bytes())
+                .map_err(|e| format!("invalid snapshot: {e}"))?,
+        )
+    } else if let Some(chunk) = value.get("chunk") {
+        SyncInput::Chunk(chunk)
+    } else {
+        return Err("expected \"snapshot\" or \"chunk\" next to \"tenant\"".into());
+    };
+    // The input is checked before the tenant is loaded: a malformed message costs no secret read.
+    let job = job(deps, deps.tenant(&tenant).await?);
+    match input {
+        SyncInput::Snapshot(snapshot) => run(deps, &job, &snapshot, options)
             .await
-            .map(|s| json!(summary_json(&s)));
+            .map(|s| summary_json(&s)),
+        SyncInput::Chunk(chunk) => chunk_arrived(deps, &job, chunk, options).await,
     }
-    if let Some(chunk) = value.get("chunk") {
-        return chunk_arrived(deps, &tenant, chunk).await;
-    }
-    Err("expected \"snapshot\" or \"chunk\" next to \"tenant\"".into())
+}
+
+/// What an envelope carries.
+enum SyncInput<'a> {
+    Snapshot(Snapshot),
+    Chunk(&'a Value),
 }
 
 fn summary_json(s: &SyncSummary) -> Value {
@@ -167,7 +281,13 @@ fn chunk_key(tenant: &TenantId, snapshot_id: &str, part: u64) -> RecordKey {
 }
 
 /// Keeps a chunk; when every part is there, syncs the whole snapshot.
-async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<Value, String> {
+async fn chunk_arrived(
+    deps: &Deps,
+    job: &InventorySync,
+    chunk: &Value,
+    options: SyncOptions,
+) -> Result<Value, NotSynced> {
+    let tenant = &job.tenant;
     let field = |name: &str| {
         chunk
             .get(name)
@@ -195,7 +315,8 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
     if parts == 0 || part == 0 || part > parts || parts > 10_000 {
         return Err(format!(
             "chunk.part {part} of {parts}: parts are numbered 1..=parts (at most 10000)"
-        ));
+        )
+        .into());
     }
     let lines = field("lines")?;
     // Validate the lines as a snapshot would.
@@ -207,7 +328,8 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
         return Err(format!(
             "chunk {part}/{parts} has {} lines; at most {MAX_CHUNK_LINES} per chunk",
             checked.lines.len()
-        ));
+        )
+        .into());
     }
     let text =
         json!({ "as_of": as_of, "location": location, "parts": parts, "lines": lines }).to_string();
@@ -221,9 +343,9 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
         Ok(_) => {}
         Err(e) if e.is_conflict() => {} // A redelivered chunk.
         Err(StoreError::Invalid(m)) => {
-            return Err(format!("chunk {part}/{parts} is too large to keep: {m}"));
+            return Err(format!("chunk {part}/{parts} is too large to keep: {m}").into());
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     }
     // All parts there?
     let mut all = Vec::new();
@@ -231,8 +353,7 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
         match deps
             .store
             .record(&chunk_key(tenant, &snapshot_id, p))
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
         {
             Some(r) => all.push(r),
             None => {
@@ -244,12 +365,16 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
     }
     let mut lines: Vec<SnapshotLine> = Vec::new();
     for r in &all {
-        let v: Value =
-            serde_json::from_str(r.detail.as_deref().unwrap_or("{}")).map_err(|e| e.to_string())?;
+        let unreadable = |detail: String| StoreError::Corrupt {
+            key: r.key.to_string(),
+            detail,
+        };
+        let v: Value = serde_json::from_str(r.detail.as_deref().unwrap_or("{}"))
+            .map_err(|e| unreadable(e.to_string()))?;
         let part_snapshot =
             json!({ "snapshot_id": snapshot_id, "as_of": as_of, "lines": v["lines"] });
         let s = Snapshot::from_json_reader(part_snapshot.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unreadable(e.to_string()))?;
         lines.extend(s.lines);
     }
     let snapshot = Snapshot {
@@ -261,7 +386,11 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
     snapshot
         .check()
         .map_err(|e| format!("the assembled snapshot {snapshot_id}: {e}"))?;
-    let summary = run(deps, tenant, &snapshot).await?;
+    let summary = run(deps, job, &snapshot, options).await?;
+    if summary.outcome == HELD {
+        // Kept pending: resending any part with `"force": true` applies the whole snapshot.
+        return Ok(summary_json(&summary));
+    }
     for r in all {
         if r.state == RecordState::Pending {
             // Kept as done (a late duplicate of a part is then a no-op); failures here are harmless.
@@ -275,30 +404,37 @@ async fn chunk_arrived(deps: &Deps, tenant: &TenantId, chunk: &Value) -> Result<
 }
 
 /// Pull mode: GET the tenant's snapshot and sync it.
-async fn pull(deps: &Deps, tenant: &TenantId) -> Result<Value, String> {
-    let job = job(deps, tenant).await?;
+async fn pull(deps: &Deps, tenant: &TenantId, options: SyncOptions) -> Result<Value, NotSynced> {
+    let job = job(deps, deps.tenant(tenant).await?);
     let url = job.settings.snapshot_url.clone().ok_or_else(|| {
         format!("tenant {tenant}: inventory_sync.snapshot_url is not set: nothing to pull")
     })?;
+    let pulled = |m: String| NotSynced::Pull(m);
     let resp = reqwest::Client::new()
         .get(&url)
         .timeout(std::time::Duration::from_secs(60))
         .send()
         .await
-        .map_err(|e| format!("tenant {tenant}: cannot GET the snapshot at {url}: {e}"))?;
+        .map_err(|e| {
+            pulled(format!(
+                "tenant {tenant}: cannot GET the snapshot at {url}: {e}"
+            ))
+        })?;
     if !resp.status().is_success() {
-        return Err(format!(
+        return Err(pulled(format!(
             "tenant {tenant}: the snapshot URL answered HTTP {}",
             resp.status()
-        ));
+        )));
     }
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| format!("tenant {tenant}: reading the snapshot: {e}"))?;
+        .map_err(|e| pulled(format!("tenant {tenant}: reading the snapshot: {e}")))?;
     let snapshot = Snapshot::from_json_reader(bytes.as_ref())
         .map_err(|e| format!("tenant {tenant}: invalid snapshot from {url}: {e}"))?;
-    run(deps, tenant, &snapshot).await.map(|s| summary_json(&s))
+    run(deps, &job, &snapshot, options)
+        .await
+        .map(|s| summary_json(&s))
 }
 
 async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
@@ -313,11 +449,11 @@ async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
         .into_iter()
         .filter(|t| t.enabled && t.settings_toml.contains("snapshot_url"))
     {
-        match pull(deps, &t.tenant).await {
+        match pull(deps, &t.tenant, SyncOptions::default()).await {
             Ok(s) => results.push(s),
             Err(e) => {
                 tracing::error!(tenant = %t.tenant, error = %e, "inventory pull failed");
-                failures.insert(t.tenant.to_string(), e);
+                failures.insert(t.tenant.to_string(), e.to_string());
             }
         }
     }
@@ -346,14 +482,19 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(b) => b,
         Err(e) => return http_error(400, e),
     };
+    let force = match query_flag(event, "force") {
+        Ok(force) => force,
+        Err(e) => return http_error(400, e),
+    };
     let wrapped = if body.get("part").is_some() {
         json!({ "tenant": ctx.tenant, "chunk": body })
     } else {
         json!({ "tenant": ctx.tenant, "snapshot": body })
     };
-    match envelope(deps, &wrapped).await {
+    match envelope(deps, &wrapped, force).await {
+        // Held for a person: not applied, and resending it unchanged will not apply it either.
+        Ok(summary) if summary["outcome"] == HELD => http(409, summary),
         Ok(summary) => http(202, summary),
-        Err(e) if e.contains("retrying is safe") => http_error(503, e),
-        Err(e) => http_error(400, e),
+        Err(e) => http_error(e.http_status(), e.to_string()),
     }
 }

@@ -1,5 +1,7 @@
 //! The Inventory Sync handler with DynamoDB and Secrets Manager on the AWS emulator and DEAR from
-//! the simulator: a snapshot by EventBridge, a chunked one by SQS, a scheduled pull, a push.
+//! the simulator, with a merchant's default settings (only the location set): a snapshot by
+//! EventBridge, a chunked one by SQS, a scheduled pull, a push, a disabled tenant, and a snapshot
+//! the sanity guard holds until it is forced.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +17,10 @@ use serde_json::{Value, json};
 const MAIN: &str = "Main Warehouse";
 
 async fn world(extra_settings: &str) -> (SimServer, Deps) {
+    world_with(true, extra_settings).await
+}
+
+async fn world_with(enabled: bool, extra_settings: &str) -> (SimServer, Deps) {
     let spec = SeedSpec {
         seed: 9,
         sales: 20,
@@ -36,10 +42,8 @@ async fn world(extra_settings: &str) -> (SimServer, Deps) {
         &json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": "s3" }),
     )
     .await;
-    let settings = format!(
-        "[dear]\ncalls_per_minute = 50\nburst = 10\n[inventory_sync]\nlocation = \"{MAIN}\"\nprice_tier_name = \"Tier 1\"\nsubtract_orders_since_snapshot = false\n{extra_settings}"
-    );
-    emu.put_tenant("acme", true, &settings).await;
+    let settings = format!("[inventory_sync]\nlocation = \"{MAIN}\"\n{extra_settings}");
+    emu.put_tenant("acme", enabled, &settings).await;
     let deps = emu.deps;
     (sim, deps)
 }
@@ -179,4 +183,170 @@ async fn a_scheduled_pull_and_a_push_through_the_function_url() {
     assert!(resp["body"].as_str().unwrap().contains("as_of"), "{resp}");
     let resp = handle(&deps, push("s3", snap)).await.unwrap();
     assert_eq!(status(&resp), 202, "{resp}");
+}
+
+/// DEAR writes the simulator has answered so far (every call but GETs).
+fn writes(sim: &SimServer) -> u64 {
+    let calls = sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap();
+    calls
+        .by_route
+        .iter()
+        .filter(|(route, _)| !route.starts_with("GET"))
+        .map(|(_, n)| *n)
+        .sum()
+}
+
+fn push(path: &str, secret: &str, body: &Value) -> Value {
+    json!({
+        "rawPath": path, "rawQueryString": "", "headers": { "x-dearsync-secret": secret },
+        "body": body.to_string(), "isBase64Encoded": false,
+        "requestContext": { "http": { "method": "POST" } }
+    })
+}
+
+fn status(response: &Value) -> u64 {
+    response["statusCode"].as_u64().unwrap()
+}
+
+fn error_text(response: &Value) -> String {
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    body["error"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_tenant_gets_nothing_written_by_any_entry() {
+    let (sim, deps) = world_with(false, "").await;
+    let l = lines(&sim, 2).await;
+    let snapshot = json!({ "snapshot_id": "OFF-1", "as_of": "2026-11-20T06:00:00Z", "lines": l });
+    let envelope = json!({ "tenant": "acme", "snapshot": snapshot });
+
+    // EventBridge: the invocation fails, naming the tenant and why (not retryable).
+    let err = handle(&deps, json!({ "detail": envelope }))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("tenant acme is disabled"), "{err}");
+    let diagnostic = lambda_runtime::Diagnostic::from(err);
+    assert_eq!(diagnostic.error_type, "NotRetryable");
+
+    // SQS: the record is returned (it stays on the queue, then the DLQ: nothing is lost).
+    let out = handle(
+        &deps,
+        json!({ "Records": [{ "messageId": "m1", "body": envelope.to_string() }] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        json!({ "batchItemFailures": [{ "itemIdentifier": "m1" }] })
+    );
+
+    // A scheduled pull names the tenant; a pull of every tenant skips it.
+    let err = handle(&deps, json!({ "tenant": "acme" }))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("tenant acme is disabled"), "{err}");
+    assert_eq!(
+        handle(&deps, json!({})).await.unwrap(),
+        json!({ "tenants": [] })
+    );
+
+    // Function URL: 401 without the secret (nothing revealed), 403 with it.
+    let resp = handle(&deps, push("/inventory/acme", "wrong", &snapshot))
+        .await
+        .unwrap();
+    assert_eq!(status(&resp), 401, "{resp}");
+    let resp = handle(&deps, push("/inventory/acme", "s3", &snapshot))
+        .await
+        .unwrap();
+    assert_eq!(status(&resp), 403, "{resp}");
+    assert!(error_text(&resp).contains("disabled"), "{resp}");
+
+    assert_eq!(
+        writes(&sim),
+        0,
+        "nothing is written to DEAR for a disabled tenant"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_zeroes_the_location_is_held_until_forced() {
+    let (sim, deps) = world("").await;
+    let before = levels(&sim).await;
+    let zeroes: Vec<Value> = lines(&sim, 0)
+        .await
+        .into_iter()
+        .map(|l| json!({ "sku": l["sku"], "quantity": "0" }))
+        .collect();
+    let stocked_zeroed = zeroes
+        .iter()
+        .filter(|l| before[l["sku"].as_str().unwrap()] > Decimal::ZERO)
+        .count();
+    assert!(stocked_zeroed > 3, "the seed stocks enough SKUs at {MAIN}");
+    let snapshot =
+        json!({ "snapshot_id": "ZERO-1", "as_of": "2026-11-20T06:00:00Z", "lines": zeroes });
+
+    // Held, by every entry, and not treated as a failure to retry.
+    let out = handle(
+        &deps,
+        json!({ "detail": { "tenant": "acme", "snapshot": snapshot } }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["outcome"], "held", "{out}");
+    assert!(
+        out["note"].as_str().unwrap().contains("held for a person"),
+        "{out}"
+    );
+    let resp = handle(&deps, push("/inventory/acme", "s3", &snapshot))
+        .await
+        .unwrap();
+    assert_eq!(status(&resp), 409, "{resp}");
+    let out = handle(
+        &deps,
+        json!({ "Records": [{ "messageId": "m1", "body": json!({ "tenant": "acme", "snapshot": snapshot }).to_string() }] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out, json!({ "batchItemFailures": [] }));
+    assert_eq!(writes(&sim), 0, "a held snapshot writes nothing");
+    assert_eq!(levels(&sim).await, before);
+
+    // A force flag that is not a boolean is refused, not guessed.
+    let mut bad = push("/inventory/acme", "s3", &snapshot);
+    bad["queryStringParameters"] = json!({ "force": "yes" });
+    let resp = handle(&deps, bad).await.unwrap();
+    assert_eq!(status(&resp), 400, "{resp}");
+    assert!(error_text(&resp).contains("force"), "{resp}");
+    let err = handle(
+        &deps,
+        json!({ "detail": { "tenant": "acme", "snapshot": snapshot, "force": "yes" } }),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("force must be true or false"),
+        "{err}"
+    );
+    assert_eq!(writes(&sim), 0);
+
+    // A person checked it: `?force=true` applies it.
+    let mut forced = push("/inventory/acme", "s3", &snapshot);
+    forced["rawQueryString"] = json!("force=true");
+    forced["queryStringParameters"] = json!({ "force": "true" });
+    let resp = handle(&deps, forced).await.unwrap();
+    assert_eq!(status(&resp), 202, "{resp}");
+    let after = levels(&sim).await;
+    for l in &zeroes {
+        // DEAR lists no availability row for a product with no stock left.
+        let left = after.get(l["sku"].as_str().unwrap()).copied();
+        assert_eq!(left.unwrap_or_default(), Decimal::ZERO, "{l}");
+    }
+    // And the same by EventBridge with `"force": true` is already applied.
+    let out = handle(
+        &deps,
+        json!({ "detail": { "tenant": "acme", "snapshot": snapshot, "force": true } }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["outcome"], "already_applied", "{out}");
 }

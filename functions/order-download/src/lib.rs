@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use dearsync_core::TenantId;
 use dearsync_core::settings::SettingInstant;
-pub use dearsync_function_support::{Deps, SECRET_HEADER};
+use dearsync_function_support::TenantContext;
+pub use dearsync_function_support::{Deps, SECRET_HEADER, TenantError};
 use dearsync_function_support::{http, http_error, is_http, kind, method};
 use dearsync_order_download::{
     OrderDownload, OrderSink, Outcome, RunOptions, RunSummary, WebhookSink,
@@ -26,7 +27,10 @@ pub enum HandlerError {
     /// The event is not one this function understands.
     #[error("bad event: {0}")]
     BadEvent(String),
-    /// A tenant's run failed or could not start (settings, credentials, DEAR, state).
+    /// The tenant cannot be worked for (disabled, unknown, settings, credentials).
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    /// A tenant's run failed or could not start (its sink, DEAR, state).
     #[error("{0}")]
     RunFailed(String),
 }
@@ -37,6 +41,8 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     fn from(error: HandlerError) -> Self {
         let error_type = match &error {
             HandlerError::BadEvent(_) => "BadEvent",
+            HandlerError::Tenant(TenantError::Disabled(_)) => "TenantDisabled",
+            HandlerError::Tenant(_) => "Tenant",
             HandlerError::RunFailed(_) => "RunFailed",
         };
         lambda_runtime::Diagnostic {
@@ -182,7 +188,12 @@ fn report(summary: &RunSummary, deps: &Deps) {
 
 /// Builds the tenant's job from its stored settings and secret.
 async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, HandlerError> {
-    let ctx = deps.tenant(tenant).await.map_err(HandlerError::RunFailed)?;
+    job_from(deps, deps.tenant(tenant).await?)
+}
+
+/// Builds the job from a loaded tenant: its webhook sink and DEAR client.
+fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload, HandlerError> {
+    let tenant = &ctx.tenant;
     let fail = |m: &str| HandlerError::RunFailed(format!("tenant {tenant}: {m}"));
     let od = &ctx.settings.order_download;
     let url = od
@@ -206,7 +217,7 @@ async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, Handle
         .map_err(|e| fail(&e.to_string()))?,
     );
     Ok(OrderDownload {
-        tenant: tenant.clone(),
+        tenant: ctx.tenant.clone(),
         settings: ctx.settings.order_download,
         dear: ctx.dear,
         store: deps.store.clone(),
@@ -230,8 +241,8 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; DEAR webhooks POST"));
     }
-    let tenant = match deps.authorise(event, "/dear/").await {
-        Ok(ctx) => ctx.tenant,
+    let ctx = match deps.authorise(event, "/dear/").await {
+        Ok(ctx) => ctx,
         Err(response) => return response,
     };
     let body = match dearsync_function_support::body_text(event) {
@@ -258,7 +269,7 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
             ),
         );
     };
-    let job = match job_for(deps, &tenant).await {
+    let job = match job_from(deps, ctx) {
         Ok(j) => j,
         Err(e) => {
             tracing::error!(error = %e, "webhook cannot be handled");

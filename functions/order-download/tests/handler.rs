@@ -10,7 +10,7 @@ use dear_sim::{SimConfig, SimServer};
 use dearsync_core::TenantId;
 use dearsync_core::state::TenantEntry;
 use hmac::{Hmac, KeyInit, Mac};
-use order_download::{Deps, HandlerError, handle};
+use order_download::{Deps, HandlerError, TenantError, handle};
 use serde_json::{Value, json};
 
 const HMAC_KEY: &str = "order-signing-key";
@@ -101,9 +101,7 @@ async fn world() -> World {
 }
 
 fn settings(url: &str) -> String {
-    format!(
-        "[dear]\ncalls_per_minute = 50\nburst = 10\n[order_download]\nsale_status = \"PICKED\"\nearliest_order_date = \"2020-01-01\"\nwebhook_url = \"{url}\"\n"
-    )
+    format!("[order_download]\nsale_status = \"PICKED\"\nwebhook_url = \"{url}\"\n")
 }
 
 async fn put(w: &World, tenant: &str, enabled: bool, toml: String) {
@@ -230,7 +228,7 @@ async fn malformed_events_are_refused_naming_what_is_wrong() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("tenant nobody: not configured"),
+        err.to_string().contains("tenant nobody is not configured"),
         "{err}"
     );
     put(&w, "acme", true, "[order_download]\n".into()).await;
@@ -349,4 +347,58 @@ async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
     .unwrap();
     assert_eq!(status(&resp), 200);
     assert_eq!(orders(&w.received).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_tenant_is_refused_by_its_schedule_and_its_webhook() {
+    let w = world().await;
+    put(&w, "dormant", false, settings(&w.webhook_url)).await;
+    let err = handle(&w.deps, json!({ "tenant": "dormant" }), "req", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandlerError::Tenant(TenantError::Disabled(_))),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("tenant dormant is disabled"),
+        "{err}"
+    );
+    assert_eq!(
+        lambda_runtime::Diagnostic::from(err).error_type,
+        "TenantDisabled"
+    );
+    let body =
+        json!({ "SaleID": uuid::Uuid::new_v4().to_string(), "EventType": "Sale/PickAuthorised" })
+            .to_string();
+    let status = |v: &Value| v["statusCode"].as_u64().unwrap();
+    let resp = handle(
+        &w.deps,
+        url_request("POST", "/dear/dormant", Some("wrong"), &body),
+        "req",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&resp), 401, "the secret is checked first: {resp}");
+    let resp = handle(
+        &w.deps,
+        url_request("POST", "/dear/dormant", Some(INBOUND), &body),
+        "req",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&resp), 403, "{resp}");
+    assert!(
+        resp["body"].as_str().unwrap().contains("disabled"),
+        "{resp}"
+    );
+    assert!(w.received.0.lock().unwrap().is_empty());
+    let calls = w.sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap();
+    assert_eq!(
+        calls.by_route.values().sum::<u64>(),
+        0,
+        "DEAR was not called"
+    );
 }

@@ -8,8 +8,11 @@
 //! * a Function URL `POST /shipments/<tenant>` whose body is the shipment itself, with the tenant's
 //!   inbound secret in `x-dearsync-secret`: 202 with the result, 4xx with the reason on bad input.
 
+use std::collections::HashMap;
+
 use dearsync_core::{Job, TenantId};
-pub use dearsync_function_support::Deps;
+use dearsync_function_support::TenantContext;
+pub use dearsync_function_support::{Deps, TenantError};
 use dearsync_function_support::{body_text, http, http_error, is_http, kind, method};
 use dearsync_shipment_confirmation::{ConfirmError, Confirmation, Shipment, ShipmentConfirmation};
 use serde_json::{Value, json};
@@ -50,7 +53,7 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     }
     if let Some(detail) = event.get("detail") {
         let mut tally = Tally::default();
-        let outcome = confirm_envelope(deps, detail, &mut tally).await;
+        let outcome = confirm_envelope(deps, detail, &mut HashMap::new(), &mut tally).await;
         tally.count(outcome.is_ok());
         tally.print(deps);
         return outcome.map(|c| json!(c)).map_err(HandlerError::NotApplied);
@@ -124,33 +127,53 @@ impl Tally {
     }
 }
 
+/// Why a shipment was not confirmed: its tenant cannot be worked for, or the confirmation failed.
+#[derive(Debug, thiserror::Error)]
+enum NotConfirmed {
+    #[error(transparent)]
+    Tenant(#[from] TenantError),
+    #[error(transparent)]
+    Confirm(#[from] ConfirmError),
+}
+
 async fn confirm(
     deps: &Deps,
-    tenant: &TenantId,
+    ctx: &TenantContext,
     shipment: &Shipment,
     tally: &mut Tally,
 ) -> Result<Confirmation, ConfirmError> {
-    let ctx = deps.tenant(tenant).await.map_err(ConfirmError::Transient)?;
     let job = ShipmentConfirmation {
-        tenant: tenant.clone(),
-        settings: ctx.settings.shipment_confirmation,
+        tenant: ctx.tenant.clone(),
+        settings: ctx.settings.shipment_confirmation.clone(),
         dear: ctx.dear.clone(),
         store: deps.store.clone(),
         clock: deps.clock.clone(),
     };
+    let before = ctx.dear.stats().throttled;
     let outcome = job.confirm(shipment).await;
-    tally.dear_throttled += ctx.dear.stats().throttled;
+    tally.dear_throttled += ctx.dear.stats().throttled - before;
     outcome
 }
 
+/// Confirms an envelope's shipment; tenants already loaded in this event are reused (one DEAR
+/// client, one TLS connection, per tenant and event).
 async fn confirm_envelope(
     deps: &Deps,
     value: &Value,
+    tenants: &mut HashMap<TenantId, TenantContext>,
     tally: &mut Tally,
 ) -> Result<Confirmation, String> {
     let (tenant, shipment) = envelope(value)?;
-    confirm(deps, &tenant, &shipment, tally)
-        .await
+    let outcome = async {
+        if !tenants.contains_key(&tenant) {
+            let ctx = deps.tenant(&tenant).await?;
+            tenants.insert(tenant.clone(), ctx);
+        }
+        let ctx = &tenants[&tenant];
+        Ok::<_, NotConfirmed>(confirm(deps, ctx, &shipment, tally).await?)
+    }
+    .await;
+    outcome
         .inspect(|c| tracing::info!(tenant = %tenant, result = %json!(c), "shipment confirmed"))
         .map_err(|e| format!("tenant {tenant}, shipment {}: {e}", shipment.shipment_id))
 }
@@ -158,6 +181,7 @@ async fn confirm_envelope(
 async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
     let mut failures = Vec::new();
     let mut tally = Tally::default();
+    let mut tenants = HashMap::new();
     for record in records {
         let id = record
             .get("messageId")
@@ -169,7 +193,9 @@ async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
             .and_then(Value::as_str)
             .map(serde_json::from_str::<Value>)
         {
-            Some(Ok(body)) => confirm_envelope(deps, &body, &mut tally).await.map(|_| ()),
+            Some(Ok(body)) => confirm_envelope(deps, &body, &mut tenants, &mut tally)
+                .await
+                .map(|_| ()),
             Some(Err(e)) => Err(format!("the message body is not JSON: {e}")),
             None => Err("the record has no body".into()),
         };
@@ -203,7 +229,7 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Err(e) => return http_error(400, e),
     };
     let mut tally = Tally::default();
-    let outcome = confirm(deps, &ctx.tenant, &shipment, &mut tally).await;
+    let outcome = confirm(deps, &ctx, &shipment, &mut tally).await;
     tally.count(outcome.is_ok());
     tally.print(deps);
     match outcome {

@@ -1,6 +1,7 @@
 //! The Shipment Confirmation handler with DynamoDB and Secrets Manager on the AWS emulator and DEAR
 //! from the simulator: a real SQS batch with a good and a bad message, an EventBridge event, and
-//! warehouse pushes through the Function URL.
+//! warehouse pushes through the Function URL, all with a merchant's default settings; and a disabled
+//! tenant, for which nothing is written by any entry.
 
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SimConfig, SimServer};
@@ -10,6 +11,11 @@ use shipment_confirmation::{Deps, HandlerError, handle};
 const INBOUND: &str = "warehouse-shared-secret";
 
 async fn world() -> (SimServer, Deps) {
+    world_with(true).await
+}
+
+/// The merchant's default settings: an empty settings file.
+async fn world_with(enabled: bool) -> (SimServer, Deps) {
     let spec = SeedSpec {
         seed: 21,
         sales: 120,
@@ -31,8 +37,7 @@ async fn world() -> (SimServer, Deps) {
         &json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": INBOUND }),
     )
     .await;
-    emu.put_tenant("acme", true, "[dear]\ncalls_per_minute = 50\nburst = 10\n")
-        .await;
+    emu.put_tenant("acme", enabled, "").await;
     let deps = emu.deps;
     (sim, deps)
 }
@@ -179,4 +184,51 @@ async fn an_eventbridge_event_and_a_function_url_push_are_confirmed() {
     let resp = handle(&deps, push(INBOUND, &changed)).await.unwrap();
     assert_eq!(status(&resp), 409, "{resp}");
     assert_eq!(ship_status(&deps, &sales[1].0).await, "AUTHORISED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_tenant_gets_nothing_written_by_any_entry() {
+    let (sim, deps) = world_with(false).await;
+    let sales = ordered_sales(&sim);
+    let envelope = json!({ "tenant": "acme", "shipment": shipment("OFF-1", &sales[0]) });
+    let out = handle(
+        &deps,
+        json!({ "Records": [sqs_record("m-off", &envelope.to_string())] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        json!({ "batchItemFailures": [{ "itemIdentifier": "m-off" }] }),
+        "kept on the queue (then the DLQ) for when the tenant is enabled again"
+    );
+    let err = handle(&deps, json!({ "detail": envelope }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, HandlerError::NotApplied(ref m) if m.contains("tenant acme is disabled")),
+        "{err}"
+    );
+    let push = |secret: &str| {
+        json!({
+            "rawPath": "/shipments/acme", "headers": { "x-dearsync-secret": secret },
+            "body": shipment("OFF-2", &sales[1]).to_string(), "isBase64Encoded": false,
+            "requestContext": { "http": { "method": "POST" } }
+        })
+    };
+    let resp = handle(&deps, push("nope")).await.unwrap();
+    assert_eq!(resp["statusCode"], 401, "{resp}");
+    let resp = handle(&deps, push(INBOUND)).await.unwrap();
+    assert_eq!(resp["statusCode"], 403, "{resp}");
+    assert!(
+        resp["body"].as_str().unwrap().contains("disabled"),
+        "{resp}"
+    );
+    let calls = sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap();
+    assert_eq!(
+        calls.by_route.values().sum::<u64>(),
+        0,
+        "DEAR was not called"
+    );
+    assert_eq!(ship_status(&deps, &sales[0].0).await, "NOT AVAILABLE");
 }

@@ -57,6 +57,13 @@ pub enum CredentialsError {
     },
 }
 
+impl CredentialsError {
+    /// True when the secret store failed (retrying later may work), not the secret itself.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CredentialsError::Unavailable { .. })
+    }
+}
+
 impl Credentials {
     /// Reads the secret JSON `{"account_id": "...", "api_key": "..."}` (other keys are allowed).
     /// Errors say which key is missing or wrong, never what the values are.

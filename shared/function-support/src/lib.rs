@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dear_client::DearClient;
 use dearsync_core::{
     Clock, CredentialSource, Credentials, StateStore, TenantId, TenantSettings, connect,
-    credentials::secrets_match,
+    credentials::secrets_match, state::TenantEntry,
 };
 use serde_json::{Value, json};
 
@@ -81,24 +81,118 @@ pub struct TenantContext {
     pub dear: Arc<DearClient>,
 }
 
+/// Why a tenant cannot be worked for. Each names the tenant and what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// No settings are stored for it.
+    #[error("tenant {0} is not configured (no settings in the state table)")]
+    NotConfigured(TenantId),
+    /// An operator switched it off: nothing is read from or written to DEAR for it.
+    #[error(
+        "tenant {0} is disabled: nothing is done for it until it is enabled again \
+         (`dearsync tenants put` without --disabled)"
+    )]
+    Disabled(TenantId),
+    /// Its stored settings do not validate.
+    #[error("tenant {tenant}: {source}")]
+    Settings {
+        /// Whose.
+        tenant: TenantId,
+        /// What is wrong.
+        #[source]
+        source: dearsync_core::SettingsError,
+    },
+    /// Its secret is missing, malformed or unreadable.
+    #[error("tenant {tenant}: {source}")]
+    Credentials {
+        /// Whose.
+        tenant: TenantId,
+        /// What went wrong.
+        #[source]
+        source: dearsync_core::CredentialsError,
+    },
+    /// The state store could not be read.
+    #[error("tenant {tenant}: state store: {source}")]
+    Store {
+        /// Whose.
+        tenant: TenantId,
+        /// What went wrong.
+        #[source]
+        source: dearsync_core::StoreError,
+    },
+    /// A DEAR client could not be built from its settings (e.g. a bad base URL).
+    #[error("tenant {tenant}: cannot set up the DEAR client: {source}")]
+    Client {
+        /// Whose.
+        tenant: TenantId,
+        /// What went wrong.
+        #[source]
+        source: dear_client::DearError,
+    },
+}
+
+impl TenantError {
+    /// True when the same request may succeed later without anyone changing anything (a store or
+    /// secret store outage).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TenantError::Store { source, .. } => source.is_transient(),
+            TenantError::Credentials { source, .. } => source.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// The Function URL status for it: 403 disabled, 404 unknown, 503 when retrying may work, 500
+    /// for a configuration an operator must fix.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TenantError::NotConfigured(_) => 404,
+            TenantError::Disabled(_) => 403,
+            e if e.is_retryable() => 503,
+            _ => 500,
+        }
+    }
+}
+
 impl Deps {
-    /// Loads a tenant: stored settings (validated), its secret, and its DEAR client. Errors name
-    /// the tenant and what is missing or wrong.
-    pub async fn tenant(&self, tenant: &TenantId) -> Result<TenantContext, String> {
-        let fail = |m: String| format!("tenant {tenant}: {m}");
+    /// Loads an enabled tenant: stored settings (validated), its secret, and its DEAR client.
+    pub async fn tenant(&self, tenant: &TenantId) -> Result<TenantContext, TenantError> {
         let entry = self
             .store
             .tenant(tenant)
             .await
-            .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| fail("not configured (no settings in the state table)".into()))?;
-        let settings =
-            TenantSettings::from_toml(&entry.settings_toml).map_err(|e| fail(e.to_string()))?;
+            .map_err(|source| TenantError::Store {
+                tenant: tenant.clone(),
+                source,
+            })?
+            .ok_or_else(|| TenantError::NotConfigured(tenant.clone()))?;
+        if !entry.enabled {
+            return Err(TenantError::Disabled(tenant.clone()));
+        }
         let credentials = self
             .credentials
             .credentials(tenant)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|source| TenantError::Credentials {
+                tenant: tenant.clone(),
+                source,
+            })?;
+        self.context(&entry, credentials)
+    }
+
+    /// The context of a tenant whose entry and secret are already read.
+    fn context(
+        &self,
+        entry: &TenantEntry,
+        credentials: Credentials,
+    ) -> Result<TenantContext, TenantError> {
+        let tenant = &entry.tenant;
+        let settings = TenantSettings::from_toml(&entry.settings_toml).map_err(|source| {
+            TenantError::Settings {
+                tenant: tenant.clone(),
+                source,
+            }
+        })?;
         let dear = connect::dear_client(
             &credentials,
             &self.base_url,
@@ -106,7 +200,10 @@ impl Deps {
             self.store.clone(),
             self.clock.clone(),
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|source| TenantError::Client {
+            tenant: tenant.clone(),
+            source,
+        })?;
         Ok(TenantContext {
             tenant: tenant.clone(),
             settings,
@@ -116,6 +213,9 @@ impl Deps {
     }
 
     /// Checks a Function URL request's tenant and secret; `Err` is the HTTP response to send.
+    ///
+    /// The secret is checked before the tenant being disabled is revealed, so only a caller who
+    /// knows the secret learns that.
     pub async fn authorise(&self, event: &Value, prefix: &str) -> Result<TenantContext, Value> {
         let path = event["rawPath"].as_str().unwrap_or("");
         let Some(tenant_text) = path.strip_prefix(prefix).map(|t| t.trim_end_matches('/')) else {
@@ -130,18 +230,22 @@ impl Deps {
                 format!("{tenant_text:?} is not a tenant id"),
             ));
         };
-        match self.store.tenant(&tenant).await {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(http_error(
-                    404,
-                    format!("tenant {tenant} is not configured"),
-                ));
-            }
+        let entry = match self.store.tenant(&tenant).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Err(tenant_error(&TenantError::NotConfigured(tenant))),
             Err(e) => return Err(http_error(503, format!("state store unavailable: {e}"))),
-        }
-        let ctx = self.tenant(&tenant).await.map_err(|e| http_error(503, e))?;
-        let Some(expected) = ctx.credentials.inbound_secret.as_ref() else {
+        };
+        let credentials = self
+            .credentials
+            .credentials(&tenant)
+            .await
+            .map_err(|source| {
+                tenant_error(&TenantError::Credentials {
+                    tenant: tenant.clone(),
+                    source,
+                })
+            })?;
+        let Some(expected) = credentials.inbound_secret.as_ref() else {
             return Err(http_error(
                 401,
                 "this tenant has no inbound_secret configured; requests are refused",
@@ -153,8 +257,17 @@ impl Deps {
                 format!("missing or wrong {SECRET_HEADER} header"),
             ));
         }
-        Ok(ctx)
+        if !entry.enabled {
+            return Err(tenant_error(&TenantError::Disabled(tenant)));
+        }
+        self.context(&entry, credentials)
+            .map_err(|e| tenant_error(&e))
     }
+}
+
+/// The Function URL response for a tenant that cannot be worked for.
+pub fn tenant_error(error: &TenantError) -> Value {
+    http_error(error.http_status(), error.to_string())
 }
 
 /// True if the event is a Function URL request.
@@ -193,6 +306,20 @@ pub fn header<'a>(event: &'a Value, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .and_then(|(_, v)| v.as_str())
+}
+
+/// A `?name=true|false` query parameter of a Function URL request (absent = false); anything else
+/// is refused with a message naming it.
+pub fn query_flag(event: &Value, name: &str) -> Result<bool, String> {
+    match event["queryStringParameters"]
+        .get(name)
+        .and_then(Value::as_str)
+    {
+        None => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(format!("?{name}= must be true or false, got {other:?}")),
+    }
 }
 
 /// The request body as text (Function URLs base64-encode binary bodies).

@@ -118,6 +118,8 @@ impl SyncSummary {
                 ("Unchanged", self.unchanged),
                 ("Adjusted", self.adjusted),
                 ("HeldForReview", self.held_for_review),
+                // 1 when the sanity guard held the whole snapshot for a person.
+                ("SnapshotHeld", u64::from(self.outcome == "held")),
                 ("UnknownSkus", self.unknown_skus.len() as u64),
                 ("Skipped", self.skipped.values().sum()),
                 ("DearCalls", self.dear_calls),
