@@ -1153,3 +1153,40 @@ async fn stage_reads_and_order_state_rejections() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_write_answered_with_a_page_instead_of_json_has_an_unknown_outcome() {
+    // A proxy's HTML page with 200 after DEAR applied the write: not a refusal, and not repeated.
+    let server = sim(20, unlimited()).await;
+    let c = client(&server);
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "ref/carrier".into(),
+            method: Some("POST".into()),
+            sequence: [Fault::Html200].into(),
+            after_apply: true,
+            ..Default::default()
+        },
+    );
+    let err = c.create_carrier("Behind A Proxy").await.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err}");
+    assert!(err.to_string().contains("non-JSON"), "{err}");
+    assert_eq!(
+        server.sim.calls(ACCOUNT).unwrap().by_route["POST ref/carrier"],
+        1,
+        "not retried"
+    );
+    // DEAR's own refusal stays a refusal.
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "ref/carrier".into(),
+            method: Some("POST".into()),
+            sequence: [Fault::ErrorModel200(400)].into(),
+            ..Default::default()
+        },
+    );
+    let err = c.create_carrier("Refused").await.unwrap_err();
+    assert!(matches!(err, DearError::Rejected { .. }), "{err}");
+}

@@ -63,13 +63,25 @@ fn memory() -> Arc<dyn StateStore> {
 
 /// A simple sale in a given status with its order lines (SKU, quantity).
 fn find_sale(server: &SimServer, status: &str, min_qty: i64) -> (Uuid, String, Vec<(String, i64)>) {
+    find_sale_except(server, status, min_qty, Uuid::nil())
+}
+
+/// As [`find_sale`], another sale than `except`.
+fn find_sale_except(
+    server: &SimServer,
+    status: &str,
+    min_qty: i64,
+    except: Uuid,
+) -> (Uuid, String, Vec<(String, i64)>) {
     server
         .sim
         .with_data(ACCOUNT, |d| {
             d.sales
                 .values()
                 .filter(|s| {
-                    !s.advanced && dear_sim::rules::sale_status(s, Default::default()) == status
+                    s.id != except
+                        && !s.advanced
+                        && dear_sim::rules::sale_status(s, Default::default()) == status
                 })
                 .filter(|s| {
                     s.lines.iter().all(|l| {
@@ -651,4 +663,146 @@ async fn a_run_that_died_after_the_pack_resumes_with_the_ship_only() {
         writes_before,
         "no second pack write"
     );
+}
+
+/// Confirms `s` until it is applied (at most 10 tries), failing on an answer that is not retryable.
+async fn confirm_until_applied(j: &ShipmentConfirmation, s: &Shipment) -> String {
+    for _ in 0..10 {
+        match j.confirm(s).await {
+            Ok(c) => return c.task_id,
+            Err(e) if e.is_retryable() => continue,
+            Err(e) => panic!("{}: not retryable: {e}", s.shipment_id),
+        }
+    }
+    panic!("{} never applied", s.shipment_id)
+}
+
+#[tokio::test]
+async fn an_html_page_after_an_applied_write_is_an_unknown_outcome_and_converges() {
+    // DEAR applied the write, then a proxy answered 200 with an HTML page: nothing may be guessed
+    // from that answer. Each stage, for a complete shipment and for a partial one followed by the
+    // rest: the shipments end in DEAR exactly once, each on its own fulfilment.
+    for route in [
+        "sale/fulfilment",
+        "sale/fulfilment/pick",
+        "sale/fulfilment/pack",
+        "sale/fulfilment/ship",
+    ] {
+        let server = sim().await;
+        let (whole, _, whole_lines) = find_sale(&server, "ORDERED", 1);
+        let (split, _, split_lines) = find_sale_except(&server, "ORDERED", 2, whole);
+        let j = job(&server, memory(), "");
+        let html_once = || FaultRule {
+            route: route.into(),
+            method: Some("POST".into()),
+            sequence: [Fault::Html200].into(),
+            after_apply: true,
+            ..Default::default()
+        };
+        let all = shipment("HTML-ALL", whole, boxes_per_sku(&whole_lines, |q| q));
+        let first = shipment("HTML-P1", split, boxes_per_sku(&split_lines, |q| q / 2));
+        let rest = shipment("HTML-P2", split, boxes_per_sku(&split_lines, |q| q - q / 2));
+        for s in [&all, &first, &rest] {
+            server.sim.add_fault(ACCOUNT, html_once());
+            confirm_until_applied(&j, s).await;
+            server.sim.clear_faults(ACCOUNT);
+        }
+        for (sale, lines, fulfilments) in [(whole, &whole_lines, 1), (split, &split_lines, 2)] {
+            let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+            let live: Vec<_> = all
+                .iter()
+                .filter(|f| !f.pick.lines.is_empty() || f.ship.status == StageStatus::Authorised)
+                .collect();
+            assert_eq!(
+                live.len(),
+                fulfilments,
+                "{route}: fulfilments used: {all:?}"
+            );
+            assert!(
+                live.iter()
+                    .all(|f| f.ship.status == StageStatus::Authorised),
+                "{route}: every fulfilment shipped: {all:?}"
+            );
+            let sum = |f: &dear_client::Fulfilment, stage: &str| -> rust_decimal::Decimal {
+                match stage {
+                    "pick" => f.pick.lines.iter().map(|l| l.quantity).sum(),
+                    _ => f.pack.lines.iter().map(|l| l.quantity).sum(),
+                }
+            };
+            let want: rust_decimal::Decimal = lines
+                .iter()
+                .map(|(_, q)| rust_decimal::Decimal::from(*q))
+                .sum();
+            let picked: rust_decimal::Decimal = live.iter().map(|f| sum(f, "pick")).sum();
+            let packed: rust_decimal::Decimal = live.iter().map(|f| sum(f, "pack")).sum();
+            assert_eq!(
+                (picked, packed),
+                (want, want),
+                "{route}: picked and packed once"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_refused_ship_resumes_its_fulfilment_when_the_shipment_is_sent_again() {
+    // DEAR refuses the ship write after the pick and pack were applied (an Error Model naming a
+    // validation failure): the shipment fails, and once resent it finishes that same fulfilment.
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let j = job(&server, memory(), "");
+    let s = shipment("WMS-REFUSED-SHIP", sale, boxes_per_sku(&lines, |q| q));
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale/fulfilment/ship".into(),
+            method: Some("POST".into()),
+            sequence: [Fault::ErrorModel200(400)].into(),
+            ..Default::default()
+        },
+    );
+    let err = j.confirm(&s).await.unwrap_err();
+    assert!(matches!(err, ConfirmError::Rejected(_)), "{err}");
+    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    assert!(f.pack.status.is_authorised() && f.ship.status != StageStatus::Authorised);
+    let c = j.confirm(&s).await.unwrap();
+    assert_eq!(c.task_id, f.task_id.to_string(), "the same fulfilment");
+    let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].ship.status, StageStatus::Authorised);
+    assert_eq!(all[0].pack.lines, f.pack.lines, "packed once");
+}
+
+#[tokio::test]
+async fn a_picked_and_packed_fulfilment_the_ledger_lost_is_finished_not_refused() {
+    // The ledger that knew the fulfilment is gone (a restored table, another deployment): DEAR
+    // shows a fulfilment picked and packed with exactly this shipment, not shipped. It is finished.
+    let server = sim().await;
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+    let s = shipment("WMS-LOST-LEDGER", sale, boxes_per_sku(&lines, |q| q));
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale/fulfilment/ship".into(),
+            method: Some("POST".into()),
+            probability: 1.0,
+            fault: Some(Fault::Status(503)),
+            ..Default::default()
+        },
+    );
+    assert!(
+        job(&server, memory(), "")
+            .confirm(&s)
+            .await
+            .unwrap_err()
+            .is_retryable()
+    );
+    server.sim.clear_faults(ACCOUNT);
+    let j = job(&server, memory(), "");
+    let c = j.confirm(&s).await.unwrap();
+    let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(c.task_id, all[0].task_id.to_string());
+    assert_eq!(all[0].ship.status, StageStatus::Authorised);
+    assert_eq!(all[0].ship.lines.len(), lines.len(), "shipped once");
 }

@@ -321,7 +321,10 @@ impl DearClient {
                 }
                 Attempt::Fatal(err) => {
                     tracing::debug!(%method, path, status = "error", latency_ms, attempt = attempt_no, error = %err, "dear call");
-                    return Err(err);
+                    return Err(match access {
+                        Access::Write => unknown_unless_refused(err),
+                        Access::Read => err,
+                    });
                 }
                 Attempt::Throttled {
                     status,
@@ -421,11 +424,11 @@ impl DearClient {
         let answer = self
             .call(method.clone(), path, params, body, Access::Write)
             .await?;
-        if answer.is_empty() {
-            // 204: decode from `null` so that `()`/Option callers work and others say what is missing.
-            return Self::decode(&method, path, b"null");
-        }
-        Self::decode(&method, path, &answer)
+        // 204: decode from `null` so that `()`/Option callers work and others say what is missing.
+        let body: &[u8] = if answer.is_empty() { b"null" } else { &answer };
+        // DEAR took the write and answered success, but not with the object it sends: whether it
+        // applied the write cannot be told from this answer.
+        Self::decode(&method, path, body).map_err(unknown_unless_refused)
     }
 
     /// One page of a list endpoint.
@@ -773,6 +776,35 @@ impl DearClient {
             .write::<(), _>(Method::DELETE, "webhooks", &[("ID", id.to_string())], None)
             .await?;
         Ok(())
+    }
+}
+
+/// What an answer to a write means when it is not a success DEAR could have sent: a refusal only
+/// when DEAR said so (its Error Model, a 4xx, bad credentials); a success status whose body is not
+/// the expected JSON (an HTML page from a proxy, a truncated or different object) leaves the write's
+/// fate unknown, so the caller must read DEAR back before deciding.
+fn unknown_unless_refused(err: DearError) -> DearError {
+    match err {
+        DearError::NotJson {
+            method,
+            path,
+            status,
+            snippet,
+        } if (200..300).contains(&status) => DearError::OutcomeUnknown {
+            method,
+            path,
+            reason: format!("HTTP {status} with a non-JSON body: {snippet}"),
+        },
+        DearError::Decode {
+            method,
+            path,
+            reason,
+        } => DearError::OutcomeUnknown {
+            method,
+            path,
+            reason: format!("the success answer is not the expected object: {reason}"),
+        },
+        other => other,
     }
 }
 

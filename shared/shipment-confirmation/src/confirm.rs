@@ -435,9 +435,11 @@ impl ShipmentConfirmation {
         let key = self.key(shipment);
         let existing = self.store.record(&key).await?;
         let sale = self.sale(shipment).await?;
+        // The fulfilment an earlier attempt wrote to, whether it is still in flight or failed
+        // after some stages were applied (a refused ship leaves the pick and pack in DEAR).
         let resume_task = existing
             .as_ref()
-            .filter(|r| r.state == RecordState::InFlight)
+            .filter(|r| r.state != RecordState::Done)
             .and_then(|r| ShipmentDetail::of(r).task_id)
             .and_then(|t| t.parse::<Uuid>().ok());
         if existing
@@ -648,12 +650,6 @@ impl ShipmentConfirmation {
             m
         };
         let live: Vec<&Fulfilment> = sale.fulfilments.iter().filter(|f| is_live(f)).collect();
-        // What other fulfilments already took (picked, packed or shipped).
-        let taken = sum_by_sku(
-            live.iter()
-                .filter(|f| Some(f.task_id) != resume && !f.pick.status.is_open())
-                .flat_map(|f| f.pick.lines.iter()),
-        );
         let mut shipped_by_sku: BTreeMap<String, Decimal> = BTreeMap::new();
         for ((sku, _), q) in shipment.quantities() {
             *shipped_by_sku.entry(sku).or_default() += q;
@@ -677,9 +673,19 @@ impl ShipmentConfirmation {
         let candidate = match resume {
             Some(t) => live.iter().find(|f| f.task_id == t).copied(),
             None => match action {
+                // An open fulfilment, else one DEAR shows picked with exactly this shipment and
+                // not shipped: the trace of an attempt the ledger lost (it is finished, not
+                // counted as taken by someone else).
                 ShipOrderAction::MarkPackedAndShipped => live
                     .iter()
-                    .find(|f| !shipped(f) && (f.pack.status.is_open()))
+                    .find(|f| !shipped(f) && f.pack.status.is_open())
+                    .or_else(|| {
+                        live.iter().find(|f| {
+                            !shipped(f)
+                                && f.pick.status.is_authorised()
+                                && sum_by_sku(f.pick.lines.iter()) == shipped_by_sku
+                        })
+                    })
                     .copied(),
                 ShipOrderAction::MarkShipped => live
                     .iter()
@@ -731,6 +737,13 @@ impl ShipmentConfirmation {
                 task: Some(f.task_id),
             });
         }
+        // What other fulfilments already took (picked, packed or shipped).
+        let taken = sum_by_sku(
+            live.iter()
+                .filter(|f| Some(f.task_id) != candidate.map(|c| c.task_id))
+                .filter(|f| !f.pick.status.is_open())
+                .flat_map(|f| f.pick.lines.iter()),
+        );
         for (sku, q) in &shipped_by_sku {
             let remaining = ordered.get(sku).copied().unwrap_or_default()
                 - taken.get(sku).copied().unwrap_or_default();
