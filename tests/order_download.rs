@@ -1084,3 +1084,169 @@ async fn a_first_run_with_defaults_finds_the_simulators_recent_sales() {
         "{s:?}"
     );
 }
+
+#[tokio::test]
+async fn a_failed_read_of_a_delivered_sale_never_delivers_that_version_again() {
+    let server = sim(120).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let first = run(&h).await;
+    assert!(first.delivered > 10, "{first:?}");
+    let order = h.sink.orders.lock().unwrap()[0].clone();
+    let sale_id: Uuid = order.sale_id.parse().unwrap();
+    let location = order.location.clone().expect("a location");
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let tenant = TenantId::new("acme").unwrap();
+    let before =
+        dearsync_core::delivered::delivered_since(h.store.as_ref(), &tenant, since, &location)
+            .await
+            .unwrap();
+    // DEAR's Updated moves (an attribute the order does not carry), and reading the sale then
+    // fails with an answer that is not transient.
+    h.server
+        .sim
+        .edit_sale(
+            ACCOUNT,
+            sale_id,
+            &SaleEdit {
+                attributes: [(7u8, "internal".to_owned())].into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    h.server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale".into(),
+            method: Some("GET".into()),
+            sequence: [Fault::Status(404)].into(),
+            ..Default::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = run(&h).await;
+    assert_eq!(second.failed, 1, "{second:?}");
+    // The delivered order still counts as delivered for Inventory Sync.
+    let during =
+        dearsync_core::delivered::delivered_since(h.store.as_ref(), &tenant, since, &location)
+            .await
+            .unwrap();
+    assert_eq!(during, before, "the delivered order is still subtracted");
+    h.server.sim.clear_faults(ACCOUNT);
+    h.clock.advance(chrono::Duration::minutes(5));
+    let third = run(&h).await;
+    assert_eq!((third.retried, third.delivered), (1, 0), "{third:?}");
+    let sent = h
+        .sink
+        .sale_ids()
+        .iter()
+        .filter(|s| **s == order.sale_id)
+        .count();
+    assert_eq!(sent, 1, "the same version is not delivered again");
+    let key = RecordKey::new(&tenant, Job::OrderDownload, order.sale_id.clone());
+    assert_eq!(
+        h.store.record(&key).await.unwrap().unwrap().state,
+        RecordState::Done
+    );
+}
+
+#[tokio::test]
+async fn content_that_goes_back_to_an_earlier_version_is_a_new_delivery() {
+    let server = sim(120).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    run(&h).await;
+    let first = h.sink.orders.lock().unwrap()[0].clone();
+    let sale_id: Uuid = first.sale_id.parse().unwrap();
+    assert_eq!(
+        first.delivery_id,
+        format!("{}:{}", first.sale_id, first.version)
+    );
+    let memo = |text: Option<&str>| SaleEdit {
+        order_memo: Some(text.unwrap_or_default().to_owned()),
+        ..Default::default()
+    };
+    let original = first.notes.clone();
+    // A → B → A.
+    for edit in [
+        memo(Some("Call before delivery")),
+        memo(original.as_deref()),
+    ] {
+        h.server.sim.edit_sale(ACCOUNT, sale_id, &edit).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(run(&h).await.delivered, 1);
+    }
+    let all: Vec<_> = h
+        .sink
+        .orders
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.sale_id == first.sale_id)
+        .cloned()
+        .collect();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].version, first.version, "the content is A again");
+    let ids: HashSet<_> = all.iter().map(|o| o.delivery_id.clone()).collect();
+    assert_eq!(ids.len(), 3, "three deliveries, three ids: {ids:?}");
+    assert_eq!(
+        all[2].delivery_id,
+        format!("{}:{}:3", first.sale_id, first.version)
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_runs_delivery_is_taken_over_at_once_and_an_edit_made_meanwhile_is_delivered() {
+    let server = sim(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("orders.ndjson");
+    let (store, clock) = memory();
+    let mut h = harness(
+        server,
+        store.clone(),
+        clock.clone(),
+        settings("sale_status = \"Any\"\n"),
+    );
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::file(&out).unwrap());
+    run(&h).await;
+    let first = deliveries_in(&out);
+    // A run claimed the delivery, wrote the line and died: its claim runs 15 more minutes.
+    let (sale, _) = first[0].split_once(':').unwrap();
+    let key = RecordKey::new(&TenantId::new("acme").unwrap(), Job::OrderDownload, sale);
+    let done = store.record(&key).await.unwrap().unwrap();
+    let mut detail: serde_json::Value =
+        serde_json::from_str(done.detail.as_deref().unwrap()).unwrap();
+    detail["claimed_by"] = serde_json::json!("run-that-died");
+    store
+        .transition(
+            &done,
+            dearsync_core::state::Transition::to(RecordState::InFlight)
+                .due_at(clock.now_plus(15 * 60))
+                .detail(detail.to_string()),
+        )
+        .await
+        .unwrap();
+    // Meanwhile the sale is edited in DEAR.
+    h.server
+        .sim
+        .edit_sale(
+            ACCOUNT,
+            sale.parse().unwrap(),
+            &SaleEdit {
+                order_memo: Some("Edited while the run was down".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The next run, seconds later: the dead run's claim is settled now, and the edit delivered.
+    let s = run(&h).await;
+    assert_eq!((s.recovered, s.delivered), (1, 1), "{s:?}");
+    let after = deliveries_in(&out);
+    assert_eq!(after.len(), first.len() + 1, "the edit, once");
+    assert!(after.last().unwrap().starts_with(sale), "{after:?}");
+    assert_eq!(
+        store.record(&key).await.unwrap().unwrap().state,
+        RecordState::Done
+    );
+}

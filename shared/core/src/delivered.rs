@@ -88,19 +88,24 @@ pub async fn delivered_since(
     location: &str,
 ) -> Result<BTreeMap<String, Decimal>, StoreError> {
     let mut totals: BTreeMap<String, Decimal> = BTreeMap::new();
-    let mut query = LedgerQuery::new(tenant, Job::OrderDownload, RecordState::Done);
-    query.limit = 1000;
-    query.changed_since = Some(since);
-    loop {
-        let page = ledger.list(&query).await?;
-        for record in &page.records {
-            add_if_delivered_after(&mut totals, &DeliveryFacts::of(record), since, location)?;
-        }
-        match page.next {
-            Some(next) => query.after = Some(next),
-            None => return Ok(totals),
+    // Done records, and failed ones whose delivered version a later read could not refresh (they
+    // keep `delivered_at`; a failed delivery has none).
+    for state in [RecordState::Done, RecordState::Failed] {
+        let mut query = LedgerQuery::new(tenant, Job::OrderDownload, state);
+        query.limit = 1000;
+        query.changed_since = Some(since);
+        loop {
+            let page = ledger.list(&query).await?;
+            for record in &page.records {
+                add_if_delivered_after(&mut totals, &DeliveryFacts::of(record), since, location)?;
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
         }
     }
+    Ok(totals)
 }
 
 /// Adds one order's quantities when it shipped from `location` after `since`.

@@ -21,8 +21,12 @@ pub struct CanonicalOrder {
     /// DEAR's SaleID.
     pub sale_id: String,
     /// A hash of everything below except `status` and `updated`: a new version means the order
-    /// itself changed. `sale_id` + `version` identify one delivery.
+    /// itself changed.
     pub version: String,
+    /// This delivery's id (the webhook's `Idempotency-Key`): `<sale_id>:<version>` for the first
+    /// delivery of a sale, `<sale_id>:<version>:<n>` for its n-th content change, so content that
+    /// goes A → B → A is a new delivery, not a repeat of the first.
+    pub delivery_id: String,
     /// DEAR's order number (`SO-00091`).
     pub order_number: String,
     /// DEAR's sale status when downloaded.
@@ -355,6 +359,7 @@ pub fn map_sale(
         schema: SCHEMA.to_owned(),
         sale_id: sale.id.to_string(),
         version: String::new(),
+        delivery_id: String::new(),
         order_number: sale.order_number().unwrap_or_default().to_owned(),
         status: sale.status.as_str().to_owned(),
         order_date: sale.sale_order_date.map(|d| d.to_string()),
@@ -394,7 +399,17 @@ pub fn map_sale(
             .map(|d| d.to_rfc3339_opts(SecondsFormat::Millis, true)),
     };
     order.version = content_version(&order);
+    order.delivery_id = delivery_id_for(&order.sale_id, &order.version, 1);
     order
+}
+
+/// The id of a sale's `sequence`-th delivered content (1 for the first).
+pub fn delivery_id_for(sale_id: &str, version: &str, sequence: u32) -> String {
+    if sequence <= 1 {
+        format!("{sale_id}:{version}")
+    } else {
+        format!("{sale_id}:{version}:{sequence}")
+    }
 }
 
 /// The order's version: a hash of its content without `status`, `updated` and `version`.
@@ -403,6 +418,7 @@ pub fn content_version(order: &CanonicalOrder) -> String {
     content.status.clear();
     content.updated = None;
     content.version.clear();
+    content.delivery_id.clear();
     let bytes = serde_json::to_vec(&content).unwrap_or_default();
     dearsync_core::sha256_hex(&bytes)[..16].to_owned()
 }

@@ -32,7 +32,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::canonical::{SkipReason, map_sale, validate};
+use crate::canonical::{SkipReason, delivery_id_for, map_sale, validate};
 use crate::filter::{
     StatusView, matches_attributes, matches_status, selects_before_shipping, shipping_complete,
     status_queries,
@@ -43,6 +43,9 @@ use crate::sink::{OrderSink, delivery_id};
 pub const CURSOR_NAME: &str = "sales";
 /// How long an in-flight delivery is reserved before another run may take it over.
 const IN_FLIGHT_FOR: i64 = 15;
+
+/// Run ids start with this (`run-…`); other claimants (`webhook`) do not hold the run lease.
+const RUN_CLAIM_PREFIX: &str = "run-";
 /// A first run looks back this far when no `earliest_order_date` is set.
 const DEFAULT_LOOKBACK_DAYS: i64 = 30;
 
@@ -223,6 +226,9 @@ struct SaleDetail {
     /// Who claimed the delivery: a run id (`run-…`), or `webhook`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claimed_by: Option<String>,
+    /// How many contents of this sale were claimed for delivery (the last one's number).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    delivery_sequence: u32,
     /// Where the delivered order ships from, its quantity per SKU and when it was delivered: what
     /// Inventory Sync subtracts from a warehouse snapshot taken before the delivery (core's read
     /// model owns these keys).
@@ -241,6 +247,22 @@ impl SaleDetail {
 
     fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The delivery number of `version` given the sale's record: the same as the record's while it
+/// is the same content (a retry), the next one when the content changed.
+fn delivery_sequence(record: Option<&LedgerRecord>, version: &str) -> u32 {
+    let Some(rec) = record else { return 1 };
+    let last = SaleDetail::of(rec).delivery_sequence;
+    if rec.input_hash == version {
+        last.max(1)
+    } else {
+        last + 1
     }
 }
 
@@ -570,16 +592,18 @@ impl OrderDownload {
                     let Some(rec) = self.store.record(&listed.key).await? else {
                         continue;
                     };
-                    if rec.state != state || rec.due_at.is_none_or(|d| d > self.clock.now()) {
+                    if rec.state != state || !self.is_due(&rec, &opts.run_id) {
                         continue;
                     }
                     summary.retried += 1;
-                    handled.insert(id);
                     if state == RecordState::InFlight
                         && self.recover_in_flight(&rec, summary).await?
                     {
+                        // Settled as the version the sink has; the listing below still looks at
+                        // the sale, so an edit made while the claim was stuck is delivered now.
                         continue;
                     }
+                    handled.insert(id);
                     self.fetch_and_deliver(id, None, Some(rec), &opts.run_id, summary)
                         .await?;
                 }
@@ -592,13 +616,26 @@ impl OrderDownload {
         Ok(())
     }
 
+    /// Whether a failed or in-flight record is this run's to retry now. A delivery another run
+    /// claimed is taken over at once: this run holds the lease, so that run is gone. A webhook's
+    /// claim (it runs outside the lease) and a failed delivery's backoff are waited out.
+    fn is_due(&self, rec: &LedgerRecord, run_id: &str) -> bool {
+        let lapsed = rec.due_at.is_some_and(|d| d <= self.clock.now());
+        let claimed_by_a_dead_run = rec.state == RecordState::InFlight
+            && SaleDetail::of(rec)
+                .claimed_by
+                .is_some_and(|c| c.starts_with(RUN_CLAIM_PREFIX) && c != run_id);
+        lapsed || claimed_by_a_dead_run
+    }
+
     /// A run died after claiming a delivery: if the sink has it, record it done.
     async fn recover_in_flight(
         &self,
         rec: &LedgerRecord,
         summary: &mut RunSummary,
     ) -> Result<bool, SaleError> {
-        let id = format!("{}:{}", rec.key.entity, rec.input_hash);
+        let sequence = SaleDetail::of(rec).delivery_sequence;
+        let id = delivery_id_for(&rec.key.entity, &rec.input_hash, sequence);
         match self.sink.was_delivered(&id).await {
             Ok(Some(true)) => {
                 let mut detail = SaleDetail::of(rec);
@@ -711,7 +748,9 @@ impl OrderDownload {
                 .already_shipped(sale_id, record, &sale, updated, summary)
                 .await;
         }
-        let order = map_sale(&sale, &self.settings, listed_updated);
+        let mut order = map_sale(&sale, &self.settings, listed_updated);
+        let sequence = delivery_sequence(record.as_ref(), &order.version);
+        order.delivery_id = delivery_id_for(&order.sale_id, &order.version, sequence);
         let deliverable = matches_attributes(&self.settings, |n| {
             sale.additional_attribute(n).map(str::to_owned)
         })
@@ -733,10 +772,11 @@ impl OrderDownload {
                 )
                 .await;
         }
-        // Delivered before at this version: only a status or timestamp changed.
+        // Delivered before at this version: only a status or timestamp changed. (A record that
+        // failed a later read keeps the version it delivered and says so.)
         if let Some(rec) = &record
-            && rec.state == RecordState::Done
             && rec.input_hash == order.version
+            && (rec.state == RecordState::Done || delivered(rec))
         {
             summary.same_version += 1;
             self.settle(rec, RecordState::Done, None, None, updated)
@@ -750,6 +790,7 @@ impl OrderDownload {
             updated: updated.map(millis),
             order_number: Some(order.order_number.clone()),
             claimed_by: Some(claimant.to_owned()),
+            delivery_sequence: sequence,
             delivery: DeliveryFacts::new(
                 order.location.clone(),
                 order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
@@ -977,6 +1018,12 @@ impl OrderDownload {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// True when the record's version reached the warehouse (its detail says when), whatever state a
+/// later attempt left it in.
+fn delivered(rec: &LedgerRecord) -> bool {
+    SaleDetail::of(rec).delivery.delivered_at.is_some()
 }
 
 fn dear_stop(e: DearError) -> SaleError {

@@ -28,9 +28,9 @@ impl SinkError {
     }
 }
 
-/// The id of one delivery: the sale and the version of its order.
+/// The id of one delivery ([`CanonicalOrder::delivery_id`]).
 pub fn delivery_id(order: &CanonicalOrder) -> String {
-    format!("{}:{}", order.sale_id, order.version)
+    order.delivery_id.clone()
 }
 
 /// Receives orders.
@@ -112,6 +112,9 @@ impl OrderSink for NdjsonSink {
         struct Ids {
             sale_id: String,
             version: String,
+            /// Absent in lines written before deliveries had their own id.
+            #[serde(default)]
+            delivery_id: Option<String>,
         }
         let file = std::fs::File::open(path)
             .map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
@@ -120,7 +123,10 @@ impl OrderSink for NdjsonSink {
                 line.map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
             // A torn last line (the crash hit mid-write) is not a delivery.
             if let Ok(ids) = serde_json::from_str::<Ids>(&line)
-                && format!("{}:{}", ids.sale_id, ids.version) == id
+                && ids
+                    .delivery_id
+                    .unwrap_or_else(|| format!("{}:{}", ids.sale_id, ids.version))
+                    == id
             {
                 return Ok(Some(true));
             }
