@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use dearsync_shipment_confirmation::{Shipment, ShipmentConfirmation};
+use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
 
 use crate::exit::Ended;
 use crate::local::LocalOptions;
@@ -50,6 +50,10 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, String> {
                 "retryable": e.is_retryable(),
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            if matches!(e, ConfirmError::InProgress(_)) {
+                eprintln!("shipment {}: {e}", shipment.shipment_id);
+                return Ok(Ended::Busy);
+            }
             Err(format!(
                 "shipment {} not applied: {e}",
                 shipment.shipment_id

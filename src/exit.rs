@@ -6,14 +6,19 @@ pub enum Ended {
     /// Done; nothing needs a person.
     Ok,
     /// Done, but something needs a person: orders skipped, a snapshot held, unknown SKUs, lines
-    /// skipped or held for review, another run holding the lease.
+    /// skipped or held for review.
     NeedsAttention,
+    /// Nothing done because another run or worker is doing it now (the run lease is held, the
+    /// shipment or snapshot is being applied): try again later.
+    Busy,
 }
 
 /// Exit status of a command that failed (an error, a failed delivery, a refused shipment).
 pub const FAILED: u8 = 1;
 /// Exit status of [`Ended::NeedsAttention`].
 pub const NEEDS_ATTENTION: u8 = 2;
+/// Exit status of [`Ended::Busy`]: BSD's `EX_TEMPFAIL` ("try again later").
+pub const BUSY: u8 = 75;
 /// Exit status of a command line that is wrong (an unknown flag, a missing argument); BSD's
 /// `EX_USAGE`, so it is never mistaken for a job's outcome.
 pub const USAGE: u8 = 64;
@@ -34,6 +39,7 @@ pub fn status(result: Result<Ended, String>) -> std::process::ExitCode {
     match result {
         Ok(Ended::Ok) => std::process::ExitCode::SUCCESS,
         Ok(Ended::NeedsAttention) => std::process::ExitCode::from(NEEDS_ATTENTION),
+        Ok(Ended::Busy) => std::process::ExitCode::from(BUSY),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::from(FAILED)

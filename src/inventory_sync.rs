@@ -131,10 +131,16 @@ pub async fn run(args: InventorySyncArgs) -> Result<Ended, String> {
         s.dear_calls
     );
     if !s.unknown_skus.is_empty() {
-        eprintln!("  unknown SKUs: {}", s.unknown_skus.join(", "));
+        eprintln!(
+            "  unknown SKUs: {}",
+            first_of(&s.unknown_skus, UNKNOWN_SKUS_SHOWN)
+        );
     }
     for (reference, task) in &s.adjustments {
         eprintln!("  stock adjustment {task}: {reference}");
+    }
+    if s.outcome == "in_progress" {
+        return Ok(Ended::Busy);
     }
     let clean = s.unknown_skus.is_empty()
         && s.skipped.is_empty()
@@ -145,4 +151,32 @@ pub async fn run(args: InventorySyncArgs) -> Result<Ended, String> {
         )
         && (s.note.is_none() || s.outcome == "already_applied");
     Ok(Ended::attention_if(!clean))
+}
+
+/// How many unknown SKUs the summary names (a wrong file can have millions).
+const UNKNOWN_SKUS_SHOWN: usize = 20;
+
+/// The first `n` items, and how many more there are.
+fn first_of(items: &[String], n: usize) -> String {
+    let shown = items[..items.len().min(n)].join(", ");
+    match items.len().saturating_sub(n) {
+        0 => shown,
+        more => format!("{shown} … and {more} more"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_of;
+
+    #[test]
+    fn a_long_list_names_its_first_items_and_counts_the_rest() {
+        let items: Vec<String> = (1..=25).map(|i| format!("S{i}")).collect();
+        let text = first_of(&items, 20);
+        assert!(
+            text.starts_with("S1, S2,") && text.ends_with("S20 … and 5 more"),
+            "{text}"
+        );
+        assert_eq!(first_of(&items[..2], 20), "S1, S2");
+    }
 }

@@ -93,6 +93,7 @@ struct SimArgs {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    restore_default_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -216,5 +217,15 @@ fn parse_throttle_status(text: &str) -> Result<u16, String> {
         "429" => Ok(429),
         "503" => Ok(503),
         other => Err(format!("`{other}` is not 429 or 503")),
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing to a pipe whose reader has gone (`dearsync records | head`)
+/// fails and `println!` panics. A command-line tool should end quietly then, as `cat` does.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread is started; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

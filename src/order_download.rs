@@ -94,11 +94,13 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
             }
         ));
     }
-    let busy = matches!(
+    if matches!(
         summary.outcome,
         dearsync_order_download::Outcome::LeaseBusy(_)
-    );
-    Ok(Ended::attention_if(busy || summary.skipped_total() > 0))
+    ) {
+        return Ok(Ended::Busy);
+    }
+    Ok(Ended::attention_if(summary.skipped_total() > 0))
 }
 
 fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -100,6 +100,18 @@ fn exit_statuses_follow_one_convention() {
             .code(),
         Some(1)
     );
+    // A reader that goes away (`| head`) ends the command quietly, not with a panic.
+    std::fs::write(dir.path().join("t.toml"), "").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // Gone before the command writes a byte.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dearsync"))
+        .args(["settings", "--config", "t.toml"])
+        .current_dir(dir.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // Writing a tenant's settings needs --tenant (no silent `local` tenant).
     std::fs::write(dir.path().join("t.toml"), "").unwrap();
     let out = code(&["tenants", "put", "--config", "t.toml"]);

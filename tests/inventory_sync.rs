@@ -11,7 +11,7 @@ use dear_client::{
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
-use dearsync_inventory_sync::{InventorySync, Snapshot, SyncOptions, parse_instant};
+use dearsync_inventory_sync::{InventorySync, Snapshot, SyncError, SyncOptions, parse_instant};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -636,4 +636,36 @@ async fn throttled_answers_are_retried_and_reported() {
     assert_eq!(s.dear_throttled, 2, "{s:?}");
     let emf: serde_json::Value = serde_json::from_str(&s.emf(0)).unwrap();
     assert_eq!(emf["DearThrottled"], 2);
+}
+
+#[tokio::test]
+async fn an_unknown_location_is_refused_naming_it_and_nothing_is_posted() {
+    let server = sim(40).await;
+    let mut j = job(&server, memory(), "");
+    j.settings.location = Some("Main Warehose".into());
+    let levels = on_hand(&server).await;
+    let lines: Vec<(String, Decimal, Option<String>)> = levels
+        .iter()
+        .take(5)
+        .map(|(sku, q)| (sku.clone(), *q + Decimal::ONE, None))
+        .collect();
+    let err = j
+        .sync(&snapshot("TYPO-1", "2026-11-20T06:00:00Z", &lines), false)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, SyncError::Invalid(_)), "{text}");
+    assert!(
+        text.contains("\"Main Warehose\" is not a DEAR location") && text.contains(MAIN),
+        "{text}"
+    );
+    let posts = server
+        .sim
+        .calls(ACCOUNT)
+        .unwrap()
+        .by_route
+        .get("POST stockadjustment")
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(posts, 0, "nothing posted");
 }

@@ -31,6 +31,17 @@ impl SettingsError {
     }
 }
 
+/// `message` with the line and column `span` starts at (1-based), when the parser gave one.
+fn with_line(text: &str, span: Option<std::ops::Range<usize>>, message: &str) -> String {
+    let Some(start) = span.map(|s| s.start.min(text.len())) else {
+        return message.to_owned();
+    };
+    let before = text.get(..start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
 /// All of one tenant's settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,13 +59,14 @@ pub struct TenantSettings {
 impl TenantSettings {
     /// Reads and validates settings from TOML text.
     pub fn from_toml(text: &str) -> Result<Self, SettingsError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| SettingsError::new("(file)", e.message().trim().to_owned()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            SettingsError::new("(file)", with_line(text, e.span(), e.message().trim()))
+        })?;
         let settings: TenantSettings = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             SettingsError::new(
                 if path == "." { "(file)" } else { &path },
-                e.inner().message().trim().to_owned(),
+                with_line(text, e.inner().span(), e.inner().message().trim()),
             )
         })?;
         settings.validate()?;
@@ -674,6 +686,19 @@ mod tests {
 
     fn err(text: &str) -> SettingsError {
         TenantSettings::from_toml(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let e = err("[order_download]\nsale_status = \"PICKED\"\nwebhook_url = https://x\n");
+        assert_eq!(e.path, "(file)");
+        assert!(e.message.starts_with("line 3, column "), "{}", e.message);
+        let e = err("[order_download]\n\nsale_status = 5\n");
+        assert!(
+            e.message.starts_with("line 3, column 15: "),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -356,6 +356,32 @@ impl InventorySync {
 
     /// Plans the snapshot and posts the plan; `Some(reason)` when the sanity guard holds it
     /// (nothing posted).
+    /// Refuses a location name DEAR does not have, naming the ones it has.
+    async fn check_location_exists(&self, location: &str) -> Result<(), SyncError> {
+        let pages: Vec<_> = self
+            .dear
+            .locations(None, dear_client::MAX_LIMIT)
+            .try_collect()
+            .await
+            .map_err(dear)?;
+        let names: Vec<String> = pages
+            .into_iter()
+            .flat_map(|p| p.items)
+            .filter_map(|l| l.name)
+            .collect();
+        if names
+            .iter()
+            .any(|n| n.trim().eq_ignore_ascii_case(location.trim()))
+        {
+            return Ok(());
+        }
+        Err(SyncError::Invalid(format!(
+            "{location:?} is not a DEAR location (DEAR has: {}); check inventory_sync.location or \
+             the snapshot's location",
+            names.join(", ")
+        )))
+    }
+
     async fn plan_and_post(
         &self,
         snapshot: &Snapshot,
@@ -420,6 +446,11 @@ impl InventorySync {
                     }
                 }
             }
+        }
+        // DEAR lists nothing there: an empty location, or a name DEAR does not know (which it
+        // would only refuse when the adjustment is posted). Asked only in this case.
+        if levels.is_empty() {
+            self.check_location_exists(location).await?;
         }
         // The catalogue, reduced to what the plan needs, a page at a time.
         let mut by_sku: HashMap<String, Item> = HashMap::new();
