@@ -642,7 +642,8 @@ async fn bad_credentials_and_unknown_paths_are_clear_errors() {
         "the key never appears in errors"
     );
 
-    // An HTML page with 200 (DEAR does this for unknown paths).
+    // An HTML page with 200 (a proxy's page; DEAR's own for unknown paths): retried as an
+    // outage, and when it persists the error names the page.
     server.sim.add_fault(
         ACCOUNT,
         FaultRule {
@@ -651,12 +652,22 @@ async fn bad_credentials_and_unknown_paths_are_clear_errors() {
             ..Default::default()
         },
     );
+    client(&server).me().await.expect("one page is retried");
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "me".into(),
+            probability: 1.0,
+            fault: Some(Fault::Html200),
+            ..Default::default()
+        },
+    );
     let err = client(&server).me().await.unwrap_err();
+    assert!(matches!(err, DearError::Unavailable { .. }), "{err}");
     assert!(
-        matches!(err, DearError::NotJson { status: 200, .. }),
+        err.to_string().contains("GET me") && err.to_string().contains("non-JSON body"),
         "{err}"
     );
-    assert!(err.to_string().contains("me"));
 }
 
 #[tokio::test]

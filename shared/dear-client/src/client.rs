@@ -312,7 +312,8 @@ impl DearClient {
             self.budget.acquire(account).await?;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let outcome = self.attempt(&method, path, params, body.as_deref()).await;
+            let outcome =
+                page_instead_of_json(self.attempt(&method, path, params, body.as_deref()).await);
             let latency_ms = started.elapsed().as_millis() as u64;
             match outcome {
                 Attempt::Done(bytes) => {
@@ -779,22 +780,27 @@ impl DearClient {
     }
 }
 
+/// A success status with a page instead of JSON (a proxy's or gateway's HTML) is not DEAR's
+/// answer: like a 5xx, a read is retried and a write's outcome is unknown. (Our paths are fixed,
+/// so it is never a mistyped endpoint.)
+fn page_instead_of_json(attempt: Attempt) -> Attempt {
+    match attempt {
+        Attempt::Fatal(DearError::NotJson {
+            status, snippet, ..
+        }) if (200..300).contains(&status) => Attempt::Transient {
+            reason: format!("HTTP {status} with a non-JSON body: {snippet}"),
+            sent: true,
+        },
+        other => other,
+    }
+}
+
 /// What an answer to a write means when it is not a success DEAR could have sent: a refusal only
 /// when DEAR said so (its Error Model, a 4xx, bad credentials); a success status whose body is not
 /// the expected JSON (an HTML page from a proxy, a truncated or different object) leaves the write's
 /// fate unknown, so the caller must read DEAR back before deciding.
 fn unknown_unless_refused(err: DearError) -> DearError {
     match err {
-        DearError::NotJson {
-            method,
-            path,
-            status,
-            snippet,
-        } if (200..300).contains(&status) => DearError::OutcomeUnknown {
-            method,
-            path,
-            reason: format!("HTTP {status} with a non-JSON body: {snippet}"),
-        },
         DearError::Decode {
             method,
             path,

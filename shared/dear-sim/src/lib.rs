@@ -127,6 +127,8 @@ pub struct CallStats {
     pub by_route: BTreeMap<String, u64>,
     /// Largest number of accepted calls seen in any 60-second window.
     pub max_in_window: u64,
+    /// Calls answered with an injected fault.
+    pub faulted: u64,
 }
 
 struct Tenant {
@@ -569,6 +571,9 @@ async fn dear_api(
                 chosen = Some((f, rule.after_apply, rule.latency_ms));
                 break;
             }
+        }
+        if chosen.is_some() {
+            t.stats.faulted += 1;
         }
         (chosen, latency)
     };

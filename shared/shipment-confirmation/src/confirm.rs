@@ -915,7 +915,9 @@ impl ShipmentConfirmation {
     }
 
     /// Writes a stage; if the outcome is unknown (timeout, dropped connection), reads the stage
-    /// back and accepts it when DEAR has it, instead of writing it again blindly.
+    /// back and accepts it when DEAR has it, instead of writing it again blindly. A refusal is
+    /// read back too: an earlier attempt of this shipment (killed with its request still on the
+    /// way) may have applied the stage since it was read, and DEAR then refuses it as done.
     async fn write_checked<T, W, WF, R, RF>(
         &self,
         stage: &str,
@@ -931,6 +933,15 @@ impl ShipmentConfirmation {
     {
         match write().await {
             Ok(v) => Ok(v),
+            Err(e) if matches!(e, DearError::Rejected { .. }) => {
+                let now = read().await.map_err(dear_error)?;
+                if done(&now) {
+                    tracing::warn!(stage, error = %e, "DEAR refused the stage as already done by this shipment; accepted");
+                    Ok(now)
+                } else {
+                    Err(dear_error(e))
+                }
+            }
             Err(e) if e.is_outcome_unknown() => {
                 tracing::warn!(stage, error = %e, "write outcome unknown; reading DEAR back");
                 let now = read().await.map_err(dear_error)?;
