@@ -490,7 +490,13 @@ async fn second_fulfilment_makes_the_sale_advanced() {
 
 #[tokio::test]
 async fn stock_adjustment_sets_absolute_targets() {
-    let server = sim(50, unlimited()).await;
+    // DEAR's documented reading: UnitCost is needed only where the product has no stock (the
+    // reference's, on every line, is checked at the end).
+    let docs_reading = SimConfig {
+        unit_cost_on_every_line: false,
+        ..unlimited()
+    };
+    let server = sim(50, docs_reading).await;
     let c = client(&server);
     let q = AvailabilityQuery {
         location: Some("Main Warehouse".into()),
@@ -571,6 +577,18 @@ async fn stock_adjustment_sets_absolute_targets() {
     let err = c.create_stock_adjustment(&zero).await.unwrap_err();
     assert!(
         err.rejection_message().unwrap().contains("NO-SUCH-SKU"),
+        "{err}"
+    );
+    // The reference's reading (the simulator's default): a line without UnitCost is refused even
+    // for stock the location holds, as reported live.
+    let strict = sim(50, unlimited()).await;
+    let err = client(&strict)
+        .create_stock_adjustment(&adj)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.rejection_message(),
+        Some("Line 1: 'UnitCost' attribute is required."),
         "{err}"
     );
 }
@@ -1017,6 +1035,7 @@ async fn stock_adjustment_draft_complete_list_and_void() {
         lines: vec![StockAdjustmentLineWrite {
             product_id: Some(row.id),
             quantity: Decimal::ZERO,
+            unit_cost: Some(Decimal::ONE),
             location: Some("East Warehouse".into()),
             ..Default::default()
         }],
@@ -1200,4 +1219,25 @@ async fn a_write_answered_with_a_page_instead_of_json_has_an_unknown_outcome() {
     );
     let err = c.create_carrier("Refused").await.unwrap_err();
     assert!(matches!(err, DearError::Rejected { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn me_reads_its_quantity_places_in_both_formats() {
+    // DEAR's reference shows "N2" (a format string); a number is the other reading.
+    for as_text in [true, false] {
+        let server = sim(
+            2,
+            SimConfig {
+                quantity_places_as_text: as_text,
+                ..unlimited()
+            },
+        )
+        .await;
+        let me = client(&server).me().await.unwrap();
+        assert_eq!(
+            me.maximum_decimal_places_in_quantity,
+            Some(4),
+            "as text: {as_text}"
+        );
+    }
 }

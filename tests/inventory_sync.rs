@@ -543,7 +543,7 @@ async fn orders_delivered_after_the_snapshot_are_subtracted() {
         .sync(&snapshot("INV-S2", &later, &lines), false)
         .await
         .unwrap();
-    assert_eq!(s.adjusted as usize, lines.len());
+    assert_eq!(s.adjusted as usize, lines.len(), "{s:?}");
     let after = on_hand(&server).await;
     assert!(sold.keys().all(|sku| after[sku] == Decimal::from(1000)));
 }
@@ -668,4 +668,58 @@ async fn an_unknown_location_is_refused_naming_it_and_nothing_is_posted() {
         .copied()
         .unwrap_or(0);
     assert_eq!(posts, 0, "nothing posted");
+}
+
+#[tokio::test]
+async fn every_line_carries_a_unit_cost_so_both_readings_of_the_rule_accept_it() {
+    // DEAR's reference marks UnitCost required on every line; its docs ask for it on new stock
+    // only. The simulator plays each; the same sync is applied under both.
+    for every_line in [true, false] {
+        let spec = SeedSpec {
+            seed: 7,
+            sales: 10,
+            products: 120,
+            ..Default::default()
+        };
+        let config = SimConfig {
+            rate_limit: 0,
+            unit_cost_on_every_line: every_line,
+            ..Default::default()
+        };
+        let server = dear_sim::start_seeded(config, &spec).await.unwrap();
+        let stocked = on_hand(&server).await;
+        let fifo: Vec<String> = products(&server)
+            .into_iter()
+            .filter(|(_, batch_tracked, _)| !batch_tracked)
+            .map(|(s, _, _)| s)
+            .collect();
+        let existing: Vec<_> = fifo
+            .iter()
+            .filter(|s| stocked.get(*s).is_some_and(|q| *q > Decimal::ZERO))
+            .take(4)
+            .map(|s| (s.clone(), stocked[s] + Decimal::from(3), None))
+            .collect();
+        let new: Vec<_> = fifo
+            .iter()
+            .filter(|s| !stocked.contains_key(*s))
+            .take(2)
+            .map(|s| (s.clone(), Decimal::from(9), None))
+            .collect();
+        assert!(
+            existing.len() == 4 && !new.is_empty(),
+            "the seed has both kinds"
+        );
+        let lines: Vec<_> = existing.iter().chain(&new).cloned().collect();
+        let j = job(&server, memory(), "");
+        let s = j
+            .sync(&snapshot("COST-1", "2026-11-20", &lines), false)
+            .await
+            .unwrap_or_else(|e| panic!("every line has UnitCost = {every_line}: {e}"));
+        assert_eq!(s.outcome, "applied", "{s:?}");
+        assert_eq!(s.adjusted as usize, lines.len(), "{s:?}");
+        let after = on_hand(&server).await;
+        for (sku, want, _) in &lines {
+            assert_eq!(after.get(sku), Some(want), "{sku}");
+        }
+    }
 }

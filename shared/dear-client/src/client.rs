@@ -687,23 +687,35 @@ impl DearClient {
                 Some(&Body { description }),
             )
             .await?;
-        // DEAR may answer with the carrier or with a CarrierList envelope.
+        // DEAR may answer with the carrier or with a CarrierList envelope: ours is the one with
+        // our description, or the only one listed.
         let one = match value.as_object().and_then(|o| {
             o.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("CarrierList"))
                 .map(|(_, v)| v.clone())
         }) {
-            Some(serde_json::Value::Array(list)) => list
-                .into_iter()
-                .find(|c| c.get("Description").and_then(|d| d.as_str()) == Some(description))
-                .unwrap_or_default(),
+            Some(serde_json::Value::Array(list)) => {
+                let same = |c: &serde_json::Value| {
+                    c.get("Description")
+                        .and_then(|d| d.as_str())
+                        .is_some_and(|d| d.trim().eq_ignore_ascii_case(description.trim()))
+                };
+                let only = (list.len() == 1).then(|| list[0].clone());
+                list.iter()
+                    .find(|c| same(c))
+                    .cloned()
+                    .or(only)
+                    .unwrap_or_default()
+            }
             _ => value,
         };
-        serde_json::from_value(one).map_err(|e| DearError::Decode {
-            method: "POST".into(),
-            path: "ref/carrier".into(),
-            reason: e.to_string(),
-        })
+        serde_json::from_value(one)
+            .map_err(|e| DearError::Decode {
+                method: "POST".into(),
+                path: "ref/carrier".into(),
+                reason: e.to_string(),
+            })
+            .map_err(unknown_unless_refused)
     }
 
     /// `GET ref/priceTier`: the ten tier names.

@@ -183,3 +183,52 @@ pub fn lenient_bool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, 
         },
     }
 }
+
+/// `#[serde(deserialize_with = "decimal_places")]`: a number of decimal places as a number (`4`)
+/// or as a .NET format string (`"N2"`, as DEAR's reference shows for `GET me`); `null` is none.
+pub fn decimal_places<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Places {
+        Number(u32),
+        Text(String),
+    }
+    match Option::<Places>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Places::Number(n)) => Ok(Some(n)),
+        Some(Places::Text(t)) => {
+            let digits = t.trim().trim_start_matches(['N', 'n']);
+            digits.parse().map(Some).map_err(|_| {
+                D::Error::custom(format!(
+                    "`{t}` is not a number of decimal places (4 or \"N4\")"
+                ))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod decimal_places_tests {
+    #[derive(serde::Deserialize)]
+    struct Me {
+        #[serde(default, deserialize_with = "super::decimal_places")]
+        places: Option<u32>,
+    }
+
+    fn places(json: &str) -> Result<Option<u32>, serde_json::Error> {
+        serde_json::from_str::<Me>(json).map(|m| m.places)
+    }
+
+    #[test]
+    fn both_readings_and_none_are_read_and_nonsense_is_named() {
+        assert_eq!(places(r#"{"places": 4}"#).unwrap(), Some(4));
+        assert_eq!(places(r#"{"places": "N2"}"#).unwrap(), Some(2));
+        assert_eq!(places(r#"{"places": null}"#).unwrap(), None);
+        assert_eq!(places("{}").unwrap(), None);
+        let err = places(r#"{"places": "two"}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("`two` is not a number of decimal places"),
+            "{err}"
+        );
+    }
+}

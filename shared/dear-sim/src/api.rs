@@ -50,6 +50,10 @@ pub struct Ctx {
     pub salt: u64,
     /// How a shipped, un-invoiced simple sale shows its `Status`.
     pub shipped_sale_status: rules::ShippedSaleStatus,
+    /// `MaximumDecimalPlacesInQuantity` as `"N4"` rather than `4`.
+    pub quantity_places_as_text: bool,
+    /// `UnitCost` required on every stock adjustment line, not only for new stock.
+    pub unit_cost_on_every_line: bool,
 }
 
 fn method_not_allowed() -> ApiError {
@@ -73,7 +77,8 @@ pub fn handle(
         ("me", "GET") => Ok(json!({
             "Company": data.company, "Currency": "USD", "TimeZone": "UTC",
             "DefaultWeightUnits": "kg", "DefaultDimensionsUnits": "cm", "LockDate": Value::Null,
-            "MaximumDecimalPlacesInQuantity": 4, "TaxCalculationMethod": "Exclusive",
+            "MaximumDecimalPlacesInQuantity": if ctx.quantity_places_as_text { json!("N4") } else { json!(4) },
+            "TaxCalculationMethod": "Exclusive",
         })),
         ("salelist", "GET") => sale_list(data, ctx, q),
         ("sale", "GET") => {
@@ -1162,6 +1167,11 @@ fn write_adjustment(
         }
         let on_hand = data.on_hand(&key);
         let unit_cost = body::decimal(l, "UnitCost")?;
+        if unit_cost.is_none() && ctx.unit_cost_on_every_line {
+            return Err(ApiError::bad(format!(
+                "Line {n}: 'UnitCost' attribute is required."
+            )));
+        }
         if on_hand <= Decimal::ZERO && unit_cost.is_none() {
             return Err(ApiError::bad(format!(
                 "Line {n}: Required attribute UnitCost is not provided. Product {} has no stock in this location",

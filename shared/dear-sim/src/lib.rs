@@ -63,6 +63,12 @@ pub struct SimConfig {
     pub webhook_time_scale: f64,
     /// The `Status` of a shipped simple sale not yet invoiced (undocumented; see `docs/simulator.md`).
     pub shipped_sale_status: rules::ShippedSaleStatus,
+    /// `GET me`'s `MaximumDecimalPlacesInQuantity` as DEAR's reference shows it, a format string
+    /// (`"N4"`, default), or as a number (`4`).
+    pub quantity_places_as_text: bool,
+    /// Refuse a stock adjustment line without `UnitCost` on every line (DEAR's reference marks it
+    /// required, a live 400 is reported; default), or only for products with no stock there.
+    pub unit_cost_on_every_line: bool,
 }
 
 impl Default for SimConfig {
@@ -76,6 +82,8 @@ impl Default for SimConfig {
             hang_ms: 30_000,
             webhook_time_scale: 1.0,
             shipped_sale_status: rules::ShippedSaleStatus::default(),
+            quantity_places_as_text: true,
+            unit_cost_on_every_line: true,
         }
     }
 }
@@ -600,6 +608,8 @@ async fn dear_api(
         shuffle: config.shuffle_sales,
         salt: sim.salt,
         shipped_sale_status: config.shipped_sale_status,
+        quantity_places_as_text: config.quantity_places_as_text,
+        unit_cost_on_every_line: config.unit_cost_on_every_line,
     };
     let mut events = Vec::new();
     let result = {

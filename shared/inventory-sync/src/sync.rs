@@ -63,6 +63,9 @@ pub struct PlanLine {
     product_id: Option<Uuid>,
     #[serde(skip)]
     unit_cost: Option<Decimal>,
+    /// DEAR holds none of it yet: the line also carries a received date.
+    #[serde(skip)]
+    new_stock: bool,
 }
 
 fn decimal_text<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
@@ -173,8 +176,11 @@ struct Item {
     id: Uuid,
     sku: String,
     batch_tracked: bool,
-    /// The unit cost for zero-stock lines: the tier price, else AverageCost (positive only).
-    cost: Option<Decimal>,
+    /// AverageCost, when positive: the unit cost of lines for stock DEAR already holds (else the
+    /// new-stock cost).
+    average_cost: Option<Decimal>,
+    /// The unit cost of lines for new stock (none in DEAR): the tier price, else AverageCost.
+    new_stock_cost: Option<Decimal>,
 }
 
 impl Item {
@@ -187,7 +193,8 @@ impl Item {
             id: p.id,
             sku: p.sku.clone().unwrap_or_default(),
             batch_tracked: p.is_batch_tracked(),
-            cost: tier_price.or(average),
+            average_cost: average,
+            new_stock_cost: tier_price.or(average),
         }
     }
 }
@@ -500,6 +507,7 @@ impl InventorySync {
                 action: Action::Skip(reason.to_owned()),
                 product_id: None,
                 unit_cost: None,
+                new_stock: false,
             });
         };
         for line in &snapshot.lines {
@@ -616,25 +624,26 @@ impl InventorySync {
                 summary.unchanged += 1;
                 continue;
             }
-            // No stock (zero or negative) in DEAR: the line is a new-stock line and needs a unit cost.
-            let unit_cost = if level.on_hand <= Decimal::ZERO {
-                match product.and_then(|p| p.cost) {
-                    Some(c) => Some(c),
-                    None => {
-                        skip(
-                            summary,
-                            &sku,
-                            batch,
-                            now,
-                            target,
-                            "no_unit_cost: zero stock in DEAR, and neither the price tier nor AverageCost gives a unit cost",
-                        );
-                        continue;
-                    }
-                }
+            // Every line carries a unit cost: DEAR's reference marks it required on every line (and
+            // it is reported enforced live), while DEAR is documented to need it for new stock only.
+            // Sent always, it is right under both readings.
+            let new_stock = level.on_hand <= Decimal::ZERO;
+            let (cost, missing) = if new_stock {
+                (
+                    product.and_then(|p| p.new_stock_cost),
+                    "no_unit_cost: zero stock in DEAR, and neither the price tier nor AverageCost gives a unit cost",
+                )
             } else {
-                None
+                (
+                    product.and_then(|p| p.average_cost.or(p.new_stock_cost)),
+                    "no_unit_cost: neither AverageCost nor the price tier gives a unit cost",
+                )
             };
+            let Some(unit_cost) = cost else {
+                skip(summary, &sku, batch, now, target, missing);
+                continue;
+            };
+            let unit_cost = Some(unit_cost);
             let change = target - now;
             let drift = s.drift_threshold_units.is_some_and(|u| change.abs() > u)
                 || s.drift_threshold_percent.is_some_and(|pct| {
@@ -653,6 +662,7 @@ impl InventorySync {
                 },
                 product_id: Some(product_id),
                 unit_cost,
+                new_stock,
             };
             if drift {
                 review.push(line)
@@ -726,7 +736,7 @@ impl InventorySync {
                         unit_cost: l.unit_cost,
                         location: Some(location.to_owned()),
                         batch_sn: l.batch.clone(),
-                        received_date: l.unit_cost.map(|_| DearDateTime::from_utc(snapshot.as_of)),
+                        received_date: l.new_stock.then(|| DearDateTime::from_utc(snapshot.as_of)),
                         ..Default::default()
                     })
                     .collect(),

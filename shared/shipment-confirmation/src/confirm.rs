@@ -169,6 +169,11 @@ fn is_live(f: &Fulfilment) -> bool {
     f.pick.status != StageStatus::Voided && f.ship.status != StageStatus::Voided
 }
 
+/// A fulfilment nothing was picked on yet: where a new shipment goes.
+fn open_for_a_new_shipment(f: &Fulfilment) -> bool {
+    is_live(f) && f.pick.status.is_open() && !shipped(f)
+}
+
 fn shipped(f: &Fulfilment) -> bool {
     matches!(
         f.ship.status,
@@ -475,15 +480,25 @@ impl ShipmentConfirmation {
         {
             Some(f) => f.clone(),
             None => {
-                let created = self
-                    .dear
-                    .create_fulfilment(sale.id)
-                    .await
-                    .map_err(dear_error)?;
+                let created = match self.dear.create_fulfilment(sale.id).await {
+                    Ok(created) => created,
+                    // A killed attempt's create may have landed after the sale was read: DEAR
+                    // then refuses a second open fulfilment. Read again and take the open one.
+                    Err(e @ DearError::Rejected { .. }) => {
+                        let now = self.dear.fulfilments(sale.id).await.map_err(dear_error)?;
+                        if !now.fulfilments.iter().any(open_for_a_new_shipment) {
+                            return Err(dear_error(e));
+                        }
+                        tracing::warn!(tenant = %self.tenant, sale_id = %sale.id, error = %e,
+                            "DEAR refused a new fulfilment; an open one appeared since the sale was read, using it");
+                        now
+                    }
+                    Err(e) => return Err(dear_error(e)),
+                };
                 created
                     .fulfilments
                     .into_iter()
-                    .filter(|f| is_live(f) && f.pick.status.is_open() && !shipped(f))
+                    .filter(open_for_a_new_shipment)
                     .max_by_key(|f| f.fulfillment_number.unwrap_or(0))
                     .ok_or_else(|| ConfirmError::Rejected("DEAR opened no new fulfilment".into()))?
             }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::date::{DearDateTime, opt_date};
-use crate::serde_util::{decimal_map, lenient_bool, opt_decimal, opt_id};
+use crate::serde_util::{decimal_map, decimal_places, lenient_bool, opt_decimal, opt_id};
 
 /// Filters of `GET product`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -187,5 +187,8 @@ pub struct Me {
     pub default_dimensions_units: Option<String>,
     #[serde(with = "opt_date")]
     pub lock_date: Option<DearDateTime>,
+    /// A number (`4`, as the simulator sends by default) or a format string (`"N2"`, as DEAR's
+    /// reference shows): both read as the number of places.
+    #[serde(deserialize_with = "decimal_places")]
     pub maximum_decimal_places_in_quantity: Option<u32>,
 }
