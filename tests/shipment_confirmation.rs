@@ -15,6 +15,11 @@ use uuid::Uuid;
 const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
 
 async fn sim() -> SimServer {
+    sim_with(SimConfig::default()).await
+}
+
+/// The seeded simulator with `config`'s readings (its limit off, a short hang).
+async fn sim_with(config: SimConfig) -> SimServer {
     let spec = SeedSpec {
         seed: 21,
         sales: 120,
@@ -24,7 +29,7 @@ async fn sim() -> SimServer {
     let config = SimConfig {
         rate_limit: 0,
         hang_ms: 1_000,
-        ..Default::default()
+        ..config
     };
     dear_sim::start_seeded(config, &spec).await.unwrap()
 }
@@ -805,4 +810,46 @@ async fn a_picked_and_packed_fulfilment_the_ledger_lost_is_finished_not_refused(
     assert_eq!(c.task_id, all[0].task_id.to_string());
     assert_eq!(all[0].ship.status, StageStatus::Authorised);
     assert_eq!(all[0].ship.lines.len(), lines.len(), "shipped once");
+}
+
+#[tokio::test]
+async fn a_simple_sale_listing_no_fulfilment_is_shipped_on_its_own_task_and_stays_simple() {
+    // Both readings: DEAR lists the first (empty) fulfilment of a simple sale, or none before any
+    // work (a reference example). Either way the shipment goes on the sale's own task, and the
+    // sale is not turned into an Advanced Sale by a new fulfilment.
+    for lists_none in [false, true] {
+        let server = sim_with(SimConfig {
+            simple_sale_lists_no_fulfilment_before_work: lists_none,
+            ..SimConfig::default()
+        })
+        .await;
+        let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
+        let j = job(&server, memory(), "");
+        let before = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+        assert_eq!(before.is_empty(), lists_none, "the reading is played");
+        let c = j
+            .confirm(&shipment("WMS-SIMPLE", sale, boxes_per_sku(&lines, |q| q)))
+            .await
+            .unwrap_or_else(|e| panic!("lists none = {lists_none}: {e}"));
+        assert_eq!(c.task_id, sale.to_string(), "the sale's own task");
+        let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].ship.status, StageStatus::Authorised);
+        let after = j.dear.sale(sale).await.unwrap();
+        assert_eq!(
+            after.sale_type,
+            dear_client::SaleType::Simple,
+            "still a simple sale"
+        );
+        assert_eq!(
+            server
+                .sim
+                .calls(ACCOUNT)
+                .unwrap()
+                .by_route
+                .get("POST sale/fulfilment"),
+            None,
+            "no fulfilment created"
+        );
+    }
 }

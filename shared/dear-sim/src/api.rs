@@ -54,6 +54,8 @@ pub struct Ctx {
     pub quantity_places_as_text: bool,
     /// `UnitCost` required on every stock adjustment line, not only for new stock.
     pub unit_cost_on_every_line: bool,
+    /// A simple sale lists no fulfilment before any work.
+    pub hide_untouched_simple_fulfilment: bool,
 }
 
 fn method_not_allowed() -> ApiError {
@@ -87,7 +89,12 @@ pub fn handle(
                 .sales
                 .get(&id)
                 .ok_or_else(|| ApiError::bad(format!("Sale with ID {id} not found")))?;
-            Ok(render::sale(sale, data, ctx.shipped_sale_status))
+            Ok(render::sale(
+                sale,
+                data,
+                ctx.shipped_sale_status,
+                ctx.hide_untouched_simple_fulfilment,
+            ))
         }
         ("sale/fulfilment", "GET") => {
             let id = q.guid("SaleID")?.ok_or_else(|| required("SaleID"))?;
@@ -95,7 +102,11 @@ pub fn handle(
                 .sales
                 .get(&id)
                 .ok_or_else(|| ApiError::bad(format!("Sale with ID {id} not found")))?;
-            Ok(render::fulfilments(sale, data))
+            Ok(render::fulfilments(
+                sale,
+                data,
+                ctx.hide_untouched_simple_fulfilment,
+            ))
         }
         ("sale/fulfilment", "POST") => new_fulfilment(data, ctx, body),
         ("sale/fulfilment", "DELETE") => delete_fulfilment(data, ctx, q),
@@ -409,7 +420,11 @@ fn new_fulfilment(data: &mut Dataset, ctx: &Ctx, body: &Value) -> Result<Value, 
     sale.advanced = true;
     sale.updated = ctx.now;
     let sale = &data.sales[&id];
-    Ok(render::fulfilments(sale, data))
+    Ok(render::fulfilments(
+        sale,
+        data,
+        ctx.hide_untouched_simple_fulfilment,
+    ))
 }
 
 fn delete_fulfilment(data: &mut Dataset, ctx: &Ctx, q: &Query) -> Result<Value, ApiError> {
@@ -446,7 +461,11 @@ fn delete_fulfilment(data: &mut Dataset, ctx: &Ctx, q: &Query) -> Result<Value, 
         sale.updated = ctx.now;
     }
     let sale = &data.sales[&sale_id];
-    Ok(render::fulfilments(sale, data))
+    Ok(render::fulfilments(
+        sale,
+        data,
+        ctx.hide_untouched_simple_fulfilment,
+    ))
 }
 
 fn stage_status(body: &Value, allowed: &[Stage]) -> Result<Stage, ApiError> {

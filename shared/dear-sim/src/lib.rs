@@ -69,6 +69,10 @@ pub struct SimConfig {
     /// Refuse a stock adjustment line without `UnitCost` on every line (DEAR's reference marks it
     /// required, a live 400 is reported; default), or only for products with no stock there.
     pub unit_cost_on_every_line: bool,
+    /// List no fulfilment for a simple sale before any fulfilment work (`Fulfilments: []`, as a
+    /// reference example shows; its task is then the SaleID), instead of its first, empty one
+    /// (default).
+    pub simple_sale_lists_no_fulfilment_before_work: bool,
 }
 
 impl Default for SimConfig {
@@ -84,6 +88,7 @@ impl Default for SimConfig {
             shipped_sale_status: rules::ShippedSaleStatus::default(),
             quantity_places_as_text: true,
             unit_cost_on_every_line: true,
+            simple_sale_lists_no_fulfilment_before_work: false,
         }
     }
 }
@@ -610,6 +615,7 @@ async fn dear_api(
         shipped_sale_status: config.shipped_sale_status,
         quantity_places_as_text: config.quantity_places_as_text,
         unit_cost_on_every_line: config.unit_cost_on_every_line,
+        hide_untouched_simple_fulfilment: config.simple_sale_lists_no_fulfilment_before_work,
     };
     let mut events = Vec::new();
     let result = {

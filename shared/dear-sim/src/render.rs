@@ -169,10 +169,21 @@ pub fn fulfilment(f: &SimFulfilment, sale: &SimSale, data: &Dataset) -> Value {
 }
 
 /// `{SaleID, Fulfilments}`.
-pub fn fulfilments(sale: &SimSale, data: &Dataset) -> Value {
+pub fn fulfilments(sale: &SimSale, data: &Dataset, hide_untouched: bool) -> Value {
     json!({
         "SaleID": sale.id,
-        "Fulfilments": sale.fulfilments.iter().map(|f| fulfilment(f, sale, data)).collect::<Vec<_>>(),
+        "Fulfilments": listed(sale, hide_untouched).map(|f| fulfilment(f, sale, data)).collect::<Vec<_>>(),
+    })
+}
+
+/// The fulfilments DEAR lists: all, or (one reading) none of a simple sale's before any work.
+fn listed(sale: &SimSale, hide_untouched: bool) -> impl Iterator<Item = &SimFulfilment> {
+    sale.fulfilments.iter().filter(move |f| {
+        let untouched = f.pick_status == Stage::NotAvailable
+            && f.pick.is_empty()
+            && f.pack_status == Stage::NotAvailable
+            && f.ship_status == Stage::NotAvailable;
+        !(hide_untouched && !sale.advanced && f.task_id == sale.id && untouched)
     })
 }
 
@@ -211,7 +222,12 @@ pub fn sale_list_row(sale: &SimSale, shipped: rules::ShippedSaleStatus) -> Value
 }
 
 /// The whole `GET sale` document.
-pub fn sale(sale: &SimSale, data: &Dataset, shipped: rules::ShippedSaleStatus) -> Value {
+pub fn sale(
+    sale: &SimSale,
+    data: &Dataset,
+    shipped: rules::ShippedSaleStatus,
+    hide_untouched: bool,
+) -> Value {
     let c = rules::combined_statuses(sale);
     let order_total: Decimal = sale.lines.iter().map(SimLine::total).sum::<Decimal>()
         + sale
@@ -255,7 +271,7 @@ pub fn sale(sale: &SimSale, data: &Dataset, shipped: rules::ShippedSaleStatus) -
             "Status": sale.order_status.as_str(), "Lines": lines, "AdditionalCharges": charges,
             "TotalBeforeTax": num(order_total), "Tax": num(tax), "Total": num(order_total + tax),
         },
-        "Fulfilments": sale.fulfilments.iter().map(|f| fulfilment(f, sale, data)).collect::<Vec<_>>(),
+        "Fulfilments": listed(sale, hide_untouched).map(|f| fulfilment(f, sale, data)).collect::<Vec<_>>(),
         "Invoices": sale.invoices.iter().map(|i| {
             let total: Decimal = i.lines.iter().map(SimLine::total).sum::<Decimal>()
                 + i.charges.iter().map(|c| c.price * c.quantity).sum::<Decimal>();

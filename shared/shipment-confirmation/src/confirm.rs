@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use dear_client::{
     DearClient, DearDateTime, DearError, Fulfilment, FulfilmentLine, PickPack, Sale, SaleListQuery,
-    Ship, ShipLine, StageStatus,
+    SaleType, Ship, ShipLine, StageStatus,
 };
 use dearsync_core::settings::{ShipOrderAction, ShipmentConfirmationSettings};
 use dearsync_core::state::{
@@ -479,6 +479,14 @@ impl ShipmentConfirmation {
             .and_then(|t| sale.fulfilments.iter().find(|f| f.task_id == t))
         {
             Some(f) => f.clone(),
+            // A simple sale may list no fulfilment before any work (as a DEAR reference example
+            // shows): its own task is the sale. Creating one would make it an Advanced Sale.
+            None if sale.sale_type == SaleType::Simple && !sale.fulfilments.iter().any(is_live) => {
+                Fulfilment {
+                    task_id: sale.id,
+                    ..Fulfilment::default()
+                }
+            }
             None => {
                 let created = match self.dear.create_fulfilment(sale.id).await {
                     Ok(created) => created,
