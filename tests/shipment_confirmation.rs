@@ -853,3 +853,48 @@ async fn a_simple_sale_listing_no_fulfilment_is_shipped_on_its_own_task_and_stay
         );
     }
 }
+
+#[tokio::test]
+async fn the_pack_ends_with_exactly_what_shipped_whether_dear_opens_a_draft_pack_after_the_pick() {
+    // Reference examples show a DRAFT pack right after an authorised pick; the simulator's other
+    // reading leaves the pack NOT AVAILABLE. A pack added to DEAR's draft would pack twice.
+    for draft_pack in [false, true] {
+        let server = sim_with(SimConfig {
+            draft_pack_after_pick: draft_pack,
+            ..SimConfig::default()
+        })
+        .await;
+        let (sale, _, lines) = find_sale(&server, "ORDERED", 2);
+        let j = job(&server, memory(), "");
+        // Two boxes per SKU, so the pack's lines differ from the pick's.
+        let packages: Vec<_> = lines
+            .iter()
+            .flat_map(|(sku, q)| {
+                [
+                    json!({ "box": format!("{sku}-A"), "tracking_number": format!("T-{sku}-A"), "lines": [{ "sku": sku, "quantity": 1 }] }),
+                    json!({ "box": format!("{sku}-B"), "tracking_number": format!("T-{sku}-B"), "lines": [{ "sku": sku, "quantity": q - 1 }] }),
+                ]
+            })
+            .collect();
+        let c = j
+            .confirm(&shipment("WMS-DRAFT-PACK", sale, json!(packages)))
+            .await
+            .unwrap_or_else(|e| panic!("draft pack = {draft_pack}: {e}"));
+        assert_eq!(c.fulfilment_number, Some(1));
+        let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+        assert!(f.pack.status.is_authorised(), "draft pack = {draft_pack}");
+        assert_eq!(
+            f.pack.lines.len(),
+            packages.len(),
+            "draft pack = {draft_pack}: {:?}",
+            f.pack.lines
+        );
+        let packed: rust_decimal::Decimal = f.pack.lines.iter().map(|l| l.quantity).sum();
+        let want: rust_decimal::Decimal = lines
+            .iter()
+            .map(|(_, q)| rust_decimal::Decimal::from(*q))
+            .sum();
+        assert_eq!(packed, want, "packed once");
+        assert_eq!(f.ship.status, StageStatus::Authorised);
+    }
+}

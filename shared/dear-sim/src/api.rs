@@ -56,6 +56,8 @@ pub struct Ctx {
     pub unit_cost_on_every_line: bool,
     /// A simple sale lists no fulfilment before any work.
     pub hide_untouched_simple_fulfilment: bool,
+    /// An authorised pick opens a DRAFT pack with the picked lines.
+    pub draft_pack_after_pick: bool,
 }
 
 fn method_not_allowed() -> ApiError {
@@ -657,6 +659,13 @@ fn write_pick(
     let f = &mut sale.fulfilments[idx];
     f.pick = lines;
     f.pick_status = status;
+    if status == Stage::Authorised
+        && ctx.draft_pack_after_pick
+        && f.pack_status == Stage::NotAvailable
+    {
+        f.pack = f.pick.clone();
+        f.pack_status = Stage::Draft;
+    }
     sale.updated = ctx.now;
     if status == Stage::Authorised {
         events.push(sale_event(sale, Some(task), "Sale/PickAuthorised"));

@@ -73,6 +73,10 @@ pub struct SimConfig {
     /// reference example shows; its task is then the SaleID), instead of its first, empty one
     /// (default).
     pub simple_sale_lists_no_fulfilment_before_work: bool,
+    /// Open a DRAFT pack holding the picked lines when a pick is authorised (reference examples
+    /// show a DRAFT pack right after an authorised pick), instead of leaving it NOT AVAILABLE
+    /// (default).
+    pub draft_pack_after_pick: bool,
 }
 
 impl Default for SimConfig {
@@ -89,6 +93,7 @@ impl Default for SimConfig {
             quantity_places_as_text: true,
             unit_cost_on_every_line: true,
             simple_sale_lists_no_fulfilment_before_work: false,
+            draft_pack_after_pick: false,
         }
     }
 }
@@ -616,6 +621,7 @@ async fn dear_api(
         quantity_places_as_text: config.quantity_places_as_text,
         unit_cost_on_every_line: config.unit_cost_on_every_line,
         hide_untouched_simple_fulfilment: config.simple_sale_lists_no_fulfilment_before_work,
+        draft_pack_after_pick: config.draft_pack_after_pick,
     };
     let mut events = Vec::new();
     let result = {

@@ -484,6 +484,7 @@ impl ShipmentConfirmation {
             None if sale.sale_type == SaleType::Simple && !sale.fulfilments.iter().any(is_live) => {
                 Fulfilment {
                     task_id: sale.id,
+                    fulfillment_number: Some(1),
                     ..Fulfilment::default()
                 }
             }
@@ -512,6 +513,8 @@ impl ShipmentConfirmation {
             }
         };
         let task = fulfilment.task_id;
+        // Known from the read (or the create) already: no read after shipping.
+        let fulfilment_number = fulfilment.fulfillment_number;
         let detail = ShipmentDetail {
             sale_id: Some(sale.id.to_string()),
             task_id: Some(task.to_string()),
@@ -564,13 +567,7 @@ impl ShipmentConfirmation {
                 return Err(e);
             }
         };
-        let fulfilment_number = self
-            .dear
-            .fulfilments(sale.id)
-            .await
-            .ok()
-            .and_then(|all| all.fulfilments.into_iter().find(|f| f.task_id == task))
-            .and_then(|f| f.fulfillment_number);
+
         let confirmation = Confirmation {
             shipment_id: shipment.shipment_id.trim().to_owned(),
             action: "applied".into(),
@@ -829,6 +826,7 @@ impl ShipmentConfirmation {
                 ..Default::default()
             };
         if self.settings.ship_order_action == ShipOrderAction::MarkPackedAndShipped {
+            let mut pack_status = f.pack.status.clone();
             if !f.pick.status.is_authorised() {
                 let pick = PickPack {
                     task_id: Some(task),
@@ -848,8 +846,12 @@ impl ShipmentConfirmation {
                     |p| p.status.is_authorised(),
                 )
                 .await?;
+                // DEAR may open a DRAFT pack when the pick is authorised (reference examples show
+                // one): the pack is written from DEAR's state now, not the read before the pick,
+                // so a DRAFT is replaced rather than added to.
+                pack_status = self.dear.pack(task).await.map_err(dear_error)?.status;
             }
-            if !f.pack.status.is_authorised() {
+            if !pack_status.is_authorised() {
                 let lines = shipment
                     .packages
                     .iter()
@@ -870,7 +872,7 @@ impl ShipmentConfirmation {
                     lines,
                     ..Default::default()
                 };
-                let replace = f.pack.status == StageStatus::Draft;
+                let replace = pack_status == StageStatus::Draft;
                 self.write_checked(
                     "pack",
                     || self.dear.write_pack(&pack, replace),
