@@ -1241,3 +1241,47 @@ async fn me_reads_its_quantity_places_in_both_formats() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_error_model_is_read_as_an_array_or_as_one_object() {
+    // The reference shows `[{ErrorCode, Exception}]`; one object is reported live. Both are a
+    // refusal naming DEAR's message, with any HTTP status, 200 included.
+    for as_object in [false, true] {
+        let server = sim(
+            2,
+            SimConfig {
+                errors_as_object: as_object,
+                ..unlimited()
+            },
+        )
+        .await;
+        let c = client(&server);
+        let err = c.sale(uuid::Uuid::new_v4()).await.unwrap_err();
+        assert!(
+            matches!(&err, DearError::Rejected { status: 400, .. })
+                && err.rejection_message().unwrap().contains("not found"),
+            "as object: {as_object}: {err}"
+        );
+        server.sim.add_fault(
+            ACCOUNT,
+            FaultRule {
+                route: "ref/carrier".into(),
+                method: Some("POST".into()),
+                sequence: [Fault::ErrorModel200(400)].into(),
+                ..Default::default()
+            },
+        );
+        let err = c.create_carrier("Refused").await.unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                DearError::Rejected {
+                    status: 200,
+                    code: 400,
+                    ..
+                }
+            ),
+            "as object: {as_object}: {err}"
+        );
+    }
+}

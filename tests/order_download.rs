@@ -1196,7 +1196,8 @@ async fn content_that_goes_back_to_an_earlier_version_is_a_new_delivery() {
 }
 
 #[tokio::test]
-async fn a_crashed_runs_delivery_is_taken_over_at_once_and_an_edit_made_meanwhile_is_delivered() {
+async fn a_crashed_runs_delivery_is_taken_over_in_minutes_and_an_edit_made_meanwhile_is_delivered()
+{
     let server = sim(60).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("orders.ndjson");
@@ -1239,7 +1240,10 @@ async fn a_crashed_runs_delivery_is_taken_over_at_once_and_an_edit_made_meanwhil
         )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // The next run, seconds later: the dead run's claim is settled now, and the edit delivered.
+    // A run two minutes later (longer than the longest delivery the default settings allow, 90 s;
+    // the claim itself would run 13 more minutes): the dead run's claim is settled now, and the
+    // edit delivered.
+    h.clock.advance(chrono::Duration::minutes(2));
     let s = run(&h).await;
     assert_eq!((s.recovered, s.delivered), (1, 1), "{s:?}");
     let after = deliveries_in(&out);
@@ -1249,4 +1253,61 @@ async fn a_crashed_runs_delivery_is_taken_over_at_once_and_an_edit_made_meanwhil
         store.record(&key).await.unwrap().unwrap().state,
         RecordState::Done
     );
+}
+
+#[tokio::test]
+async fn an_edit_skipped_by_the_attribute_filter_is_delivered_once_the_filter_matches_again() {
+    let server = sim(120).await;
+    let rows = all_rows(&server).await;
+    let tagged = tag_wholesale(&server, &rows, 3);
+    let (store, clock) = memory();
+    let h = harness(
+        server,
+        store,
+        clock,
+        settings(
+            "sale_status = \"Any\"\nadditional_attribute_filters = { \"5\" = \"wholesale\" }\n",
+        ),
+    );
+    run(&h).await;
+    let id = tagged[0];
+    let first = h
+        .sink
+        .orders
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.sale_id == id.to_string())
+        .count();
+    assert_eq!(first, 1, "version A delivered");
+    // Content A → B, and in the same edit the attribute no longer matches: B is skipped.
+    let edit = SaleEdit {
+        order_memo: Some("version B".into()),
+        attributes: [(5u8, "Retail".to_owned())].into(),
+        ..Default::default()
+    };
+    h.server.sim.edit_sale(ACCOUNT, id, &edit).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let s = run(&h).await;
+    assert_eq!(s.skipped.get("attribute_filter").copied(), Some(1), "{s:?}");
+    // The attribute matches again (the version, which does not hash it, is still B): B goes.
+    let back = SaleEdit {
+        attributes: [(5u8, "Wholesale".to_owned())].into(),
+        ..Default::default()
+    };
+    h.server.sim.edit_sale(ACCOUNT, id, &back).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let s = run(&h).await;
+    assert_eq!(s.delivered, 1, "{s:?}");
+    let sent: Vec<_> = h
+        .sink
+        .orders
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| o.sale_id == id.to_string())
+        .cloned()
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].notes.as_deref(), Some("version B"));
 }

@@ -779,37 +779,38 @@ async fn a_refused_ship_resumes_its_fulfilment_when_the_shipment_is_sent_again()
 }
 
 #[tokio::test]
-async fn a_picked_and_packed_fulfilment_the_ledger_lost_is_finished_not_refused() {
-    // The ledger that knew the fulfilment is gone (a restored table, another deployment): DEAR
-    // shows a fulfilment picked and packed with exactly this shipment, not shipped. It is finished.
+async fn another_shipment_never_takes_over_a_failed_shipments_fulfilment() {
+    // S1's ship is refused after its pick and pack (fulfilment 1, recorded failed). S2, for the
+    // rest of the sale, goes on a fulfilment of its own; S1, resent, finishes fulfilment 1.
     let server = sim().await;
-    let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
-    let s = shipment("WMS-LOST-LEDGER", sale, boxes_per_sku(&lines, |q| q));
+    let (sale, _, lines) = find_sale(&server, "ORDERED", 2);
+    let j = job(&server, memory(), "");
+    let s1 = shipment("WMS-S1", sale, boxes_per_sku(&lines, |q| q / 2));
+    let mut s2 = shipment("WMS-S2", sale, boxes_per_sku(&lines, |q| q - q / 2));
+    for p in &mut s2.packages {
+        p.r#box = format!("{}-S2", p.r#box);
+    }
     server.sim.add_fault(
         ACCOUNT,
         FaultRule {
             route: "sale/fulfilment/ship".into(),
             method: Some("POST".into()),
-            probability: 1.0,
-            fault: Some(Fault::Status(503)),
+            sequence: [Fault::ErrorModel200(400)].into(),
             ..Default::default()
         },
     );
-    assert!(
-        job(&server, memory(), "")
-            .confirm(&s)
-            .await
-            .unwrap_err()
-            .is_retryable()
-    );
-    server.sim.clear_faults(ACCOUNT);
-    let j = job(&server, memory(), "");
-    let c = j.confirm(&s).await.unwrap();
+    assert!(matches!(
+        j.confirm(&s1).await.unwrap_err(),
+        ConfirmError::Rejected(_)
+    ));
+    let c2 = j.confirm(&s2).await.unwrap();
+    let c1 = j.confirm(&s1).await.unwrap();
+    assert_ne!(c1.task_id, c2.task_id, "one fulfilment each");
     let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
-    assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(c.task_id, all[0].task_id.to_string());
-    assert_eq!(all[0].ship.status, StageStatus::Authorised);
-    assert_eq!(all[0].ship.lines.len(), lines.len(), "shipped once");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|f| f.ship.status == StageStatus::Authorised));
+    let shipped_boxes: usize = all.iter().map(|f| f.ship.lines.len()).sum();
+    assert_eq!(shipped_boxes, s1.packages.len() + s2.packages.len());
 }
 
 #[tokio::test]

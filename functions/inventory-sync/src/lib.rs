@@ -88,6 +88,8 @@ impl NotSynced {
             NotSynced::Tenant(e) => e.http_status(),
             NotSynced::Bad(_) => 400,
             NotSynced::Sync { .. } if !self.is_retryable() => 422,
+            // A damaged or refused record in the state store: an operator's problem, not a retry.
+            NotSynced::Store(_) if !self.is_retryable() => 500,
             _ => 503,
         }
     }

@@ -77,6 +77,9 @@ pub struct SimConfig {
     /// show a DRAFT pack right after an authorised pick), instead of leaving it NOT AVAILABLE
     /// (default).
     pub draft_pack_after_pick: bool,
+    /// DEAR's Error Model as an array of `{ErrorCode, Exception}` (the reference; default) or as one
+    /// object (reported live).
+    pub errors_as_object: bool,
 }
 
 impl Default for SimConfig {
@@ -94,6 +97,7 @@ impl Default for SimConfig {
             unit_cost_on_every_line: true,
             simple_sale_lists_no_fulfilment_before_work: false,
             draft_pack_after_pick: false,
+            errors_as_object: false,
         }
     }
 }
@@ -430,13 +434,19 @@ pub async fn start_seeded(config: SimConfig, spec: &SeedSpec) -> std::io::Result
     start(sim, SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
 
-fn error_model(status: u16, message: &str) -> Response {
+fn error_model(status: u16, message: &str, as_object: bool) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     (
         code,
-        axum::Json(json!([{"ErrorCode": status, "Exception": message}])),
+        axum::Json(error_body(i64::from(status), message, as_object)),
     )
         .into_response()
+}
+
+/// `[{ErrorCode, Exception}]`, or the one object.
+fn error_body(code: i64, message: &str, as_object: bool) -> Value {
+    let one = json!({"ErrorCode": code, "Exception": message});
+    if as_object { one } else { json!([one]) }
 }
 
 fn html(status: u16) -> Response {
@@ -451,16 +461,19 @@ fn html(status: u16) -> Response {
 
 fn fault_response(fault: &Fault, config: &SimConfig) -> Option<Response> {
     Some(match fault {
-        Fault::Status(s) if *s == 429 || *s == 503 => {
-            error_model(*s, "You reached 60 calls per minute API limit")
-        }
+        Fault::Status(s) if *s == 429 || *s == 503 => error_model(
+            *s,
+            "You reached 60 calls per minute API limit",
+            config.errors_as_object,
+        ),
         Fault::Status(s) => error_model(
             *s,
             "The object passed to the API could not be parsed or some unexpected error occurred",
+            config.errors_as_object,
         ),
         Fault::ErrorModel200(code) => (
             StatusCode::OK,
-            axum::Json(json!([{"ErrorCode": code, "Exception": "Injected error"}])),
+            axum::Json(error_body(*code, "Injected error", config.errors_as_object)),
         )
             .into_response(),
         Fault::Html200 => html(200),
@@ -488,7 +501,7 @@ async fn fail(fault: &Fault, config: &SimConfig) -> Response {
         Some(r) => r,
         None => {
             tokio::time::sleep(Duration::from_millis(config.hang_ms)).await;
-            error_model(504, "Gateway timeout")
+            error_model(504, "Gateway timeout", config.errors_as_object)
         }
     }
 }
@@ -529,7 +542,7 @@ async fn dear_api(
             .get_mut(&account)
             .filter(|t| !key.is_empty() && t.api_key == key)
         else {
-            return error_model(403, "Incorrect credentials!");
+            return error_model(403, "Incorrect credentials!", config.errors_as_object);
         };
         t.stats.total += 1;
         *t.stats
@@ -549,6 +562,7 @@ async fn dear_api(
                 let mut r = error_model(
                     config.throttle_status,
                     "You reached 60 calls per minute API limit",
+                    config.errors_as_object,
                 );
                 if let Some(s) = config.retry_after_secs
                     && let Ok(v) = s.to_string().parse()
@@ -608,7 +622,11 @@ async fn dear_api(
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return error_model(400, &format!("The request was not in a correct form: {e}"));
+                return error_model(
+                    400,
+                    &format!("The request was not in a correct form: {e}"),
+                    config.errors_as_object,
+                );
             }
         }
     };
@@ -648,7 +666,7 @@ async fn dear_api(
     }
     match result {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
-        Err(e) => error_model(e.status, &e.message),
+        Err(e) => error_model(e.status, &e.message, config.errors_as_object),
     }
 }
 
@@ -847,6 +865,7 @@ async fn admin_edit_sale(
 ) -> Response {
     match sim.edit_sale(&a.id(), id, &edit) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error_model(e.status, &e.message),
+        // The simulator's own admin API: always the reference's shape.
+        Err(e) => error_model(e.status, &e.message, false),
     }
 }

@@ -361,8 +361,6 @@ impl InventorySync {
         Ok(summary)
     }
 
-    /// Plans the snapshot and posts the plan; `Some(reason)` when the sanity guard holds it
-    /// (nothing posted).
     /// Refuses a location name DEAR does not have, naming the ones it has.
     async fn check_location_exists(&self, location: &str) -> Result<(), SyncError> {
         let pages: Vec<_> = self
@@ -389,6 +387,8 @@ impl InventorySync {
         )))
     }
 
+    /// Plans the snapshot and posts the plan; `Some(reason)` when the sanity guard holds it
+    /// (nothing posted).
     async fn plan_and_post(
         &self,
         snapshot: &Snapshot,

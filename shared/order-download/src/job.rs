@@ -229,6 +229,10 @@ struct SaleDetail {
     /// How many contents of this sale were claimed for delivery (the last one's number).
     #[serde(default, skip_serializing_if = "is_zero")]
     delivery_sequence: u32,
+    /// The last version the warehouse took, whatever later attempts left the record in (a newer
+    /// version skipped or failed, a failed read). Absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivered_version: Option<String>,
     /// Where the delivered order ships from, its quantity per SKU and when it was delivered: what
     /// Inventory Sync subtracts from a warehouse snapshot taken before the delivery (core's read
     /// model owns these keys).
@@ -570,8 +574,7 @@ impl OrderDownload {
     ) -> Result<(), SaleError> {
         for state in [RecordState::InFlight, RecordState::Failed] {
             let mut query = LedgerQuery::new(&self.tenant, Job::OrderDownload, state);
-            // In-flight claims of other runs are taken over at once: this run holds the lease, so
-            // the run that claimed them is gone. A webhook's claim is left until it lapses.
+            // In-flight claims are all listed: `is_due` says which are this run's to take over.
             query.due_before = (state == RecordState::Failed).then(|| self.clock.now());
             query.limit = 200;
             loop {
@@ -592,7 +595,7 @@ impl OrderDownload {
                     let Some(rec) = self.store.record(&listed.key).await? else {
                         continue;
                     };
-                    if rec.state != state || !self.is_due(&rec, &opts.run_id) {
+                    if rec.state != state || !self.is_due(&rec) {
                         continue;
                     }
                     summary.retried += 1;
@@ -616,16 +619,31 @@ impl OrderDownload {
         Ok(())
     }
 
-    /// Whether a failed or in-flight record is this run's to retry now. A delivery another run
-    /// claimed is taken over at once: this run holds the lease, so that run is gone. A webhook's
-    /// claim (it runs outside the lease) and a failed delivery's backoff are waited out.
-    fn is_due(&self, rec: &LedgerRecord, run_id: &str) -> bool {
-        let lapsed = rec.due_at.is_some_and(|d| d <= self.clock.now());
-        let claimed_by_a_dead_run = rec.state == RecordState::InFlight
+    /// Whether a failed or in-flight record is this run's to retry now: a failed delivery once its
+    /// backoff is over; an in-flight one once its claim lapsed, or, when a run claimed it, as soon
+    /// as that run cannot still be delivering it (longer ago than the longest delivery the
+    /// settings allow). This run holds the lease, but a slow run may have outlived its own lease
+    /// mid-delivery, so the lease alone does not prove the claimant gone. A webhook's claim is
+    /// waited out.
+    fn is_due(&self, rec: &LedgerRecord) -> bool {
+        let now = self.clock.now();
+        if rec.due_at.is_some_and(|d| d <= now) {
+            return true;
+        }
+        let by_a_run = rec.state == RecordState::InFlight
             && SaleDetail::of(rec)
                 .claimed_by
-                .is_some_and(|c| c.starts_with(RUN_CLAIM_PREFIX) && c != run_id);
-        lapsed || claimed_by_a_dead_run
+                .is_some_and(|c| c.starts_with(RUN_CLAIM_PREFIX));
+        let claimed_at = rec.due_at.map(|d| d - Duration::minutes(IN_FLIGHT_FOR));
+        by_a_run && claimed_at.is_some_and(|c| now - c > self.longest_delivery())
+    }
+
+    /// The longest one delivery can take: every attempt timing out, with room for the backoff
+    /// between attempts.
+    fn longest_delivery(&self) -> Duration {
+        let od = &self.settings;
+        let attempts = i64::from(od.webhook_attempts.max(1));
+        Duration::seconds(2 * attempts * i64::from(od.webhook_timeout_secs) + 30)
     }
 
     /// A run died after claiming a delivery: if the sink has it, record it done.
@@ -641,6 +659,7 @@ impl OrderDownload {
                 let mut detail = SaleDetail::of(rec);
                 detail.delivery.delivered(self.clock.now());
                 detail.claimed_by = None;
+                detail.delivered_version = Some(rec.input_hash.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 match self.store.transition(rec, change).await {
                     Ok(_) => {
@@ -772,14 +791,14 @@ impl OrderDownload {
                 )
                 .await;
         }
-        // Delivered before at this version: only a status or timestamp changed. (A record that
-        // failed a later read keeps the version it delivered and says so.)
+        // The warehouse has this version already: only a status or timestamp changed, or the
+        // content came back to what it took after a newer version was skipped or failed.
         if let Some(rec) = &record
-            && rec.input_hash == order.version
-            && (rec.state == RecordState::Done || delivered(rec))
+            && rec.state != RecordState::InFlight
+            && last_delivered_version(rec).as_deref() == Some(order.version.as_str())
         {
             summary.same_version += 1;
-            self.settle(rec, RecordState::Done, None, None, updated)
+            self.settle(rec, RecordState::Done, None, Some(&order.version), updated)
                 .await?;
             return Ok(());
         }
@@ -791,6 +810,7 @@ impl OrderDownload {
             order_number: Some(order.order_number.clone()),
             claimed_by: Some(claimant.to_owned()),
             delivery_sequence: sequence,
+            delivered_version: record.as_ref().and_then(last_delivered_version),
             delivery: DeliveryFacts::new(
                 order.location.clone(),
                 order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
@@ -830,6 +850,7 @@ impl OrderDownload {
                 let mut detail = detail;
                 detail.delivery.delivered(self.clock.now());
                 detail.claimed_by = None;
+                detail.delivered_version = Some(order.version.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 self.store.transition(&claimed, change).await?;
                 summary.delivered += 1;
@@ -1020,10 +1041,12 @@ impl OrderDownload {
     }
 }
 
-/// True when the record's version reached the warehouse (its detail says when), whatever state a
-/// later attempt left it in.
-fn delivered(rec: &LedgerRecord) -> bool {
-    SaleDetail::of(rec).delivery.delivered_at.is_some()
+/// The last version of the sale the warehouse took, if any: kept in the detail, or (records
+/// written before it was kept) the version of a done record.
+fn last_delivered_version(rec: &LedgerRecord) -> Option<String> {
+    SaleDetail::of(rec)
+        .delivered_version
+        .or_else(|| (rec.state == RecordState::Done).then(|| rec.input_hash.clone()))
 }
 
 fn dear_stop(e: DearError) -> SaleError {

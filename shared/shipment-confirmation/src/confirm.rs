@@ -171,7 +171,30 @@ fn is_live(f: &Fulfilment) -> bool {
 
 /// A fulfilment nothing was picked on yet: where a new shipment goes.
 fn open_for_a_new_shipment(f: &Fulfilment) -> bool {
-    is_live(f) && f.pick.status.is_open() && !shipped(f)
+    is_live(f) && f.pick.status.is_open() && f.pick.lines.is_empty() && !shipped(f)
+}
+
+/// True when DEAR's ship lists exactly this shipment's boxes (names trimmed, any case).
+fn ships_these_boxes(ship: &Ship, shipment: &Shipment) -> bool {
+    let norm = |b: &str| b.trim().to_ascii_lowercase();
+    let mut in_dear: Vec<String> = ship
+        .lines
+        .iter()
+        .filter_map(|l| l.r#box.as_deref().map(norm))
+        .collect();
+    let mut ours: Vec<String> = shipment.packages.iter().map(|p| norm(&p.r#box)).collect();
+    in_dear.sort();
+    ours.sort();
+    in_dear == ours
+}
+
+/// Quantity per SKU of a shipment.
+fn shipment_by_sku(shipment: &Shipment) -> BTreeMap<String, Decimal> {
+    let mut m = BTreeMap::new();
+    for ((sku, _), q) in shipment.quantities() {
+        *m.entry(sku).or_default() += q;
+    }
+    m
 }
 
 fn shipped(f: &Fulfilment) -> bool {
@@ -442,11 +465,18 @@ impl ShipmentConfirmation {
         let sale = self.sale(shipment).await?;
         // The fulfilment an earlier attempt wrote to, whether it is still in flight or failed
         // after some stages were applied (a refused ship leaves the pick and pack in DEAR).
+        // One shipped with other boxes belongs to another shipment now: not resumed.
         let resume_task = existing
             .as_ref()
             .filter(|r| r.state != RecordState::Done)
             .and_then(|r| ShipmentDetail::of(r).task_id)
-            .and_then(|t| t.parse::<Uuid>().ok());
+            .and_then(|t| t.parse::<Uuid>().ok())
+            .filter(|t| {
+                sale.fulfilments
+                    .iter()
+                    .find(|f| f.task_id == *t)
+                    .is_none_or(|f| !shipped(f) || ships_these_boxes(&f.ship, shipment))
+            });
         if existing
             .as_ref()
             .is_some_and(|r| r.state == RecordState::Done)
@@ -693,19 +723,9 @@ impl ShipmentConfirmation {
         let candidate = match resume {
             Some(t) => live.iter().find(|f| f.task_id == t).copied(),
             None => match action {
-                // An open fulfilment, else one DEAR shows picked with exactly this shipment and
-                // not shipped: the trace of an attempt the ledger lost (it is finished, not
-                // counted as taken by someone else).
                 ShipOrderAction::MarkPackedAndShipped => live
                     .iter()
                     .find(|f| !shipped(f) && f.pack.status.is_open())
-                    .or_else(|| {
-                        live.iter().find(|f| {
-                            !shipped(f)
-                                && f.pick.status.is_authorised()
-                                && sum_by_sku(f.pick.lines.iter()) == shipped_by_sku
-                        })
-                    })
                     .copied(),
                 ShipOrderAction::MarkShipped => live
                     .iter()
@@ -825,6 +845,9 @@ impl ShipmentConfirmation {
                 r#box,
                 ..Default::default()
             };
+        // What DEAR must show for a stage to count as this shipment's (read back after a write
+        // whose answer proves nothing).
+        let want = shipment_by_sku(shipment);
         if self.settings.ship_order_action == ShipOrderAction::MarkPackedAndShipped {
             let mut pack_status = f.pack.status.clone();
             if !f.pick.status.is_authorised() {
@@ -843,7 +866,7 @@ impl ShipmentConfirmation {
                     "pick",
                     || self.dear.write_pick(&pick, replace),
                     || self.dear.pick(task),
-                    |p| p.status.is_authorised(),
+                    |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
                 )
                 .await?;
                 // DEAR may open a DRAFT pack when the pick is authorised (reference examples show
@@ -877,7 +900,7 @@ impl ShipmentConfirmation {
                     "pack",
                     || self.dear.write_pack(&pack, replace),
                     || self.dear.pack(task),
-                    |p| p.status.is_authorised(),
+                    |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
                 )
                 .await?;
             }
@@ -933,7 +956,7 @@ impl ShipmentConfirmation {
                 matches!(
                     s.status,
                     StageStatus::Authorised | StageStatus::PartiallyAuthorised
-                )
+                ) && ships_these_boxes(s, shipment)
             },
         )
         .await
@@ -942,7 +965,8 @@ impl ShipmentConfirmation {
     /// Writes a stage; if the outcome is unknown (timeout, dropped connection), reads the stage
     /// back and accepts it when DEAR has it, instead of writing it again blindly. A refusal is
     /// read back too: an earlier attempt of this shipment (killed with its request still on the
-    /// way) may have applied the stage since it was read, and DEAR then refuses it as done.
+    /// way) may have applied the stage since it was read, and DEAR then refuses it as done. `done`
+    /// checks the contents, not only the status, so another shipment's stage is never taken.
     async fn write_checked<T, W, WF, R, RF>(
         &self,
         stage: &str,
