@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dear_client::{
-    ApiKey, AvailabilityQuery, DearClient, DearConfig, RetryPolicy, SaleListItem, SaleListQuery,
-};
+use dear_client::{AvailabilityQuery, DearClient, SaleListItem, SaleListQuery};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{Clock, OffsetClock, TenantId, TenantSettings};
@@ -48,19 +46,7 @@ async fn sim() -> SimServer {
 /// DEAR with fast retries; the calls-per-minute pacing is the only departure from production
 /// (the simulator's limit is off, and the pacing itself is tested on its own).
 fn client(server: &SimServer) -> Arc<DearClient> {
-    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
-        .with_base_url(&server.base_url())
-        .expect("valid URL");
-    config.calls_per_minute = 0;
-    config.retry = RetryPolicy {
-        max_read_retries: 3,
-        max_throttle_retries: 3,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        throttle_pause: Duration::from_millis(20),
-        request_timeout: Duration::from_millis(2_000),
-    };
-    Arc::new(DearClient::new(config).expect("valid config"))
+    common::fast_client(server, Duration::from_millis(2_000))
 }
 
 fn tenant() -> TenantId {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dear_client::{ApiKey, DearClient, DearConfig, RetryPolicy, SaleListItem, SaleListQuery};
+use dear_client::{DearClient, SaleListItem, SaleListQuery};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SaleEdit, SimConfig, SimServer};
 use dearsync_core::{Clock, OffsetClock, TenantId, TenantSettings};
@@ -158,19 +158,7 @@ pub async fn simulator(seed: u64, sales: usize, products: usize) -> SimServer {
 
 /// DEAR with fast retries and a short timeout (the simulator hangs 300 ms on a timeout fault).
 pub fn client(server: &SimServer) -> Arc<DearClient> {
-    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
-        .with_base_url(&server.base_url())
-        .expect("valid URL");
-    config.calls_per_minute = 0;
-    config.retry = RetryPolicy {
-        max_read_retries: 3,
-        max_throttle_retries: 3,
-        base_delay: Duration::from_millis(2),
-        max_delay: Duration::from_millis(10),
-        throttle_pause: Duration::from_millis(5),
-        request_timeout: Duration::from_millis(200),
-    };
-    Arc::new(DearClient::new(config).expect("valid config"))
+    crate::common::fast_client(server, Duration::from_millis(200))
 }
 
 fn defaults() -> TenantSettings {

@@ -3,14 +3,33 @@
 #![allow(dead_code)] // Each test binary uses its own part.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use dear_client::{SaleListItem, SaleType};
+use dear_client::{ApiKey, DearClient, DearConfig, RetryPolicy, SaleListItem, SaleType};
 use dear_sim::SimServer;
 use dearsync_core::{Clock, MemoryStore, StateStore};
 use uuid::Uuid;
 
 /// The DEAR account the simulator seeds.
 pub const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+
+/// DEAR on the simulator with fast retries, unpaced (the simulator's limit is off in these tests;
+/// the pacing is tested on its own), giving up on a call after `request_timeout`.
+pub fn fast_client(server: &SimServer, request_timeout: Duration) -> Arc<DearClient> {
+    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
+        .with_base_url(&server.base_url())
+        .expect("valid URL");
+    config.calls_per_minute = 0;
+    config.retry = RetryPolicy {
+        max_read_retries: 3,
+        max_throttle_retries: 3,
+        base_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        throttle_pause: Duration::from_millis(20),
+        request_timeout,
+    };
+    Arc::new(DearClient::new(config).expect("valid config"))
+}
 
 /// The kinds of state store the jobs run on. Adding a store adds a row to every job matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
