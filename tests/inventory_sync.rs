@@ -723,3 +723,118 @@ async fn every_line_carries_a_unit_cost_so_both_readings_of_the_rule_accept_it()
         }
     }
 }
+
+/// A run killed half-way through a snapshot of several parts (COMPLETED adjustments and DRAFT
+/// review parts) is resumed by the next run of that snapshot once the dead run's claim lapses:
+/// DEAR ends with every part once. A DRAFT does not move stock, so planning again alone would
+/// post the review parts a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_killed_half_way_is_resumed_and_no_part_is_posted_twice() {
+    let server = sim(200).await;
+    let before = on_hand(&server).await;
+    let batches = batches(&server);
+    let skus: Vec<_> = before
+        .iter()
+        .filter(|(_, q)| **q > Decimal::ZERO)
+        .map(|(s, _)| s.clone())
+        .take(12)
+        .collect();
+    let lines: Vec<_> = skus
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let delta = if i % 2 == 0 { 2 } else { 500 };
+            (
+                s.clone(),
+                before[s] + Decimal::from(delta),
+                batches[s].clone(),
+            )
+        })
+        .collect();
+    // Each POST takes a moment, so the kill lands between parts (or during one).
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "stockadjustment".into(),
+            method: Some("POST".into()),
+            latency_ms: 60,
+            ..Default::default()
+        },
+    );
+    let clock = Arc::new(OffsetClock::default());
+    let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new(clock.clone()));
+    let settings = "drift_threshold_units = 50\nmax_lines_per_adjustment = 2\n";
+    let mut j = job(&server, store.clone(), settings);
+    j.clock = clock.clone();
+    let j = Arc::new(j);
+    let snap = snapshot("INV-R", "2026-11-20", &lines);
+
+    // The first run is killed once four of the six parts are in DEAR.
+    let run = {
+        let (j, snap) = (j.clone(), snap.clone());
+        tokio::spawn(async move { j.sync(&snap, false).await })
+    };
+    while adjustments_with(&server, "dear-sync INV-R") < 4 {
+        if run.is_finished() {
+            panic!("the first run ended before it was killed: {:?}", run.await);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    let cut_off_at = adjustments_with(&server, "dear-sync INV-R");
+
+    // At once, the claim is still the dead run's; once it lapses, the next run resumes.
+    let s = j.sync(&snap, false).await.unwrap();
+    assert_eq!(s.outcome, "in_progress", "{s:?}");
+    clock.advance(chrono::Duration::minutes(4));
+    let s = j.sync(&snap, false).await.unwrap();
+    assert_eq!(s.outcome, "applied", "{s:?}");
+    assert!(s.resumed_parts >= 1, "{s:?}");
+
+    let per_reference: BTreeMap<String, usize> = server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            let mut m = BTreeMap::new();
+            for a in d.adjustments.values() {
+                if a.reference.starts_with("dear-sync INV-R") && a.status != "VOIDED" {
+                    *m.entry(a.reference.clone()).or_insert(0) += 1;
+                }
+            }
+            m
+        })
+        .unwrap();
+    let want: BTreeMap<String, usize> = (1..=3)
+        .flat_map(|k| {
+            [
+                format!("dear-sync INV-R ({k}/3)"),
+                format!("dear-sync INV-R review ({k}/3)"),
+            ]
+        })
+        .map(|r| (r, 1))
+        .collect();
+    assert_eq!(
+        per_reference, want,
+        "killed with {cut_off_at} parts in DEAR"
+    );
+    let after = on_hand(&server).await;
+    for (i, sku) in skus.iter().enumerate() {
+        let want = if i % 2 == 0 {
+            before[sku] + Decimal::TWO
+        } else {
+            before[sku]
+        };
+        assert_eq!(after[sku], want, "{sku}: review lines stay drafts");
+    }
+    // The ledger shows the snapshot's application done.
+    let rec = store
+        .record(&dearsync_core::state::RecordKey::new(
+            &TenantId::new("acme").unwrap(),
+            dearsync_core::Job::InventorySync,
+            "snapshot:INV-R@main warehouse",
+        ))
+        .await
+        .unwrap()
+        .expect("the snapshot's record");
+    assert_eq!(rec.state, dearsync_core::state::RecordState::Done);
+}

@@ -183,6 +183,9 @@ async fn maybe_killed<F: std::future::Future>(
             Ok(out) => Some(out),
             Err(_) => {
                 tally.kills += 1;
+                // The killed run's requests in flight land or fail within the client's timeout
+                // (200 ms here), as a dead worker's do within DEAR's 60 s before its claim lapses.
+                tokio::time::sleep(Duration::from_millis(400)).await;
                 None
             }
         }
@@ -490,7 +493,7 @@ pub async fn shipments(kind: StoreKind, seed: u64, sales: usize) -> Tally {
 }
 
 /// Confirms until applied, as a queue would redeliver: retryable errors and kills are retried
-/// (a killed attempt's claim lapses after 5 minutes), sometimes with a duplicate at once.
+/// (a killed attempt's claim lapses two minutes after its last renewal), sometimes with a duplicate at once.
 async fn confirm_until_settled(
     job: &Arc<ShipmentConfirmation>,
     s: &Shipment,
@@ -519,7 +522,7 @@ async fn confirm_until_settled(
                 _ => {}
             }
         }
-        clock.advance(chrono::Duration::minutes(6));
+        clock.advance(chrono::Duration::minutes(3));
     }
     tally.problem("lost", format!("{}: never applied", s.shipment_id));
 }
@@ -641,6 +644,8 @@ pub async fn inventory(kind: StoreKind, seed: u64, snapshots: usize) -> Tally {
     let store = kept.store.clone();
     let mut settings = defaults().inventory_sync;
     settings.location = Some(MAIN.into());
+    // Several parts per snapshot, so kills land between parts and the next run resumes them.
+    settings.max_lines_per_adjustment = 3;
     let job = InventorySync {
         tenant: tenant(),
         settings,
@@ -711,8 +716,8 @@ pub async fn inventory(kind: StoreKind, seed: u64, snapshots: usize) -> Tally {
                 }
                 _ => {}
             }
-            // A killed sync's claim lapses after 15 minutes.
-            clock.advance(chrono::Duration::minutes(16));
+            // A killed sync's claim lapses three minutes after its last renewal.
+            clock.advance(chrono::Duration::minutes(4));
         }
         if applied {
             last = counts;

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 /// The summary outcome of a snapshot the sanity guard held for a person.
 const HELD: &str = "held";
+const IN_PROGRESS: &str = "in_progress";
 
 /// Largest number of lines one chunk may carry (its lines are kept in one ledger record).
 pub const MAX_CHUNK_LINES: usize = 1000;
@@ -68,6 +69,17 @@ pub enum NotSynced {
     /// The tenant's snapshot URL could not be read.
     #[error("{0}")]
     Pull(String),
+    /// Another worker holds the snapshot's claim. Retried, not dropped: if that worker died, its
+    /// claim lapses within minutes and the retry resumes the snapshot (only the sender still has it).
+    #[error("tenant {tenant}, snapshot {snapshot_id}: {note}")]
+    Busy {
+        /// Whose.
+        tenant: TenantId,
+        /// Which.
+        snapshot_id: String,
+        /// Who holds it until when.
+        note: String,
+    },
 }
 
 impl NotSynced {
@@ -78,7 +90,7 @@ impl NotSynced {
             NotSynced::Tenant(e) => e.is_retryable(),
             NotSynced::Sync { source, .. } => matches!(source, SyncError::Transient(_)),
             NotSynced::Store(e) => e.is_transient(),
-            NotSynced::Pull(_) => true,
+            NotSynced::Pull(_) | NotSynced::Busy { .. } => true,
         }
     }
 
@@ -212,6 +224,19 @@ async fn run(
     Ok(s)
 }
 
+/// A pushed snapshot another worker is applying is an error to retry: acknowledging it would drop
+/// the only copy if that worker died. (A pulled one is not: the next pull reads it again.)
+fn not_busy(summary: SyncSummary) -> Result<SyncSummary, NotSynced> {
+    if summary.outcome != IN_PROGRESS {
+        return Ok(summary);
+    }
+    Err(NotSynced::Busy {
+        tenant: TenantId::new(summary.tenant.clone()).map_err(|e| format!("tenant: {e}"))?,
+        snapshot_id: summary.snapshot_id,
+        note: summary.note.unwrap_or_default(),
+    })
+}
+
 /// `"force": true` next to the tenant: apply a snapshot the sanity guard would hold (a person
 /// checked it). Anything but a boolean is refused rather than guessed.
 fn force_flag(value: &Value) -> Result<bool, NotSynced> {
@@ -252,9 +277,10 @@ async fn envelope(deps: &Deps, value: &Value, force: bool) -> Result<Value, NotS
     // The input is checked before the tenant is loaded: a malformed message costs no secret read.
     let job = job(deps, deps.tenant(&tenant).await?);
     match input {
-        SyncInput::Snapshot(snapshot) => run(deps, &job, &snapshot, options)
-            .await
-            .map(|s| summary_json(&s)),
+        SyncInput::Snapshot(snapshot) => {
+            let summary = not_busy(run(deps, &job, &snapshot, options).await?)?;
+            Ok(summary_json(&summary))
+        }
         SyncInput::Chunk(chunk) => chunk_arrived(deps, &job, chunk, options).await,
     }
 }
@@ -388,7 +414,8 @@ async fn chunk_arrived(
     snapshot
         .check()
         .map_err(|e| format!("the assembled snapshot {snapshot_id}: {e}"))?;
-    let summary = run(deps, job, &snapshot, options).await?;
+    // Busy: the parts stay pending, so the retry (or any part resent) assembles it again.
+    let summary = not_busy(run(deps, job, &snapshot, options).await?)?;
     if summary.outcome == HELD {
         // Kept pending: resending any part with `"force": true` applies the whole snapshot.
         return Ok(summary_json(&summary));

@@ -661,6 +661,38 @@ impl Idempotency for DynamoStore {
         }
     }
 
+    async fn renew_claim(
+        &self,
+        key: &IdempotencyKey,
+        token: &str,
+        in_progress_for: Duration,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let until = self.now_ms() + in_progress_for.num_milliseconds();
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(idempotency_pk(key)))
+            .key(SK, s(IDEMPOTENCY_SK))
+            .update_expression("SET in_progress_until_ms = :until")
+            .condition_expression("#token = :token AND #status = :in_progress")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_values(":in_progress", s("INPROGRESS"))
+            .expression_attribute_values(":token", s(token))
+            .expression_attribute_values(":until", n(until))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(from_millis(until)),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::conflict(
+                format!("idempotency key {key}"),
+                "the claim was lost (it lapsed and was taken over, or completed)",
+            )),
+            Err(e) => Err(unavailable(&format!("renew idempotency key {key}"), &e)),
+        }
+    }
+
     async fn release_claim(&self, key: &IdempotencyKey, token: &str) -> Result<(), StoreError> {
         let out = self
             .client

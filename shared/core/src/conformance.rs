@@ -49,7 +49,7 @@ macro_rules! conformance_suite {
             ledger_lists_by_state_in_due_order_and_pages, ledger_lists_changed_since_and_pages,
             ledger_rejects_oversized_detail,
             idempotency_follows_powertools, idempotency_lapses_and_takeover,
-            idempotency_claim_race_has_one_winner,
+            idempotency_claim_race_has_one_winner, idempotency_claims_renew_until_lost,
             leases_exclude_and_expire, lease_race_has_one_winner,
             token_buckets_refill_and_pause, token_bucket_race_never_overdraws,
             tenants_are_listed_and_replaced,
@@ -635,6 +635,80 @@ pub async fn idempotency_lapses_and_takeover(factory: &dyn Factory) {
         f.store.claim(&key, "h2", terms()).await.unwrap(),
         Claim::Acquired { .. }
     ));
+}
+
+/// A renewed claim keeps a peer out past its first lapse time; a claim that lapsed unrenewed and
+/// was taken over, or that completed, no longer renews; a late renewal nobody overtook still does.
+pub async fn idempotency_claims_renew_until_lost(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let key = IdempotencyKey::new(&tenant("acme"), "snapshot", "S-9@main");
+    let short = ClaimTerms {
+        in_progress_for: Duration::seconds(60),
+        keep_for: Duration::days(30),
+    };
+    let Claim::Acquired { token } = f.store.claim(&key, "h1", short).await.unwrap() else {
+        panic!("claim")
+    };
+    f.clock.advance(Duration::seconds(40));
+    let until = f
+        .store
+        .renew_claim(&key, &token, Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(until, f.clock.now_for_tests() + Duration::seconds(60));
+    f.clock.advance(Duration::seconds(40));
+    assert_eq!(
+        f.peer.claim(&key, "h1", short).await.unwrap(),
+        Claim::InProgress { until },
+        "renewed: still held 80 s after a 60 s claim"
+    );
+    assert_eq!(
+        f.store
+            .idempotency_record(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .in_progress_until,
+        until
+    );
+    assert_conflict(
+        f.peer
+            .renew_claim(&key, "not-the-token", Duration::seconds(60))
+            .await,
+        "renew with a wrong token",
+    );
+    // Past its time but not taken over: the holder may still renew.
+    f.clock.advance(Duration::seconds(30));
+    f.store
+        .renew_claim(&key, &token, Duration::seconds(60))
+        .await
+        .unwrap();
+    // Not renewed again: it lapses and is taken over; the old holder learns it lost.
+    f.clock.advance(Duration::seconds(61));
+    let Claim::Acquired { token: peer } = f.peer.claim(&key, "h1", short).await.unwrap() else {
+        panic!("takeover after the renewed claim lapsed")
+    };
+    assert_conflict(
+        f.store
+            .renew_claim(&key, &token, Duration::seconds(60))
+            .await,
+        "renew a claim taken over",
+    );
+    f.peer
+        .complete(&key, &peer, "{}", Duration::days(30))
+        .await
+        .unwrap();
+    assert_conflict(
+        f.peer.renew_claim(&key, &peer, Duration::seconds(60)).await,
+        "renew a completed claim",
+    );
+    let missing = IdempotencyKey::new(&tenant("acme"), "snapshot", "never-claimed");
+    assert_conflict(
+        f.store
+            .renew_claim(&missing, "t", Duration::seconds(60))
+            .await,
+        "renew a claim that does not exist",
+    );
 }
 
 /// Many workers claim one key at once: exactly one acquires it; the rest see it in progress.

@@ -244,6 +244,26 @@ impl Idempotency for MemoryStore {
         }
     }
 
+    async fn renew_claim(
+        &self,
+        key: &IdempotencyKey,
+        token: &str,
+        in_progress_for: Duration,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let until = self.clock.now() + in_progress_for;
+        let mut inner = self.lock();
+        match inner.claims.get_mut(key) {
+            Some(rec) if rec.token == token && rec.status == IdempotencyStatus::InProgress => {
+                rec.in_progress_until = until;
+                Ok(until)
+            }
+            _ => Err(StoreError::conflict(
+                format!("idempotency key {key}"),
+                "the claim was lost (it lapsed and was taken over, or completed)",
+            )),
+        }
+    }
+
     async fn release_claim(&self, key: &IdempotencyKey, token: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner

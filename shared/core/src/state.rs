@@ -587,6 +587,17 @@ pub trait Idempotency: Send + Sync {
         keep_for: Duration,
     ) -> Result<(), StoreError>;
 
+    /// Keeps the claim held with `token` alive: it lapses `in_progress_for` from now instead.
+    /// Returns the new lapse time; [`StoreError::Conflict`] if the claim was lost (taken over or
+    /// completed), in which case the holder must stop working. A claim past its time that nobody
+    /// took over is still the holder's, so it renews.
+    async fn renew_claim(
+        &self,
+        key: &IdempotencyKey,
+        token: &str,
+        in_progress_for: Duration,
+    ) -> Result<DateTime<Utc>, StoreError>;
+
     /// Gives up the claim (the work failed and may be retried at once); a no-op if it was lost.
     async fn release_claim(&self, key: &IdempotencyKey, token: &str) -> Result<(), StoreError>;
 

@@ -1,6 +1,7 @@
 //! dear-sync's Inventory Sync: a warehouse's stock snapshot → DEAR stock adjustments at one
 //! location, posting only what differs, as absolute quantities, exactly once.
 
+mod progress;
 pub mod snapshot;
 pub mod sync;
 

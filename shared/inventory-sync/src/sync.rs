@@ -4,8 +4,10 @@
 //! Exactly once: a snapshot id is claimed before anything is posted and recorded when done, so the
 //! same snapshot never posts twice; a snapshot older than the last one applied at the location is
 //! ignored; a POST whose outcome is unknown is looked up by its reference before anything is
-//! re-posted. Because lines carry absolute targets, a run that died half-way is resumed by simply
-//! planning again: what was applied now matches and drops out of the plan.
+//! re-posted. A run that died half-way is resumed by the next run of the snapshot (its claim lapses
+//! three minutes after the dead run's last renewal): it plans again (lines carry absolute targets,
+//! so what was applied matches and drops out) and skips the parts the ledger shows posted (a DRAFT
+//! does not move stock, so it would stay in the plan).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,12 +21,13 @@ use dearsync_core::settings::{
     AdjustmentStatusSetting, InventorySyncSettings, QuantityIs, SnapshotScope,
 };
 use dearsync_core::state::{Claim, ClaimTerms, CursorKey, IdempotencyKey};
-use dearsync_core::{Clock, Job, StateStore, StoreError, TenantId};
+use dearsync_core::{Clock, HeldClaim, Job, StateStore, StoreError, TenantId};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::progress::{PartId, ProgressLog, progress_key};
 use crate::snapshot::Snapshot;
 
 /// What happens to one SKU (and batch).
@@ -99,6 +102,8 @@ pub struct SyncSummary {
     pub skipped: BTreeMap<String, u64>,
     /// Stock adjustments posted: (reference, DEAR TaskID).
     pub adjustments: Vec<(String, String)>,
+    /// Of those, parts an earlier, cut-off run of this snapshot had posted (not posted again).
+    pub resumed_parts: u64,
     /// DEAR calls made.
     pub dear_calls: u64,
     /// DEAR answers that said "throttled" (retried).
@@ -275,11 +280,8 @@ impl InventorySync {
             tracing::warn!(tenant = %self.tenant, note = summary.note.as_deref().unwrap_or(""), "stale snapshot");
             return Ok(summary);
         }
-        let payload_hash = dearsync_core::sha256_hex(format!("{:?}", snapshot.lines).as_bytes());
-        let terms = ClaimTerms {
-            in_progress_for: Duration::minutes(15),
-            keep_for: Duration::days(365),
-        };
+        let payload_hash = lines_hash(snapshot);
+        let terms = claim_terms();
         let token = if dry_run {
             None
         } else {
@@ -307,9 +309,26 @@ impl InventorySync {
                 Err(e) => return Err(e.into()),
             }
         };
-        let result = self
-            .plan_and_post(snapshot, &location, options, &mut summary)
-            .await;
+        let work = self.plan_and_post(snapshot, &location, options, &mut summary);
+        let result = match &token {
+            Some(token) => {
+                let held = HeldClaim::new(
+                    self.store.as_ref(),
+                    &claim_key,
+                    token,
+                    terms.in_progress_for,
+                );
+                match held.keep_while(work).await {
+                    Ok(result) => result,
+                    Err(lost) => {
+                        summary.outcome = "in_progress".into();
+                        summary.note = Some(format!("{lost}; it finishes applying the snapshot"));
+                        return Ok(summary);
+                    }
+                }
+            }
+            None => work.await,
+        };
         let stats = self.dear.stats();
         summary.dear_calls = stats.calls - stats_before.calls;
         summary.dear_throttled = stats.throttled - stats_before.throttled;
@@ -689,28 +708,36 @@ impl InventorySync {
         let base_ref = s
             .adjustment_reference
             .replace("{snapshot_id}", &snapshot.snapshot_id);
-        self.post(&adjust, status, &base_ref, location, snapshot, summary)
+        let key = progress_key(&self.tenant, &snapshot.snapshot_id, location);
+        let mut progress =
+            ProgressLog::open(self.store.as_ref(), key, &lines_hash(snapshot)).await?;
+        let at = Target { location, snapshot };
+        self.post(&adjust, status, &base_ref, at, summary, &mut progress)
             .await?;
+        let review_ref = format!("{base_ref} review");
         self.post(
             &review,
             AdjustmentStatus::Draft,
-            &format!("{base_ref} review"),
-            location,
-            snapshot,
+            &review_ref,
+            at,
             summary,
+            &mut progress,
         )
         .await?;
+        progress.finish().await?;
         Ok(None)
     }
 
+    /// Posts `lines` in parts of at most `max_lines_per_adjustment`, skipping the parts an
+    /// earlier run of this snapshot posted, and looking up a part whose post was cut off.
     async fn post(
         &self,
         lines: &[PlanLine],
         status: AdjustmentStatus,
         base_ref: &str,
-        location: &str,
-        snapshot: &Snapshot,
+        at: Target<'_>,
         summary: &mut SyncSummary,
+        progress: &mut ProgressLog<'_>,
     ) -> Result<(), SyncError> {
         let max = self.settings.max_lines_per_adjustment.max(1) as usize;
         let parts: Vec<&[PlanLine]> = lines.chunks(max).collect();
@@ -721,48 +748,96 @@ impl InventorySync {
             } else {
                 base_ref.to_owned()
             };
-            let body = StockAdjustmentWrite {
-                effective_date: Some(DearDateTime::from_utc(snapshot.as_of)),
-                status: status.clone(),
-                account: self.settings.adjustment_account.clone(),
-                reference: Some(reference.clone()),
-                update_on_hand: Some(self.settings.quantity_is == QuantityIs::OnHand),
-                lines: part
-                    .iter()
-                    .map(|l| StockAdjustmentLineWrite {
-                        product_id: l.product_id,
-                        sku: Some(l.sku.clone()),
-                        quantity: l.target,
-                        unit_cost: l.unit_cost,
-                        location: Some(location.to_owned()),
-                        batch_sn: l.batch.clone(),
-                        received_date: l.new_stock.then(|| DearDateTime::from_utc(snapshot.as_of)),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
+            let body = self.adjustment_body(part, status.clone(), &reference, at);
+            let id = PartId {
+                reference: reference.clone(),
+                body_hash: dearsync_core::sha256_hex(
+                    serde_json::to_string(&body).unwrap_or_default().as_bytes(),
+                ),
             };
-            let task = match self.dear.create_stock_adjustment(&body).await {
-                Ok(adj) => adj.task_id,
-                Err(e) if e.is_outcome_unknown() => {
-                    // It may have been applied: find it by its reference before posting again.
-                    tracing::warn!(reference = %reference, error = %e, "stock adjustment outcome unknown; looking it up");
-                    match self.find_by_reference(&reference).await? {
-                        Some(task) => task,
-                        None => {
-                            self.dear
-                                .create_stock_adjustment(&body)
-                                .await
-                                .map_err(dear)?
-                                .task_id
-                        }
-                    }
+            if let Some(task) = progress.posted_task(&id) {
+                tracing::info!(reference = %reference, task = %task, "part posted by an earlier run of this snapshot; not posted again");
+                summary.resumed_parts += 1;
+                summary.adjustments.push((reference, task.to_owned()));
+                continue;
+            }
+            let found = if progress.was_posting(&id) {
+                self.find_by_reference(&reference).await?
+            } else {
+                None
+            };
+            let task = match found {
+                Some(task) => {
+                    summary.resumed_parts += 1;
+                    task
                 }
-                Err(e) => return Err(dear(e)),
+                None => {
+                    progress.posting(&id).await?;
+                    self.create_once(&body, &reference).await?
+                }
             };
+            progress.posted(&id, &task.to_string()).await?;
             summary.adjustments.push((reference, task.to_string()));
         }
         Ok(())
+    }
+
+    /// The stock adjustment that sets `part`'s lines to their targets.
+    fn adjustment_body(
+        &self,
+        part: &[PlanLine],
+        status: AdjustmentStatus,
+        reference: &str,
+        at: Target<'_>,
+    ) -> StockAdjustmentWrite {
+        StockAdjustmentWrite {
+            effective_date: Some(DearDateTime::from_utc(at.snapshot.as_of)),
+            status,
+            account: self.settings.adjustment_account.clone(),
+            reference: Some(reference.to_owned()),
+            update_on_hand: Some(self.settings.quantity_is == QuantityIs::OnHand),
+            lines: part
+                .iter()
+                .map(|l| StockAdjustmentLineWrite {
+                    product_id: l.product_id,
+                    sku: Some(l.sku.clone()),
+                    quantity: l.target,
+                    unit_cost: l.unit_cost,
+                    location: Some(at.location.to_owned()),
+                    batch_sn: l.batch.clone(),
+                    received_date: l
+                        .new_stock
+                        .then(|| DearDateTime::from_utc(at.snapshot.as_of)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Posts one adjustment. An unknown outcome is looked up by its reference before it is
+    /// posted again, so it is applied once.
+    async fn create_once(
+        &self,
+        body: &StockAdjustmentWrite,
+        reference: &str,
+    ) -> Result<Uuid, SyncError> {
+        match self.dear.create_stock_adjustment(body).await {
+            Ok(adj) => Ok(adj.task_id),
+            Err(e) if e.is_outcome_unknown() => {
+                tracing::warn!(reference = %reference, error = %e, "stock adjustment outcome unknown; looking it up");
+                match self.find_by_reference(reference).await? {
+                    Some(task) => Ok(task),
+                    None => Ok(self
+                        .dear
+                        .create_stock_adjustment(body)
+                        .await
+                        .map_err(dear)?
+                        .task_id),
+                }
+            }
+            Err(e) => Err(dear(e)),
+        }
     }
 
     async fn find_by_reference(&self, reference: &str) -> Result<Option<Uuid>, SyncError> {
@@ -779,6 +854,29 @@ impl InventorySync {
             .find(|a| a.reference.as_deref() == Some(reference))
             .map(|a| a.task_id))
     }
+}
+
+/// A snapshot's claim lapses three minutes after its last renewal: it is renewed while the worker
+/// lives, so a crashed worker's snapshot is taken over (and resumed) within three minutes. That is
+/// more than DEAR's request timeout plus a renewal interval, so the dead worker's last request has
+/// ended by then. The record is kept a year.
+fn claim_terms() -> ClaimTerms {
+    ClaimTerms {
+        in_progress_for: Duration::minutes(3),
+        keep_for: Duration::days(365),
+    }
+}
+
+/// Where a snapshot's adjustments go.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    location: &'a str,
+    snapshot: &'a Snapshot,
+}
+
+/// The hash a snapshot's lines are claimed and recorded under.
+fn lines_hash(snapshot: &Snapshot) -> String {
+    dearsync_core::sha256_hex(format!("{:?}", snapshot.lines).as_bytes())
 }
 
 /// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU.
@@ -880,6 +978,14 @@ fn first_named(names: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_workers_last_request_ends_before_its_snapshot_claim_is_taken_over() {
+        let lapse = claim_terms().in_progress_for.to_std().unwrap();
+        let renew_every = lapse / 3;
+        let request = dear_client::RetryPolicy::default().request_timeout;
+        assert!(lapse - renew_every > request, "{lapse:?} vs {request:?}");
+    }
 
     fn guard(stocked: usize, zero: usize, unknown: usize, lines: usize) -> Option<String> {
         let ids: Vec<Uuid> = (0..stocked).map(|_| Uuid::new_v4()).collect();

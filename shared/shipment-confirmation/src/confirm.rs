@@ -20,7 +20,7 @@ use dearsync_core::state::{
     Claim, ClaimTerms, DetailChange, IdempotencyKey, LedgerRecord, NewRecord, RecordKey,
     RecordState, Transition,
 };
-use dearsync_core::{Clock, Job, StateStore, StoreError, TenantId};
+use dearsync_core::{Clock, HeldClaim, Job, StateStore, StoreError, TenantId};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -204,6 +204,17 @@ fn shipped(f: &Fulfilment) -> bool {
     )
 }
 
+/// A shipment's claim lapses two minutes after its last renewal (renewed while the worker lives,
+/// so a crashed worker's shipment is taken over within two minutes); its result is kept 90 days.
+/// Two minutes is more than DEAR's request timeout plus a renewal interval: a dead worker's last
+/// request has ended before another worker takes its shipment over.
+fn claim_terms() -> ClaimTerms {
+    ClaimTerms {
+        in_progress_for: Duration::minutes(2),
+        keep_for: Duration::days(90),
+    }
+}
+
 impl ShipmentConfirmation {
     fn key(&self, shipment: &Shipment) -> RecordKey {
         RecordKey::new(
@@ -219,10 +230,7 @@ impl ShipmentConfirmation {
         let id = shipment.shipment_id.trim().to_owned();
         let hash = shipment.payload_hash();
         let key = IdempotencyKey::new(&self.tenant, SCOPE, &id);
-        let terms = ClaimTerms {
-            in_progress_for: Duration::minutes(5),
-            keep_for: Duration::days(90),
-        };
+        let terms = claim_terms();
         match self.store.claim(&key, &hash, terms).await {
             Ok(Claim::Completed { result }) => {
                 let mut c: Confirmation = serde_json::from_str(&result).map_err(|e| {
@@ -235,7 +243,11 @@ impl ShipmentConfirmation {
             Err(StoreError::PayloadMismatch { .. }) => self.changed(shipment).await,
             Err(e) => Err(e.into()),
             Ok(Claim::Acquired { token }) => {
-                let result = self.apply(shipment, &hash).await;
+                let held = HeldClaim::new(self.store.as_ref(), &key, &token, terms.in_progress_for);
+                let Ok(result) = held.keep_while(self.apply(shipment, &hash)).await else {
+                    // Another worker took the claim over and finishes the shipment.
+                    return Err(ConfirmError::InProgress(id));
+                };
                 match &result {
                     Ok(c) => {
                         let text = serde_json::to_string(c).unwrap_or_default();
@@ -280,10 +292,7 @@ impl ShipmentConfirmation {
             SCOPE,
             format!("{id}#{}", &shipment.payload_hash()[..16]),
         );
-        let terms = ClaimTerms {
-            in_progress_for: Duration::minutes(5),
-            keep_for: Duration::days(90),
-        };
+        let terms = claim_terms();
         let token = match self
             .store
             .claim(&key, &shipment.payload_hash(), terms)
@@ -297,7 +306,13 @@ impl ShipmentConfirmation {
             Claim::InProgress { .. } => return Err(ConfirmError::InProgress(id)),
             Claim::Acquired { token } => token,
         };
-        let result = self.update_tracking(shipment, &applied).await;
+        let held = HeldClaim::new(self.store.as_ref(), &key, &token, terms.in_progress_for);
+        let Ok(result) = held
+            .keep_while(self.update_tracking(shipment, &applied))
+            .await
+        else {
+            return Err(ConfirmError::InProgress(id));
+        };
         match &result {
             Ok(c) => {
                 let mut d = detail.clone();
@@ -1010,4 +1025,17 @@ fn show(m: &BTreeMap<String, Decimal>) -> String {
         .map(|(k, v)| format!("{} × {k}", v.normalize()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_workers_last_request_ends_before_its_shipment_claim_is_taken_over() {
+        let lapse = claim_terms().in_progress_for.to_std().unwrap();
+        let renew_every = lapse / 3;
+        let request = dear_client::RetryPolicy::default().request_timeout;
+        assert!(lapse - renew_every > request, "{lapse:?} vs {request:?}");
+    }
 }

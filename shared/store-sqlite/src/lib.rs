@@ -567,6 +567,35 @@ impl Idempotency for SqliteStore {
         .await
     }
 
+    async fn renew_claim(
+        &self,
+        key: &IdempotencyKey,
+        token: &str,
+        in_progress_for: Duration,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        let key = key.clone();
+        let token = token.to_owned();
+        self.with(move |conn, now| {
+            let until = now + in_progress_for.num_milliseconds();
+            let changed = conn
+                .execute(
+                    "UPDATE idempotency SET in_progress_until_ms = ?5
+                     WHERE tenant = ?1 AND scope = ?2 AND key = ?3 AND token = ?4 AND status = 'INPROGRESS'",
+                    params![key.tenant.as_str(), key.scope, key.key, token, until],
+                )
+                .map_err(db_error)?;
+            if changed == 1 {
+                Ok(from_millis(until))
+            } else {
+                Err(StoreError::conflict(
+                    format!("idempotency key {key}"),
+                    "the claim was lost (it lapsed and was taken over, or completed)",
+                ))
+            }
+        })
+        .await
+    }
+
     async fn release_claim(&self, key: &IdempotencyKey, token: &str) -> Result<(), StoreError> {
         let key = key.clone();
         let token = token.to_owned();
