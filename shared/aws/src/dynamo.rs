@@ -653,10 +653,7 @@ impl Idempotency for DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Err(StoreError::conflict(
-                format!("idempotency key {key}"),
-                "the claim was lost (it lapsed and was taken over) before it completed",
-            )),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::claim_lost(&key)),
             Err(e) => Err(unavailable(&format!("complete idempotency key {key}"), &e)),
         }
     }
@@ -685,10 +682,7 @@ impl Idempotency for DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(from_millis(until)),
-            Err(e) if is_condition_failed(&e) => Err(StoreError::conflict(
-                format!("idempotency key {key}"),
-                "the claim was lost (it lapsed and was taken over, or completed)",
-            )),
+            Err(e) if is_condition_failed(&e) => Err(StoreError::claim_lost(&key)),
             Err(e) => Err(unavailable(&format!("renew idempotency key {key}"), &e)),
         }
     }

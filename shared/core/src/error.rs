@@ -51,6 +51,15 @@ impl StoreError {
         matches!(self, StoreError::Unavailable(_))
     }
 
+    /// The idempotency claim on `key` is no longer the caller's (it lapsed and was taken over, or
+    /// it completed): what every store answers a stale token with.
+    pub fn claim_lost(key: &impl std::fmt::Display) -> Self {
+        StoreError::conflict(
+            format!("idempotency key {key}"),
+            "the claim was lost (it lapsed and was taken over, or completed)",
+        )
+    }
+
     /// A conflict on `what`.
     pub fn conflict(what: impl Into<String>, detail: impl Into<String>) -> Self {
         StoreError::Conflict {

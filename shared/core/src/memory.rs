@@ -237,10 +237,7 @@ impl Idempotency for MemoryStore {
                 rec.expires_at = now + keep_for;
                 Ok(())
             }
-            _ => Err(StoreError::conflict(
-                format!("idempotency key {key}"),
-                "the claim was lost (it lapsed and was taken over) before it completed",
-            )),
+            _ => Err(StoreError::claim_lost(&key)),
         }
     }
 
@@ -257,10 +254,7 @@ impl Idempotency for MemoryStore {
                 rec.in_progress_until = until;
                 Ok(until)
             }
-            _ => Err(StoreError::conflict(
-                format!("idempotency key {key}"),
-                "the claim was lost (it lapsed and was taken over, or completed)",
-            )),
+            _ => Err(StoreError::claim_lost(&key)),
         }
     }
 

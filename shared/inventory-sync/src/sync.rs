@@ -309,7 +309,7 @@ impl InventorySync {
                 Err(e) => return Err(e.into()),
             }
         };
-        let work = self.plan_and_post(snapshot, &location, options, &mut summary);
+        let work = self.plan_and_post(snapshot, &payload_hash, &location, options, &mut summary);
         let result = match &token {
             Some(token) => {
                 let held = HeldClaim::new(
@@ -411,6 +411,7 @@ impl InventorySync {
     async fn plan_and_post(
         &self,
         snapshot: &Snapshot,
+        lines_hash: &str,
         location: &str,
         options: SyncOptions,
         summary: &mut SyncSummary,
@@ -708,9 +709,11 @@ impl InventorySync {
         let base_ref = s
             .adjustment_reference
             .replace("{snapshot_id}", &snapshot.snapshot_id);
+        if adjust.is_empty() && review.is_empty() {
+            return Ok(None); // nothing to post, nothing to record
+        }
         let key = progress_key(&self.tenant, &snapshot.snapshot_id, location);
-        let mut progress =
-            ProgressLog::open(self.store.as_ref(), key, &lines_hash(snapshot)).await?;
+        let mut progress = ProgressLog::open(self.store.as_ref(), key, lines_hash).await?;
         let at = Target { location, snapshot };
         self.post(&adjust, status, &base_ref, at, summary, &mut progress)
             .await?;

@@ -558,10 +558,7 @@ impl Idempotency for SqliteStore {
             if changed == 1 {
                 Ok(())
             } else {
-                Err(StoreError::conflict(
-                    format!("idempotency key {key}"),
-                    "the claim was lost (it lapsed and was taken over) before it completed",
-                ))
+                Err(StoreError::claim_lost(&key))
             }
         })
         .await
@@ -587,10 +584,7 @@ impl Idempotency for SqliteStore {
             if changed == 1 {
                 Ok(from_millis(until))
             } else {
-                Err(StoreError::conflict(
-                    format!("idempotency key {key}"),
-                    "the claim was lost (it lapsed and was taken over, or completed)",
-                ))
+                Err(StoreError::claim_lost(&key))
             }
         })
         .await
