@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dearsync_order_download::{
-    NdjsonSink, OrderDownload, OrderSink, Progress, RunOptions, RunSummary,
+    NdjsonSink, OrderDownload, OrderSink, Progress, RunOptions, RunSummary, SinkOpenError,
 };
 
 use crate::exit::Ended;
@@ -50,7 +50,14 @@ impl Progress for Bar {
 pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
     let ctx = args.local.job(args.no_rate_limit).await?;
     let sink: Arc<dyn OrderSink> = match &args.out {
-        Some(path) => Arc::new(NdjsonSink::file(path).map_err(|e| e.to_string())?),
+        Some(path) => match NdjsonSink::file(path) {
+            Ok(sink) => Arc::new(sink),
+            Err(e @ SinkOpenError::InUse { .. }) => {
+                eprintln!("nothing done: {e}");
+                return Ok(Ended::Busy);
+            }
+            Err(e) => return Err(e.to_string()),
+        },
         None => Arc::new(NdjsonSink::stdout()),
     };
     let job = OrderDownload {

@@ -811,26 +811,37 @@ async fn writes_are_never_repeated_blindly() {
         2
     );
 
-    // Throttling means "not processed": the write is retried and applied once.
-    server.sim.add_fault(
-        ACCOUNT,
-        FaultRule {
-            route: "ref/carrier".into(),
-            method: Some("POST".into()),
-            sequence: [Fault::Status(429)].into(),
-            ..Default::default()
-        },
-    );
-    c.create_carrier("After Throttle")
-        .await
-        .expect("retried after 429");
-    let carriers: Vec<ListPage<Carrier>> = c.carriers(100).try_collect().await.unwrap();
-    let n = carriers[0]
-        .items
-        .iter()
-        .filter(|x| x.description.as_deref() == Some("After Throttle"))
-        .count();
-    assert_eq!(n, 1);
+    // A throttled write may have been applied (a 503 from in front of DEAR, after it): not resent,
+    // its outcome is unknown, whichever reading holds.
+    for applied in [false, true] {
+        let name = format!("Throttled {applied}");
+        server.sim.add_fault(
+            ACCOUNT,
+            FaultRule {
+                route: "ref/carrier".into(),
+                method: Some("POST".into()),
+                sequence: [Fault::Status(429)].into(),
+                after_apply: applied,
+                ..Default::default()
+            },
+        );
+        let before = server.sim.calls(ACCOUNT).unwrap().by_route["POST ref/carrier"];
+        let err = c.create_carrier(&name).await.unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err}");
+        assert!(err.to_string().contains("throttled"), "{err}");
+        assert_eq!(
+            server.sim.calls(ACCOUNT).unwrap().by_route["POST ref/carrier"],
+            before + 1,
+            "not resent"
+        );
+        let carriers: Vec<ListPage<Carrier>> = c.carriers(100).try_collect().await.unwrap();
+        let n = carriers[0]
+            .items
+            .iter()
+            .filter(|x| x.description.as_deref() == Some(name.as_str()))
+            .count();
+        assert_eq!(n, usize::from(applied), "{name}");
+    }
 
     // Error Model with 200 on a write is a rejection, not a success.
     server.sim.add_fault(
@@ -854,6 +865,39 @@ async fn writes_are_never_repeated_blindly() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_write_over_the_limit_has_an_unknown_outcome_under_both_readings_of_throttling() {
+    // The docs: a throttled call is not processed. The other reading (the simulator's switch): a
+    // limiter or gateway in front of DEAR answers 429 after the write was applied.
+    for applied in [false, true] {
+        let server = sim(
+            5,
+            SimConfig {
+                rate_limit: 1,
+                throttled_writes_applied: applied,
+                ..unlimited()
+            },
+        )
+        .await;
+        let c = client(&server);
+        c.create_carrier("Within")
+            .await
+            .expect("the first call passes");
+        let err = c.create_carrier("Over").await.unwrap_err();
+        assert!(err.is_outcome_unknown(), "{err}");
+        let calls = server.sim.calls(ACCOUNT).unwrap();
+        assert_eq!(calls.by_route["POST ref/carrier"], 2, "not resent");
+        assert_eq!(calls.throttled, 1);
+        let over = server
+            .sim
+            .with_data(ACCOUNT, |d| {
+                d.carriers.iter().filter(|(_, name)| name == "Over").count()
+            })
+            .unwrap();
+        assert_eq!(over, usize::from(applied), "applied: {applied}");
+    }
 }
 
 #[tokio::test]

@@ -682,6 +682,17 @@ async fn a_killed_cli_run_resumes_and_delivers_every_order_exactly_once() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+
+    // A run whose orders file another process has open does nothing and says so.
+    let held = dearsync_order_download::NdjsonSink::file(&out).expect("the file is free");
+    let busy = command().output().unwrap();
+    assert_eq!(busy.status.code(), Some(75), "try again later");
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("writing orders to"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    drop(held);
 }
 
 #[tokio::test]
@@ -1248,6 +1259,63 @@ async fn a_crashed_runs_delivery_is_taken_over_in_minutes_and_an_edit_made_meanw
     assert_eq!((s.recovered, s.delivered), (1, 1), "{s:?}");
     let after = deliveries_in(&out);
     assert_eq!(after.len(), first.len() + 1, "the edit, once");
+    assert!(after.last().unwrap().starts_with(sale), "{after:?}");
+    assert_eq!(
+        store.record(&key).await.unwrap().unwrap().state,
+        RecordState::Done
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_a_killed_run_left_unwritten_to_its_file_is_delivered_by_the_next_run_at_once() {
+    // The CLI's file sink is locked while a run has it open: the next run to open it knows the
+    // dead run's delivery is over (no waiting out the longest delivery), and delivers it.
+    let server = sim(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("orders.ndjson");
+    let (store, clock) = memory();
+    let mut h = harness(
+        server,
+        store.clone(),
+        clock.clone(),
+        settings("sale_status = \"Any\"\n"),
+    );
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::file(&out).unwrap());
+    run(&h).await;
+    let first = deliveries_in(&out);
+    // While the file is open as a sink, nobody else can open it as one.
+    let second = dearsync_order_download::NdjsonSink::file(&out);
+    assert!(
+        matches!(
+            second,
+            Err(dearsync_order_download::SinkOpenError::InUse { .. })
+        ),
+        "the orders file is locked"
+    );
+    // A run claimed a delivery and was killed before writing its line.
+    let (sale, _) = first[0].split_once(':').unwrap();
+    let key = RecordKey::new(&TenantId::new("acme").unwrap(), Job::OrderDownload, sale);
+    let done = store.record(&key).await.unwrap().unwrap();
+    let mut detail: serde_json::Value =
+        serde_json::from_str(done.detail.as_deref().unwrap()).unwrap();
+    detail["claimed_by"] = serde_json::json!("run-that-died");
+    detail["delivery_sequence"] = serde_json::json!(7);
+    store
+        .transition(
+            &done,
+            dearsync_core::state::Transition::to(RecordState::InFlight)
+                .due_at(clock.now_plus(15 * 60))
+                .detail(detail.to_string()),
+        )
+        .await
+        .unwrap();
+    // The next run, the moment it has the file (the killed process's lock went with it).
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::stdout());
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::file(&out).unwrap());
+    let s = run(&h).await;
+    assert_eq!((s.recovered, s.delivered), (0, 1), "{s:?}");
+    let after = deliveries_in(&out);
+    assert_eq!(after.len(), first.len() + 1, "delivered once more");
     assert!(after.last().unwrap().starts_with(sale), "{after:?}");
     assert_eq!(
         store.record(&key).await.unwrap().unwrap().state,

@@ -531,6 +531,9 @@ async fn dear_faults_never_apply_a_shipment_twice() {
         ("*", Fault::Timeout, false),
         ("*", Fault::ErrorModel200(500), false),
         ("sale/fulfilment/pack", Fault::Drop, true),
+        // Throttled after DEAR applied the write (the reading where a 503 comes from in front).
+        ("sale/fulfilment/pick", Fault::Status(503), true),
+        ("sale/fulfilment/ship", Fault::Status(429), true),
     ] {
         server.sim.add_fault(
             ACCOUNT,

@@ -727,6 +727,21 @@ pub async fn inventory(kind: StoreKind, seed: u64, snapshots: usize) -> Tally {
     }
     tally.faults = faulted(&server);
     server.sim.clear_faults(ACCOUNT);
+    // Every part of every snapshot is posted once (its reference is unique among live adjustments).
+    let mut references: BTreeMap<String, usize> = BTreeMap::new();
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            for a in d.adjustments.values() {
+                if a.status != "VOIDED" && a.reference.starts_with(&format!("dear-sync C{seed}-")) {
+                    *references.entry(a.reference.clone()).or_default() += 1;
+                }
+            }
+        })
+        .expect("the account");
+    for (reference, n) in references.iter().filter(|(_, n)| **n > 1) {
+        tally.problem("duplicated", format!("{reference}: posted {n} times"));
+    }
     let now = levels(&server).await;
     for (sku, want) in &last {
         tally.checked += 1;

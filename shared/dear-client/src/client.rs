@@ -335,7 +335,19 @@ impl DearClient {
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);
                     let pause = retry_after.unwrap_or(policy.throttle_pause);
                     tracing::warn!(%method, path, status, latency_ms, attempt = attempt_no, pause_ms = pause.as_millis() as u64, "dear throttled");
-                    // Throttled requests were not processed: retrying a write is safe.
+                    if access == Access::Write {
+                        // DEAR's docs say a throttled call is not processed, but a 503 may come
+                        // from in front of DEAR after it applied the write: the caller reads DEAR
+                        // back (after the pause) instead of the client resending blindly.
+                        self.budget.throttled(account, pause).await;
+                        return Err(DearError::OutcomeUnknown {
+                            method: method.to_string(),
+                            path: path.to_owned(),
+                            reason: format!(
+                                "HTTP {status}, throttled: DEAR may have applied it before answering"
+                            ),
+                        });
+                    }
                     if throttles > policy.max_throttle_retries {
                         return Err(DearError::Throttled {
                             method: method.to_string(),

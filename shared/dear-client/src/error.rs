@@ -119,6 +119,10 @@ pub enum DearError {
     Budget(String),
 }
 
+/// How many times a caller writes, reads DEAR back and writes again when each write's outcome is
+/// unknown, before it gives the error to its own retry (a queue, the next run).
+pub const READ_BACK_ROUNDS: u32 = 3;
+
 impl DearError {
     /// True when a write may have been applied and state must be re-read before retrying.
     pub fn is_outcome_unknown(&self) -> bool {

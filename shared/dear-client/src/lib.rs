@@ -33,6 +33,6 @@ pub use budget::{RateBudget, SlidingWindowBudget};
 pub use client::{ClientStats, DearClient, error_chain};
 pub use config::{ApiKey, DEFAULT_BASE_URL, DearConfig, RetryPolicy};
 pub use date::DearDateTime;
-pub use error::DearError;
+pub use error::{DearError, READ_BACK_ROUNDS};
 pub use models::*;
 pub use page::{ListPage, Listed, MAX_LIMIT};

@@ -80,6 +80,9 @@ pub struct SimConfig {
     /// DEAR's Error Model as an array of `{ErrorCode, Exception}` (the reference; default) or as one
     /// object (reported live).
     pub errors_as_object: bool,
+    /// Apply a rate-limited write and then answer it "throttled", as a gateway or a limiter behind
+    /// the application would; by default (the docs' reading) a throttled call is not processed.
+    pub throttled_writes_applied: bool,
 }
 
 impl Default for SimConfig {
@@ -98,6 +101,7 @@ impl Default for SimConfig {
             simple_sale_lists_no_fulfilment_before_work: false,
             draft_pack_after_pick: false,
             errors_as_object: false,
+            throttled_writes_applied: false,
         }
     }
 }
@@ -449,6 +453,21 @@ fn error_body(code: i64, message: &str, as_object: bool) -> Value {
     if as_object { one } else { json!([one]) }
 }
 
+/// DEAR's rate-limit answer, with `Retry-After` when configured.
+fn throttled(config: &SimConfig) -> Response {
+    let mut r = error_model(
+        config.throttle_status,
+        "You reached 60 calls per minute API limit",
+        config.errors_as_object,
+    );
+    if let Some(s) = config.retry_after_secs
+        && let Ok(v) = s.to_string().parse()
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 fn html(status: u16) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND);
     (
@@ -536,6 +555,7 @@ async fn dear_api(
         .unwrap_or("")
         .to_owned();
     let now = Instant::now();
+    let mut applied_then_throttled = false;
     let chosen = {
         let mut tenants = sim.lock();
         let Some(t) = tenants
@@ -559,25 +579,20 @@ async fn dear_api(
             }
             if t.window.len() >= config.rate_limit as usize {
                 t.stats.throttled += 1;
-                let mut r = error_model(
-                    config.throttle_status,
-                    "You reached 60 calls per minute API limit",
-                    config.errors_as_object,
-                );
-                if let Some(s) = config.retry_after_secs
-                    && let Ok(v) = s.to_string().parse()
-                {
-                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                if !(config.throttled_writes_applied && method != Method::GET) {
+                    return throttled(&config);
                 }
-                return r;
+                applied_then_throttled = true;
             }
         }
-        t.window.push_back(now);
+        if !applied_then_throttled {
+            t.window.push_back(now);
+        }
         t.stats.max_in_window = t.stats.max_in_window.max(t.window.len() as u64);
-        // Faults: the first matching rule decides.
+        // Faults: the first matching rule decides (a call already throttled gets none).
         let mut chosen: Option<(Fault, bool, u64)> = None;
         let mut latency = 0;
-        for rule in t.faults.iter_mut() {
+        for rule in t.faults.iter_mut().filter(|_| !applied_then_throttled) {
             let route_ok = rule.route == "*" || rule.route.eq_ignore_ascii_case(&route);
             let method_ok = rule
                 .method
@@ -661,6 +676,9 @@ async fn dear_api(
         }
     };
     sim.dispatch(&account, events);
+    if applied_then_throttled {
+        return throttled(&config);
+    }
     if let Some((f, true, _)) = &fault {
         return fail(f, &config).await;
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, SecondsFormat};
 use dear_client::{
     AdjustmentStatus, AvailabilityQuery, DearClient, DearDateTime, DearError, Product,
-    ProductQuery, StockAdjustmentLineWrite, StockAdjustmentWrite,
+    ProductQuery, READ_BACK_ROUNDS, StockAdjustmentLineWrite, StockAdjustmentWrite,
 };
 use dearsync_core::settings::{
     AdjustmentStatusSetting, InventorySyncSettings, QuantityIs, SnapshotScope,
@@ -818,28 +818,30 @@ impl InventorySync {
         }
     }
 
-    /// Posts one adjustment. An unknown outcome is looked up by its reference before it is
-    /// posted again, so it is applied once.
+    /// Posts one adjustment. An unknown outcome (timeout, dropped connection, throttled) is looked
+    /// up by its reference before it is posted again (up to [`READ_BACK_ROUNDS`] posts), so it is
+    /// applied once.
     async fn create_once(
         &self,
         body: &StockAdjustmentWrite,
         reference: &str,
     ) -> Result<Uuid, SyncError> {
-        match self.dear.create_stock_adjustment(body).await {
-            Ok(adj) => Ok(adj.task_id),
-            Err(e) if e.is_outcome_unknown() => {
-                tracing::warn!(reference = %reference, error = %e, "stock adjustment outcome unknown; looking it up");
-                match self.find_by_reference(reference).await? {
-                    Some(task) => Ok(task),
-                    None => Ok(self
-                        .dear
-                        .create_stock_adjustment(body)
-                        .await
-                        .map_err(dear)?
-                        .task_id),
+        let mut posts = 1;
+        loop {
+            match self.dear.create_stock_adjustment(body).await {
+                Ok(adj) => return Ok(adj.task_id),
+                Err(e) if e.is_outcome_unknown() => {
+                    tracing::warn!(reference = %reference, error = %e, "stock adjustment outcome unknown; looking it up");
+                    if let Some(task) = self.find_by_reference(reference).await? {
+                        return Ok(task);
+                    }
+                    if posts >= READ_BACK_ROUNDS {
+                        return Err(dear(e));
+                    }
+                    posts += 1;
                 }
+                Err(e) => return Err(dear(e)),
             }
-            Err(e) => Err(dear(e)),
         }
     }
 

@@ -595,7 +595,7 @@ impl OrderDownload {
                     let Some(rec) = self.store.record(&listed.key).await? else {
                         continue;
                     };
-                    if rec.state != state || !self.is_due(&rec) {
+                    if rec.state != state || !self.is_due(&rec, &opts.run_id) {
                         continue;
                     }
                     summary.retried += 1;
@@ -623,19 +623,25 @@ impl OrderDownload {
     /// backoff is over; an in-flight one once its claim lapsed, or, when a run claimed it, as soon
     /// as that run cannot still be delivering it (longer ago than the longest delivery the
     /// settings allow). This run holds the lease, but a slow run may have outlived its own lease
-    /// mid-delivery, so the lease alone does not prove the claimant gone. A webhook's claim is
-    /// waited out.
-    fn is_due(&self, rec: &LedgerRecord) -> bool {
+    /// mid-delivery, so the lease alone does not prove the claimant gone — unless the sink is
+    /// this process's alone (a locked file): then another run's delivery is over. A webhook's
+    /// claim is waited out.
+    fn is_due(&self, rec: &LedgerRecord, this_run: &str) -> bool {
         let now = self.clock.now();
         if rec.due_at.is_some_and(|d| d <= now) {
             return true;
         }
-        let by_a_run = rec.state == RecordState::InFlight
-            && SaleDetail::of(rec)
-                .claimed_by
-                .is_some_and(|c| c.starts_with(RUN_CLAIM_PREFIX));
+        let Some(claimant) = SaleDetail::of(rec)
+            .claimed_by
+            .filter(|c| rec.state == RecordState::InFlight && c.starts_with(RUN_CLAIM_PREFIX))
+        else {
+            return false;
+        };
+        if self.sink.sole_deliverer() && claimant != this_run {
+            return true;
+        }
         let claimed_at = rec.due_at.map(|d| d - Duration::minutes(IN_FLIGHT_FOR));
-        by_a_run && claimed_at.is_some_and(|c| now - c > self.longest_delivery())
+        claimed_at.is_some_and(|c| now - c > self.longest_delivery())
     }
 
     /// The longest one delivery can take: every attempt timing out, with room for the backoff

@@ -8,4 +8,4 @@ pub mod sink;
 
 pub use canonical::{CanonicalOrder, map_sale, validate};
 pub use job::{OrderDownload, Outcome, Progress, RunOptions, RunSummary};
-pub use sink::{NdjsonSink, OrderSink, SinkError, WebhookSink};
+pub use sink::{NdjsonSink, OrderSink, SinkError, SinkOpenError, WebhookSink};

@@ -28,6 +28,26 @@ impl SinkError {
     }
 }
 
+/// Why the NDJSON file sink could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkOpenError {
+    /// Another process has the file open as its sink (it holds the file's lock).
+    #[error("another dearsync run is writing orders to {}; try again when it ends", path.display())]
+    InUse {
+        /// The orders file.
+        path: PathBuf,
+    },
+    /// The file cannot be opened or locked.
+    #[error("cannot open {} for orders: {source}", path.display())]
+    Io {
+        /// The orders file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The id of one delivery ([`CanonicalOrder::delivery_id`]).
 pub fn delivery_id(order: &CanonicalOrder) -> String {
     order.delivery_id.clone()
@@ -44,6 +64,13 @@ pub trait OrderSink: Send + Sync {
     async fn was_delivered(&self, id: &str) -> Result<Option<bool>, SinkError> {
         let _ = id;
         Ok(None)
+    }
+
+    /// True when no other process can be delivering through this sink while it is open (the
+    /// NDJSON file is locked for the sink's life): a delivery that another run left in flight is
+    /// then over, and is taken over at once instead of after the longest delivery time.
+    fn sole_deliverer(&self) -> bool {
+        false
     }
 }
 
@@ -65,16 +92,25 @@ impl NdjsonSink {
         }
     }
 
-    /// Orders appended to `path` (created if missing).
-    pub fn file(path: impl AsRef<Path>) -> Result<Self, SinkError> {
+    /// Orders appended to `path` (created if missing), locked for the sink's life so that two
+    /// runs never write the same file at once; the lock goes with the process, even a killed one.
+    pub fn file(path: impl AsRef<Path>) -> Result<Self, SinkOpenError> {
         let path = path.as_ref().to_path_buf();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| {
-                SinkError::new(format!("cannot open {} for orders: {e}", path.display()))
+            .map_err(|source| SinkOpenError::Io {
+                path: path.clone(),
+                source,
             })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(SinkOpenError::InUse { path }),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(SinkOpenError::Io { path, source });
+            }
+        }
         Ok(Self {
             target: Target::File(path, Mutex::new(file)),
         })
@@ -102,6 +138,10 @@ impl OrderSink for NdjsonSink {
                     .map_err(|e| SinkError::new(format!("cannot write to {}: {e}", path.display())))
             }
         }
+    }
+
+    fn sole_deliverer(&self) -> bool {
+        matches!(self.target, Target::File(..))
     }
 
     async fn was_delivered(&self, id: &str) -> Result<Option<bool>, SinkError> {

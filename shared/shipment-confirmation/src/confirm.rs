@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use dear_client::{
-    DearClient, DearDateTime, DearError, Fulfilment, FulfilmentLine, PickPack, Sale, SaleListQuery,
-    SaleType, Ship, ShipLine, StageStatus,
+    DearClient, DearDateTime, DearError, Fulfilment, FulfilmentLine, PickPack, READ_BACK_ROUNDS,
+    Sale, SaleListQuery, SaleType, Ship, ShipLine, StageStatus,
 };
 use dearsync_core::settings::{ShipOrderAction, ShipmentConfirmationSettings};
 use dearsync_core::state::{
@@ -534,21 +534,17 @@ impl ShipmentConfirmation {
                 }
             }
             None => {
-                let created = match self.dear.create_fulfilment(sale.id).await {
-                    Ok(created) => created,
-                    // A killed attempt's create may have landed after the sale was read: DEAR
-                    // then refuses a second open fulfilment. Read again and take the open one.
-                    Err(e @ DearError::Rejected { .. }) => {
-                        let now = self.dear.fulfilments(sale.id).await.map_err(dear_error)?;
-                        if !now.fulfilments.iter().any(open_for_a_new_shipment) {
-                            return Err(dear_error(e));
-                        }
-                        tracing::warn!(tenant = %self.tenant, sale_id = %sale.id, error = %e,
-                            "DEAR refused a new fulfilment; an open one appeared since the sale was read, using it");
-                        now
-                    }
-                    Err(e) => return Err(dear_error(e)),
-                };
+                // A killed attempt's create may have landed after the sale was read (DEAR then
+                // refuses a second open fulfilment), or this one's answer was lost: the open one
+                // that appeared is taken.
+                let created = self
+                    .write_checked(
+                        "fulfilment",
+                        || self.dear.create_fulfilment(sale.id),
+                        || self.dear.fulfilments(sale.id),
+                        |now| now.fulfilments.iter().any(open_for_a_new_shipment),
+                    )
+                    .await?;
                 created
                     .fulfilments
                     .into_iter()
@@ -977,11 +973,12 @@ impl ShipmentConfirmation {
         .await
     }
 
-    /// Writes a stage; if the outcome is unknown (timeout, dropped connection), reads the stage
-    /// back and accepts it when DEAR has it, instead of writing it again blindly. A refusal is
-    /// read back too: an earlier attempt of this shipment (killed with its request still on the
-    /// way) may have applied the stage since it was read, and DEAR then refuses it as done. `done`
-    /// checks the contents, not only the status, so another shipment's stage is never taken.
+    /// Writes a stage; if the outcome is unknown (timeout, dropped connection, throttled), reads
+    /// the stage back and accepts it when DEAR has it, instead of writing it again blindly; if DEAR
+    /// does not have it, writes again (up to [`READ_BACK_ROUNDS`] writes). A refusal is read back
+    /// too: an earlier attempt of this shipment (killed with its request still on the way) may have
+    /// applied the stage since it was read, and DEAR then refuses it as done. `done` checks the
+    /// contents, not only the status, so another shipment's stage is never taken.
     async fn write_checked<T, W, WF, R, RF>(
         &self,
         stage: &str,
@@ -995,27 +992,29 @@ impl ShipmentConfirmation {
         R: Fn() -> RF,
         RF: std::future::Future<Output = Result<T, DearError>>,
     {
-        match write().await {
-            Ok(v) => Ok(v),
-            Err(e) if matches!(e, DearError::Rejected { .. }) => {
-                let now = read().await.map_err(dear_error)?;
-                if done(&now) {
-                    tracing::warn!(stage, error = %e, "DEAR refused the stage as already done by this shipment; accepted");
-                    Ok(now)
-                } else {
-                    Err(dear_error(e))
-                }
+        let mut writes = 1;
+        loop {
+            let e = match write().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let unknown = e.is_outcome_unknown();
+            if !unknown && !matches!(e, DearError::Rejected { .. }) {
+                return Err(dear_error(e));
             }
-            Err(e) if e.is_outcome_unknown() => {
-                tracing::warn!(stage, error = %e, "write outcome unknown; reading DEAR back");
-                let now = read().await.map_err(dear_error)?;
-                if done(&now) {
-                    Ok(now)
-                } else {
-                    write().await.map_err(dear_error)
-                }
+            tracing::warn!(stage, error = %e, "stage write not confirmed; reading DEAR back");
+            let now = read().await.map_err(dear_error)?;
+            if done(&now) {
+                tracing::warn!(
+                    stage,
+                    "DEAR has the stage as this shipment wrote it; accepted"
+                );
+                return Ok(now);
             }
-            Err(e) => Err(dear_error(e)),
+            if !unknown || writes >= READ_BACK_ROUNDS {
+                return Err(dear_error(e));
+            }
+            writes += 1;
         }
     }
 }
