@@ -447,6 +447,120 @@ async fn a_post_that_fails_after_applying_is_found_by_reference_not_posted_twice
     }
 }
 
+/// Availability rows of `sku` at Main: (batch, on hand, expiry date as DEAR lists it).
+async fn batches_of(
+    server: &SimServer,
+    sku: &str,
+) -> Vec<(Option<String>, Decimal, Option<String>)> {
+    let q = AvailabilityQuery {
+        location: Some(MAIN.into()),
+        sku: Some(sku.into()),
+        ..Default::default()
+    };
+    let pages: Vec<_> = client(server)
+        .product_availability(&q, 1000)
+        .try_collect()
+        .await
+        .unwrap();
+    pages
+        .iter()
+        .flat_map(|p| &p.items)
+        .filter(|r| r.sku.as_deref() == Some(sku))
+        .map(|r| {
+            (
+                r.batch.clone(),
+                r.on_hand,
+                r.expiry_date.map(|d| d.date().to_string()),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fefo_lines_carry_the_batch_expiry_date_from_the_snapshot_or_dear() {
+    let server = sim(100).await;
+    // Two batch-tracked products stocked at Main become FEFO; DEAR knows their batches' expiry.
+    let fefo: Vec<(String, String)> = server
+        .sim
+        .with_data_mut(ACCOUNT, |d| {
+            let main = d.locations.iter().find(|l| l.name == MAIN).unwrap().id;
+            let cells: Vec<(uuid::Uuid, String)> = d
+                .stock
+                .values()
+                .filter(|(k, q)| k.location_id == main && k.batch.is_some() && *q > Decimal::ZERO)
+                .map(|(k, _)| (k.product_id, k.batch.clone().unwrap()))
+                .collect();
+            let mut out = Vec::new();
+            for (product, batch) in cells {
+                if out.len() == 2 || out.iter().any(|(_, _, p)| *p == product) {
+                    continue;
+                }
+                let p = d.products.get_mut(&product).unwrap();
+                p.costing_method = "FEFO - Batch".into();
+                d.batch_expiry.insert(
+                    dear_sim::model::Dataset::batch_key(product, &batch),
+                    chrono::NaiveDate::from_ymd_opt(2027, 1, 31)
+                        .unwrap()
+                        .and_hms_opt(0, 0, 0)
+                        .unwrap(),
+                );
+                out.push((p.sku.clone(), batch, product));
+            }
+            out.into_iter().map(|(s, b, _)| (s, b)).collect()
+        })
+        .unwrap();
+    assert_eq!(fefo.len(), 2, "the seed has batch-tracked stock at Main");
+    let ((known_sku, known_batch), (other_sku, _)) = (fefo[0].clone(), fefo[1].clone());
+    let j = job(&server, memory(), "");
+    let lines = json!([
+        // An existing batch, no date in the snapshot: DEAR's date goes on the line.
+        { "sku": known_sku, "quantity": "77", "batch": known_batch },
+        // A new batch with its date.
+        { "sku": known_sku, "quantity": "12", "batch": "LOT-NEW", "expiry_date": "2027-06-30" },
+        // A new batch whose date nobody gives: skipped, named.
+        { "sku": other_sku, "quantity": "5", "batch": "LOT-UNDATED" },
+    ]);
+    let snap = Snapshot::from_json_reader(
+        json!({ "snapshot_id": "FEFO-1", "as_of": "2026-11-20", "location": MAIN, "lines": lines })
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let s = j.sync(&snap, false).await.unwrap();
+    assert_eq!(s.outcome, "applied", "{s:?}");
+    assert_eq!(s.adjusted, 2, "{:?}", s.plan);
+    assert_eq!(
+        s.skipped.get("expiry_required"),
+        Some(&1),
+        "{:?}",
+        s.skipped
+    );
+    let rows = batches_of(&server, &known_sku).await;
+    assert!(
+        rows.contains(&(
+            Some(known_batch.clone()),
+            Decimal::from(77),
+            Some("2027-01-31".into())
+        )),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&(
+            Some("LOT-NEW".into()),
+            Decimal::from(12),
+            Some("2027-06-30".into())
+        )),
+        "{rows:?}"
+    );
+    assert!(
+        batches_of(&server, &other_sku)
+            .await
+            .iter()
+            .all(|(b, _, _)| b.as_deref() != Some("LOT-UNDATED")),
+        "the undated batch is not posted"
+    );
+}
+
 #[tokio::test]
 async fn dear_faults_leave_nothing_half_applied_and_a_retry_finishes() {
     let server = sim(300).await;

@@ -5,7 +5,7 @@
 //! - the warehouse refuses some deliveries;
 //! - runs killed at random moments (the job's future dropped mid-await: what was written stays,
 //!   what was in memory is gone, as with SIGKILL);
-//! - duplicate concurrent submissions and sales edited between runs.
+//! - duplicate concurrent submissions, sales edited and voided between runs.
 //!
 //! When the faults stop, the job is run until it settles, and DEAR's state and the sink are
 //! checked against what should have happened. Nothing lost, duplicated or wrong.
@@ -264,16 +264,33 @@ pub async fn order_download(kind: StoreKind, seed: u64, rounds: usize) -> Tally 
 
     *warehouse.refuse_percent.lock().unwrap() = 10;
     fault_rules(&server, 15);
+    // Sales voided during the campaign → how many orders the warehouse had at that moment.
+    let mut voided: HashMap<Uuid, usize> = HashMap::new();
     for round in 0..rounds {
         // Sales edited in DEAR between runs.
         for _ in 0..rng.below(3) {
             let id = selected_ids[rng.below(selected_ids.len() as u64) as usize];
+            if voided.contains_key(&id) {
+                continue;
+            }
             let memo = format!("edit {round}-{}", rng.below(1000));
             let edit = SaleEdit {
                 order_memo: Some(memo),
                 ..Default::default()
             };
             server.sim.edit_sale(ACCOUNT, id, &edit).expect("edit");
+        }
+        // Sometimes a sale is voided (no run is working at this moment).
+        if rng.chance(0.1) {
+            let id = selected_ids[rng.below(selected_ids.len() as u64) as usize];
+            if let std::collections::hash_map::Entry::Vacant(e) = voided.entry(id) {
+                let void = SaleEdit {
+                    void: true,
+                    ..Default::default()
+                };
+                server.sim.edit_sale(ACCOUNT, id, &void).expect("void");
+                e.insert(warehouse.orders.lock().unwrap().len());
+            }
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
         // Sometimes two runs at once (the lease lets one work).
@@ -306,6 +323,18 @@ pub async fn order_download(kind: StoreKind, seed: u64, rounds: usize) -> Tally 
         &server, &warehouse, &filter, first_run, &settings, &mut tally,
     )
     .await;
+    // A voided sale is never delivered after the void.
+    let orders = warehouse.orders.lock().unwrap().clone();
+    for (id, at) in &voided {
+        tally.checked += 1;
+        let id = id.to_string();
+        if orders[*at..].iter().any(|o| o.sale_id == id) {
+            tally.problem(
+                "wrong",
+                format!("sale {id} was delivered after it was voided"),
+            );
+        }
+    }
     tally
 }
 

@@ -1060,7 +1060,9 @@ fn availability(data: &Dataset, q: &Query) -> Result<Value, ApiError> {
             }
             Some(json!({
                 "ID": p.id, "SKU": p.sku, "Name": p.name, "Barcode": p.barcode, "Location": r.1,
-                "Bin": r.2, "Batch": r.3, "ExpiryDate": Value::Null, "Category": p.category,
+                "Bin": r.2, "Batch": r.3,
+                "ExpiryDate": render::opt_date(data.expiry_of(p.id, r.3.as_deref())),
+                "Category": p.category,
                 "OnHand": num(r.6), "Allocated": num(r.7), "Available": num(r.6 - r.7),
                 "OnOrder": 0, "StockOnHand": num(r.6 * p.average_cost), "InTransit": 0,
             }))
@@ -1181,6 +1183,13 @@ fn write_adjustment(
                 product.sku, product.costing_method
             )));
         }
+        let expiry = body::date(l, "ExpiryDate")?;
+        if product.expiry_dated() && expiry.is_none() {
+            return Err(ApiError::bad(format!(
+                "Line {n}: ExpiryDate is required for product {} (costing method {})",
+                product.sku, product.costing_method
+            )));
+        }
         let key = StockKey {
             product_id: product.id,
             location_id,
@@ -1211,7 +1220,7 @@ fn write_adjustment(
             key,
             quantity,
             unit_cost,
-            expiry: body::date(l, "ExpiryDate")?,
+            expiry,
             received: body::date(l, "ReceivedDate")?,
             comments: body::text(l, "Comments").unwrap_or_default(),
             on_hand_before: on_hand,
@@ -1248,6 +1257,12 @@ fn write_adjustment(
             };
             data.set_on_hand(l.key.clone(), target);
             l.applied_on_hand = Some(target);
+            // A batch's expiry is set when it is first received; later lines do not change it.
+            if let (Some(batch), Some(expiry)) = (&l.key.batch, l.expiry) {
+                data.batch_expiry
+                    .entry(Dataset::batch_key(l.key.product_id, batch))
+                    .or_insert(expiry);
+            }
         }
     }
     let _ = ctx;

@@ -99,6 +99,13 @@ impl SimProduct {
     pub fn batch_tracked(&self) -> bool {
         !self.costing_method.eq_ignore_ascii_case("FIFO")
     }
+
+    /// FEFO (`FEFO - Batch`, `FEFO - Serial Number`): every batch has an expiry date.
+    pub fn expiry_dated(&self) -> bool {
+        self.costing_method
+            .get(..4)
+            .is_some_and(|m| m.eq_ignore_ascii_case("FEFO"))
+    }
 }
 
 /// A location with its bins.
@@ -469,6 +476,9 @@ pub struct Dataset {
     pub next_invoice_number: u32,
     /// Webhooks.
     pub webhooks: Vec<SimWebhook>,
+    /// Expiry date of each batch of an expiry-dated (FEFO) product, by [`Dataset::batch_key`].
+    #[serde(default)]
+    pub batch_expiry: BTreeMap<String, NaiveDateTime>,
 }
 
 impl StockKey {
@@ -485,6 +495,20 @@ impl StockKey {
 }
 
 impl Dataset {
+    /// The key of a product's batch in [`Dataset::batch_expiry`].
+    pub fn batch_key(product_id: Uuid, batch: &str) -> String {
+        format!("{product_id}/{}", batch.trim().to_lowercase())
+    }
+
+    /// The expiry date DEAR holds for a product's batch.
+    pub fn expiry_of(&self, product_id: Uuid, batch: Option<&str>) -> Option<NaiveDateTime> {
+        batch.and_then(|b| {
+            self.batch_expiry
+                .get(&Self::batch_key(product_id, b))
+                .copied()
+        })
+    }
+
     /// A product by SKU, case-insensitively.
     pub fn product_by_sku(&self, sku: &str) -> Option<&SimProduct> {
         let sku = sku.trim();

@@ -34,7 +34,8 @@ pub fn stamp(d: NaiveDateTime) -> Value {
     Value::String(s)
 }
 
-fn opt_date(d: Option<NaiveDateTime>) -> Value {
+/// A DEAR date (`2017-11-30T00:00:00`), or null.
+pub fn opt_date(d: Option<NaiveDateTime>) -> Value {
     d.map(date).unwrap_or(Value::Null)
 }
 

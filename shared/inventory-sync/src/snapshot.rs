@@ -1,6 +1,6 @@
 //! The warehouse's inventory snapshot (schema: `docs/inventory-snapshot.md`), as JSON or CSV.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -32,6 +32,10 @@ pub struct SnapshotLine {
     /// Batch or serial number.
     #[serde(default)]
     pub batch: Option<String>,
+    /// The batch's expiry date (`2027-03-31`, or a date and time whose date is taken), which
+    /// DEAR needs for FEFO products; DEAR's own date for the batch is used when this is absent.
+    #[serde(default, deserialize_with = "expiry")]
+    pub expiry_date: Option<NaiveDate>,
 }
 
 /// A snapshot that cannot be used: where and what.
@@ -59,6 +63,28 @@ pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
 fn instant<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     let text = String::deserialize(d)?;
     parse_instant(&text).map_err(serde::de::Error::custom)
+}
+
+/// Reads an expiry date: `2027-03-31`, or `2027-03-31T00:00:00` (with or without a zone), whose
+/// date is taken as written.
+pub fn parse_expiry(text: &str) -> Result<NaiveDate, String> {
+    let t = text.trim();
+    let date = t.get(..10).unwrap_or(t);
+    let rest = &t[date.len()..];
+    let time_ok = rest.is_empty() || rest.starts_with(['T', 't', ' ']);
+    match NaiveDate::parse_from_str(date, "%Y-%m-%d") {
+        Ok(d) if time_ok => Ok(d),
+        _ => Err(format!("{t:?} is not a date (expected YYYY-MM-DD)")),
+    }
+}
+
+fn expiry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(t) if !t.trim().is_empty() => {
+            parse_expiry(&t).map(Some).map_err(serde::de::Error::custom)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Reads a quantity's exact text.
@@ -189,6 +215,7 @@ fn check_id(snapshot_id: &str) -> Result<(), SnapshotError> {
 /// | SKU (required) | `sku`, `product sku`, `item`, `item sku`, `product code`, `code` |
 /// | quantity (required) | `quantity`, `qty`, `on hand`, `onhand`, `qty on hand`, `quantity on hand`, `available`, `qty available`, `quantity available` |
 /// | batch | `batch`, `batch number`, `batch_sn`, `lot`, `lot number`, `serial` |
+/// | expiry date | `expiry`, `expiry date`, `expiration`, `expiration date`, `exp date`, `best before`, `use by` |
 /// | location | `location`, `warehouse` |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CsvOptions<'a> {
@@ -222,11 +249,18 @@ enum Role {
     Sku,
     Quantity,
     Batch,
+    Expiry,
     Location,
 }
 
 impl Role {
-    const ALL: [Role; 4] = [Role::Sku, Role::Quantity, Role::Batch, Role::Location];
+    const ALL: [Role; 5] = [
+        Role::Sku,
+        Role::Quantity,
+        Role::Batch,
+        Role::Expiry,
+        Role::Location,
+    ];
 
     /// Its name in errors (`line 13, quantity`).
     fn name(self) -> &'static str {
@@ -234,6 +268,7 @@ impl Role {
             Role::Sku => "sku",
             Role::Quantity => "quantity",
             Role::Batch => "batch",
+            Role::Expiry => "expiry date",
             Role::Location => "location",
         }
     }
@@ -267,6 +302,15 @@ impl Role {
                 "lot",
                 "lot number",
                 "serial",
+            ],
+            Role::Expiry => &[
+                "expiry",
+                "expiry date",
+                "expiration",
+                "expiration date",
+                "exp date",
+                "best before",
+                "use by",
             ],
             Role::Location => &["location", "warehouse"],
         }
@@ -305,6 +349,7 @@ struct Columns {
     sku: usize,
     quantity: usize,
     batch: Option<usize>,
+    expiry: Option<usize>,
     location: Option<usize>,
 }
 
@@ -342,6 +387,7 @@ impl Columns {
             sku: taken(Role::Sku)?.ok_or_else(|| columns.missing(Role::Sku))?,
             quantity,
             batch: taken(Role::Batch)?,
+            expiry: taken(Role::Expiry)?,
             location: taken(Role::Location)?,
         })
     }
@@ -486,6 +532,15 @@ impl CsvReading {
             Some(c) => Some(cell(record, c, line, Role::Batch)?).filter(|b| !b.is_empty()),
             None => None,
         };
+        let expiry_date = match columns.expiry {
+            Some(c) => match cell(record, c, line, Role::Expiry)? {
+                "" => None,
+                text => Some(
+                    parse_expiry(text).map_err(|m| err(format!("line {line}, expiry date"), m))?,
+                ),
+            },
+            None => None,
+        };
         if let Some(c) = columns.location {
             self.agree_location(cell(record, c, line, Role::Location)?, line)?;
         }
@@ -493,6 +548,7 @@ impl CsvReading {
             sku: sku.to_owned(),
             quantity,
             batch: batch.map(str::to_owned),
+            expiry_date,
         };
         if let Some(first) = self.seen.insert(line_key(&l), line) {
             return Err(err(
@@ -706,6 +762,7 @@ mod tests {
             sku: sku.to_owned(),
             quantity: quantity.parse().unwrap(),
             batch: batch.map(str::to_owned),
+            expiry_date: None,
         }
     }
 
@@ -1069,5 +1126,34 @@ mod tests {
         let e = Snapshot::from_json_reader(r#"{"snapshot_id":"S","as_of":"2026-11-20","lines":[{"sku":"A","quantity":1},{"sku":"a","quantity":2}]}"#.as_bytes()).unwrap_err();
         assert_eq!(e.field, "lines[1].sku");
         assert!(e.message.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn expiry_dates_are_read_from_csv_and_json_and_bad_ones_named() {
+        let csv = "\u{feff}\"Item SKU\",\"Lot\",\"Qty\",\"Expiry Date\"\r\nA-1,L1,5,2027-03-31\r\nA-2,L2,1,2027-04-30T00:00:00\r\nA-3,,2,\r\n";
+        let s = read(csv).unwrap();
+        let dates: Vec<_> = s.lines.iter().map(|l| l.expiry_date).collect();
+        assert_eq!(
+            dates,
+            [
+                NaiveDate::from_ymd_opt(2027, 3, 31),
+                NaiveDate::from_ymd_opt(2027, 4, 30),
+                None
+            ]
+        );
+        assert_eq!(
+            read_err("sku,qty,best before\r\nA-1,5,31/03/2027\r\n"),
+            (
+                "line 2, expiry date".to_owned(),
+                "\"31/03/2027\" is not a date (expected YYYY-MM-DD)".to_owned()
+            )
+        );
+        let json = r#"{"snapshot_id":"S","as_of":"2026-11-20","lines":[{"sku":"A","quantity":1,"batch":"L","expiry_date":"2027-01-02"},{"sku":"B","quantity":1,"expiry_date":null}]}"#;
+        let s = Snapshot::from_json_reader(json.as_bytes()).unwrap();
+        assert_eq!(s.lines[0].expiry_date, NaiveDate::from_ymd_opt(2027, 1, 2));
+        assert_eq!(s.lines[1].expiry_date, None);
+        let bad = r#"{"snapshot_id":"S","as_of":"2026-11-20","lines":[{"sku":"A","quantity":1,"expiry_date":"2027-13-01"}]}"#;
+        let e = Snapshot::from_json_reader(bad.as_bytes()).unwrap_err();
+        assert_eq!(e.field, "lines[0].expiry_date");
     }
 }

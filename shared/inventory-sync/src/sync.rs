@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, SecondsFormat};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat};
 use dear_client::{
     AdjustmentStatus, AvailabilityQuery, DearClient, DearDateTime, DearError, Product,
     ProductQuery, READ_BACK_ROUNDS, StockAdjustmentLineWrite, StockAdjustmentWrite,
@@ -62,6 +62,9 @@ pub struct PlanLine {
     pub change: Decimal,
     /// What happens.
     pub action: Action,
+    /// The batch's expiry date, sent for FEFO products (the snapshot's, else DEAR's).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "date_text")]
+    pub expiry_date: Option<NaiveDate>,
     #[serde(skip)]
     product_id: Option<Uuid>,
     #[serde(skip)]
@@ -73,6 +76,14 @@ pub struct PlanLine {
 
 fn decimal_text<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&v.normalize())
+}
+
+/// `2027-03-31` (only called for a date: absent ones are skipped).
+fn date_text<S: serde::Serializer>(v: &Option<NaiveDate>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => s.collect_str(d),
+        None => s.serialize_none(),
+    }
 }
 
 /// What a sync did (or, in a dry run, would do).
@@ -181,6 +192,8 @@ struct Item {
     id: Uuid,
     sku: String,
     batch_tracked: bool,
+    /// FEFO: its adjustment lines carry the batch's expiry date.
+    expiry_dated: bool,
     /// AverageCost, when positive: the unit cost of lines for stock DEAR already holds (else the
     /// new-stock cost).
     average_cost: Option<Decimal>,
@@ -198,6 +211,7 @@ impl Item {
             id: p.id,
             sku: p.sku.clone().unwrap_or_default(),
             batch_tracked: p.is_batch_tracked(),
+            expiry_dated: p.is_expiry_dated(),
             average_cost: average,
             new_stock_cost: tier_price.or(average),
         }
@@ -209,6 +223,8 @@ impl Item {
 struct Level {
     on_hand: Decimal,
     available: Decimal,
+    /// The batch's expiry date as DEAR lists it (FEFO products).
+    expiry: Option<NaiveDate>,
 }
 
 /// How one sync behaves.
@@ -462,12 +478,14 @@ impl InventorySync {
                         Some((_, l)) => {
                             l.on_hand += row.on_hand;
                             l.available += row.available;
+                            l.expiry = l.expiry.or(row.expiry_date.map(DearDateTime::date));
                         }
                         None => rows.push((
                             batch,
                             Level {
                                 on_hand: row.on_hand,
                                 available: row.available,
+                                expiry: row.expiry_date.map(DearDateTime::date),
                             },
                         )),
                     }
@@ -505,8 +523,9 @@ impl InventorySync {
             BTreeMap::new()
         };
 
-        // Targets per (product, batch).
+        // Targets per (product, batch), and the expiry dates the snapshot gives.
         let mut targets: BTreeMap<(String, Option<String>), (Decimal, Uuid)> = BTreeMap::new();
+        let mut expiries: HashMap<(String, Option<String>), NaiveDate> = HashMap::new();
         let mut unknown = Vec::new();
         let skip = |summary: &mut SyncSummary,
                     sku: &str,
@@ -525,6 +544,7 @@ impl InventorySync {
                 target,
                 change: target - now,
                 action: Action::Skip(reason.to_owned()),
+                expiry_date: None,
                 product_id: None,
                 unit_cost: None,
                 new_stock: false,
@@ -573,6 +593,11 @@ impl InventorySync {
                 // Spread the orders over the SKU's lines in snapshot order: take from the first.
                 let take = (*sold).min(q);
                 q -= take;
+            }
+            if let Some(date) = line.expiry_date {
+                expiries
+                    .entry((psku.clone(), batch.clone()))
+                    .or_insert(date);
             }
             let e = targets
                 .entry((psku, batch))
@@ -634,6 +659,7 @@ impl InventorySync {
                 .fold(Level::default(), |mut acc, (_, l)| {
                     acc.on_hand += l.on_hand;
                     acc.available += l.available;
+                    acc.expiry = acc.expiry.or(l.expiry);
                     acc
                 });
             let now = match s.quantity_is {
@@ -663,6 +689,28 @@ impl InventorySync {
                 skip(summary, &sku, batch, now, target, missing);
                 continue;
             };
+            // FEFO: DEAR's reference requires the batch's expiry date on the line.
+            let expiry_date = match product.filter(|p| p.expiry_dated) {
+                Some(_) => match expiries
+                    .get(&(sku.clone(), batch.clone()))
+                    .copied()
+                    .or(level.expiry)
+                {
+                    Some(date) => Some(date),
+                    None => {
+                        skip(
+                            summary,
+                            &sku,
+                            batch,
+                            now,
+                            target,
+                            "expiry_required: the product is FEFO and neither the snapshot line nor DEAR gives the batch's expiry date",
+                        );
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let unit_cost = Some(unit_cost);
             let change = target - now;
             let drift = s.drift_threshold_units.is_some_and(|u| change.abs() > u)
@@ -680,6 +728,7 @@ impl InventorySync {
                 } else {
                     Action::Adjust
                 },
+                expiry_date,
                 product_id: Some(product_id),
                 unit_cost,
                 new_stock,
@@ -808,6 +857,7 @@ impl InventorySync {
                     unit_cost: l.unit_cost,
                     location: Some(at.location.to_owned()),
                     batch_sn: l.batch.clone(),
+                    expiry_date: l.expiry_date.map(DearDateTime::from_date),
                     received_date: l
                         .new_stock
                         .then(|| DearDateTime::from_utc(at.snapshot.as_of)),
@@ -881,7 +931,32 @@ struct Target<'a> {
 
 /// The hash a snapshot's lines are claimed and recorded under.
 fn lines_hash(snapshot: &Snapshot) -> String {
-    dearsync_core::sha256_hex(format!("{:?}", snapshot.lines).as_bytes())
+    dearsync_core::sha256_hex(canonical_lines(&snapshot.lines).as_bytes())
+}
+
+/// The snapshot's lines as the text they are hashed from. Byte for byte the text the first
+/// releases hashed (Rust's `Debug` of the lines, when lines had no expiry date), so the records
+/// they wrote still match a resent snapshot; an expiry date is appended only when given.
+fn canonical_lines(lines: &[crate::snapshot::SnapshotLine]) -> String {
+    use std::fmt::Write;
+    let mut text = String::from("[");
+    for (i, l) in lines.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(
+            text,
+            "SnapshotLine {{ sku: {:?}, quantity: {:?}, batch: {:?}",
+            l.sku, l.quantity, l.batch
+        );
+        if let Some(date) = l.expiry_date {
+            let _ = write!(text, ", expiry_date: {date}");
+        }
+        text.push_str(" }");
+    }
+    text.push(']');
+    text
 }
 
 /// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU.
@@ -982,6 +1057,42 @@ fn first_named(names: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lines_are_hashed_as_the_first_releases_did_so_their_records_still_match() {
+        // What the first releases hashed: the derived Debug of lines without an expiry date.
+        mod legacy {
+            #[derive(Debug)]
+            #[allow(dead_code)]
+            pub struct SnapshotLine {
+                pub sku: String,
+                pub quantity: rust_decimal::Decimal,
+                pub batch: Option<String>,
+            }
+        }
+        let rows = [("A-1", "5", None), ("B \"2\"\u{e9}", "1.50", Some("L\n1"))];
+        let lines: Vec<crate::snapshot::SnapshotLine> = rows
+            .iter()
+            .map(|(sku, q, b)| crate::snapshot::SnapshotLine {
+                sku: (*sku).to_owned(),
+                quantity: q.parse().unwrap(),
+                batch: b.map(str::to_owned),
+                expiry_date: None,
+            })
+            .collect();
+        let old: Vec<legacy::SnapshotLine> = rows
+            .iter()
+            .map(|(sku, q, b)| legacy::SnapshotLine {
+                sku: (*sku).to_owned(),
+                quantity: q.parse().unwrap(),
+                batch: b.map(str::to_owned),
+            })
+            .collect();
+        assert_eq!(canonical_lines(&lines), format!("{old:?}"));
+        let mut dated = lines.clone();
+        dated[1].expiry_date = NaiveDate::from_ymd_opt(2027, 3, 31);
+        assert!(canonical_lines(&dated).ends_with(", expiry_date: 2027-03-31 }]"));
+    }
+
     use super::*;
 
     #[test]

@@ -120,6 +120,15 @@ impl Product {
             .as_deref()
             .is_some_and(|m| !m.trim().eq_ignore_ascii_case("FIFO"))
     }
+
+    /// FEFO (`FEFO - Batch`, `FEFO - Serial Number`): DEAR wants each batch's expiry date on
+    /// stock adjustment lines.
+    pub fn is_expiry_dated(&self) -> bool {
+        self.costing_method
+            .as_deref()
+            .and_then(|m| m.trim().get(..4))
+            .is_some_and(|m| m.eq_ignore_ascii_case("FEFO"))
+    }
 }
 
 /// A bin inside a location.
