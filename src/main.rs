@@ -89,6 +89,71 @@ struct SimArgs {
     /// Status of a throttled answer: 429 or 503.
     #[arg(long, default_value_t = 429, value_parser = parse_throttle_status)]
     throttle_status: u16,
+    /// Readings of what DEAR leaves uncertain (docs/simulator.md); each flag plays the other one.
+    #[command(flatten)]
+    readings: SimReadings,
+}
+
+/// `dearsync sim` flags that switch the simulator to the non-default reading of an uncertain DEAR
+/// behaviour (`docs/simulator.md`, "Readings").
+#[derive(clap::Args, Default)]
+struct SimReadings {
+    /// A shipped simple sale not yet invoiced stays PACKED (default: it shows INVOICING).
+    #[arg(long)]
+    shipped_sale_stays_packed: bool,
+    /// `GET me` sends MaximumDecimalPlacesInQuantity as a number (default: text, "N4").
+    #[arg(long)]
+    quantity_places_as_number: bool,
+    /// Refuse a stock adjustment line without UnitCost only for products with no stock there
+    /// (default: on every line).
+    #[arg(long)]
+    unit_cost_only_for_new_stock: bool,
+    /// A simple sale lists `Fulfilments: []` until its fulfilment work starts (default: its first,
+    /// empty fulfilment).
+    #[arg(long)]
+    simple_sales_list_no_fulfilment: bool,
+    /// Authorising a pick opens a DRAFT pack holding the picked lines (default: NOT AVAILABLE).
+    #[arg(long)]
+    draft_pack_after_pick: bool,
+    /// DEAR's Error Model as one object (default: an array).
+    #[arg(long)]
+    errors_as_object: bool,
+    /// Unknown paths answer their HTML page with status 200 (default: 404).
+    #[arg(long)]
+    unknown_paths_answer_200: bool,
+    /// A write over the rate limit is applied, then answered "throttled" (default: refused untouched).
+    #[arg(long)]
+    throttled_writes_applied: bool,
+}
+
+impl SimReadings {
+    /// The simulator settings these flags choose, on top of `base`.
+    fn apply(&self, base: dear_sim::SimConfig) -> dear_sim::SimConfig {
+        dear_sim::SimConfig {
+            shipped_sale_status: if self.shipped_sale_stays_packed {
+                dear_sim::rules::ShippedSaleStatus::Packed
+            } else {
+                base.shipped_sale_status
+            },
+            quantity_places_as_text: base.quantity_places_as_text
+                && !self.quantity_places_as_number,
+            unit_cost_on_every_line: base.unit_cost_on_every_line
+                && !self.unit_cost_only_for_new_stock,
+            simple_sale_lists_no_fulfilment_before_work: base
+                .simple_sale_lists_no_fulfilment_before_work
+                || self.simple_sales_list_no_fulfilment,
+            draft_pack_after_pick: base.draft_pack_after_pick || self.draft_pack_after_pick,
+            errors_as_object: base.errors_as_object || self.errors_as_object,
+            unknown_path_status: if self.unknown_paths_answer_200 {
+                200
+            } else {
+                base.unknown_path_status
+            },
+            throttled_writes_applied: base.throttled_writes_applied
+                || self.throttled_writes_applied,
+            ..base
+        }
+    }
 }
 
 #[tokio::main]
@@ -183,11 +248,11 @@ async fn run_sim(args: SimArgs) -> Result<exit::Ended, String> {
         products: args.products,
         ..Default::default()
     };
-    let config = dear_sim::SimConfig {
+    let config = args.readings.apply(dear_sim::SimConfig {
         rate_limit: args.rate_limit,
         throttle_status: args.throttle_status,
         ..Default::default()
-    };
+    });
     let sim = dear_sim::Sim::new(
         config,
         &args.account_id,
@@ -227,5 +292,75 @@ fn restore_default_sigpipe() {
     // SAFETY: called first thing in main, before any thread is started; SIG_DFL is a valid handler.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim_config(args: &[&str]) -> serde_json::Value {
+        let cli = Cli::try_parse_from(["dearsync", "sim"].iter().chain(args)).expect("parses");
+        let Command::Sim(sim) = cli.command else {
+            panic!("not sim")
+        };
+        let config = sim.readings.apply(dear_sim::SimConfig::default());
+        serde_json::to_value(config).expect("serialises")
+    }
+
+    #[test]
+    fn each_sim_reading_flag_switches_its_own_setting_and_no_other() {
+        let default = sim_config(&[]);
+        assert_eq!(
+            default,
+            serde_json::to_value(dear_sim::SimConfig::default()).unwrap()
+        );
+        for (flag, field, value) in [
+            (
+                "--shipped-sale-stays-packed",
+                "shipped_sale_status",
+                serde_json::json!("packed"),
+            ),
+            (
+                "--quantity-places-as-number",
+                "quantity_places_as_text",
+                serde_json::json!(false),
+            ),
+            (
+                "--unit-cost-only-for-new-stock",
+                "unit_cost_on_every_line",
+                serde_json::json!(false),
+            ),
+            (
+                "--simple-sales-list-no-fulfilment",
+                "simple_sale_lists_no_fulfilment_before_work",
+                serde_json::json!(true),
+            ),
+            (
+                "--draft-pack-after-pick",
+                "draft_pack_after_pick",
+                serde_json::json!(true),
+            ),
+            (
+                "--errors-as-object",
+                "errors_as_object",
+                serde_json::json!(true),
+            ),
+            (
+                "--unknown-paths-answer-200",
+                "unknown_path_status",
+                serde_json::json!(200),
+            ),
+            (
+                "--throttled-writes-applied",
+                "throttled_writes_applied",
+                serde_json::json!(true),
+            ),
+        ] {
+            let mut want = default.clone();
+            assert_ne!(want[field], value, "{flag} plays the non-default reading");
+            want[field] = value;
+            assert_eq!(sim_config(&[flag]), want, "{flag}");
+        }
     }
 }

@@ -985,6 +985,83 @@ async fn a_shipped_sale_is_never_delivered_for_a_status_before_shipping() {
     }
 }
 
+/// A simple sale listing `Fulfilments: []` before any fulfilment work (a reference example) or its
+/// first, empty fulfilment (the simulator's default): the same orders, with the same contents and
+/// versions, under the default settings and under a status past picking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_the_same_whether_an_untouched_simple_sale_lists_its_fulfilment_or_none() {
+    let spec = SeedSpec {
+        seed: 7,
+        sales: 300,
+        products: 80,
+        ..Default::default()
+    };
+    let config = SimConfig {
+        rate_limit: 0,
+        ..Default::default()
+    };
+    let server = dear_sim::start_seeded(config.clone(), &spec).await.unwrap();
+    let (store, clock) = memory();
+    let mut h = harness(server, store, clock, settings(""));
+    let mut delivered: Vec<BTreeMap<String, (String, String)>> = Vec::new();
+    let mut listing_none_counts = Vec::new();
+    for listing_none in [false, true] {
+        // The same account, read under each reading.
+        h.server.sim.set_config(SimConfig {
+            simple_sale_lists_no_fulfilment_before_work: listing_none,
+            ..config.clone()
+        });
+        let mut orders = BTreeMap::new();
+        for filter in ["", "sale_status = \"Any\"\n"] {
+            let (store, clock) = memory();
+            h.store = store.clone();
+            h.job.store = store;
+            h.job.clock = clock;
+            h.sink = Arc::new(CollectingSink::default());
+            h.job.sink = h.sink.clone();
+            h.job.settings = settings(filter);
+            let s = run(&h).await;
+            assert!(s.delivered > 0, "{listing_none} {filter:?}: {s:?}");
+            for o in h.sink.orders.lock().unwrap().iter() {
+                let lines = serde_json::to_string(&o.lines).unwrap();
+                orders.insert(
+                    format!("{filter}/{}", o.sale_id),
+                    (o.version.clone(), lines),
+                );
+            }
+        }
+        // The reading is in force: more delivered sales list no fulfilment under it.
+        let mut listing_nothing = 0;
+        for key in orders.keys() {
+            let id: Uuid = key.rsplit('/').next().unwrap().parse().unwrap();
+            if h.job.dear.sale(id).await.unwrap().fulfilments.is_empty() {
+                listing_nothing += 1;
+            }
+        }
+        listing_none_counts.push(listing_nothing);
+        delivered.push(orders);
+    }
+    // (Sales before authorisation list none under both.)
+    assert!(
+        listing_none_counts[1] > listing_none_counts[0],
+        "the reading hides untouched fulfilments: {listing_none_counts:?}"
+    );
+    let differing: Vec<&String> = delivered[0]
+        .keys()
+        .chain(delivered[1].keys())
+        .filter(|k| delivered[0].get(*k) != delivered[1].get(*k))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} orders differ (of {} and {}), first: {:?} vs {:?}",
+        differing.len(),
+        delivered[0].len(),
+        delivered[1].len(),
+        differing.first().map(|k| delivered[0].get(*k)),
+        differing.first().map(|k| delivered[1].get(*k)),
+    );
+}
+
 /// A sale delivered when PACKED and then shipped in DEAR stays delivered once: the next run sends
 /// nothing, and the ledger keeps it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
