@@ -124,6 +124,10 @@ struct SimReadings {
     /// A write over the rate limit is applied, then answered "throttled" (default: refused untouched).
     #[arg(long)]
     throttled_writes_applied: bool,
+    /// `ref/productavailability`'s `Bin: null` row is the location's total, bins included
+    /// (default: the stock outside bins).
+    #[arg(long)]
+    bin_null_row_is_total: bool,
 }
 
 impl SimReadings {
@@ -151,6 +155,7 @@ impl SimReadings {
             },
             throttled_writes_applied: base.throttled_writes_applied
                 || self.throttled_writes_applied,
+            bin_null_row_is_total: base.bin_null_row_is_total || self.bin_null_row_is_total,
             ..base
         }
     }
@@ -354,6 +359,11 @@ mod tests {
             (
                 "--throttled-writes-applied",
                 "throttled_writes_applied",
+                serde_json::json!(true),
+            ),
+            (
+                "--bin-null-row-is-total",
+                "bin_null_row_is_total",
                 serde_json::json!(true),
             ),
         ] {

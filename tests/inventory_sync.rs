@@ -561,6 +561,101 @@ async fn fefo_lines_carry_the_batch_expiry_date_from_the_snapshot_or_dear() {
     );
 }
 
+/// DEAR's total of each product at Main: every cell, in bins or not (the simulator's own data).
+fn totals_at_main(server: &SimServer) -> BTreeMap<String, Decimal> {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            let main = d.locations.iter().find(|l| l.name == MAIN).unwrap().id;
+            let mut m = BTreeMap::new();
+            for (k, q) in d.stock.values().filter(|(k, _)| k.location_id == main) {
+                *m.entry(d.products[&k.product_id].sku.clone())
+                    .or_insert(Decimal::ZERO) += *q;
+            }
+            m
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn stock_in_bins_is_counted_once_and_kept_whatever_the_bin_null_row_holds() {
+    // Both readings of DEAR's `Bin: null` availability row (the stock outside bins, or the
+    // location's total), with the setting for each; the data settles it where it can.
+    let mut unchanged_p3 = Vec::new();
+    for (null_is_total, setting) in [
+        (false, ""),
+        (false, "bin_null_row = \"total\"\n"),
+        (true, "bin_null_row = \"total\"\n"),
+        (true, ""),
+    ] {
+        let server = sim(100).await;
+        server.sim.set_config(SimConfig {
+            bin_null_row_is_total: null_is_total,
+            ..server.sim.config()
+        });
+        // Three FIFO products stocked at Main get bins: P1 4 outside + 6 in A-01, P2 10 in
+        // A-01 only, P3 20 outside + 6 in A-01.
+        let skus: Vec<String> = server
+            .sim
+            .with_data_mut(ACCOUNT, |d| {
+                let main = d.locations.iter().find(|l| l.name == MAIN).unwrap().id;
+                let cells: Vec<dear_sim::model::StockKey> = d
+                    .stock
+                    .values()
+                    .filter(|(k, q)| {
+                        k.location_id == main
+                            && k.bin.is_none()
+                            && *q > Decimal::ZERO
+                            && !d.products[&k.product_id].batch_tracked()
+                    })
+                    .map(|(k, _)| k.clone())
+                    .take(3)
+                    .collect();
+                let mut skus = Vec::new();
+                for (cell, (outside, binned)) in cells.into_iter().zip([(4, 6), (0, 10), (20, 6)]) {
+                    d.set_on_hand(cell.clone(), Decimal::from(outside));
+                    let bin = dear_sim::model::StockKey {
+                        bin: Some("A-01".into()),
+                        ..cell.clone()
+                    };
+                    d.set_on_hand(bin, Decimal::from(binned));
+                    skus.push(d.products[&cell.product_id].sku.clone());
+                }
+                skus
+            })
+            .unwrap();
+        assert_eq!(skus.len(), 3);
+        let j = job(&server, memory(), setting);
+        let lines = vec![
+            (skus[0].clone(), Decimal::from(15), None),
+            (skus[1].clone(), Decimal::from(3), None),
+            (skus[2].clone(), Decimal::from(26), None),
+        ];
+        let case = format!("null row total: {null_is_total}, setting {setting:?}");
+        let s = j
+            .sync(&snapshot("BINS", "2026-11-20", &lines), false)
+            .await
+            .unwrap();
+        assert_eq!(s.skipped.get("binned_stock"), Some(&1), "{case}: {s:?}");
+        let after = totals_at_main(&server);
+        assert_eq!(after[&skus[0]], Decimal::from(15), "{case}: P1 counted");
+        assert_eq!(after[&skus[1]], Decimal::from(10), "{case}: P2's bins kept");
+        assert_eq!(
+            after[&skus[2]],
+            Decimal::from(26),
+            "{case}: P3 already right"
+        );
+        let p3_posted = s
+            .plan
+            .iter()
+            .any(|l| l.sku == skus[2] && l.action != dearsync_inventory_sync::Action::Unchanged);
+        unchanged_p3.push(!p3_posted);
+    }
+    // P3 is seen unchanged except when the setting is wrong and the data cannot tell (then its
+    // line re-posts the stock outside bins as it is: no change in DEAR).
+    assert_eq!(unchanged_p3, [true, true, true, false]);
+}
+
 #[tokio::test]
 async fn dear_faults_leave_nothing_half_applied_and_a_retry_finishes() {
     let server = sim(300).await;

@@ -609,6 +609,20 @@ pub enum SnapshotScope {
     Full,
 }
 
+/// What DEAR's `Bin: null` availability row of a product holds at a location that has bins. DEAR
+/// does not document it; the job reads it from the data where the data can tell (a `Bin: null` row
+/// smaller than the product's bin rows cannot be a total) and uses this setting otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BinNullRow {
+    /// The stock outside bins: the location's level is every row summed (default: one row per
+    /// stock cell, as DEAR's availability list is described).
+    #[default]
+    Remainder,
+    /// The location's total, bins included: the bin rows are a breakdown of it.
+    Total,
+}
+
 /// The status stock adjustments are posted in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -657,6 +671,9 @@ pub struct InventorySyncSettings {
     pub hold_if_zeroing_percent: Decimal,
     /// Pull mode (the Lambda's schedule): where to GET the warehouse's JSON snapshot (HTTPS).
     pub snapshot_url: Option<String>,
+    /// What DEAR's `Bin: null` availability row holds when the data cannot tell; default
+    /// remainder.
+    pub bin_null_row: BinNullRow,
 }
 
 impl Default for InventorySyncSettings {
@@ -676,6 +693,7 @@ impl Default for InventorySyncSettings {
             subtract_orders_since_snapshot: true,
             hold_if_zeroing_percent: Decimal::from(20),
             snapshot_url: None,
+            bin_null_row: BinNullRow::Remainder,
         }
     }
 }

@@ -58,6 +58,9 @@ pub struct Ctx {
     pub hide_untouched_simple_fulfilment: bool,
     /// An authorised pick opens a DRAFT pack with the picked lines.
     pub draft_pack_after_pick: bool,
+    /// `ref/productavailability`'s `Bin: null` row holds the location's total (bins included),
+    /// not only the stock outside bins.
+    pub bin_null_row_is_total: bool,
 }
 
 fn method_not_allowed() -> ApiError {
@@ -168,7 +171,7 @@ pub fn handle(
                     .collect(),
             )
         }
-        ("ref/productavailability", "GET") => availability(data, q),
+        ("ref/productavailability", "GET") => availability(data, q, ctx.bin_null_row_is_total),
         ("product", "GET") => {
             let id = q.guid("ID")?;
             let name = q.get("Name").map(str::to_lowercase);
@@ -983,7 +986,40 @@ type AvailabilityRow = (
     Decimal,
 );
 
-fn availability(data: &Dataset, q: &Query) -> Result<Value, ApiError> {
+/// The reading where the `Bin: null` row of a product × location × batch is its total: bin rows'
+/// stock is added to it (a row is made where there was only binned stock).
+fn add_bins_to_the_null_rows(rows: &mut Vec<AvailabilityRow>) {
+    let mut binned: Vec<AvailabilityRow> = Vec::new();
+    for r in rows.iter().filter(|r| r.2.is_some()) {
+        match binned
+            .iter_mut()
+            .find(|t| (t.4, t.5, &t.3) == (r.4, r.5, &r.3))
+        {
+            Some(t) => t.6 += r.6,
+            None => binned.push((
+                r.0.clone(),
+                r.1.clone(),
+                None,
+                r.3.clone(),
+                r.4,
+                r.5,
+                r.6,
+                r.7,
+            )),
+        }
+    }
+    for b in binned {
+        match rows
+            .iter_mut()
+            .find(|t| t.2.is_none() && (t.4, t.5, &t.3) == (b.4, b.5, &b.3))
+        {
+            Some(t) => t.6 += b.6,
+            None => rows.push(b),
+        }
+    }
+}
+
+fn availability(data: &Dataset, q: &Query, null_row_is_total: bool) -> Result<Value, ApiError> {
     let id = q.guid("ID")?;
     let name = q.get("Name").map(str::to_lowercase);
     let sku = q.get("Sku").map(str::to_lowercase);
@@ -1012,6 +1048,9 @@ fn availability(data: &Dataset, q: &Query) -> Result<Value, ApiError> {
             *on_hand,
             Decimal::ZERO,
         ));
+    }
+    if null_row_is_total {
+        add_bins_to_the_null_rows(&mut rows);
     }
     let stocked: std::collections::HashSet<(Uuid, Uuid)> =
         rows.iter().map(|r| (r.4, r.5)).collect();

@@ -83,6 +83,9 @@ pub struct SimConfig {
     /// Apply a rate-limited write and then answer it "throttled", as a gateway or a limiter behind
     /// the application would; by default (the docs' reading) a throttled call is not processed.
     pub throttled_writes_applied: bool,
+    /// `ref/productavailability`'s `Bin: null` row is the location's total, bins included, instead
+    /// of the stock outside bins (default: one row per stock cell).
+    pub bin_null_row_is_total: bool,
 }
 
 impl Default for SimConfig {
@@ -102,6 +105,7 @@ impl Default for SimConfig {
             draft_pack_after_pick: false,
             errors_as_object: false,
             throttled_writes_applied: false,
+            bin_null_row_is_total: false,
         }
     }
 }
@@ -655,6 +659,7 @@ async fn dear_api(
         unit_cost_on_every_line: config.unit_cost_on_every_line,
         hide_untouched_simple_fulfilment: config.simple_sale_lists_no_fulfilment_before_work,
         draft_pack_after_pick: config.draft_pack_after_pick,
+        bin_null_row_is_total: config.bin_null_row_is_total,
     };
     let mut events = Vec::new();
     let result = {

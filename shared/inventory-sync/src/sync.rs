@@ -18,7 +18,7 @@ use dear_client::{
     ProductQuery, READ_BACK_ROUNDS, StockAdjustmentLineWrite, StockAdjustmentWrite,
 };
 use dearsync_core::settings::{
-    AdjustmentStatusSetting, InventorySyncSettings, QuantityIs, SnapshotScope,
+    AdjustmentStatusSetting, BinNullRow, InventorySyncSettings, QuantityIs, SnapshotScope,
 };
 use dearsync_core::state::{Claim, ClaimTerms, CursorKey, IdempotencyKey};
 use dearsync_core::{Clock, HeldClaim, Job, StateStore, StoreError, TenantId};
@@ -62,6 +62,13 @@ pub struct PlanLine {
     pub change: Decimal,
     /// What happens.
     pub action: Action,
+    /// At a location with bins, what the line sets outside them: the target less what DEAR holds
+    /// in the bins (absent when the product has nothing in bins).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "opt_decimal_text"
+    )]
+    pub outside_bins: Option<Decimal>,
     /// The batch's expiry date, sent for FEFO products (the snapshot's, else DEAR's).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "date_text")]
     pub expiry_date: Option<NaiveDate>,
@@ -76,6 +83,14 @@ pub struct PlanLine {
 
 fn decimal_text<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&v.normalize())
+}
+
+/// A decimal's text (only called for a value: absent ones are skipped).
+fn opt_decimal_text<S: serde::Serializer>(v: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(d) => s.collect_str(&d.normalize()),
+        None => s.serialize_none(),
+    }
 }
 
 /// `2027-03-31` (only called for a date: absent ones are skipped).
@@ -225,6 +240,13 @@ struct Level {
     available: Decimal,
     /// The batch's expiry date as DEAR lists it (FEFO products).
     expiry: Option<NaiveDate>,
+    /// Of `on_hand` / `available`, what DEAR lists in the location's bins (a line naming the bare
+    /// location sets only the stock outside them).
+    in_bins: Decimal,
+    available_in_bins: Decimal,
+    /// What the `Bin: null` rows list (until the reading is resolved, see [`resolve_bins`]).
+    null_on_hand: Decimal,
+    null_available: Decimal,
 }
 
 /// How one sync behaves.
@@ -474,24 +496,26 @@ impl InventorySync {
                     }
                     let batch = row.batch.filter(|b| !b.trim().is_empty());
                     let rows = levels.entry(row.id).or_default();
-                    match rows.iter_mut().find(|(b, _)| *b == batch) {
-                        Some((_, l)) => {
-                            l.on_hand += row.on_hand;
-                            l.available += row.available;
-                            l.expiry = l.expiry.or(row.expiry_date.map(DearDateTime::date));
+                    let at = match rows.iter().position(|(b, _)| *b == batch) {
+                        Some(i) => i,
+                        None => {
+                            rows.push((batch, Level::default()));
+                            rows.len() - 1
                         }
-                        None => rows.push((
-                            batch,
-                            Level {
-                                on_hand: row.on_hand,
-                                available: row.available,
-                                expiry: row.expiry_date.map(DearDateTime::date),
-                            },
-                        )),
+                    };
+                    let l = &mut rows[at].1;
+                    l.expiry = l.expiry.or(row.expiry_date.map(DearDateTime::date));
+                    if row.bin.as_deref().is_some_and(|b| !b.trim().is_empty()) {
+                        l.in_bins += row.on_hand;
+                        l.available_in_bins += row.available;
+                    } else {
+                        l.null_on_hand += row.on_hand;
+                        l.null_available += row.available;
                     }
                 }
             }
         }
+        resolve_bins(&mut levels, s.bin_null_row);
         // DEAR lists nothing there: an empty location, or a name DEAR does not know (which it
         // would only refuse when the adjustment is posted). Asked only in this case.
         if levels.is_empty() {
@@ -544,6 +568,7 @@ impl InventorySync {
                 target,
                 change: target - now,
                 action: Action::Skip(reason.to_owned()),
+                outside_bins: None,
                 expiry_date: None,
                 product_id: None,
                 unit_cost: None,
@@ -659,6 +684,8 @@ impl InventorySync {
                 .fold(Level::default(), |mut acc, (_, l)| {
                     acc.on_hand += l.on_hand;
                     acc.available += l.available;
+                    acc.in_bins += l.in_bins;
+                    acc.available_in_bins += l.available_in_bins;
                     acc.expiry = acc.expiry.or(l.expiry);
                     acc
                 });
@@ -670,10 +697,33 @@ impl InventorySync {
                 summary.unchanged += 1;
                 continue;
             }
+            // A line naming the bare location sets the stock outside its bins: what the bins hold
+            // stays, so the line carries the rest. Fewer counted than the bins hold is for a
+            // person to settle bin by bin.
+            let in_bins = match s.quantity_is {
+                QuantityIs::OnHand => level.in_bins,
+                QuantityIs::Available => level.available_in_bins,
+            };
+            if target < in_bins {
+                skip(
+                    summary,
+                    &sku,
+                    batch,
+                    now,
+                    target,
+                    &format!(
+                        "binned_stock: DEAR holds {} in bins at {location}, more than the count; adjust the bins in DEAR",
+                        in_bins.normalize()
+                    ),
+                );
+                continue;
+            }
+            let outside_bins = (!in_bins.is_zero()).then(|| target - in_bins);
             // Every line carries a unit cost: DEAR's reference marks it required on every line (and
             // it is reported enforced live), while DEAR is documented to need it for new stock only.
             // Sent always, it is right under both readings.
             let new_stock = level.on_hand <= Decimal::ZERO;
+            let empty_outside_bins = level.on_hand - level.in_bins <= Decimal::ZERO;
             let (cost, missing) = if new_stock {
                 (
                     product.and_then(|p| p.new_stock_cost),
@@ -731,7 +781,8 @@ impl InventorySync {
                 expiry_date,
                 product_id: Some(product_id),
                 unit_cost,
-                new_stock,
+                new_stock: empty_outside_bins,
+                outside_bins,
             };
             if drift {
                 review.push(line)
@@ -853,7 +904,7 @@ impl InventorySync {
                 .map(|l| StockAdjustmentLineWrite {
                     product_id: l.product_id,
                     sku: Some(l.sku.clone()),
-                    quantity: l.target,
+                    quantity: l.outside_bins.unwrap_or(l.target),
                     unit_cost: l.unit_cost,
                     location: Some(at.location.to_owned()),
                     batch_sn: l.batch.clone(),
@@ -959,6 +1010,27 @@ fn canonical_lines(lines: &[crate::snapshot::SnapshotLine]) -> String {
     text
 }
 
+/// Turns the rows read into each product × batch's level at the location, by the reading of the
+/// `Bin: null` row: the stock outside bins (every row summed), or the total (bins included). The
+/// data settles it when some `Bin: null` row is smaller than its bin rows (it cannot be a total);
+/// otherwise `setting` decides. Either way `in_bins` is what the bin rows list.
+fn resolve_bins(levels: &mut HashMap<Uuid, Vec<(Option<String>, Level)>>, setting: BinNullRow) {
+    let cannot_be_totals = levels
+        .values()
+        .flatten()
+        .any(|(_, l)| l.in_bins > Decimal::ZERO && l.null_on_hand < l.in_bins);
+    let null_is_total = setting == BinNullRow::Total && !cannot_be_totals;
+    for (_, l) in levels.values_mut().flatten() {
+        if null_is_total {
+            l.on_hand = l.null_on_hand;
+            l.available = l.null_available;
+        } else {
+            l.on_hand = l.null_on_hand + l.in_bins;
+            l.available = l.null_available + l.available_in_bins;
+        }
+    }
+}
+
 /// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU.
 fn stocked_products(
     levels: &HashMap<Uuid, Vec<(Option<String>, Level)>>,
@@ -1057,6 +1129,53 @@ fn first_named(names: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    fn rows(null: i64, bins: i64) -> Vec<(Option<String>, Level)> {
+        vec![(
+            None,
+            Level {
+                null_on_hand: Decimal::from(null),
+                null_available: Decimal::from(null),
+                in_bins: Decimal::from(bins),
+                available_in_bins: Decimal::from(bins),
+                ..Level::default()
+            },
+        )]
+    }
+
+    fn resolved(products: &[(i64, i64)], setting: BinNullRow) -> Vec<Decimal> {
+        let ids: Vec<Uuid> = products.iter().map(|_| Uuid::new_v4()).collect();
+        let mut levels: HashMap<Uuid, Vec<(Option<String>, Level)>> = ids
+            .iter()
+            .zip(products)
+            .map(|(id, (null, bins))| (*id, rows(*null, *bins)))
+            .collect();
+        resolve_bins(&mut levels, setting);
+        ids.iter().map(|id| levels[id][0].1.on_hand).collect()
+    }
+
+    #[test]
+    fn the_bin_null_row_is_read_from_the_data_where_it_can_be_and_from_the_setting_otherwise() {
+        let d = |n: i64| Decimal::from(n);
+        // No bins: the same under both.
+        for setting in [BinNullRow::Remainder, BinNullRow::Total] {
+            assert_eq!(resolved(&[(7, 0)], setting), [d(7)]);
+        }
+        // A `Bin: null` row below its bins cannot be a total: every row is summed, whatever the
+        // setting says, for every product.
+        assert_eq!(
+            resolved(&[(4, 6), (30, 5)], BinNullRow::Total),
+            [d(10), d(35)]
+        );
+        // Nothing tells: the setting decides.
+        assert_eq!(resolved(&[(30, 5)], BinNullRow::Total), [d(30)]);
+        assert_eq!(resolved(&[(30, 5)], BinNullRow::Remainder), [d(35)]);
+        // Stock only in bins with no `Bin: null` row: that row is no total either.
+        assert_eq!(
+            resolved(&[(0, 9), (30, 5)], BinNullRow::Total),
+            [d(9), d(35)]
+        );
+    }
+
     #[test]
     fn lines_are_hashed_as_the_first_releases_did_so_their_records_still_match() {
         // What the first releases hashed: the derived Debug of lines without an expiry date.
