@@ -3,6 +3,7 @@
 //!
 //! cargo bench --bench inventory_sync -- calls [SKUS]      (default 10000; simulator limited to 60/min)
 //! cargo bench --bench inventory_sync -- memory [LINES]    (default 100000; simulator limit off)
+//! cargo bench --bench inventory_sync -- csv [MB]          (default 50: a warehouse export of that size)
 
 mod common;
 
@@ -164,6 +165,79 @@ async fn memory(lines: usize) {
     );
 }
 
+/// A warehouse export of about `mb` MB as real systems write it (UTF-8 BOM, CRLF, every field
+/// quoted, a description column the job ignores): DEAR's stocked SKUs at Main first, then SKUs DEAR
+/// does not know until the size is reached.
+async fn export_csv(sim: &Sim, path: &std::path::Path, mb: usize) -> (usize, usize) {
+    use std::io::Write;
+    let (json, _) = snapshot_of(sim, "X").await;
+    let known = Snapshot::from_json_reader(json.as_bytes()).unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    out.write_all(b"\xef\xbb\xbf\"Item SKU\",\"Description\",\"Lot\",\"Qty On Hand\"\r\n")
+        .unwrap();
+    let row = |sku: &str, lot: &str, q: &str| {
+        format!("\"{sku}\",\"Counted item, shelf \"\"{sku}\"\"\",\"{lot}\",\"{q}\"\r\n")
+    };
+    let mut written = 0usize;
+    for l in &known.lines {
+        let line = row(
+            &l.sku,
+            l.batch.as_deref().unwrap_or(""),
+            &l.quantity.to_string(),
+        );
+        written += line.len();
+        out.write_all(line.as_bytes()).unwrap();
+    }
+    let mut unknown = 0;
+    while written < mb * 1_000_000 {
+        unknown += 1;
+        let line = row(&format!("WH-ONLY-{unknown:08}"), "", "3");
+        written += line.len();
+        out.write_all(line.as_bytes()).unwrap();
+    }
+    out.flush().unwrap();
+    (known.lines.len(), unknown)
+}
+
+async fn csv(mb: usize) {
+    let sim = start_sim(10, 10_000, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("export.csv");
+    let (known, unknown) = export_csv(&sim, &path, mb).await;
+    let size = std::fs::metadata(&path).unwrap().len() as f64 / 1e6;
+    let (cpu0, peak_before) = cpu_and_peak();
+    let started = Instant::now();
+    // As the CLI does: the file is streamed record by record.
+    let options = dearsync_inventory_sync::CsvOptions::new(
+        "BENCH-CSV",
+        dearsync_inventory_sync::parse_instant("2026-11-20").unwrap(),
+    );
+    let snapshot =
+        Snapshot::from_csv_reader(std::fs::File::open(&path).unwrap(), &options).unwrap();
+    let (_, peak_parsed) = cpu_and_peak();
+    let j = job(&sim, dir.path(), true);
+    let s = j.sync(&snapshot, false).await.unwrap();
+    let (cpu1, peak) = cpu_and_peak();
+    println!(
+        "csv: a {size:.1} MB export (BOM, CRLF, quoted), {known} SKUs DEAR knows + {unknown} it does not; 10000 products in DEAR"
+    );
+    println!(
+        "  outcome {}; unchanged {}, adjusted {}, unknown SKUs {}, note {:?}",
+        s.outcome,
+        s.unchanged,
+        s.adjusted,
+        s.unknown_skus.len(),
+        s.note
+            .as_deref()
+            .map(|n| n.chars().take(120).collect::<String>())
+    );
+    println!(
+        "  wall {:.1} s; CPU {:.2} s; peak RSS {peak:.1} MB (before reading: {peak_before:.1} MB, after parsing: {peak_parsed:.1} MB)",
+        started.elapsed().as_secs_f64(),
+        cpu1 - cpu0
+    );
+}
+
 fn main() {
     let all: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -180,6 +254,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("calls") | None => rt.block_on(calls(n.unwrap_or(10_000))),
         Some("memory") => rt.block_on(memory(n.unwrap_or(100_000))),
-        Some(other) => eprintln!("unknown benchmark {other}; use calls or memory"),
+        Some("csv") => rt.block_on(csv(n.unwrap_or(50))),
+        Some(other) => eprintln!("unknown benchmark {other}; use calls, memory or csv"),
     }
 }
