@@ -69,6 +69,11 @@ def main() -> int:
     for var in ("STATE_TABLE", "SECRET_PREFIX", "DEAR_BASE_URL"):
         if var not in env:
             problems.append(f"the functions read {var}; the template does not set it")
+    # Loopback URLs are for tests and development only: no deployed function may admit them.
+    for name, res in resources.items():
+        fn_env = res.get("Properties", {}).get("Environment", {}).get("Variables", {})
+        if "DEARSYNC_ALLOW_LOOPBACK_URLS" in {**env, **fn_env}:
+            problems.append(f"{name}: DEARSYNC_ALLOW_LOOPBACK_URLS must never be set in the template")
 
     functions = {n: r for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"}
     seen_bins = set()

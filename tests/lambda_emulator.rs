@@ -151,6 +151,8 @@ impl Lambda {
             .env("STATE_TABLE", &emu.table)
             .env("SECRET_PREFIX", &emu.prefix)
             .env("DEAR_BASE_URL", dear_base_url)
+            // The tests' sinks listen on 127.0.0.1; the SAM template never sets this.
+            .env("DEARSYNC_ALLOW_LOOPBACK_URLS", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(stdout)

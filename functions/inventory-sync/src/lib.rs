@@ -432,6 +432,9 @@ async fn chunk_arrived(
     Ok(summary_json(&summary))
 }
 
+/// The largest snapshot a pull reads (a million lines of JSON is about 80 MB).
+const MAX_SNAPSHOT_BYTES: u64 = 128 * 1024 * 1024;
+
 /// Pull mode: GET the tenant's snapshot and sync it.
 async fn pull(deps: &Deps, tenant: &TenantId, options: SyncOptions) -> Result<Value, NotSynced> {
     let job = job(deps, deps.tenant(tenant).await?);
@@ -439,27 +442,29 @@ async fn pull(deps: &Deps, tenant: &TenantId, options: SyncOptions) -> Result<Va
         format!("tenant {tenant}: inventory_sync.snapshot_url is not set: nothing to pull")
     })?;
     let pulled = |m: String| NotSynced::Pull(m);
-    let resp = reqwest::Client::new()
-        .get(&url)
-        .timeout(std::time::Duration::from_secs(60))
-        .send()
-        .await
-        .map_err(|e| {
-            pulled(format!(
-                "tenant {tenant}: cannot GET the snapshot at {url}: {e}"
-            ))
-        })?;
+    let url = dearsync_outbound::check_url(&url, deps.outbound)
+        .map_err(|e| pulled(format!("tenant {tenant}: inventory_sync.snapshot_url: {e}")))?;
+    let http = dearsync_outbound::client(deps.outbound, std::time::Duration::from_secs(60))
+        .map_err(|e| pulled(format!("tenant {tenant}: {e}")))?;
+    let resp = http.get(url.clone()).send().await.map_err(|e| {
+        let why = match dearsync_outbound::OutboundError::refusal_in(&e) {
+            Some(refusal) => refusal.to_string(),
+            None => dear_client::error_chain(&e),
+        };
+        pulled(format!(
+            "tenant {tenant}: cannot GET the snapshot at {url}: {why}"
+        ))
+    })?;
     if !resp.status().is_success() {
         return Err(pulled(format!(
             "tenant {tenant}: the snapshot URL answered HTTP {}",
             resp.status()
         )));
     }
-    let bytes = resp
-        .bytes()
+    let bytes = dearsync_outbound::read_capped(resp, MAX_SNAPSHOT_BYTES)
         .await
         .map_err(|e| pulled(format!("tenant {tenant}: reading the snapshot: {e}")))?;
-    let snapshot = Snapshot::from_json_reader(bytes.as_ref())
+    let snapshot = Snapshot::from_json_reader(bytes.as_slice())
         .map_err(|e| format!("tenant {tenant}: invalid snapshot from {url}: {e}"))?;
     run(deps, &job, &snapshot, options)
         .await

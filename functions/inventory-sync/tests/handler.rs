@@ -185,6 +185,35 @@ async fn a_scheduled_pull_and_a_push_through_the_function_url() {
     assert_eq!(status(&resp), 202, "{resp}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_url_leading_inside_the_network_is_not_fetched_and_nothing_is_written() {
+    // A same-host redirect is followed; one to another host (here 127.0.0.2) is not.
+    let app = axum::Router::new().route(
+        "/moved",
+        axum::routing::get(|| async {
+            axum::response::Redirect::temporary("http://127.0.0.2:9/latest/meta-data/")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let moved = format!("http://{}/moved", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for (url, rule) in [
+        (
+            "https://169.254.169.254/latest/meta-data/",
+            "the instance metadata service",
+        ),
+        ("https://10.0.0.7/inventory.json", "a private address"),
+        (moved.as_str(), "another scheme, host or port"),
+    ] {
+        let (sim, deps) = world(&format!("snapshot_url = \"{url}\"\n")).await;
+        let err = handle(&deps, json!({ "tenant": "acme" }))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(rule), "{url}: {err}");
+        assert_eq!(writes(&sim), 0, "{url}: nothing written");
+    }
+}
+
 /// DEAR writes the simulator has answered so far (every call but GETs).
 fn writes(sim: &SimServer) -> u64 {
     let calls = sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap();

@@ -213,6 +213,7 @@ fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload, HandlerErr
             secret.expose().as_bytes(),
             Duration::from_secs(u64::from(od.webhook_timeout_secs)),
             od.webhook_attempts,
+            deps.outbound,
         )
         .map_err(|e| fail(&e.to_string()))?,
     );

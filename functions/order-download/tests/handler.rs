@@ -402,3 +402,31 @@ async fn a_disabled_tenant_is_refused_by_its_schedule_and_its_webhook() {
         "DEAR was not called"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_webhooks_to_inner_addresses_are_refused_with_the_rule_named() {
+    let mut w = world().await;
+    put(
+        &w,
+        "acme",
+        true,
+        settings("https://169.254.169.254/latest/meta-data/"),
+    )
+    .await;
+    let out = handle(&w.deps, json!({ "tenant": "acme" }), "req-1", None).await;
+    let text = match &out {
+        Ok(v) => v.to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(out.is_err(), "{text}");
+    assert!(text.contains("the instance metadata service"), "{text}");
+    // Under the production policy the test's own warehouse, plain http on 127.0.0.1, is refused.
+    w.deps.outbound = dearsync_outbound::OutboundPolicy::PUBLIC;
+    put(&w, "acme", true, settings(&w.webhook_url)).await;
+    let err = handle(&w.deps, json!({ "tenant": "acme" }), "req-2", None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("must use https"), "{err}");
+    assert!(w.received.0.lock().unwrap().is_empty(), "nothing was sent");
+    drop(w.sim);
+}

@@ -24,6 +24,9 @@ pub struct Deps {
     pub base_url: String,
     /// Now.
     pub clock: Arc<dyn Clock>,
+    /// Where tenant-configured URLs (order webhook, snapshot URL) may lead: public https only in
+    /// production (`DEARSYNC_ALLOW_LOOPBACK_URLS` adds loopback, for tests and development).
+    pub outbound: dearsync_outbound::OutboundPolicy,
 }
 
 #[cfg(feature = "aws")]
@@ -51,6 +54,7 @@ impl Deps {
             )),
             base_url: connect::base_url_from_env(),
             clock,
+            outbound: dearsync_outbound::OutboundPolicy::from_env(),
         })
     }
 }
@@ -390,6 +394,10 @@ pub mod testing {
             )),
             base_url: base_url.to_owned(),
             clock,
+            // The tests' sinks and snapshot servers listen on 127.0.0.1.
+            outbound: dearsync_outbound::OutboundPolicy {
+                allow_loopback: true,
+            },
         };
         EmulatorDeps {
             deps,

@@ -200,18 +200,18 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     /// POSTs to `url`, signing with `secret`; each POST times out after `timeout`; up to
-    /// `attempts` tries per delivery (5xx, 408, 429 and network errors are retried).
+    /// `attempts` tries per delivery (5xx, 408, 429 and network errors are retried). `url` must
+    /// lead where `policy` allows (public https), checked now and at every connection.
     pub fn new(
         url: &str,
         secret: &[u8],
         timeout: Duration,
         attempts: u32,
+        policy: dearsync_outbound::OutboundPolicy,
     ) -> Result<Self, SinkError> {
-        let url = reqwest::Url::parse(url)
-            .map_err(|e| SinkError::new(format!("webhook URL {url:?}: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
+        let url = dearsync_outbound::check_url(url, policy)
+            .map_err(|e| SinkError::new(format!("webhook URL: {e}")))?;
+        let http = dearsync_outbound::client(policy, timeout)
             .map_err(|e| SinkError::new(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             http,
@@ -244,20 +244,28 @@ impl OrderSink for WebhookSink {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
                 Ok(resp) => {
                     let status = resp.status();
-                    let text: String = resp
-                        .text()
+                    // Only the start of an error page is kept; a huge one is not read whole.
+                    let body = dearsync_outbound::read_capped(resp, 64 * 1024)
                         .await
-                        .unwrap_or_default()
-                        .chars()
-                        .take(200)
-                        .collect();
+                        .unwrap_or_default();
+                    let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
                     last = format!("the order webhook answered HTTP {status}: {text}");
                     status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429
                 }
-                Err(e) => {
-                    last = format!("the order webhook could not be reached: {e}");
-                    true
-                }
+                Err(e) => match dearsync_outbound::OutboundError::refusal_in(&e) {
+                    // An address or redirect the rules refuse stays refused: not retried.
+                    Some(refusal) => {
+                        last = format!("the order webhook was not called: {refusal}");
+                        false
+                    }
+                    None => {
+                        last = format!(
+                            "the order webhook could not be reached: {}",
+                            dear_client::error_chain(&e)
+                        );
+                        true
+                    }
+                },
             };
             if !retryable {
                 break;
