@@ -289,10 +289,11 @@ async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
             404,
             "/dear/<tenant>",
         ),
+        // An unknown tenant answers as a wrong secret does: names cannot be probed.
         (
             url_request("POST", "/dear/nobody", Some(INBOUND), &event_body),
-            404,
-            "not configured",
+            401,
+            "x-dearsync-secret",
         ),
         (
             url_request("POST", "/dear/acme", None, &event_body),

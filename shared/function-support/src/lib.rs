@@ -218,8 +218,10 @@ impl Deps {
 
     /// Checks a Function URL request's tenant and secret; `Err` is the HTTP response to send.
     ///
-    /// The secret is checked before the tenant being disabled is revealed, so only a caller who
-    /// knows the secret learns that.
+    /// Every caller who does not prove the secret gets the same 401, whether the tenant exists or
+    /// not (tenant names cannot be probed), and a request without the header is refused before
+    /// the state store or the secret store is read (it costs nothing). Only a caller who knows the
+    /// secret learns that the tenant is disabled or misconfigured.
     pub async fn authorise(&self, event: &Value, prefix: &str) -> Result<TenantContext, Value> {
         let path = event["rawPath"].as_str().unwrap_or("");
         let Some(tenant_text) = path.strip_prefix(prefix).map(|t| t.trim_end_matches('/')) else {
@@ -228,38 +230,36 @@ impl Deps {
                 format!("no such path {path:?}; use {prefix}<tenant>"),
             ));
         };
+        let Some(given) = header(event, SECRET_HEADER) else {
+            return Err(unauthorised());
+        };
+        let refused = |why: &str| {
+            tracing::warn!(tenant = %tenant_text, reason = why, "function URL request refused");
+            unauthorised()
+        };
         let Ok(tenant) = TenantId::new(tenant_text) else {
-            return Err(http_error(
-                404,
-                format!("{tenant_text:?} is not a tenant id"),
-            ));
+            return Err(refused("not a tenant id"));
         };
         let entry = match self.store.tenant(&tenant).await {
             Ok(Some(entry)) => entry,
-            Ok(None) => return Err(tenant_error(&TenantError::NotConfigured(tenant))),
+            Ok(None) => return Err(refused("no such tenant")),
             Err(e) => return Err(http_error(503, format!("state store unavailable: {e}"))),
         };
-        let credentials = self
-            .credentials
-            .credentials(&tenant)
-            .await
-            .map_err(|source| {
-                tenant_error(&TenantError::Credentials {
+        let credentials = match self.credentials.credentials(&tenant).await {
+            Ok(c) => c,
+            Err(source) if source.is_unavailable() => {
+                return Err(tenant_error(&TenantError::Credentials {
                     tenant: tenant.clone(),
                     source,
-                })
-            })?;
-        let Some(expected) = credentials.inbound_secret.as_ref() else {
-            return Err(http_error(
-                401,
-                "this tenant has no inbound_secret configured; requests are refused",
-            ));
+                }));
+            }
+            Err(e) => return Err(refused(&e.to_string())),
         };
-        if !header(event, SECRET_HEADER).is_some_and(|g| secrets_match(g, expected.expose())) {
-            return Err(http_error(
-                401,
-                format!("missing or wrong {SECRET_HEADER} header"),
-            ));
+        let Some(expected) = credentials.inbound_secret.as_ref() else {
+            return Err(refused("the tenant's secret has no inbound_secret"));
+        };
+        if !secrets_match(given, expected.expose()) {
+            return Err(refused("wrong secret"));
         }
         if !entry.enabled {
             return Err(tenant_error(&TenantError::Disabled(tenant)));
@@ -267,6 +267,11 @@ impl Deps {
         self.context(&entry, credentials)
             .map_err(|e| tenant_error(&e))
     }
+}
+
+/// The one answer to a caller who did not prove the tenant's secret.
+fn unauthorised() -> Value {
+    http_error(401, format!("missing or wrong {SECRET_HEADER} header"))
 }
 
 /// The Function URL response for a tenant that cannot be worked for.
@@ -431,5 +436,86 @@ pub mod testing {
                 .await
                 .expect("store the tenant");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use dearsync_core::state::TenantDirectory;
+    use dearsync_core::{CredentialsError, MemoryStore, SystemClock};
+
+    use super::*;
+
+    /// One tenant's secret with `inbound_secret` "s3cret"; counts the reads.
+    struct Secrets(AtomicU32);
+
+    #[async_trait]
+    impl CredentialSource for Secrets {
+        async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Credentials::from_secret_json(
+                r#"{"account_id":"a","api_key":"k","inbound_secret":"s3cret"}"#,
+                tenant,
+                "test",
+            )
+        }
+    }
+
+    fn request(path: &str, secret: Option<&str>) -> Value {
+        let headers = match secret {
+            Some(s) => json!({ SECRET_HEADER: s }),
+            None => json!({}),
+        };
+        json!({ "rawPath": path, "headers": headers, "requestContext": { "http": { "method": "POST" } } })
+    }
+
+    #[tokio::test]
+    async fn callers_without_the_secret_all_get_the_same_401_and_cost_no_secret_read() {
+        let clock = Arc::new(SystemClock);
+        let store = Arc::new(MemoryStore::new(clock.clone()));
+        store
+            .put_tenant(&TenantEntry {
+                tenant: TenantId::new("acme").unwrap(),
+                enabled: false,
+                settings_toml: String::new(),
+            })
+            .await
+            .unwrap();
+        let secrets = Arc::new(Secrets(AtomicU32::new(0)));
+        let deps = Deps {
+            store,
+            credentials: secrets.clone(),
+            base_url: "https://dear.invalid/".into(),
+            clock,
+            outbound: dearsync_outbound::OutboundPolicy::PUBLIC,
+        };
+        let answer = |r: Result<TenantContext, Value>| r.err().expect("refused");
+        let no_header = answer(deps.authorise(&request("/x/acme", None), "/x/").await);
+        assert_eq!(secrets.0.load(Ordering::Relaxed), 0, "no secret read");
+        let unknown = answer(
+            deps.authorise(&request("/x/nobody", Some("guess")), "/x/")
+                .await,
+        );
+        let bad_id = answer(
+            deps.authorise(&request("/x/NO BODY", Some("guess")), "/x/")
+                .await,
+        );
+        let wrong = answer(
+            deps.authorise(&request("/x/acme", Some("guess")), "/x/")
+                .await,
+        );
+        for other in [&unknown, &bad_id, &wrong] {
+            assert_eq!(other, &no_header);
+        }
+        assert_eq!(no_header["statusCode"], 401);
+        // The secret's holder learns the tenant is disabled.
+        let right = answer(
+            deps.authorise(&request("/x/acme", Some("s3cret")), "/x/")
+                .await,
+        );
+        assert_eq!(right["statusCode"], 403, "{right}");
     }
 }
