@@ -94,6 +94,11 @@ impl Lambda {
     /// Starts the runtime emulator and `binary` polling it, configured for `emu`'s table and
     /// secrets and DEAR at `dear_base_url`.
     fn start(binary: &str, emu: &EmulatorDeps, dear_base_url: &str) -> Lambda {
+        Self::start_logging(binary, emu, dear_base_url, "info")
+    }
+
+    /// [`Lambda::start`] with `RUST_LOG` set to `level`.
+    fn start_logging(binary: &str, emu: &EmulatorDeps, dear_base_url: &str, level: &str) -> Lambda {
         let logs = tempfile::tempdir().expect("a log folder");
         let port = free_port();
         let emulator_log = std::fs::File::create(logs.path().join("emulator.log")).unwrap();
@@ -153,7 +158,7 @@ impl Lambda {
             .env("DEAR_BASE_URL", dear_base_url)
             // The tests' sinks listen on 127.0.0.1; the SAM template never sets this.
             .env("DEARSYNC_ALLOW_LOOPBACK_URLS", "1")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -755,4 +760,85 @@ async fn inventory_sync_runs_under_the_lambda_runtime() {
         .filter_map(|v| v["Adjusted"].as_u64())
         .collect();
     assert_eq!(adjusted.first(), Some(&(changed as u64)), "{metrics:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_or_the_state_table_even_at_trace() {
+    let sim = seeded_sim(31, 40, 20).await;
+    let (webhook_url, _received) = warehouse().await;
+    let emu = tenant_with_secret(
+        &sim,
+        &format!(
+            "[order_download]\nsale_status = \"Any\"\nwebhook_url = \"{webhook_url}\"\n[inventory_sync]\nlocation = \"Main Warehouse\"\n"
+        ),
+    )
+    .await;
+    let secrets = [INBOUND, dear_sim::DEFAULT_API_KEY, "order-signing-key"];
+    let request = |path: &str, body: Value| {
+        json!({
+            "version": "2.0", "rawPath": path, "rawQueryString": "",
+            "headers": { "x-dearsync-secret": INBOUND, "content-type": "application/json" },
+            "body": body.to_string(), "isBase64Encoded": false,
+            "requestContext": { "http": { "method": "POST", "path": path } }
+        })
+    };
+    let sale = sim
+        .sim
+        .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
+            *d.sales.keys().next().unwrap()
+        })
+        .unwrap();
+    for (binary, events) in [
+        (
+            "order-download",
+            vec![
+                json!({ "tenant": "acme" }),
+                request("/dear/acme", json!({ "SaleID": sale.to_string() })),
+            ],
+        ),
+        (
+            "shipment-confirmation",
+            vec![request("/shipments/acme", json!({ "shipment_id": "S-1" }))],
+        ),
+        (
+            "inventory-sync",
+            vec![request(
+                "/inventory/acme",
+                json!({ "snapshot_id": "T-1", "as_of": "2026-11-20", "lines": [] }),
+            )],
+        ),
+    ] {
+        let lambda = Lambda::start_logging(binary, &emu, &sim.base_url(), "trace");
+        for event in &events {
+            lambda.invoke(event).await;
+        }
+        let logs = lambda.logs();
+        assert!(
+            logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+            "{binary} logged at trace"
+        );
+        for secret in secrets {
+            let leaks: Vec<String> = logs
+                .lines()
+                .filter(|l| l.contains(secret))
+                .map(|l| l.chars().take(300).collect())
+                .collect();
+            assert!(
+                leaks.is_empty(),
+                "{binary}: {secret:?} is in the logs:\n{leaks:#?}"
+            );
+        }
+    }
+    // Nothing in the state table either.
+    let items = dearsync_aws::testing::dynamodb()
+        .scan()
+        .table_name(&emu.table)
+        .send()
+        .await
+        .unwrap();
+    let table = format!("{:?}", items.items());
+    assert!(!table.is_empty());
+    for secret in secrets {
+        assert!(!table.contains(secret), "a secret is in the state table");
+    }
 }

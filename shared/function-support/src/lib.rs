@@ -60,18 +60,35 @@ impl Deps {
 }
 
 /// JSON logs for CloudWatch (level from `RUST_LOG`, default info), without timestamps (Lambda adds them).
+///
+/// Whatever `RUST_LOG` says, lambda_runtime's trace line with the raw event is never written: a
+/// Function URL event carries the caller's `x-dearsync-secret` header.
 #[cfg(feature = "aws")]
 pub fn init_lambda_tracing() {
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(lambda_log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_current_span(false)
         .without_time()
         .init();
 }
+
+/// The log filter for `rust_log` (default info), with the raw-event trace of lambda_runtime cut.
+#[cfg(feature = "aws")]
+fn lambda_log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let base = rust_log
+        .and_then(|r| tracing_subscriber::EnvFilter::try_new(r).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    match RAW_EVENT_TARGET_CAP.parse() {
+        Ok(cap) => base.add_directive(cap),
+        // A constant that parses (unit-tested); never reached.
+        Err(_) => base,
+    }
+}
+
+/// lambda_runtime logs each raw event at TRACE under this target: capped at DEBUG.
+#[cfg(feature = "aws")]
+const RAW_EVENT_TARGET_CAP: &str = "lambda_runtime::layers::api_response=debug";
 
 /// One tenant, ready to work.
 pub struct TenantContext {
@@ -470,6 +487,28 @@ mod tests {
             None => json!({}),
         };
         json!({ "rawPath": path, "headers": headers, "requestContext": { "http": { "method": "POST" } } })
+    }
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn the_raw_event_trace_is_cut_whatever_rust_log_says() {
+        assert!(
+            RAW_EVENT_TARGET_CAP
+                .parse::<tracing_subscriber::filter::Directive>()
+                .is_ok()
+        );
+        for rust_log in [
+            None,
+            Some("trace"),
+            Some("lambda_runtime=trace"),
+            Some("not a filter["),
+        ] {
+            let filter = lambda_log_filter(rust_log).to_string();
+            assert!(
+                filter.contains(RAW_EVENT_TARGET_CAP),
+                "{rust_log:?}: {filter}"
+            );
+        }
     }
 
     #[tokio::test]
