@@ -9,7 +9,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # shared/aws/src/testing.rs and tests/lambda_emulator.rs); set DEARSYNC_AWS_ENDPOINT to use an AWS
 # emulator already running.
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
-for tool in moto_server cargo-lambda cfn-lint sam; do
+for tool in moto_server cargo-lambda cfn-lint sam checkov; do
   command -v "$tool" >/dev/null || { echo "$tool is not on PATH after pip install" >&2; exit 1; }
 done
 bash scripts/check-template.sh
