@@ -71,8 +71,7 @@ async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), Stri
     let client = connect::unlimited_dear_client(&credentials, &connect::base_url_from_env())
         .map_err(|e| e.to_string())?;
     let inbound = credentials
-        .inbound_secret
-        .as_ref()
+        .secret_for(dearsync_core::Caller::DearWebhook)
         .map(|s| s.expose().to_owned());
     Ok((client, inbound))
 }

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use dearsync_core::state::{NewRecord, RecordKey, RecordState, Transition};
-use dearsync_core::{Job, StoreError, TenantId};
+use dearsync_core::{Caller, Job, StoreError, TenantId};
 pub use dearsync_function_support::Deps;
 use dearsync_function_support::{
     TenantContext, TenantError, body_text, http, http_error, is_http, kind, method, query_flag,
@@ -506,7 +506,10 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; POST a snapshot"));
     }
-    let ctx = match deps.authorise(event, "/inventory/").await {
+    let ctx = match deps
+        .authorise(event, "/inventory/", Caller::Warehouse)
+        .await
+    {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dearsync_core::TenantId;
 use dearsync_core::settings::SettingInstant;
+use dearsync_core::{Caller, TenantId};
 use dearsync_function_support::TenantContext;
 pub use dearsync_function_support::{Deps, SECRET_HEADER, TenantError};
 use dearsync_function_support::{http, http_error, is_http, kind, method};
@@ -242,7 +242,7 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; DEAR webhooks POST"));
     }
-    let ctx = match deps.authorise(event, "/dear/").await {
+    let ctx = match deps.authorise(event, "/dear/", Caller::DearWebhook).await {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use dearsync_core::{Job, TenantId};
+use dearsync_core::{Caller, Job, TenantId};
 use dearsync_function_support::TenantContext;
 pub use dearsync_function_support::{Deps, TenantError};
 use dearsync_function_support::{body_text, http, http_error, is_http, kind, method};
@@ -218,7 +218,10 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; POST a shipment"));
     }
-    let ctx = match deps.authorise(event, "/shipments/").await {
+    let ctx = match deps
+        .authorise(event, "/shipments/", Caller::Warehouse)
+        .await
+    {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };

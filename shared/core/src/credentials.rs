@@ -20,8 +20,25 @@ pub struct Credentials {
     /// `order_webhook_secret`; CLI: `DEARSYNC_ORDER_WEBHOOK_SECRET`).
     pub order_webhook_secret: Option<ApiKey>,
     /// The shared secret DEAR webhooks and warehouse pushes must carry (secret key
-    /// `inbound_secret`; CLI: `DEARSYNC_INBOUND_SECRET`).
+    /// `inbound_secret`; CLI: `DEARSYNC_INBOUND_SECRET`), unless the caller has its own below.
     pub inbound_secret: Option<ApiKey>,
+    /// DEAR's webhooks' own secret (`dear_webhook_secret`): when set, DEAR's calls must carry it
+    /// and `inbound_secret` no longer admits them.
+    pub dear_webhook_secret: Option<ApiKey>,
+    /// The warehouse's own secret for shipment and inventory pushes (`warehouse_secret`), likewise.
+    pub warehouse_secret: Option<ApiKey>,
+    /// The secrets being rotated out, still accepted until removed: `<key>_previous` of each of
+    /// the three above (`inbound_secret_previous`, …), in that order.
+    pub previous: [Option<ApiKey>; 3],
+}
+
+/// Who calls a Function URL, so which of a tenant's secrets admit it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// DEAR's webhooks (sale events).
+    DearWebhook,
+    /// The warehouse (shipments, inventory snapshots).
+    Warehouse,
 }
 
 /// Why credentials could not be had.
@@ -112,7 +129,40 @@ impl Credentials {
         let mut creds = Self::new(field("account_id")?, field("api_key")?, tenant, location)?;
         creds.order_webhook_secret = optional("order_webhook_secret")?;
         creds.inbound_secret = optional("inbound_secret")?;
+        creds.dear_webhook_secret = optional("dear_webhook_secret")?;
+        creds.warehouse_secret = optional("warehouse_secret")?;
+        creds.previous = [
+            optional("inbound_secret_previous")?,
+            optional("dear_webhook_secret_previous")?,
+            optional("warehouse_secret_previous")?,
+        ];
         Ok(creds)
+    }
+
+    /// The secrets that admit `caller`: its own (current and previous) when it has one, else the
+    /// shared `inbound_secret` (current and previous). Empty: every request is refused.
+    pub fn accepted_secrets(&self, caller: Caller) -> Vec<&ApiKey> {
+        let [shared_previous, dear_previous, warehouse_previous] = &self.previous;
+        let (own, own_previous) = match caller {
+            Caller::DearWebhook => (&self.dear_webhook_secret, dear_previous),
+            Caller::Warehouse => (&self.warehouse_secret, warehouse_previous),
+        };
+        let pair = if own.is_some() || own_previous.is_some() {
+            [own, own_previous]
+        } else {
+            [&self.inbound_secret, shared_previous]
+        };
+        pair.into_iter().flatten().collect()
+    }
+
+    /// The secret to give `caller` (e.g. on DEAR's webhook subscriptions): its own, else the
+    /// shared one.
+    pub fn secret_for(&self, caller: Caller) -> Option<&ApiKey> {
+        match caller {
+            Caller::DearWebhook => self.dear_webhook_secret.as_ref(),
+            Caller::Warehouse => self.warehouse_secret.as_ref(),
+        }
+        .or(self.inbound_secret.as_ref())
     }
 
     /// Checks and wraps an account id and key.
@@ -134,6 +184,9 @@ impl Credentials {
             api_key: ApiKey::new(api_key.trim()),
             order_webhook_secret: None,
             inbound_secret: None,
+            dear_webhook_secret: None,
+            warehouse_secret: None,
+            previous: [None, None, None],
         })
     }
 }
@@ -288,5 +341,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.account_id, "a");
+    }
+}
+
+#[cfg(test)]
+mod caller_tests {
+    use super::*;
+
+    fn creds(json: &str) -> Credentials {
+        Credentials::from_secret_json(json, &TenantId::new("acme").unwrap(), "test").unwrap()
+    }
+
+    fn accepted(c: &Credentials, caller: Caller) -> Vec<String> {
+        c.accepted_secrets(caller)
+            .into_iter()
+            .map(|k| k.expose().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_caller_has_its_own_secret_or_the_shared_one_and_a_rotation_accepts_both() {
+        let shared = creds(
+            r#"{"account_id":"a","api_key":"k","inbound_secret":"i","inbound_secret_previous":"i0"}"#,
+        );
+        assert_eq!(accepted(&shared, Caller::DearWebhook), ["i", "i0"]);
+        assert_eq!(accepted(&shared, Caller::Warehouse), ["i", "i0"]);
+        let split = creds(
+            r#"{"account_id":"a","api_key":"k","inbound_secret":"i","dear_webhook_secret":"d","warehouse_secret":"w","warehouse_secret_previous":"w0"}"#,
+        );
+        // The shared secret no longer admits a caller with its own.
+        assert_eq!(accepted(&split, Caller::DearWebhook), ["d"]);
+        assert_eq!(accepted(&split, Caller::Warehouse), ["w", "w0"]);
+        assert_eq!(split.secret_for(Caller::DearWebhook).unwrap().expose(), "d");
+        let dear_only = creds(
+            r#"{"account_id":"a","api_key":"k","inbound_secret":"i","dear_webhook_secret":"d"}"#,
+        );
+        assert_eq!(accepted(&dear_only, Caller::Warehouse), ["i"]);
+        assert_eq!(
+            dear_only.secret_for(Caller::Warehouse).unwrap().expose(),
+            "i"
+        );
+        let none = creds(r#"{"account_id":"a","api_key":"k"}"#);
+        assert!(accepted(&none, Caller::Warehouse).is_empty());
     }
 }

@@ -23,7 +23,7 @@ pub mod state;
 pub mod conformance;
 
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
-pub use credentials::{CredentialSource, Credentials, CredentialsError, EnvCredentials};
+pub use credentials::{Caller, CredentialSource, Credentials, CredentialsError, EnvCredentials};
 pub use error::StoreError;
 pub use held_claim::{ClaimLost, HeldClaim};
 pub use ids::{Job, TenantId};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use dear_client::DearClient;
 use dearsync_core::{
     Clock, CredentialSource, Credentials, StateStore, TenantId, TenantSettings, connect,
-    credentials::secrets_match, state::TenantEntry,
+    credentials::{Caller, secrets_match},
+    state::TenantEntry,
 };
 use serde_json::{Value, json};
 
@@ -239,7 +240,12 @@ impl Deps {
     /// not (tenant names cannot be probed), and a request without the header is refused before
     /// the state store or the secret store is read (it costs nothing). Only a caller who knows the
     /// secret learns that the tenant is disabled or misconfigured.
-    pub async fn authorise(&self, event: &Value, prefix: &str) -> Result<TenantContext, Value> {
+    pub async fn authorise(
+        &self,
+        event: &Value,
+        prefix: &str,
+        caller: Caller,
+    ) -> Result<TenantContext, Value> {
         let path = event["rawPath"].as_str().unwrap_or("");
         let Some(tenant_text) = path.strip_prefix(prefix).map(|t| t.trim_end_matches('/')) else {
             return Err(http_error(
@@ -272,10 +278,17 @@ impl Deps {
             }
             Err(e) => return Err(refused(&e.to_string())),
         };
-        let Some(expected) = credentials.inbound_secret.as_ref() else {
-            return Err(refused("the tenant's secret has no inbound_secret"));
-        };
-        if !secrets_match(given, expected.expose()) {
+        let accepted = credentials.accepted_secrets(caller);
+        if accepted.is_empty() {
+            return Err(refused(
+                "the tenant's secret has no inbound secret for this caller",
+            ));
+        }
+        // Every accepted secret is compared (a rotation's old and new), each in constant time.
+        let matched = accepted
+            .iter()
+            .fold(false, |any, s| secrets_match(given, s.expose()) | any);
+        if !matched {
             return Err(refused("wrong secret"));
         }
         if !entry.enabled {
@@ -532,18 +545,29 @@ mod tests {
             outbound: dearsync_outbound::OutboundPolicy::PUBLIC,
         };
         let answer = |r: Result<TenantContext, Value>| r.err().expect("refused");
-        let no_header = answer(deps.authorise(&request("/x/acme", None), "/x/").await);
+        let no_header = answer(
+            deps.authorise(&request("/x/acme", None), "/x/", Caller::Warehouse)
+                .await,
+        );
         assert_eq!(secrets.0.load(Ordering::Relaxed), 0, "no secret read");
         let unknown = answer(
-            deps.authorise(&request("/x/nobody", Some("guess")), "/x/")
-                .await,
+            deps.authorise(
+                &request("/x/nobody", Some("guess")),
+                "/x/",
+                Caller::Warehouse,
+            )
+            .await,
         );
         let bad_id = answer(
-            deps.authorise(&request("/x/NO BODY", Some("guess")), "/x/")
-                .await,
+            deps.authorise(
+                &request("/x/NO BODY", Some("guess")),
+                "/x/",
+                Caller::Warehouse,
+            )
+            .await,
         );
         let wrong = answer(
-            deps.authorise(&request("/x/acme", Some("guess")), "/x/")
+            deps.authorise(&request("/x/acme", Some("guess")), "/x/", Caller::Warehouse)
                 .await,
         );
         for other in [&unknown, &bad_id, &wrong] {
@@ -552,8 +576,12 @@ mod tests {
         assert_eq!(no_header["statusCode"], 401);
         // The secret's holder learns the tenant is disabled.
         let right = answer(
-            deps.authorise(&request("/x/acme", Some("s3cret")), "/x/")
-                .await,
+            deps.authorise(
+                &request("/x/acme", Some("s3cret")),
+                "/x/",
+                Caller::Warehouse,
+            )
+            .await,
         );
         assert_eq!(right["statusCode"], 403, "{right}");
     }
