@@ -46,10 +46,28 @@ impl OutboundPolicy {
     /// Why `ip` may not be connected to, if it may not.
     pub fn refuses(&self, ip: IpAddr) -> Option<&'static str> {
         let ip = canonical(ip);
+        // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) addresses reach the IPv4 address inside them.
+        if let Some(inner) = embedded_v4(ip) {
+            return self.refuses(IpAddr::V4(inner));
+        }
         if ip.is_loopback() {
             return (!self.allow_loopback).then_some("a loopback address");
         }
         reserved(ip)
+    }
+}
+
+/// The IPv4 address a NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:AABB:CCDD::`) address leads to.
+fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else {
+        None
     }
 }
 
@@ -348,6 +366,13 @@ mod tests {
             ("https://[fc00::1]/", "a unique-local address"),
             ("https://[fe80::1]/", "a link-local address"),
             ("https://224.0.0.1/", "multicast"),
+            (
+                "https://[64:ff9b::a9fe:a9fe]/",
+                "the instance metadata service",
+            ),
+            ("https://[2002:7f00:1::]/", "a loopback address"),
+            ("https://2130706433/", "a loopback address"),
+            ("https://0x7f.1/", "a loopback address"),
         ] {
             let e = refused(url, public);
             assert!(e.contains(why), "{url}: {e}");
