@@ -1377,9 +1377,31 @@ async fn a_delivery_a_killed_run_left_unwritten_to_its_file_is_delivered_by_the_
         serde_json::from_str(done.detail.as_deref().unwrap()).unwrap();
     detail["claimed_by"] = serde_json::json!("run-that-died");
     detail["delivery_sequence"] = serde_json::json!(7);
-    store
+    // The claim names the sink it delivered to: this file (the first run's claim recorded it).
+    let this_file = detail["claimed_sink"].clone();
+    assert!(
+        this_file.as_str().is_some_and(|s| s.starts_with("file:")),
+        "{detail}"
+    );
+    // A claim made for another sink (another file, a webhook) is not known to be over: waited out.
+    detail["claimed_sink"] = serde_json::json!("file:0:0");
+    let in_flight = store
         .transition(
             &done,
+            dearsync_core::state::Transition::to(RecordState::InFlight)
+                .due_at(clock.now_plus(15 * 60))
+                .detail(detail.to_string()),
+        )
+        .await
+        .unwrap();
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::stdout());
+    h.job.sink = Arc::new(dearsync_order_download::NdjsonSink::file(&out).unwrap());
+    let s = run(&h).await;
+    assert_eq!(s.delivered, 0, "another sink's claim is waited out: {s:?}");
+    detail["claimed_sink"] = this_file;
+    store
+        .transition(
+            &in_flight,
             dearsync_core::state::Transition::to(RecordState::InFlight)
                 .due_at(clock.now_plus(15 * 60))
                 .detail(detail.to_string()),

@@ -72,6 +72,9 @@ enum Attempt {
     Transient {
         reason: String,
         sent: bool,
+        /// An answer came from DEAR's side, so it is done with the request (a timeout, a dropped
+        /// connection or a gateway's 502/504 leave it possibly still working on it).
+        settled: bool,
     },
     Fatal(DearError),
 }
@@ -199,6 +202,7 @@ impl DearClient {
                 return Attempt::Transient {
                     reason: error_chain(&e),
                     sent,
+                    settled: false,
                 };
             }
         };
@@ -214,6 +218,7 @@ impl DearClient {
                         error_chain(&e)
                     ),
                     sent: true,
+                    settled: true,
                 };
             }
         };
@@ -258,7 +263,13 @@ impl DearClient {
                 Some((ec, m)) => format!("HTTP {code}, ErrorCode {ec}: {m}"),
                 None => format!("HTTP {code}: {}", snippet(&body)),
             };
-            return Attempt::Transient { reason, sent: true };
+            // A gateway's 502/504 may be answered while DEAR still works on the request.
+            let settled = !matches!(code, 502 | 504);
+            return Attempt::Transient {
+                reason,
+                sent: true,
+                settled,
+            };
         }
         if let Some((ec, message)) = model {
             return Attempt::Fatal(DearError::Rejected {
@@ -346,6 +357,7 @@ impl DearClient {
                             reason: format!(
                                 "HTTP {status}, throttled: DEAR may have applied it before answering"
                             ),
+                            settled: true,
                         });
                     }
                     if throttles > policy.max_throttle_retries {
@@ -359,7 +371,11 @@ impl DearClient {
                     }
                     self.budget.throttled(account, pause).await;
                 }
-                Attempt::Transient { reason, sent } => {
+                Attempt::Transient {
+                    reason,
+                    sent,
+                    settled,
+                } => {
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
@@ -369,6 +385,7 @@ impl DearClient {
                             method: method.to_string(),
                             path: path.to_owned(),
                             reason,
+                            settled,
                         });
                     }
                     transient_failures += 1;
@@ -814,6 +831,7 @@ fn page_instead_of_json(attempt: Attempt) -> Attempt {
         }) if (200..300).contains(&status) => Attempt::Transient {
             reason: format!("HTTP {status} with a non-JSON body: {snippet}"),
             sent: true,
+            settled: true,
         },
         other => other,
     }
@@ -833,6 +851,7 @@ fn unknown_unless_refused(err: DearError) -> DearError {
             method,
             path,
             reason: format!("the success answer is not the expected object: {reason}"),
+            settled: true,
         },
         other => other,
     }

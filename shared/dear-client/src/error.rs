@@ -74,6 +74,10 @@ pub enum DearError {
         path: String,
         /// What happened.
         reason: String,
+        /// An answer came, so DEAR is done with the request; without one (a timeout, a dropped
+        /// connection, a gateway's 502/504) it may still be applying it, and a read-back now may
+        /// not see it yet.
+        settled: bool,
     },
 
     /// A read that kept failing (5xx, timeouts, dropped connections) after every retry, or a write
@@ -127,6 +131,12 @@ impl DearError {
     /// True when a write may have been applied and state must be re-read before retrying.
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(self, Self::OutcomeUnknown { .. })
+    }
+
+    /// True when a write's outcome is unknown and DEAR may still be applying it: a read-back now
+    /// proves nothing yet, so writing again at once could apply it twice.
+    pub fn may_still_be_applying(&self) -> bool {
+        matches!(self, Self::OutcomeUnknown { settled: false, .. })
     }
 
     /// True for a transient condition worth retrying later (throttling, outage).

@@ -921,7 +921,10 @@ impl InventorySync {
 
     /// Posts one adjustment. An unknown outcome (timeout, dropped connection, throttled) is looked
     /// up by its reference before it is posted again (up to [`READ_BACK_ROUNDS`] posts), so it is
-    /// applied once.
+    /// applied once. When DEAR may still be applying the post (no answer came), a miss proves
+    /// nothing yet: the error goes to the snapshot's retry, whose run looks the part up again
+    /// (the progress log's `posting` marker) instead of posting it now. A refusal of a repeated
+    /// post is looked up too: the first one may have landed.
     async fn create_once(
         &self,
         body: &StockAdjustmentWrite,
@@ -929,20 +932,22 @@ impl InventorySync {
     ) -> Result<Uuid, SyncError> {
         let mut posts = 1;
         loop {
-            match self.dear.create_stock_adjustment(body).await {
+            let e = match self.dear.create_stock_adjustment(body).await {
                 Ok(adj) => return Ok(adj.task_id),
-                Err(e) if e.is_outcome_unknown() => {
-                    tracing::warn!(reference = %reference, error = %e, "stock adjustment outcome unknown; looking it up");
-                    if let Some(task) = self.find_by_reference(reference).await? {
-                        return Ok(task);
-                    }
-                    if posts >= READ_BACK_ROUNDS {
-                        return Err(dear(e));
-                    }
-                    posts += 1;
-                }
-                Err(e) => return Err(dear(e)),
+                Err(e) => e,
+            };
+            let repeated_refusal = posts > 1 && matches!(e, DearError::Rejected { .. });
+            if !e.is_outcome_unknown() && !repeated_refusal {
+                return Err(dear(e));
             }
+            tracing::warn!(reference = %reference, error = %e, "stock adjustment not confirmed; looking it up");
+            if let Some(task) = self.find_by_reference(reference).await? {
+                return Ok(task);
+            }
+            if repeated_refusal || e.may_still_be_applying() || posts >= READ_BACK_ROUNDS {
+                return Err(dear(e));
+            }
+            posts += 1;
         }
     }
 

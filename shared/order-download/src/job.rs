@@ -226,6 +226,10 @@ struct SaleDetail {
     /// Who claimed the delivery: a run id (`run-…`), or `webhook`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claimed_by: Option<String>,
+    /// The sink the claimant delivered to, when only one process at a time can hold it (the
+    /// locked NDJSON file's identity, [`OrderSink::sole_deliverer`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claimed_sink: Option<String>,
     /// How many contents of this sale were claimed for delivery (the last one's number).
     #[serde(default, skip_serializing_if = "is_zero")]
     delivery_sequence: u32,
@@ -623,21 +627,25 @@ impl OrderDownload {
     /// backoff is over; an in-flight one once its claim lapsed, or, when a run claimed it, as soon
     /// as that run cannot still be delivering it (longer ago than the longest delivery the
     /// settings allow). This run holds the lease, but a slow run may have outlived its own lease
-    /// mid-delivery, so the lease alone does not prove the claimant gone — unless the sink is
-    /// this process's alone (a locked file): then another run's delivery is over. A webhook's
-    /// claim is waited out.
+    /// mid-delivery, so the lease alone does not prove the claimant gone — unless the claimant
+    /// delivered to the very sink this process now holds alone (the same locked file): then its
+    /// delivery is over. A webhook's claim is waited out.
     fn is_due(&self, rec: &LedgerRecord, this_run: &str) -> bool {
         let now = self.clock.now();
         if rec.due_at.is_some_and(|d| d <= now) {
             return true;
         }
-        let Some(claimant) = SaleDetail::of(rec)
+        let detail = SaleDetail::of(rec);
+        let Some(claimant) = detail
             .claimed_by
             .filter(|c| rec.state == RecordState::InFlight && c.starts_with(RUN_CLAIM_PREFIX))
         else {
             return false;
         };
-        if self.sink.sole_deliverer() && claimant != this_run {
+        let same_sole_sink = detail
+            .claimed_sink
+            .is_some_and(|theirs| self.sink.sole_deliverer().as_ref() == Some(&theirs));
+        if same_sole_sink && claimant != this_run {
             return true;
         }
         let claimed_at = rec.due_at.map(|d| d - Duration::minutes(IN_FLIGHT_FOR));
@@ -815,6 +823,7 @@ impl OrderDownload {
             updated: updated.map(millis),
             order_number: Some(order.order_number.clone()),
             claimed_by: Some(claimant.to_owned()),
+            claimed_sink: self.sink.sole_deliverer(),
             delivery_sequence: sequence,
             delivered_version: record.as_ref().and_then(last_delivered_version),
             delivery: DeliveryFacts::new(

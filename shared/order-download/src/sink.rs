@@ -66,11 +66,12 @@ pub trait OrderSink: Send + Sync {
         Ok(None)
     }
 
-    /// True when no other process can be delivering through this sink while it is open (the
-    /// NDJSON file is locked for the sink's life): a delivery that another run left in flight is
-    /// then over, and is taken over at once instead of after the longest delivery time.
-    fn sole_deliverer(&self) -> bool {
-        false
+    /// The sink's identity when no other process can be delivering through it while it is open
+    /// (the NDJSON file, locked for the sink's life): a delivery another run left in flight *to
+    /// this same sink* is then over, and is taken over at once instead of after the longest
+    /// delivery time. `None`: others may deliver through it too (a webhook).
+    fn sole_deliverer(&self) -> Option<String> {
+        None
     }
 }
 
@@ -81,7 +82,9 @@ pub struct NdjsonSink {
 
 enum Target {
     Stdout(Mutex<std::io::Stdout>),
-    File(PathBuf, Mutex<std::fs::File>),
+    /// The path, the open file, and its identity (device and inode: a file put in the path's
+    /// place is another sink).
+    File(PathBuf, Mutex<std::fs::File>, String),
 }
 
 impl NdjsonSink {
@@ -96,7 +99,7 @@ impl NdjsonSink {
     /// runs never write the same file at once; the lock goes with the process, even a killed one.
     pub fn file(path: impl AsRef<Path>) -> Result<Self, SinkOpenError> {
         let path = path.as_ref().to_path_buf();
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
@@ -111,10 +114,55 @@ impl NdjsonSink {
                 return Err(SinkOpenError::Io { path, source });
             }
         }
+        let identity = file_identity(&file, &path)?;
+        end_a_torn_line(&mut file, &path)?;
         Ok(Self {
-            target: Target::File(path, Mutex::new(file)),
+            target: Target::File(path, Mutex::new(file), identity),
         })
     }
+}
+
+/// `file:<device>:<inode>` of the open file.
+fn file_identity(file: &std::fs::File, path: &Path) -> Result<String, SinkOpenError> {
+    let meta = file.metadata().map_err(|source| SinkOpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Ok(format!("file:{}:{}", meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Ok(format!("file:{}", canonical.display()))
+    }
+}
+
+/// A run killed mid-write leaves a last line without its newline: end it, so the next order
+/// starts on a line of its own (the torn line is then skipped as no delivery).
+fn end_a_torn_line(file: &mut std::fs::File, path: &Path) -> Result<(), SinkOpenError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| SinkOpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut reader = std::fs::File::open(path).map_err(io)?;
+    reader.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+    let mut last = [0u8; 1];
+    reader.read_exact(&mut last).map_err(io)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")
+            .and_then(|_| file.sync_data())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -129,7 +177,7 @@ impl OrderSink for NdjsonSink {
                     .and_then(|_| out.flush())
                     .map_err(|e| SinkError::new(format!("cannot write to stdout: {e}")))
             }
-            Target::File(path, file) => {
+            Target::File(path, file, _) => {
                 let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
                 // Synced before the ledger says "done", so a crash can only leave it delivered
                 // and not yet recorded — which `was_delivered` then finds.
@@ -140,12 +188,15 @@ impl OrderSink for NdjsonSink {
         }
     }
 
-    fn sole_deliverer(&self) -> bool {
-        matches!(self.target, Target::File(..))
+    fn sole_deliverer(&self) -> Option<String> {
+        match &self.target {
+            Target::File(_, _, identity) => Some(identity.clone()),
+            Target::Stdout(_) => None,
+        }
     }
 
     async fn was_delivered(&self, id: &str) -> Result<Option<bool>, SinkError> {
-        let Target::File(path, _) = &self.target else {
+        let Target::File(path, _, _) = &self.target else {
             return Ok(None);
         };
         #[derive(serde::Deserialize)]
@@ -275,5 +326,47 @@ impl OrderSink for WebhookSink {
             }
         }
         Err(SinkError::new(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_ended_before_the_next_order_and_the_file_is_one_runs_alone() {
+        let path = std::env::temp_dir().join(format!(
+            "dearsync-sink-{}-{}.ndjson",
+            std::process::id(),
+            nanos_now()
+        ));
+        std::fs::write(
+            &path,
+            b"{\"sale_id\":\"a\",\"version\":\"1\"}\n{\"sale_id\":\"b\",\"ver",
+        )
+        .unwrap();
+        let sink = NdjsonSink::file(&path).unwrap();
+        assert!(std::fs::read(&path).unwrap().ends_with(b"\"ver\n"));
+        assert!(
+            sink.sole_deliverer()
+                .is_some_and(|id| id.starts_with("file:"))
+        );
+        assert!(matches!(
+            NdjsonSink::file(&path),
+            Err(SinkOpenError::InUse { .. })
+        ));
+        drop(sink);
+        // Reopened: nothing more is added to a file that ends in a newline.
+        let again = NdjsonSink::file(&path).unwrap();
+        assert!(std::fs::read(&path).unwrap().ends_with(b"\"ver\n"));
+        drop(again);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    fn nanos_now() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
     }
 }
