@@ -808,7 +808,13 @@ async fn no_secret_reaches_the_logs_or_the_state_table_even_at_trace() {
             )],
         ),
     ] {
-        let lambda = Lambda::start_logging(binary, &emu, &sim.base_url(), "trace");
+        // A span directive too: an EnvFilter alone lets it re-enable any target inside the span.
+        let lambda = Lambda::start_logging(
+            binary,
+            &emu,
+            &sim.base_url(),
+            "trace,[Lambda runtime invoke]=trace",
+        );
         for event in &events {
             lambda.invoke(event).await;
         }

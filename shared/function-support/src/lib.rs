@@ -66,13 +66,29 @@ impl Deps {
 /// Function URL event carries the caller's `x-dearsync-secret` header.
 #[cfg(feature = "aws")]
 pub fn init_lambda_tracing() {
-    tracing_subscriber::fmt()
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let logs = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(lambda_log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_current_span(false)
         .without_time()
-        .init();
+        .with_filter(lambda_log_filter(std::env::var("RUST_LOG").ok().as_deref()))
+        // A second filter the environment cannot widen (an EnvFilter's span directives can
+        // re-enable any target inside a span, and lambda_runtime traces inside its own).
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| !is_raw_event(m)));
+    tracing_subscriber::registry().with(logs).init();
 }
+
+/// lambda_runtime's TRACE line with the raw event (Function URL events carry the caller's secret).
+#[cfg(feature = "aws")]
+fn is_raw_event(m: &tracing::Metadata<'_>) -> bool {
+    *m.level() == tracing::Level::TRACE && m.target().starts_with(RAW_EVENT_TARGET)
+}
+
+/// Where lambda_runtime logs each raw event.
+#[cfg(feature = "aws")]
+const RAW_EVENT_TARGET: &str = "lambda_runtime::layers::api_response";
 
 /// The log filter for `rust_log` (default info), with the raw-event trace of lambda_runtime cut.
 #[cfg(feature = "aws")]
