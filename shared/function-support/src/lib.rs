@@ -269,7 +269,7 @@ impl Deps {
                 format!("no such path {path:?}; use {prefix}<tenant>"),
             ));
         };
-        let Some(given) = header(event, SECRET_HEADER) else {
+        let Some(given) = header(event, SECRET_HEADER).filter(|g| !g.trim().is_empty()) else {
             return Err(unauthorised());
         };
         let refused = |why: &str| {

@@ -741,10 +741,11 @@ impl InventorySync {
             };
             // FEFO: DEAR's reference requires the batch's expiry date on the line.
             let expiry_date = match product.filter(|p| p.expiry_dated) {
-                Some(_) => match expiries
-                    .get(&(sku.clone(), batch.clone()))
-                    .copied()
-                    .or(level.expiry)
+                // DEAR's date for a batch it holds (another date could make it another cell);
+                // the snapshot's for a batch DEAR does not have yet.
+                Some(_) => match level
+                    .expiry
+                    .or_else(|| expiries.get(&(sku.clone(), batch.clone())).copied())
                 {
                     Some(date) => Some(date),
                     None => {

@@ -295,10 +295,8 @@ impl OrderSink for WebhookSink {
                 Ok(resp) if resp.status().is_success() => return Ok(()),
                 Ok(resp) => {
                     let status = resp.status();
-                    // Only the start of an error page is kept; a huge one is not read whole.
-                    let body = dearsync_outbound::read_capped(resp, 64 * 1024)
-                        .await
-                        .unwrap_or_default();
+                    // Only the start of an error page is read.
+                    let body = dearsync_outbound::read_prefix(resp, 1024).await;
                     let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
                     last = format!("the order webhook answered HTTP {status}: {text}");
                     status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429

@@ -106,6 +106,8 @@ fn reserved_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a broadcast, multicast or reserved address")
     } else if ip.is_documentation() || (a == 198 && (b == 18 || b == 19)) {
         Some("a documentation or benchmarking address")
+    } else if a == 192 && b == 0 && ip.octets()[2] == 0 {
+        Some("an IETF protocol address")
     } else {
         None
     }
@@ -125,6 +127,12 @@ fn reserved_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("a link-local address")
     } else if first == 0x2001 && ip.segments()[1] == 0x0db8 {
         Some("a documentation address")
+    } else if first == 0x2001 && ip.segments()[1] == 0 {
+        Some("a Teredo address")
+    } else if first == 0x64 && ip.segments()[1] == 0xff9b && ip.segments()[2] == 1 {
+        Some("a local-use NAT64 address")
+    } else if ip.segments()[..4] == [0x100, 0, 0, 0] {
+        Some("a discard-only address")
     } else if ip.to_ipv4().is_some() && ip.to_ipv4_mapped().is_none() && first == 0 {
         // IPv4-compatible (::a.b.c.d) and the like: never a public destination.
         Some("a reserved address")
@@ -304,6 +312,18 @@ pub fn client(policy: OutboundPolicy, timeout: Duration) -> Result<reqwest::Clie
         .build()?)
 }
 
+/// The first `n` bytes of an answer's body at most (the rest is not read): for error messages.
+pub async fn read_prefix(mut response: reqwest::Response, n: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < n {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(n - body.len())]),
+            _ => break,
+        }
+    }
+    body
+}
+
 /// Reads an answer's body, refusing one larger than `cap` bytes (as announced or as it arrives).
 pub async fn read_capped(
     mut response: reqwest::Response,
@@ -373,6 +393,9 @@ mod tests {
             ("https://[2002:7f00:1::]/", "a loopback address"),
             ("https://2130706433/", "a loopback address"),
             ("https://0x7f.1/", "a loopback address"),
+            ("https://[2001::1]/", "a Teredo address"),
+            ("https://[64:ff9b:1::a]/", "a local-use NAT64 address"),
+            ("https://192.0.0.8/", "an IETF protocol address"),
         ] {
             let e = refused(url, public);
             assert!(e.contains(why), "{url}: {e}");
