@@ -571,6 +571,18 @@ async fn fefo_lines_carry_the_batch_expiry_date_from_the_snapshot_or_dear() {
             .all(|(b, _, _)| b.as_deref() != Some("LOT-UNDATED")),
         "the undated batch is not posted"
     );
+    // A warehouse export whose expiry column holds another date format: read, and the FEFO line
+    // that needs it skipped by name.
+    let csv = format!(
+        "\u{feff}\"SKU\",\"Lot\",\"Qty\",\"Best Before\"\r\n\"{other_sku}\",\"LOT-CSV\",\"4\",\"31/12/2027\"\r\n"
+    );
+    let options = dearsync_inventory_sync::CsvOptions {
+        location: Some(MAIN),
+        ..dearsync_inventory_sync::CsvOptions::new("FEFO-2", parse_instant("2026-11-21").unwrap())
+    };
+    let snap = Snapshot::from_csv_reader(csv.as_bytes(), &options).unwrap();
+    let s = j.sync(&snap, false).await.unwrap();
+    assert_eq!(s.skipped.get("expiry_unreadable"), Some(&1), "{s:?}");
 }
 
 /// DEAR's total of each product at Main: every cell, in bins or not (the simulator's own data).

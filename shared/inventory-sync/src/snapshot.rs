@@ -36,6 +36,10 @@ pub struct SnapshotLine {
     /// DEAR needs for FEFO products; DEAR's own date for the batch is used when this is absent.
     #[serde(default, deserialize_with = "expiry")]
     pub expiry_date: Option<NaiveDate>,
+    /// A CSV expiry cell that is not a date, as written: the line is still read (the column means
+    /// nothing for products without expiry dates); a FEFO line relying on it is skipped, named.
+    #[serde(skip)]
+    pub expiry_unreadable: Option<String>,
 }
 
 /// A snapshot that cannot be used: where and what.
@@ -69,13 +73,21 @@ fn instant<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::E
 /// date is taken as written.
 pub fn parse_expiry(text: &str) -> Result<NaiveDate, String> {
     let t = text.trim();
-    let date = t.get(..10).unwrap_or(t);
-    let rest = &t[date.len()..];
-    let time_ok = rest.is_empty() || rest.starts_with(['T', 't', ' ']);
-    match NaiveDate::parse_from_str(date, "%Y-%m-%d") {
-        Ok(d) if time_ok => Ok(d),
-        _ => Err(format!("{t:?} is not a date (expected YYYY-MM-DD)")),
-    }
+    let with_time = chrono::DateTime::parse_from_rfc3339(t).is_ok()
+        || [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+        ]
+        .iter()
+        .any(|f| chrono::NaiveDateTime::parse_from_str(t, f).is_ok());
+    let date = if with_time {
+        t.get(..10).unwrap_or(t)
+    } else {
+        t
+    };
+    NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .map_err(|_| format!("{t:?} is not a date (expected YYYY-MM-DD)"))
 }
 
 fn expiry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
@@ -532,14 +544,15 @@ impl CsvReading {
             Some(c) => Some(cell(record, c, line, Role::Batch)?).filter(|b| !b.is_empty()),
             None => None,
         };
-        let expiry_date = match columns.expiry {
+        let (expiry_date, expiry_unreadable) = match columns.expiry {
             Some(c) => match cell(record, c, line, Role::Expiry)? {
-                "" => None,
-                text => Some(
-                    parse_expiry(text).map_err(|m| err(format!("line {line}, expiry date"), m))?,
-                ),
+                "" => (None, None),
+                text => match parse_expiry(text) {
+                    Ok(d) => (Some(d), None),
+                    Err(_) => (None, Some(text.to_owned())),
+                },
             },
-            None => None,
+            None => (None, None),
         };
         if let Some(c) = columns.location {
             self.agree_location(cell(record, c, line, Role::Location)?, line)?;
@@ -549,6 +562,7 @@ impl CsvReading {
             quantity,
             batch: batch.map(str::to_owned),
             expiry_date,
+            expiry_unreadable,
         };
         if let Some(first) = self.seen.insert(line_key(&l), line) {
             return Err(err(
@@ -763,6 +777,7 @@ mod tests {
             quantity: quantity.parse().unwrap(),
             batch: batch.map(str::to_owned),
             expiry_date: None,
+            expiry_unreadable: None,
         }
     }
 
@@ -1141,13 +1156,19 @@ mod tests {
                 None
             ]
         );
-        assert_eq!(
-            read_err("sku,qty,best before\r\nA-1,5,31/03/2027\r\n"),
-            (
-                "line 2, expiry date".to_owned(),
-                "\"31/03/2027\" is not a date (expected YYYY-MM-DD)".to_owned()
-            )
-        );
+        // A cell that is no date does not refuse the file: kept as written, for a FEFO line to
+        // be skipped by name.
+        let s =
+            read("sku,qty,best before\r\nA-1,5,31/03/2027\r\nA-2,1,2027-03-31 junk\r\n").unwrap();
+        let unreadable: Vec<_> = s
+            .lines
+            .iter()
+            .map(|l| l.expiry_unreadable.as_deref())
+            .collect();
+        assert_eq!(unreadable, [Some("31/03/2027"), Some("2027-03-31 junk")]);
+        assert!(s.lines.iter().all(|l| l.expiry_date.is_none()));
+        assert!(parse_expiry("2027-03-31T00:00:00+10:00").is_ok());
+        assert!(parse_expiry("2027-03-31 08:15:00").is_ok());
         let json = r#"{"snapshot_id":"S","as_of":"2026-11-20","lines":[{"sku":"A","quantity":1,"batch":"L","expiry_date":"2027-01-02"},{"sku":"B","quantity":1,"expiry_date":null}]}"#;
         let s = Snapshot::from_json_reader(json.as_bytes()).unwrap();
         assert_eq!(s.lines[0].expiry_date, NaiveDate::from_ymd_opt(2027, 1, 2));

@@ -550,6 +550,7 @@ impl InventorySync {
         // Targets per (product, batch), and the expiry dates the snapshot gives.
         let mut targets: BTreeMap<(String, Option<String>), (Decimal, Uuid)> = BTreeMap::new();
         let mut expiries: HashMap<(String, Option<String>), NaiveDate> = HashMap::new();
+        let mut unreadable_expiries: HashMap<(String, Option<String>), String> = HashMap::new();
         let mut unknown = Vec::new();
         let skip = |summary: &mut SyncSummary,
                     sku: &str,
@@ -623,6 +624,11 @@ impl InventorySync {
                 expiries
                     .entry((psku.clone(), batch.clone()))
                     .or_insert(date);
+            }
+            if let Some(text) = &line.expiry_unreadable {
+                unreadable_expiries
+                    .entry((psku.clone(), batch.clone()))
+                    .or_insert_with(|| text.clone());
             }
             let e = targets
                 .entry((psku, batch))
@@ -748,6 +754,20 @@ impl InventorySync {
                     .or_else(|| expiries.get(&(sku.clone(), batch.clone())).copied())
                 {
                     Some(date) => Some(date),
+                    None if unreadable_expiries.contains_key(&(sku.clone(), batch.clone())) => {
+                        let text = &unreadable_expiries[&(sku.clone(), batch.clone())];
+                        skip(
+                            summary,
+                            &sku,
+                            batch,
+                            now,
+                            target,
+                            &format!(
+                                "expiry_unreadable: the product is FEFO and its expiry date {text:?} is not YYYY-MM-DD"
+                            ),
+                        );
+                        continue;
+                    }
                     None => {
                         skip(
                             summary,
@@ -1010,6 +1030,9 @@ fn canonical_lines(lines: &[crate::snapshot::SnapshotLine]) -> String {
         if let Some(date) = l.expiry_date {
             let _ = write!(text, ", expiry_date: {date}");
         }
+        if let Some(unreadable) = &l.expiry_unreadable {
+            let _ = write!(text, ", expiry_unreadable: {unreadable:?}");
+        }
         text.push_str(" }");
     }
     text.push(']');
@@ -1202,6 +1225,7 @@ mod tests {
                 quantity: q.parse().unwrap(),
                 batch: b.map(str::to_owned),
                 expiry_date: None,
+                expiry_unreadable: None,
             })
             .collect();
         let old: Vec<legacy::SnapshotLine> = rows
