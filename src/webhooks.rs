@@ -5,7 +5,7 @@
 //! DEAR cannot sign its deliveries, so each subscription carries the tenant's inbound secret in an
 //! `x-dearsync-secret` header, which the function checks.
 
-use dear_client::{DearClient, Webhook, WebhookHeader};
+use dear_client::{DearClient, DearError, Webhook, WebhookHeader};
 use dearsync_core::connect;
 use dearsync_core::credentials::INBOUND_SECRET_HEADER;
 use dearsync_core::settings::SaleStatusFilter;
@@ -67,7 +67,7 @@ pub async fn run(command: WebhooksCommand) -> Result<(), String> {
 async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), String> {
     let tenant = local.tenant_id()?;
     let credentials = local.credentials(&tenant).await?;
-    // A handful of calls: the client's own pacing and 429 retries are enough.
+    // A handful of calls: the client's own pacing is enough (a throttled write is read back).
     let client = connect::unlimited_dear_client(&credentials, &connect::base_url_from_env())
         .map_err(|e| e.to_string())?;
     let inbound = credentials
@@ -156,23 +156,63 @@ async fn register(args: RegisterArgs) -> Result<(), String> {
             .find(|w| w.event_type.eq_ignore_ascii_case(event) && w.external_url == target);
         match same.and_then(|w| w.id) {
             Some(id) => {
-                client
-                    .update_webhook(id, &wanted)
+                update_once(&client, id, &wanted)
                     .await
                     .map_err(|e| format!("update the {event} webhook {id}: {e}"))?;
                 println!("updated  {id}  {event:<28} {target}");
             }
             None => {
-                let made = client
-                    .create_webhook(&wanted)
+                let id = create_once(&client, &wanted)
                     .await
                     .map_err(|e| format!("create the {event} webhook: {e}"))?;
-                let id = made.id.map(|i| i.to_string()).unwrap_or_default();
+                let id = id.map(|i| i.to_string()).unwrap_or_default();
                 println!("created  {id}  {event:<28} {target}");
             }
         }
     }
     Ok(())
+}
+
+/// Creates a webhook once: when DEAR's answer leaves the outcome unknown (throttled, timed out),
+/// DEAR's list is read back before creating it again (DEAR allows five per event type).
+async fn create_once(
+    client: &DearClient,
+    wanted: &Webhook,
+) -> Result<Option<uuid::Uuid>, DearError> {
+    let mut writes = 1;
+    loop {
+        match client.create_webhook(wanted).await {
+            Ok(made) => return Ok(made.id),
+            Err(e) if e.is_outcome_unknown() && writes < dear_client::READ_BACK_ROUNDS => {
+                let now = client.webhooks().await?;
+                if let Some(made) = now.iter().find(|w| {
+                    w.event_type.eq_ignore_ascii_case(&wanted.event_type)
+                        && w.external_url == wanted.external_url
+                }) {
+                    return Ok(made.id);
+                }
+                writes += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Updates a webhook; the same update again is harmless, so an unknown outcome is simply retried.
+async fn update_once(
+    client: &DearClient,
+    id: uuid::Uuid,
+    wanted: &Webhook,
+) -> Result<(), DearError> {
+    let mut writes = 1;
+    loop {
+        match client.update_webhook(id, wanted).await {
+            Err(e) if e.is_outcome_unknown() && writes < dear_client::READ_BACK_ROUNDS => {
+                writes += 1
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn list(local: LocalOptions) -> Result<(), String> {
