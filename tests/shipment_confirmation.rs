@@ -902,3 +902,100 @@ async fn the_pack_ends_with_exactly_what_shipped_whether_dear_opens_a_draft_pack
         assert_eq!(f.ship.status, StageStatus::Authorised);
     }
 }
+
+/// On hand of each (SKU, bin) at Main Warehouse, from the simulator's own data.
+fn cells_at_main(
+    server: &SimServer,
+) -> std::collections::BTreeMap<(String, Option<String>), rust_decimal::Decimal> {
+    server
+        .sim
+        .with_data(ACCOUNT, |d| {
+            let main = d
+                .locations
+                .iter()
+                .find(|l| l.name == "Main Warehouse")
+                .unwrap()
+                .id;
+            d.stock
+                .values()
+                .filter(|(k, _)| k.location_id == main)
+                .map(|(k, q)| ((d.products[&k.product_id].sku.clone(), k.bin.clone()), *q))
+                .collect()
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn at_a_location_with_bins_picks_name_the_bin_and_the_stock_leaves_it() {
+    let server = sim().await;
+    // A simple ORDERED sale of products without batches; its stock at Main put into bin A-01.
+    let (sale, lines): (Uuid, Vec<(String, i64)>) = server
+        .sim
+        .with_data_mut(ACCOUNT, |d| {
+            let main = d
+                .locations
+                .iter()
+                .find(|l| l.name == "Main Warehouse")
+                .unwrap()
+                .id;
+            let s = d
+                .sales
+                .values()
+                .find(|s| {
+                    !s.advanced
+                        && dear_sim::rules::sale_status(s, Default::default()) == "ORDERED"
+                        && s.lines.iter().all(|l| {
+                            l.quantity.fract().is_zero()
+                                && d.product_by_sku(&l.sku).is_some_and(|p| !p.batch_tracked())
+                        })
+                })
+                .expect("a simple ORDERED sale without batches");
+            let lines: Vec<(String, i64)> = s
+                .lines
+                .iter()
+                .map(|l| {
+                    (
+                        l.sku.clone(),
+                        l.quantity.trunc().to_string().parse().unwrap(),
+                    )
+                })
+                .collect();
+            let id = s.id;
+            for (sku, q) in &lines {
+                let product = d.product_by_sku(sku).unwrap().id;
+                let bin = dear_sim::model::StockKey {
+                    product_id: product,
+                    location_id: main,
+                    bin: Some("A-01".into()),
+                    batch: None,
+                };
+                d.set_on_hand(bin, rust_decimal::Decimal::from(q + 10));
+            }
+            (id, lines)
+        })
+        .unwrap();
+    let before = cells_at_main(&server);
+    let j = job(
+        &server,
+        memory(),
+        "[shipment_confirmation]\nlocation = \"Main Warehouse\"\npick_bin = \"A-01\"\n",
+    );
+    j.confirm(&shipment("WMS-BIN", sale, boxes_per_sku(&lines, |q| q)))
+        .await
+        .unwrap();
+    let after = cells_at_main(&server);
+    for (sku, q) in &lines {
+        let bin = (sku.clone(), Some("A-01".to_owned()));
+        let outside = (sku.clone(), None);
+        assert_eq!(
+            after[&bin],
+            before[&bin] - rust_decimal::Decimal::from(*q),
+            "{sku}: shipped from the bin"
+        );
+        assert_eq!(
+            after.get(&outside),
+            before.get(&outside),
+            "{sku}: stock outside bins untouched"
+        );
+    }
+}

@@ -147,6 +147,7 @@ impl TenantSettings {
 
         let sc = &self.shipment_confirmation;
         non_blank("shipment_confirmation.location", sc.location.as_deref())?;
+        non_blank("shipment_confirmation.pick_bin", sc.pick_bin.as_deref())?;
         for (from, to) in &sc.carrier_map {
             if from.trim().is_empty() || to.trim().is_empty() {
                 return Err(SettingsError::new(
@@ -585,6 +586,9 @@ pub struct ShipmentConfirmationSettings {
     pub carrier_map: BTreeMap<String, String>,
     /// Create a carrier in DEAR when the mapped name is not in `ref/carrier`; default no.
     pub create_missing_carriers: bool,
+    /// The bin the warehouse's stock is kept in at a location with bins: pick and pack lines then
+    /// name `"<location>: <bin>"`, as DEAR addresses a bin; absent = the bare location.
+    pub pick_bin: Option<String>,
 }
 
 /// Whether the warehouse's quantity is on-hand or available stock.

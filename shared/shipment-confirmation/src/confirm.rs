@@ -585,6 +585,7 @@ impl ShipmentConfirmation {
             .or_else(|| self.settings.location.clone())
             .or_else(|| sale.location.clone())
             .unwrap_or_default();
+        let location = stage_location(&location, self.settings.pick_bin.as_deref());
         let date = DearDateTime(shipment.ship_date_time()?);
         let result = self
             .write_stages(shipment, &sale, fulfilment, &location, &carrier, date)
@@ -1019,6 +1020,14 @@ impl ShipmentConfirmation {
     }
 }
 
+/// Where pick and pack lines take the stock from: the location, or DEAR's `"<location>: <bin>"`.
+fn stage_location(location: &str, bin: Option<&str>) -> String {
+    match bin.map(str::trim).filter(|b| !b.is_empty()) {
+        Some(bin) if !location.trim().is_empty() => format!("{}: {bin}", location.trim()),
+        _ => location.to_owned(),
+    }
+}
+
 fn show(m: &BTreeMap<String, Decimal>) -> String {
     m.iter()
         .map(|(k, v)| format!("{} × {k}", v.normalize()))
@@ -1029,6 +1038,20 @@ fn show(m: &BTreeMap<String, Decimal>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bin_is_named_the_way_dear_addresses_it() {
+        assert_eq!(
+            stage_location("Main Warehouse", Some("A-01")),
+            "Main Warehouse: A-01"
+        );
+        assert_eq!(stage_location("Main Warehouse", None), "Main Warehouse");
+        assert_eq!(
+            stage_location("Main Warehouse", Some(" ")),
+            "Main Warehouse"
+        );
+        assert_eq!(stage_location("", Some("A-01")), "");
+    }
 
     #[test]
     fn a_dead_workers_last_request_ends_before_its_shipment_claim_is_taken_over() {
