@@ -16,15 +16,21 @@ use common::StoreKind;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    let seeds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs this too, without `--bench`: then a smoke run of one seed on
+    // memory (the short campaign on every store is tests/fault_campaign.rs).
+    let smoke = !all.iter().any(|a| a == "--bench");
+    let args: Vec<String> = all.into_iter().filter(|a| !a.starts_with("--")).collect();
+    let seeds: u64 = match args.first().and_then(|a| a.parse().ok()) {
+        Some(n) => n,
+        None if smoke => 1,
+        None => 20,
+    };
     let stores: Vec<StoreKind> = match args.get(1).map(String::as_str) {
         Some("memory") => vec![StoreKind::Memory],
         Some("sqlite") => vec![StoreKind::Sqlite],
         Some("dynamo") => vec![StoreKind::Dynamo],
+        None if smoke => vec![StoreKind::Memory],
         _ => vec![StoreKind::Memory, StoreKind::Sqlite, StoreKind::Dynamo],
     };
     let started = std::time::Instant::now();
