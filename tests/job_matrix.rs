@@ -213,19 +213,7 @@ fn ordered_sale(server: &SimServer) -> (Uuid, Vec<(String, i64)>) {
                         && dear_sim::rules::sale_status(s, Default::default()) == "ORDERED"
                         && s.lines.iter().all(|l| l.quantity.fract().is_zero())
                 })
-                .map(|s| {
-                    let lines = s
-                        .lines
-                        .iter()
-                        .map(|l| {
-                            (
-                                l.sku.clone(),
-                                l.quantity.trunc().to_string().parse().unwrap(),
-                            )
-                        })
-                        .collect();
-                    (s.id, lines)
-                })
+                .map(|s| (s.id, common::whole_lines(s)))
                 .next()
         })
         .unwrap()

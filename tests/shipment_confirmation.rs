@@ -12,7 +12,8 @@ use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmatio
 use serde_json::json;
 use uuid::Uuid;
 
-const ACCOUNT: &str = dear_sim::DEFAULT_ACCOUNT_ID;
+mod common;
+use common::ACCOUNT;
 
 async fn sim() -> SimServer {
     sim_with(SimConfig::default()).await
@@ -94,19 +95,7 @@ fn find_sale_except(
                             && l.quantity.fract().is_zero()
                     })
                 })
-                .map(|s| {
-                    let lines = s
-                        .lines
-                        .iter()
-                        .map(|l| {
-                            (
-                                l.sku.clone(),
-                                l.quantity.trunc().to_string().parse().unwrap(),
-                            )
-                        })
-                        .collect();
-                    (s.id, s.order_number.clone(), lines)
-                })
+                .map(|s| (s.id, s.order_number.clone(), common::whole_lines(s)))
                 .next()
         })
         .unwrap()
@@ -950,16 +939,7 @@ async fn at_a_location_with_bins_picks_name_the_bin_and_the_stock_leaves_it() {
                         })
                 })
                 .expect("a simple ORDERED sale without batches");
-            let lines: Vec<(String, i64)> = s
-                .lines
-                .iter()
-                .map(|l| {
-                    (
-                        l.sku.clone(),
-                        l.quantity.trunc().to_string().parse().unwrap(),
-                    )
-                })
-                .collect();
+            let lines = common::whole_lines(s);
             let id = s.id;
             for (sku, q) in &lines {
                 let product = d.product_by_sku(sku).unwrap().id;

@@ -426,19 +426,7 @@ fn ordered_sales(server: &SimServer, n: usize) -> Vec<(Uuid, Vec<(String, i64)>)
                         })
                 })
                 .take(n)
-                .map(|s| {
-                    let lines = s
-                        .lines
-                        .iter()
-                        .map(|l| {
-                            (
-                                l.sku.clone(),
-                                l.quantity.trunc().to_string().parse().unwrap(),
-                            )
-                        })
-                        .collect();
-                    (s.id, lines)
-                })
+                .map(|s| (s.id, crate::common::whole_lines(s)))
                 .collect()
         })
         .expect("the account")

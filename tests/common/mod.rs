@@ -143,3 +143,19 @@ pub fn writes(server: &SimServer) -> u64 {
         .map(|(_, n)| *n)
         .sum()
 }
+
+/// A simulated sale's order lines as (SKU, whole quantity).
+pub fn whole_lines(sale: &dear_sim::model::SimSale) -> Vec<(String, i64)> {
+    sale.lines
+        .iter()
+        .map(|l| {
+            let whole = l
+                .quantity
+                .trunc()
+                .to_string()
+                .parse()
+                .expect("a quantity within i64");
+            (l.sku.clone(), whole)
+        })
+        .collect()
+}

@@ -549,8 +549,7 @@ impl InventorySync {
 
         // Targets per (product, batch), and the expiry dates the snapshot gives.
         let mut targets: BTreeMap<(String, Option<String>), (Decimal, Uuid)> = BTreeMap::new();
-        let mut expiries: HashMap<(String, Option<String>), NaiveDate> = HashMap::new();
-        let mut unreadable_expiries: HashMap<(String, Option<String>), String> = HashMap::new();
+        let mut expiries: HashMap<(String, Option<String>), SnapshotExpiry> = HashMap::new();
         let mut unknown = Vec::new();
         let skip = |summary: &mut SyncSummary,
                     sku: &str,
@@ -620,15 +619,10 @@ impl InventorySync {
                 let take = (*sold).min(q);
                 q -= take;
             }
-            if let Some(date) = line.expiry_date {
+            if let Some(given) = SnapshotExpiry::of(line) {
                 expiries
                     .entry((psku.clone(), batch.clone()))
-                    .or_insert(date);
-            }
-            if let Some(text) = &line.expiry_unreadable {
-                unreadable_expiries
-                    .entry((psku.clone(), batch.clone()))
-                    .or_insert_with(|| text.clone());
+                    .or_insert(given);
             }
             let e = targets
                 .entry((psku, batch))
@@ -746,41 +740,17 @@ impl InventorySync {
                 continue;
             };
             // FEFO: DEAR's reference requires the batch's expiry date on the line.
-            let expiry_date = match product.filter(|p| p.expiry_dated) {
-                // DEAR's date for a batch it holds (another date could make it another cell);
-                // the snapshot's for a batch DEAR does not have yet.
-                Some(_) => match level
-                    .expiry
-                    .or_else(|| expiries.get(&(sku.clone(), batch.clone())).copied())
-                {
-                    Some(date) => Some(date),
-                    None if unreadable_expiries.contains_key(&(sku.clone(), batch.clone())) => {
-                        let text = &unreadable_expiries[&(sku.clone(), batch.clone())];
-                        skip(
-                            summary,
-                            &sku,
-                            batch,
-                            now,
-                            target,
-                            &format!(
-                                "expiry_unreadable: the product is FEFO and its expiry date {text:?} is not YYYY-MM-DD"
-                            ),
-                        );
+            let expiry_date = if product.is_some_and(|p| p.expiry_dated) {
+                let given = expiries.get(&(sku.clone(), batch.clone()));
+                match fefo_expiry(level.expiry, given) {
+                    Ok(date) => Some(date),
+                    Err(reason) => {
+                        skip(summary, &sku, batch, now, target, &reason);
                         continue;
                     }
-                    None => {
-                        skip(
-                            summary,
-                            &sku,
-                            batch,
-                            now,
-                            target,
-                            "expiry_required: the product is FEFO and neither the snapshot line nor DEAR gives the batch's expiry date",
-                        );
-                        continue;
-                    }
-                },
-                None => None,
+                }
+            } else {
+                None
             };
             let unit_cost = Some(unit_cost);
             let change = target - now;
@@ -1039,6 +1009,42 @@ fn canonical_lines(lines: &[crate::snapshot::SnapshotLine]) -> String {
     text
 }
 
+/// What a snapshot line says of its batch's expiry.
+#[derive(Clone, Debug, PartialEq)]
+enum SnapshotExpiry {
+    Date(NaiveDate),
+    /// A CSV cell that is no date, as written.
+    Unreadable(String),
+}
+
+impl SnapshotExpiry {
+    fn of(line: &crate::snapshot::SnapshotLine) -> Option<SnapshotExpiry> {
+        line.expiry_date.map(SnapshotExpiry::Date).or_else(|| {
+            line.expiry_unreadable
+                .clone()
+                .map(SnapshotExpiry::Unreadable)
+        })
+    }
+}
+
+/// A FEFO line's expiry date: DEAR's for a batch it holds (another date could make it another
+/// cell), else the snapshot's; `Err` is the skip reason.
+fn fefo_expiry(
+    dear: Option<NaiveDate>,
+    given: Option<&SnapshotExpiry>,
+) -> Result<NaiveDate, String> {
+    match (dear, given) {
+        (Some(date), _) => Ok(date),
+        (None, Some(SnapshotExpiry::Date(date))) => Ok(*date),
+        (None, Some(SnapshotExpiry::Unreadable(text))) => Err(format!(
+            "expiry_unreadable: the product is FEFO and its expiry date {text:?} is not YYYY-MM-DD"
+        )),
+        (None, None) => Err(
+            "expiry_required: the product is FEFO and neither the snapshot line nor DEAR gives the batch's expiry date".to_owned(),
+        ),
+    }
+}
+
 /// Turns the rows read into each product × batch's level at the location, by the reading of the
 /// `Bin: null` row: the stock outside bins (every row summed), or the total (bins included). The
 /// data settles it when some `Bin: null` row is smaller than its bin rows (it cannot be a total);
@@ -1158,6 +1164,26 @@ fn first_named(names: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fefo_line_takes_dears_date_then_the_snapshots_else_names_why_not() {
+        let day = |d| NaiveDate::from_ymd_opt(2027, 3, d).unwrap();
+        let given = SnapshotExpiry::Date(day(2));
+        let bad = SnapshotExpiry::Unreadable("31/03/2027".into());
+        assert_eq!(fefo_expiry(Some(day(1)), Some(&given)), Ok(day(1)));
+        assert_eq!(fefo_expiry(Some(day(1)), Some(&bad)), Ok(day(1)));
+        assert_eq!(fefo_expiry(None, Some(&given)), Ok(day(2)));
+        assert!(
+            fefo_expiry(None, Some(&bad))
+                .unwrap_err()
+                .starts_with("expiry_unreadable:")
+        );
+        assert!(
+            fefo_expiry(None, None)
+                .unwrap_err()
+                .starts_with("expiry_required:")
+        );
+    }
+
     fn rows(null: i64, bins: i64) -> Vec<(Option<String>, Level)> {
         vec![(
             None,
