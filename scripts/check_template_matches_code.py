@@ -3,6 +3,7 @@ the functions' binaries, the environment the code reads, the table's key schema 
 DynamoDB actions the store uses (granted, and nothing more), the secrets' prefix, and the SQS partial
 batch response. Run by scripts/check-template.sh; exits non-zero naming each mismatch."""
 
+import json
 import pathlib
 import re
 import sys
@@ -114,6 +115,15 @@ def main() -> int:
             ):
                 problems.append(f"{name}.{event_name}: the handler answers batchItemFailures; "
                                 "set FunctionResponseTypes: [ReportBatchItemFailures]")
+    # A key policy granting an AWS service must say on whose behalf (confused deputy).
+    for name, res in resources.items():
+        if res.get("Type") != "AWS::KMS::Key":
+            continue
+        for st in res["Properties"]["KeyPolicy"]["Statement"]:
+            if "Service" in st.get("Principal", {}) and "aws:SourceAccount" not in json.dumps(
+                st.get("Condition", {})
+            ):
+                problems.append(f"{name}.{st.get('Sid')}: a service grant without an aws:SourceAccount condition")
     if seen_bins != bins:
         problems.append(f"functions without a template entry: {sorted(bins - seen_bins)}")
 

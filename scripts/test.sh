@@ -13,4 +13,5 @@ for tool in moto_server cargo-lambda cfn-lint sam checkov; do
   command -v "$tool" >/dev/null || { echo "$tool is not on PATH after pip install" >&2; exit 1; }
 done
 bash scripts/check-template.sh
+python3 scripts/check_dependencies.py
 cargo test --workspace --all-targets

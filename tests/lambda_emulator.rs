@@ -282,17 +282,24 @@ async fn seeded_sim(seed: u64, sales: usize, products: usize) -> SimServer {
 }
 
 async fn tenant_with_secret(sim: &SimServer, settings: &str) -> EmulatorDeps {
+    tenant_with_secret_keys(sim, settings, json!({})).await
+}
+
+/// Tenant `acme` with DEAR credentials, `inbound_secret`, `order_webhook_secret` and `extra` keys
+/// in its secret.
+async fn tenant_with_secret_keys(sim: &SimServer, settings: &str, extra: Value) -> EmulatorDeps {
     let emu = emulator_deps(&sim.base_url()).await;
-    emu.put_secret(
-        "acme",
-        &json!({
-            "account_id": dear_sim::DEFAULT_ACCOUNT_ID,
-            "api_key": dear_sim::DEFAULT_API_KEY,
-            "order_webhook_secret": "order-signing-key",
-            "inbound_secret": INBOUND,
-        }),
-    )
-    .await;
+    let mut secret = json!({
+        "account_id": dear_sim::DEFAULT_ACCOUNT_ID,
+        "api_key": dear_sim::DEFAULT_API_KEY,
+        "order_webhook_secret": "order-signing-key",
+        "inbound_secret": INBOUND,
+    });
+    secret
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    emu.put_secret("acme", &secret).await;
     emu.put_tenant("acme", true, settings).await;
     emu
 }
@@ -642,6 +649,64 @@ async fn shipment_confirmation_runs_under_the_lambda_runtime() {
         done.iter().any(|e| e.contains("RT-SQS-1")) && done.iter().any(|e| e.contains("RT-URL-1")),
         "{done:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_shipment_push_is_applied_once_and_its_replay_is_refused() {
+    use dearsync_core::push_signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER, sign};
+    let sim = seeded_sim(22, 60, 20).await;
+    let emu = tenant_with_secret_keys(
+        &sim,
+        "",
+        json!({ "warehouse_signing_secret": "wms-signing-key" }),
+    )
+    .await;
+    let sales = ordered_sales(&sim, 1);
+    let (sale, lines) = &sales[0];
+    let shipment = json!({
+        "shipment_id": "RT-SIGNED-1", "sale_id": sale, "ship_date": "2026-11-28", "carrier": "UPS",
+        "packages": [{ "box": "CTN-1", "tracking_number": "1ZSIGNED",
+            "lines": lines.iter().map(|(s, q)| json!({ "sku": s, "quantity": q.to_string() })).collect::<Vec<_>>() }]
+    })
+    .to_string();
+    let mut push = sample_event(
+        "function-url-shipment.json",
+        &[
+            ("TENANT", "acme"),
+            ("INBOUND_SECRET", INBOUND),
+            ("SHIPMENT", &shipment),
+        ],
+        &[],
+    );
+    let lambda = Lambda::start("shipment-confirmation", &emu, &sim.base_url());
+
+    // The shared secret alone no longer admits the warehouse once it signs.
+    let out = lambda.invoke(&push).await;
+    assert_eq!(out.body["statusCode"], 401, "{out:?}");
+
+    let headers = push["headers"].as_object_mut().unwrap();
+    headers.remove("x-dearsync-secret");
+    let now = chrono::Utc::now().timestamp();
+    headers.insert(TIMESTAMP_HEADER.into(), json!(now.to_string()));
+    headers.insert(
+        SIGNATURE_HEADER.into(),
+        json!(sign(b"wms-signing-key", now, shipment.as_bytes())),
+    );
+    let out = lambda.invoke(&push).await;
+    assert_eq!(out.body["statusCode"], 202, "{out:?}\n{}", lambda.logs());
+
+    let calls = || sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap().total;
+    let before = calls();
+    let out = lambda.invoke(&push).await;
+    assert_eq!(out.body["statusCode"], 401, "a replay: {out:?}");
+    assert_eq!(calls(), before, "a replay costs DEAR nothing");
+    let fulfilments = dear(&sim)
+        .fulfilments(sale.parse().unwrap())
+        .await
+        .unwrap()
+        .fulfilments;
+    assert_eq!(fulfilments.len(), 1);
+    assert_eq!(fulfilments[0].ship.status.to_string(), "AUTHORISED");
 }
 
 /// What Order Download leaves in the ledger when the warehouse takes an order from Main now.

@@ -17,6 +17,7 @@ pub struct SecretsManagerCredentials {
     client: Client,
     prefix: String,
     ttl: Duration,
+    stale_for: Duration,
     cache: Mutex<HashMap<TenantId, (Instant, Credentials)>>,
 }
 
@@ -24,14 +25,26 @@ impl SecretsManagerCredentials {
     /// How long a secret is cached by default: a rotated key is picked up within this.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 
+    /// How long past its TTL a cached secret still serves while Secrets Manager cannot be reached:
+    /// an outage of Secrets Manager alone does not stop a tenant that was working.
+    pub const DEFAULT_STALE_FOR: Duration = Duration::from_secs(3600);
+
     /// Reads secrets named `prefix` + tenant id (e.g. `dear-sync/` → `dear-sync/acme`).
     pub fn new(client: Client, prefix: impl Into<String>, ttl: Duration) -> Self {
         Self {
             client,
             prefix: prefix.into(),
             ttl,
+            stale_for: Self::DEFAULT_STALE_FOR,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves a cached secret for `stale_for` past its TTL while Secrets Manager is unreachable
+    /// (a deleted or malformed secret is never served from the cache).
+    pub fn with_stale_for(mut self, stale_for: Duration) -> Self {
+        self.stale_for = stale_for;
+        self
     }
 
     /// The secret name for `tenant`.
@@ -84,14 +97,26 @@ impl CredentialSource for SecretsManagerCredentials {
     async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
         // The lock is held across the fetch so that concurrent callers make one request.
         let mut cache = self.cache.lock().await;
-        if let Some((at, creds)) = cache.get(tenant)
+        let cached = cache.get(tenant).cloned();
+        if let Some((at, creds)) = &cached
             && at.elapsed() < self.ttl
         {
             return Ok(creds.clone());
         }
-        let creds = self.fetch(tenant).await?;
-        tracing::debug!(tenant = %tenant, account_id = %creds.account_id, "DEAR credentials read from Secrets Manager");
-        cache.insert(tenant.clone(), (Instant::now(), creds.clone()));
-        Ok(creds)
+        match self.fetch(tenant).await {
+            Ok(creds) => {
+                tracing::debug!(tenant = %tenant, account_id = %creds.account_id, "DEAR credentials read from Secrets Manager");
+                cache.insert(tenant.clone(), (Instant::now(), creds.clone()));
+                Ok(creds)
+            }
+            Err(error) if error.is_unavailable() => match cached {
+                Some((at, creds)) if at.elapsed() < self.ttl + self.stale_for => {
+                    tracing::warn!(tenant = %tenant, %error, age_s = at.elapsed().as_secs(), "Secrets Manager unavailable: using the secret read before");
+                    Ok(creds)
+                }
+                _ => Err(error),
+            },
+            Err(error) => Err(error),
+        }
     }
 }

@@ -174,3 +174,100 @@ async fn an_unreachable_secrets_manager_is_reported_as_unavailable() {
     );
     assert!(err.to_string().contains("dear-sync/acme"), "{err}");
 }
+
+/// A TCP relay to the emulator that can be cut: while cut, every connection (open or new) is
+/// closed, as when Secrets Manager cannot be reached.
+struct Relay {
+    endpoint: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        use std::sync::atomic::Ordering;
+        let upstream = testing::endpoint()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let (upstream, flag) = (upstream.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            while !flag.load(Ordering::SeqCst) {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        } => {}
+                    }
+                });
+            }
+        });
+        Relay { endpoint, cut }
+    }
+
+    fn client(&self) -> aws_sdk_secretsmanager::Client {
+        let config = testing::sdk_config()
+            .into_builder()
+            .endpoint_url(&self.endpoint)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .build();
+        aws_sdk_secretsmanager::Client::new(&config)
+    }
+}
+
+#[tokio::test]
+async fn a_secret_read_before_serves_while_secrets_manager_is_unreachable_for_a_while() {
+    let prefix = prefix();
+    let tenant = TenantId::new("acme").unwrap();
+    put_secret(
+        &format!("{prefix}acme"),
+        r#"{"account_id":"acct-1","api_key":"k3y-one"}"#,
+    )
+    .await;
+    let relay = Relay::start().await;
+    // No TTL: every call goes to Secrets Manager.
+    let source = SecretsManagerCredentials::new(relay.client(), &prefix, Duration::ZERO)
+        .with_stale_for(Duration::from_millis(1500));
+    assert_eq!(
+        source.credentials(&tenant).await.unwrap().api_key.expose(),
+        "k3y-one"
+    );
+
+    relay.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let during = source.credentials(&tenant).await;
+    assert_eq!(
+        during
+            .map(|c| c.api_key.expose().to_owned())
+            .ok()
+            .as_deref(),
+        Some("k3y-one"),
+        "served from before the outage"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let err = source.credentials(&tenant).await.unwrap_err();
+    assert!(err.is_unavailable(), "too old to serve: {err:?}");
+
+    // A tenant never read before gets the outage.
+    let other = TenantId::new("other").unwrap();
+    assert!(
+        source
+            .credentials(&other)
+            .await
+            .unwrap_err()
+            .is_unavailable()
+    );
+}

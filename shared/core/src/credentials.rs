@@ -30,6 +30,10 @@ pub struct Credentials {
     /// The secrets being rotated out, still accepted until removed: `<key>_previous` of each of
     /// the three above (`inbound_secret_previous`, …), in that order.
     pub previous: [Option<ApiKey>; 3],
+    /// The key warehouse pushes are signed with (`warehouse_signing_secret`, and
+    /// `warehouse_signing_secret_previous` during a rotation): when set, a push must carry a fresh
+    /// signature (see [`crate::push_signature`]) and a secret header alone no longer admits it.
+    pub warehouse_signing_secrets: [Option<ApiKey>; 2],
 }
 
 /// Who calls a Function URL, so which of a tenant's secrets admit it.
@@ -136,6 +140,10 @@ impl Credentials {
             optional("dear_webhook_secret_previous")?,
             optional("warehouse_secret_previous")?,
         ];
+        creds.warehouse_signing_secrets = [
+            optional("warehouse_signing_secret")?,
+            optional("warehouse_signing_secret_previous")?,
+        ];
         Ok(creds)
     }
 
@@ -153,6 +161,14 @@ impl Credentials {
             [&self.inbound_secret, shared_previous]
         };
         pair.into_iter().flatten().collect()
+    }
+
+    /// The keys a signed push from `caller` may be signed with; empty: pushes are not signed.
+    pub fn signing_secrets(&self, caller: Caller) -> Vec<&ApiKey> {
+        match caller {
+            Caller::Warehouse => self.warehouse_signing_secrets.iter().flatten().collect(),
+            Caller::DearWebhook => Vec::new(),
+        }
     }
 
     /// The secret to give `caller` (e.g. on DEAR's webhook subscriptions): its own, else the
@@ -187,6 +203,7 @@ impl Credentials {
             dear_webhook_secret: None,
             warehouse_secret: None,
             previous: [None, None, None],
+            warehouse_signing_secrets: [None, None],
         })
     }
 }
@@ -265,11 +282,8 @@ impl CredentialSource for EnvCredentials {
 
 /// Compares a presented secret with the expected one in time independent of where they differ.
 pub fn secrets_match(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    if a.len() != b.len() || b.is_empty() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 #[cfg(test)]

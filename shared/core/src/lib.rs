@@ -14,6 +14,7 @@ pub mod held_claim;
 mod ids;
 pub mod memory;
 pub mod metrics;
+pub mod push_signature;
 pub mod rate;
 pub mod run_lease;
 pub mod settings;
@@ -36,6 +37,5 @@ pub use state::StateStore;
 /// SHA-256 of `bytes`, hex: the input and payload hashes kept in the ledger and idempotency records.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -8,7 +8,8 @@ use dear_client::DearClient;
 use dearsync_core::{
     Clock, CredentialSource, Credentials, StateStore, TenantId, TenantSettings, connect,
     credentials::{Caller, secrets_match},
-    state::TenantEntry,
+    push_signature,
+    state::{Claim, ClaimTerms, IdempotencyKey, TenantEntry},
 };
 use serde_json::{Value, json};
 
@@ -253,9 +254,11 @@ impl Deps {
     /// Checks a Function URL request's tenant and secret; `Err` is the HTTP response to send.
     ///
     /// Every caller who does not prove the secret gets the same 401, whether the tenant exists or
-    /// not (tenant names cannot be probed), and a request without the header is refused before
-    /// the state store or the secret store is read (it costs nothing). Only a caller who knows the
-    /// secret learns that the tenant is disabled or misconfigured.
+    /// not (tenant names cannot be probed), and a request without a secret or signature header is
+    /// refused before the state store or the secret store is read (it costs nothing). Only a caller
+    /// who proves the secret learns that the tenant is disabled or misconfigured. A tenant with a
+    /// `warehouse_signing_secret` admits warehouse pushes only signed (see
+    /// [`dearsync_core::push_signature`]), each signature once.
     pub async fn authorise(
         &self,
         event: &Value,
@@ -269,9 +272,10 @@ impl Deps {
                 format!("no such path {path:?}; use {prefix}<tenant>"),
             ));
         };
-        let Some(given) = header(event, SECRET_HEADER).filter(|g| !g.trim().is_empty()) else {
+        let present = |name| header(event, name).is_some_and(|v| !v.trim().is_empty());
+        if !present(SECRET_HEADER) && !present(push_signature::SIGNATURE_HEADER) {
             return Err(unauthorised());
-        };
+        }
         let refused = |why: &str| {
             tracing::warn!(tenant = %tenant_text, reason = why, "function URL request refused");
             unauthorised()
@@ -294,24 +298,89 @@ impl Deps {
             }
             Err(e) => return Err(refused(&e.to_string())),
         };
-        let accepted = credentials.accepted_secrets(caller);
-        if accepted.is_empty() {
-            return Err(refused(
-                "the tenant's secret has no inbound secret for this caller",
-            ));
-        }
-        // Every accepted secret is compared (a rotation's old and new), each in constant time.
-        let matched = accepted
-            .iter()
-            .fold(false, |any, s| secrets_match(given, s.expose()) | any);
-        if !matched {
-            return Err(refused("wrong secret"));
+        match self.proof(event, &tenant, &credentials, caller).await {
+            Ok(Proof::Proven) => {}
+            Ok(Proof::Refused(why)) => return Err(refused(&why)),
+            Err(e) => return Err(http_error(503, format!("state store unavailable: {e}"))),
         }
         if !entry.enabled {
             return Err(tenant_error(&TenantError::Disabled(tenant)));
         }
         self.context(&entry, credentials)
             .map_err(|e| tenant_error(&e))
+    }
+
+    /// Whether the request proves `caller`'s secret: a fresh signature seen for the first time
+    /// when the tenant signs this caller's requests, else the secret header.
+    async fn proof(
+        &self,
+        event: &Value,
+        tenant: &TenantId,
+        credentials: &Credentials,
+        caller: Caller,
+    ) -> Result<Proof, dearsync_core::StoreError> {
+        let signing = credentials.signing_secrets(caller);
+        if signing.is_empty() {
+            return Ok(secret_header_proof(
+                event,
+                &credentials.accepted_secrets(caller),
+            ));
+        }
+        let Ok(body) = body_bytes(event) else {
+            return Ok(Proof::Refused("the body is not valid base64".into()));
+        };
+        let signature = header(event, push_signature::SIGNATURE_HEADER);
+        if let Err(e) = push_signature::verify(
+            &signing,
+            header(event, push_signature::TIMESTAMP_HEADER),
+            signature,
+            &body,
+            self.clock.now(),
+        ) {
+            return Ok(Proof::Refused(e.to_string()));
+        }
+        // Verified, so the header is there; its first acceptance is remembered for longer than
+        // any timestamp stays fresh, and a second one is a replay.
+        let seen = push_signature::replay_key(signature.unwrap_or_default());
+        let key = IdempotencyKey::new(tenant, "signed-push", seen.clone());
+        let window = push_signature::TOLERANCE * 2 + chrono::Duration::minutes(1);
+        let terms = ClaimTerms {
+            in_progress_for: window,
+            keep_for: window,
+        };
+        match self.store.claim(&key, &seen, terms).await? {
+            Claim::Acquired { .. } => Ok(Proof::Proven),
+            _ => Ok(Proof::Refused(
+                "a replay of a signed push already accepted".into(),
+            )),
+        }
+    }
+}
+
+/// What a request proved.
+enum Proof {
+    /// The caller holds the secret.
+    Proven,
+    /// It does not; why, for the log only.
+    Refused(String),
+}
+
+/// The secret header checked against every accepted secret (a rotation's old and new), each in
+/// constant time.
+fn secret_header_proof(event: &Value, accepted: &[&dear_client::ApiKey]) -> Proof {
+    let Some(given) = header(event, SECRET_HEADER).filter(|g| !g.trim().is_empty()) else {
+        return Proof::Refused(format!("no {SECRET_HEADER} header"));
+    };
+    if accepted.is_empty() {
+        return Proof::Refused("the tenant's secret has no inbound secret for this caller".into());
+    }
+    let matched = accepted
+        .iter()
+        .fold(false, |any, s| secrets_match(given, s.expose()) | any);
+    if matched {
+        Proof::Proven
+    } else {
+        Proof::Refused("wrong secret".into())
     }
 }
 
@@ -377,18 +446,22 @@ pub fn query_flag(event: &Value, name: &str) -> Result<bool, String> {
     }
 }
 
-/// The request body as text (Function URLs base64-encode binary bodies).
-pub fn body_text(event: &Value) -> Result<String, String> {
+/// The request body's bytes (Function URLs base64-encode binary bodies).
+pub fn body_bytes(event: &Value) -> Result<Vec<u8>, String> {
     let body = event["body"].as_str().unwrap_or("");
     if event["isBase64Encoded"].as_bool().unwrap_or(false) {
         use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
+        base64::engine::general_purpose::STANDARD
             .decode(body.trim())
-            .map_err(|e| format!("the body is not valid base64: {e}"))?;
-        String::from_utf8(bytes).map_err(|_| "the body is not UTF-8".to_owned())
+            .map_err(|e| format!("the body is not valid base64: {e}"))
     } else {
-        Ok(body.to_owned())
+        Ok(body.as_bytes().to_vec())
     }
+}
+
+/// The request body as text.
+pub fn body_text(event: &Value) -> Result<String, String> {
+    String::from_utf8(body_bytes(event)?).map_err(|_| "the body is not UTF-8".to_owned())
 }
 
 /// The kind of a JSON value, for error messages.
@@ -600,5 +673,104 @@ mod tests {
             .await,
         );
         assert_eq!(right["statusCode"], 403, "{right}");
+    }
+
+    /// A tenant whose warehouse signs its pushes, rotating from `old-key` to `new-key`.
+    struct SigningSecrets;
+
+    #[async_trait]
+    impl CredentialSource for SigningSecrets {
+        async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
+            Credentials::from_secret_json(
+                r#"{"account_id":"a","api_key":"k","inbound_secret":"s3cret",
+                    "warehouse_signing_secret":"new-key",
+                    "warehouse_signing_secret_previous":"old-key"}"#,
+                tenant,
+                "test",
+            )
+        }
+    }
+
+    fn signed(key: &str, at: i64, body: &str) -> Value {
+        let mut event = request("/x/acme", None);
+        event["body"] = json!(body);
+        event["headers"] = json!({
+            "X-DearSync-Timestamp": at.to_string(),
+            "X-DearSync-Signature": push_signature::sign(key.as_bytes(), at, body.as_bytes()),
+        });
+        event
+    }
+
+    #[tokio::test]
+    async fn a_signing_tenant_takes_each_fresh_signed_push_once_and_nothing_else() {
+        let now = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let clock = Arc::new(dearsync_core::ManualClock::at(now));
+        let store = Arc::new(MemoryStore::new(clock.clone()));
+        store
+            .put_tenant(&TenantEntry {
+                tenant: TenantId::new("acme").unwrap(),
+                enabled: true,
+                settings_toml: String::new(),
+            })
+            .await
+            .unwrap();
+        let deps = Deps {
+            store,
+            credentials: Arc::new(SigningSecrets),
+            base_url: "https://dear.invalid/".into(),
+            clock,
+            outbound: dearsync_outbound::OutboundPolicy::PUBLIC,
+        };
+        let status = |r: Result<TenantContext, Value>| match r {
+            Ok(_) => 200,
+            Err(answer) => answer["statusCode"].as_u64().unwrap(),
+        };
+        let t = now.timestamp();
+        for (what, event, want) in [
+            ("signed now", signed("new-key", t, "{}"), 200),
+            ("the same request again", signed("new-key", t, "{}"), 401),
+            (
+                "signed with the previous key",
+                signed("old-key", t - 10, "{}"),
+                200,
+            ),
+            (
+                "signed with another key",
+                signed("guess", t, "{\"a\":1}"),
+                401,
+            ),
+            (
+                "signed 6 minutes ago",
+                signed("new-key", t - 360, "{}"),
+                401,
+            ),
+            (
+                "the secret header alone",
+                request("/x/acme", Some("s3cret")),
+                401,
+            ),
+        ] {
+            let got = status(deps.authorise(&event, "/x/", Caller::Warehouse).await);
+            assert_eq!(got, want, "{what}");
+        }
+        let mut tampered = signed("new-key", t + 1, "{}");
+        tampered["body"] = json!("{\"a\":1}");
+        assert_eq!(
+            status(deps.authorise(&tampered, "/x/", Caller::Warehouse).await),
+            401,
+            "a changed body"
+        );
+        // DEAR's webhooks are not signed this way: their secret header still admits them.
+        assert_eq!(
+            status(
+                deps.authorise(
+                    &request("/x/acme", Some("s3cret")),
+                    "/x/",
+                    Caller::DearWebhook
+                )
+                .await
+            ),
+            200
+        );
     }
 }
