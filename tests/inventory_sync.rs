@@ -892,7 +892,7 @@ async fn an_unknown_location_is_refused_naming_it_and_nothing_is_posted() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, SyncError::Invalid(_)), "{text}");
+    assert!(matches!(err, SyncError::UnknownLocation { .. }), "{text}");
     assert!(
         text.contains("\"Main Warehose\" is not a DEAR location") && text.contains(MAIN),
         "{text}"

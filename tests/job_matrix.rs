@@ -11,7 +11,7 @@ use dear_client::{AvailabilityQuery, DearClient, SaleListItem, SaleListQuery};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{Clock, OffsetClock, TenantId, TenantSettings};
-use dearsync_inventory_sync::{InventorySync, Snapshot, SyncError};
+use dearsync_inventory_sync::{InventorySync, Snapshot};
 use dearsync_order_download::{
     CanonicalOrder, OrderDownload, OrderSink, Outcome, RunOptions, SinkError,
 };
@@ -257,7 +257,7 @@ async fn shipment_confirmation_matrix(kind: StoreKind) {
         },
     );
     match job.confirm(&shipment).await {
-        Err(e @ ConfirmError::Transient(_)) => assert!(e.is_retryable(), "{kind:?}: {e}"),
+        Err(e @ ConfirmError::Dear(_)) => assert!(e.is_retryable(), "{kind:?}: {e}"),
         other => panic!("{kind:?}: the refused pick is a transient failure: {other:?}"),
     }
     let applied = job.confirm(&shipment).await.expect("the retry applies it");
@@ -391,7 +391,7 @@ async fn inventory_sync_matrix(kind: StoreKind) {
         },
     );
     match job.sync(&snapshot, false).await {
-        Err(SyncError::Transient(_)) => {}
+        Err(e) if e.is_retryable() => {}
         other => panic!("{kind:?}: a refused POST is a transient failure: {other:?}"),
     }
     let applied = job

@@ -727,7 +727,7 @@ pub async fn inventory(kind: StoreKind, seed: u64, snapshots: usize) -> Tally {
                     );
                     break;
                 }
-                Some(Err(e)) if matches!(e, dearsync_inventory_sync::SyncError::Invalid(_)) => {
+                Some(Err(e)) if !e.is_retryable() => {
                     tally.problem("wrong", format!("{}: refused: {e}", snapshot.snapshot_id));
                     break;
                 }

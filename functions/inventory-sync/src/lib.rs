@@ -88,7 +88,7 @@ impl NotSynced {
         match self {
             NotSynced::Bad(_) => false,
             NotSynced::Tenant(e) => e.is_retryable(),
-            NotSynced::Sync { source, .. } => matches!(source, SyncError::Transient(_)),
+            NotSynced::Sync { source, .. } => source.is_retryable(),
             NotSynced::Store(e) => e.is_transient(),
             NotSynced::Pull(_) | NotSynced::Busy { .. } => true,
         }

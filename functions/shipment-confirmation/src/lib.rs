@@ -239,7 +239,7 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(c) => http(202, json!(c)),
         Err(e @ ConfirmError::Invalid(_)) => http_error(400, e.to_string()),
         Err(e @ ConfirmError::Changed { .. }) => http_error(409, e.to_string()),
-        Err(e @ ConfirmError::Rejected(_)) => http_error(422, e.to_string()),
+        Err(e) if e.is_refused_by_dear() => http_error(422, e.to_string()),
         Err(e) => http_error(503, e.to_string()),
     }
 }

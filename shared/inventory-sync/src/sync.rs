@@ -166,25 +166,64 @@ impl SyncSummary {
 /// Why a sync failed (nothing half-applied: a retry plans again).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// The snapshot or the settings do not fit DEAR.
-    #[error("{0}")]
-    Invalid(String),
-    /// DEAR or the store failed; retrying is safe.
-    #[error("{0}; retrying is safe")]
-    Transient(String),
+    /// Neither the settings nor the snapshot name the location.
+    #[error("no location: set inventory_sync.location or the snapshot's location")]
+    NoLocation,
+    /// The location is not one of DEAR's.
+    #[error(
+        "{location:?} is not a DEAR location (DEAR has: {}); check inventory_sync.location or the snapshot's location",
+        known.join(", ")
+    )]
+    UnknownLocation {
+        /// The name given.
+        location: String,
+        /// DEAR's locations.
+        known: Vec<String>,
+    },
+    /// `inventory_sync.price_tier_name` is not one of DEAR's tiers.
+    #[error(
+        "inventory_sync.price_tier_name {name:?} is not a DEAR price tier (DEAR has: {})",
+        known.join(", ")
+    )]
+    UnknownPriceTier {
+        /// The name set.
+        name: String,
+        /// DEAR's tier names.
+        known: Vec<String>,
+    },
+    /// The snapshot id was used before for other lines.
+    #[error("snapshot id {0} was used before for other lines; a new snapshot needs a new id")]
+    SnapshotIdReused(String),
+    /// DEAR failed or refused; [`SyncError::is_retryable`] tells which.
+    #[error("DEAR: {0}")]
+    Dear(#[source] DearError),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[source] StoreError),
+}
+
+impl SyncError {
+    /// True when the same sync may succeed later without anyone changing anything (DEAR or the
+    /// store was unavailable, a write's outcome is unknown, a race was lost): retrying is safe, it
+    /// plans again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Dear(e) => e.is_transient() || e.is_outcome_unknown(),
+            SyncError::Store(e) => e.is_transient() || e.is_conflict(),
+            _ => false,
+        }
+    }
 }
 
 impl From<StoreError> for SyncError {
     fn from(e: StoreError) -> Self {
-        SyncError::Transient(format!("state store: {e}"))
+        SyncError::Store(e)
     }
 }
 
-fn dear(e: DearError) -> SyncError {
-    if e.is_transient() || e.is_outcome_unknown() {
-        SyncError::Transient(format!("DEAR: {e}"))
-    } else {
-        SyncError::Invalid(format!("DEAR refused: {e}"))
+impl From<DearError> for SyncError {
+    fn from(e: DearError) -> Self {
+        SyncError::Dear(e)
     }
 }
 
@@ -281,11 +320,7 @@ impl InventorySync {
             .location
             .clone()
             .or_else(|| snapshot.location.clone())
-            .ok_or_else(|| {
-                SyncError::Invalid(
-                    "no location: set inventory_sync.location or the snapshot's location".into(),
-                )
-            })?;
+            .ok_or(SyncError::NoLocation)?;
         let mut summary = SyncSummary {
             tenant: self.tenant.to_string(),
             snapshot_id: snapshot.snapshot_id.clone(),
@@ -339,10 +374,7 @@ impl InventorySync {
                     return Ok(summary);
                 }
                 Err(StoreError::PayloadMismatch { .. }) => {
-                    return Err(SyncError::Invalid(format!(
-                        "snapshot id {} was used before for other lines; a new snapshot needs a new id",
-                        snapshot.snapshot_id
-                    )));
+                    return Err(SyncError::SnapshotIdReused(snapshot.snapshot_id.clone()));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -424,8 +456,7 @@ impl InventorySync {
             .dear
             .locations(None, dear_client::MAX_LIMIT)
             .try_collect()
-            .await
-            .map_err(dear)?;
+            .await?;
         let names: Vec<String> = pages
             .into_iter()
             .flat_map(|p| p.items)
@@ -437,11 +468,10 @@ impl InventorySync {
         {
             return Ok(());
         }
-        Err(SyncError::Invalid(format!(
-            "{location:?} is not a DEAR location (DEAR has: {}); check inventory_sync.location or \
-             the snapshot's location",
-            names.join(", ")
-        )))
+        Err(SyncError::UnknownLocation {
+            location: location.to_owned(),
+            known: names,
+        })
     }
 
     /// Plans the snapshot and posts the plan; `Some(reason)` when the sanity guard holds it
@@ -458,17 +488,18 @@ impl InventorySync {
         // The price tier first: it decides the one cost kept per product.
         let tier = match &s.price_tier_name {
             Some(name) => {
-                let tiers = self.dear.price_tiers().await.map_err(dear)?;
+                let tiers = self.dear.price_tiers().await?;
                 let code = tiers
                     .iter()
-                    .find(|t| t.name.as_deref().is_some_and(|n| n.trim().eq_ignore_ascii_case(name.trim())))
+                    .find(|t| {
+                        t.name
+                            .as_deref()
+                            .is_some_and(|n| n.trim().eq_ignore_ascii_case(name.trim()))
+                    })
                     .map(|t| t.code)
-                    .ok_or_else(|| {
-                        let known: Vec<String> = tiers.iter().filter_map(|t| t.name.clone()).collect();
-                        SyncError::Invalid(format!(
-                            "inventory_sync.price_tier_name {name:?} is not a DEAR price tier (DEAR has: {})",
-                            known.join(", ")
-                        ))
+                    .ok_or_else(|| SyncError::UnknownPriceTier {
+                        name: name.clone(),
+                        known: tiers.iter().filter_map(|t| t.name.clone()).collect(),
                     })?;
                 Some(code)
             }
@@ -485,7 +516,7 @@ impl InventorySync {
                 self.dear
                     .product_availability(&query, dear_client::MAX_LIMIT)
             );
-            while let Some(page) = pages.try_next().await.map_err(dear)? {
+            while let Some(page) = pages.try_next().await? {
                 for row in page.items {
                     if !row
                         .location
@@ -528,7 +559,7 @@ impl InventorySync {
                 self.dear
                     .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
             );
-            while let Some(page) = pages.try_next().await.map_err(dear)? {
+            while let Some(page) = pages.try_next().await? {
                 for p in page.items {
                     let Some(sku) = p.sku.clone() else { continue };
                     by_sku.insert(sku.trim().to_ascii_lowercase(), Item::of(&p, tier));
@@ -929,14 +960,14 @@ impl InventorySync {
             };
             let repeated_refusal = posts > 1 && matches!(e, DearError::Rejected { .. });
             if !e.is_outcome_unknown() && !repeated_refusal {
-                return Err(dear(e));
+                return Err(e.into());
             }
             tracing::warn!(reference = %reference, error = %e, "stock adjustment not confirmed; looking it up");
             if let Some(task) = self.find_by_reference(reference).await? {
                 return Ok(task);
             }
             if repeated_refusal || e.may_still_be_applying() || posts >= READ_BACK_ROUNDS {
-                return Err(dear(e));
+                return Err(e.into());
             }
             posts += 1;
         }
@@ -947,8 +978,7 @@ impl InventorySync {
             .dear
             .stock_adjustment_list(None, dear_client::MAX_LIMIT)
             .try_collect()
-            .await
-            .map_err(dear)?;
+            .await?;
         Ok(pages
             .into_iter()
             .flat_map(|p| p.items)
@@ -1269,6 +1299,37 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_sync_error_is_retryable_only_when_waiting_can_fix_it() {
+        let unavailable = DearError::Unavailable {
+            method: "GET".into(),
+            path: "ref/productavailability".into(),
+            attempts: 3,
+            reason: "timed out".into(),
+        };
+        let rejected = DearError::Rejected {
+            method: "POST".into(),
+            path: "stockadjustment".into(),
+            status: 400,
+            code: 400,
+            message: "bad line".into(),
+        };
+        assert!(SyncError::Dear(unavailable).is_retryable());
+        assert!(!SyncError::Dear(rejected).is_retryable());
+        assert!(SyncError::Store(StoreError::Unavailable("down".into())).is_retryable());
+        assert!(SyncError::Store(StoreError::conflict("x", "lost a race")).is_retryable());
+        let corrupt = StoreError::Corrupt {
+            key: "k".into(),
+            detail: "d".into(),
+        };
+        assert!(!SyncError::Store(corrupt).is_retryable());
+        assert!(!SyncError::NoLocation.is_retryable());
+        assert!(!SyncError::SnapshotIdReused("S-1".into()).is_retryable());
+        // The cause stays reachable, not flattened into a message.
+        let e = SyncError::Store(StoreError::Unavailable("down".into()));
+        assert!(std::error::Error::source(&e).is_some());
+    }
 
     #[test]
     fn a_dead_workers_last_request_ends_before_its_snapshot_claim_is_taken_over() {

@@ -82,20 +82,53 @@ pub enum ConfirmError {
     /// Another worker is applying this shipment now; retry later.
     #[error("shipment {0} is being applied by another worker; retry later")]
     InProgress(String),
-    /// DEAR or the state store failed; retrying later is safe (it resumes).
-    #[error("{0}; retrying later resumes where it stopped")]
-    Transient(String),
+    /// DEAR could not be reached, throttled, or a write's outcome is unknown: retrying later is
+    /// safe (it reads DEAR back and resumes).
+    #[error("DEAR: {0}; retrying later resumes where it stopped")]
+    Dear(#[source] DearError),
+    /// The state store failed; retrying later resumes where it stopped.
+    #[error("state store: {0}; retrying later resumes where it stopped")]
+    Store(#[source] StoreError),
+    /// What the ledger or an idempotency record holds for the shipment cannot be used (a record
+    /// written mid-upgrade, say); retried, as a later run may find it complete.
+    #[error("shipment {shipment_id}: {what}; retrying later resumes where it stopped")]
+    Ledger {
+        /// Which shipment.
+        shipment_id: String,
+        /// What is wrong with the stored state.
+        what: String,
+    },
     /// DEAR refused a write for a reason a retry will not fix.
     #[error("DEAR refused the shipment: {0}")]
-    Rejected(String),
+    Rejected(#[source] DearError),
+    /// DEAR accepted creating a fulfilment but none new is open.
+    #[error("DEAR refused the shipment: sale {sale_id}: DEAR opened no new fulfilment")]
+    NoFulfilmentOpened {
+        /// The sale.
+        sale_id: Uuid,
+    },
 }
 
 impl ConfirmError {
     /// True when a retry may succeed (SQS should redeliver).
     pub fn is_retryable(&self) -> bool {
+        match self {
+            ConfirmError::InProgress(_) | ConfirmError::Store(_) | ConfirmError::Ledger { .. } => {
+                true
+            }
+            ConfirmError::Dear(_) => true,
+            ConfirmError::Invalid(_)
+            | ConfirmError::Changed { .. }
+            | ConfirmError::Rejected(_)
+            | ConfirmError::NoFulfilmentOpened { .. } => false,
+        }
+    }
+
+    /// True when DEAR refused the shipment (HTTP 422 at the Function URL).
+    pub fn is_refused_by_dear(&self) -> bool {
         matches!(
             self,
-            ConfirmError::InProgress(_) | ConfirmError::Transient(_)
+            ConfirmError::Rejected(_) | ConfirmError::NoFulfilmentOpened { .. }
         )
     }
 }
@@ -108,15 +141,22 @@ impl From<Invalid> for ConfirmError {
 
 impl From<StoreError> for ConfirmError {
     fn from(e: StoreError) -> Self {
-        ConfirmError::Transient(format!("state store: {e}"))
+        ConfirmError::Store(e)
+    }
+}
+
+fn ledger(shipment_id: &str, what: String) -> ConfirmError {
+    ConfirmError::Ledger {
+        shipment_id: shipment_id.to_owned(),
+        what,
     }
 }
 
 fn dear_error(e: DearError) -> ConfirmError {
     if e.is_transient() || e.is_outcome_unknown() {
-        ConfirmError::Transient(format!("DEAR: {e}"))
+        ConfirmError::Dear(e)
     } else {
-        ConfirmError::Rejected(e.to_string())
+        ConfirmError::Rejected(e)
     }
 }
 
@@ -233,9 +273,8 @@ impl ShipmentConfirmation {
         let terms = claim_terms();
         match self.store.claim(&key, &hash, terms).await {
             Ok(Claim::Completed { result }) => {
-                let mut c: Confirmation = serde_json::from_str(&result).map_err(|e| {
-                    ConfirmError::Transient(format!("stored result unreadable: {e}"))
-                })?;
+                let mut c: Confirmation = serde_json::from_str(&result)
+                    .map_err(|e| ledger(&id, format!("stored result unreadable: {e}")))?;
                 c.action = "replayed".into();
                 Ok(c)
             }
@@ -271,9 +310,7 @@ impl ShipmentConfirmation {
         };
         let detail = ShipmentDetail::of(&rec);
         let Some(applied) = detail.confirmation.clone() else {
-            return Err(ConfirmError::Transient(format!(
-                "shipment {id}: the ledger has no result"
-            )));
+            return Err(ledger(&id, "the ledger has no result".into()));
         };
         if detail.contents_hash.as_deref() != Some(shipment.contents_hash().as_str()) {
             return Err(ConfirmError::Changed {
@@ -299,9 +336,8 @@ impl ShipmentConfirmation {
             .await?
         {
             Claim::Completed { result } => {
-                return serde_json::from_str(&result).map_err(|e| {
-                    ConfirmError::Transient(format!("stored result unreadable: {e}"))
-                });
+                return serde_json::from_str(&result)
+                    .map_err(|e| ledger(&id, format!("stored result unreadable: {e}")));
             }
             Claim::InProgress { .. } => return Err(ConfirmError::InProgress(id)),
             Claim::Acquired { token } => token,
@@ -342,7 +378,7 @@ impl ShipmentConfirmation {
         let task: Uuid = applied
             .task_id
             .parse()
-            .map_err(|_| ConfirmError::Transient("bad stored task id".into()))?;
+            .map_err(|_| ledger(&applied.shipment_id, "bad stored task id".into()))?;
         let carrier = self.carrier_for(shipment).await?;
         let date = DearDateTime(shipment.ship_date_time()?);
         let lines: Vec<ShipLine> = shipment
@@ -550,7 +586,7 @@ impl ShipmentConfirmation {
                     .into_iter()
                     .filter(open_for_a_new_shipment)
                     .max_by_key(|f| f.fulfillment_number.unwrap_or(0))
-                    .ok_or_else(|| ConfirmError::Rejected("DEAR opened no new fulfilment".into()))?
+                    .ok_or(ConfirmError::NoFulfilmentOpened { sale_id: sale.id })?
             }
         };
         let task = fulfilment.task_id;
