@@ -12,10 +12,11 @@
 use std::collections::BTreeMap;
 
 use dearsync_core::state::{NewRecord, RecordKey, RecordState, Transition};
-use dearsync_core::{Caller, Job, StoreError, TenantId};
-pub use dearsync_function_support::Deps;
+use dearsync_core::{Caller, Job, StoreError, TenantId, TenantSettings};
+pub use dearsync_function_support::{Deps, HandlerError};
 use dearsync_function_support::{
-    TenantContext, TenantError, body_text, http, http_error, is_http, kind, method, query_flag,
+    TenantContext, TenantError, as_sqs, body_text, http, http_error, is_http, kind, method,
+    query_flag, sqs_batch,
 };
 use dearsync_inventory_sync::{
     InventorySync, Snapshot, SnapshotLine, SyncError, SyncOptions, SyncSummary, parse_instant,
@@ -28,20 +29,6 @@ const IN_PROGRESS: &str = "in_progress";
 
 /// Largest number of lines one chunk may carry (its lines are kept in one ledger record).
 pub const MAX_CHUNK_LINES: usize = 1000;
-
-/// Why an invocation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The event is not one this function understands.
-    #[error("bad event: {0}")]
-    BadEvent(String),
-    /// The snapshot was not synced.
-    #[error(transparent)]
-    NotSynced(#[from] NotSynced),
-    /// A scheduled pull of every tenant had failures (each named).
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// Why one snapshot (or chunk) was not synced; each says whether a retry may help.
 #[derive(Debug, thiserror::Error)]
@@ -119,20 +106,10 @@ impl From<&str> for NotSynced {
     }
 }
 
-/// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
-/// the logs and in the invoke response without parsing the message.
-impl From<HandlerError> for lambda_runtime::Diagnostic {
-    fn from(error: HandlerError) -> Self {
-        let error_type = match &error {
-            HandlerError::BadEvent(_) => "BadEvent",
-            HandlerError::NotSynced(e) if e.is_retryable() => "Retryable",
-            HandlerError::NotSynced(_) => "NotRetryable",
-            HandlerError::Failed(_) => "Failed",
-        };
-        lambda_runtime::Diagnostic {
-            error_type: error_type.into(),
-            error_message: error.to_string(),
-        }
+impl From<NotSynced> for HandlerError {
+    fn from(error: NotSynced) -> Self {
+        let retryable = error.is_retryable();
+        HandlerError::failed(error, retryable)
     }
 }
 
@@ -141,29 +118,12 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     if is_http(&event) {
         return Ok(handle_http(deps, &event).await);
     }
-    if let Some(records) = event.get("Records").and_then(Value::as_array) {
-        let mut failures = Vec::new();
-        for r in records {
-            let id = r
-                .get("messageId")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            let outcome = match r
-                .get("body")
-                .and_then(Value::as_str)
-                .map(serde_json::from_str::<Value>)
-            {
-                Some(Ok(body)) => envelope(deps, &body, false).await.map(|_| ()),
-                Some(Err(e)) => Err(NotSynced::Bad(format!("the message body is not JSON: {e}"))),
-                None => Err(NotSynced::Bad("the record has no body".into())),
-            };
-            if let Err(why) = outcome {
-                tracing::error!(message_id = %id, error = %why, "inventory message failed");
-                failures.push(json!({ "itemIdentifier": id }));
-            }
-        }
-        return Ok(json!({ "batchItemFailures": failures }));
+    if let Some(batch) = as_sqs(&event) {
+        let response = sqs_batch(batch?, "inventory-sync", async |body| {
+            envelope(deps, &body, false).await.map(|_| ())
+        })
+        .await;
+        return Ok(json!(response));
     }
     let detail = event.get("detail");
     if let Some(d) = detail
@@ -473,22 +433,31 @@ async fn pull(deps: &Deps, tenant: &TenantId, options: SyncOptions) -> Result<Va
         .map(|s| summary_json(&s))
 }
 
+/// Pulls every enabled tenant whose settings set `inventory_sync.snapshot_url`, each isolated (one
+/// tenant's failure never stops another); a tenant whose stored settings do not parse is a failure
+/// named, not skipped.
 async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
-    let tenants = deps
-        .store
-        .tenants()
-        .await
-        .map_err(|e| HandlerError::Failed(format!("cannot list tenants: {e}")))?;
+    let tenants = deps.store.tenants().await.map_err(|e| {
+        let retryable = e.is_transient();
+        HandlerError::failed(e, retryable)
+    })?;
     let mut results = Vec::new();
     let mut failures = BTreeMap::new();
-    for t in tenants
-        .into_iter()
-        .filter(|t| t.enabled && t.settings_toml.contains("snapshot_url"))
-    {
-        match pull(deps, &t.tenant, SyncOptions::default()).await {
+    let mut retryable = true;
+    for t in tenants.into_iter().filter(|t| t.enabled) {
+        let outcome = match TenantSettings::from_toml(&t.settings_toml) {
+            Ok(settings) if settings.inventory_sync.snapshot_url.is_none() => continue,
+            Ok(_) => pull(deps, &t.tenant, SyncOptions::default()).await,
+            Err(source) => Err(NotSynced::Tenant(TenantError::Settings {
+                tenant: t.tenant.clone(),
+                source,
+            })),
+        };
+        match outcome {
             Ok(s) => results.push(s),
             Err(e) => {
                 tracing::error!(tenant = %t.tenant, error = %e, "inventory pull failed");
+                retryable &= e.is_retryable();
                 failures.insert(t.tenant.to_string(), e.to_string());
             }
         }
@@ -496,10 +465,10 @@ async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
     if failures.is_empty() {
         Ok(json!({ "tenants": results }))
     } else {
-        Err(HandlerError::Failed(format!(
-            "{} tenants failed: {failures:?}",
-            failures.len()
-        )))
+        Err(HandlerError::failed(
+            format!("{} tenants failed: {failures:?}", failures.len()),
+            retryable,
+        ))
     }
 }
 

@@ -379,3 +379,17 @@ async fn a_snapshot_that_zeroes_the_location_is_held_until_forced() {
     .unwrap();
     assert_eq!(out["outcome"], "already_applied", "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_pulls_only_tenants_whose_settings_set_a_snapshot_url() {
+    // The words "snapshot_url" in a comment (or any other text) are not a snapshot URL.
+    let (_sim, deps) =
+        world("# snapshot_url = \"https://wms.example/stock.json\" once we have it\n").await;
+    let out = handle(
+        &deps,
+        json!({ "detail-type": "Scheduled Event", "detail": {} }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("no tenant has a snapshot URL, so nothing fails: {e}"));
+    assert_eq!(out, json!({ "tenants": [] }));
+}

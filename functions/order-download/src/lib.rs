@@ -14,41 +14,52 @@ use std::time::Duration;
 use dearsync_core::settings::SettingInstant;
 use dearsync_core::{Caller, TenantId};
 use dearsync_function_support::TenantContext;
-pub use dearsync_function_support::{Deps, SECRET_HEADER, TenantError};
+pub use dearsync_function_support::{Deps, HandlerError, SECRET_HEADER, TenantError};
 use dearsync_function_support::{http, http_error, is_http, kind, method};
 use dearsync_order_download::{
     OrderDownload, OrderSink, Outcome, RunOptions, RunSummary, WebhookSink,
 };
 use serde_json::{Value, json};
 
-/// Why an invocation failed (reported to Lambda as the error type and message).
+/// Why a tenant's run failed or could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The event is not one this function understands.
-    #[error("bad event: {0}")]
-    BadEvent(String),
+pub enum NotRun {
     /// The tenant cannot be worked for (disabled, unknown, settings, credentials).
     #[error(transparent)]
     Tenant(#[from] TenantError),
-    /// A tenant's run failed or could not start (its sink, DEAR, state).
+    /// The tenant's order sink cannot be set up (no webhook URL, no signing secret, a URL the
+    /// outbound policy refuses): an operator must fix it.
+    #[error("tenant {tenant}: {why}")]
+    Sink {
+        /// Whose.
+        tenant: TenantId,
+        /// What is missing or refused.
+        why: String,
+    },
+    /// The tenants could not be listed.
+    #[error("cannot list tenants: {0}")]
+    Store(#[source] dearsync_core::StoreError),
+    /// Runs ended with failures (deliveries kept for retry, or aborted runs), each named.
     #[error("{0}")]
-    RunFailed(String),
+    Failures(String),
 }
 
-/// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
-/// the logs and in the invoke response without parsing the message.
-impl From<HandlerError> for lambda_runtime::Diagnostic {
-    fn from(error: HandlerError) -> Self {
-        let error_type = match &error {
-            HandlerError::BadEvent(_) => "BadEvent",
-            HandlerError::Tenant(TenantError::Disabled(_)) => "TenantDisabled",
-            HandlerError::Tenant(_) => "Tenant",
-            HandlerError::RunFailed(_) => "RunFailed",
-        };
-        lambda_runtime::Diagnostic {
-            error_type: error_type.into(),
-            error_message: error.to_string(),
+impl NotRun {
+    /// True when the same event may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            NotRun::Tenant(e) => e.is_retryable(),
+            NotRun::Sink { .. } => false,
+            NotRun::Store(e) => e.is_transient(),
+            NotRun::Failures(_) => true,
         }
+    }
+}
+
+impl From<NotRun> for HandlerError {
+    fn from(error: NotRun) -> Self {
+        let retryable = error.is_retryable();
+        HandlerError::failed(error, retryable)
     }
 }
 
@@ -74,7 +85,7 @@ pub async fn handle(
             let summary = run_tenant(deps, &t, &opts).await?;
             report(&summary, deps);
             if summary.has_failures() {
-                return Err(HandlerError::RunFailed(failure_text(&summary)));
+                return Err(NotRun::Failures(failure_text(&summary)).into());
             }
             Ok(json!({ "tenants": [summary] }))
         }
@@ -134,13 +145,10 @@ fn backfill_since(event: &Value) -> Result<Option<chrono::DateTime<chrono::Utc>>
 }
 
 async fn run_all(deps: &Deps, opts: &RunOptions) -> Result<Value, HandlerError> {
-    let tenants = deps
-        .store
-        .tenants()
-        .await
-        .map_err(|e| HandlerError::RunFailed(format!("cannot list tenants: {e}")))?;
+    let tenants = deps.store.tenants().await.map_err(NotRun::Store)?;
     let mut results = Vec::new();
     let mut failures = Vec::new();
+    let mut retryable = true;
     for entry in tenants.into_iter().filter(|t| t.enabled) {
         // Each tenant on its own: an error is recorded and the next tenant runs.
         match run_tenant(deps, &entry.tenant, opts).await {
@@ -153,6 +161,7 @@ async fn run_all(deps: &Deps, opts: &RunOptions) -> Result<Value, HandlerError> 
             }
             Err(e) => {
                 tracing::error!(tenant = %entry.tenant, error = %e, "tenant run could not start");
+                retryable &= e.is_retryable();
                 failures.push(e.to_string());
                 results.push(json!({ "tenant": entry.tenant, "outcome": "aborted", "detail": e.to_string() }));
             }
@@ -161,12 +170,13 @@ async fn run_all(deps: &Deps, opts: &RunOptions) -> Result<Value, HandlerError> 
     if failures.is_empty() {
         Ok(json!({ "tenants": results }))
     } else {
-        Err(HandlerError::RunFailed(format!(
+        let text = format!(
             "{} of {} tenants failed: {}",
             failures.len(),
             results.len(),
             failures.join("; ")
-        )))
+        );
+        Err(HandlerError::failed(NotRun::Failures(text), retryable))
     }
 }
 
@@ -187,14 +197,17 @@ fn report(summary: &RunSummary, deps: &Deps) {
 }
 
 /// Builds the tenant's job from its stored settings and secret.
-async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, HandlerError> {
+async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, NotRun> {
     job_from(deps, deps.tenant(tenant).await?)
 }
 
 /// Builds the job from a loaded tenant: its webhook sink and DEAR client.
-fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload, HandlerError> {
+fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload, NotRun> {
     let tenant = &ctx.tenant;
-    let fail = |m: &str| HandlerError::RunFailed(format!("tenant {tenant}: {m}"));
+    let fail = |m: &str| NotRun::Sink {
+        tenant: tenant.clone(),
+        why: m.to_owned(),
+    };
     let od = &ctx.settings.order_download;
     let url = od
         .webhook_url
@@ -231,7 +244,7 @@ async fn run_tenant(
     deps: &Deps,
     tenant: &TenantId,
     opts: &RunOptions,
-) -> Result<RunSummary, HandlerError> {
+) -> Result<RunSummary, NotRun> {
     let job = job_for(deps, tenant).await?;
     Ok(job.run(opts).await)
 }

@@ -10,7 +10,7 @@ use dear_sim::{SimConfig, SimServer};
 use dearsync_core::TenantId;
 use dearsync_core::state::TenantEntry;
 use hmac::{Hmac, KeyInit, Mac};
-use order_download::{Deps, HandlerError, TenantError, handle};
+use order_download::{Deps, HandlerError, NotRun, TenantError, handle};
 use serde_json::{Value, json};
 
 const HMAC_KEY: &str = "order-signing-key";
@@ -181,7 +181,7 @@ async fn a_fan_out_run_isolates_a_broken_tenant_and_skips_disabled_ones() {
     .await
     .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, HandlerError::RunFailed(_)));
+    assert!(matches!(err, HandlerError::Failed { .. }), "{err:?}");
     assert!(
         text.contains("1 of 2 tenants failed")
             && text.contains("broken")
@@ -358,7 +358,10 @@ async fn a_disabled_tenant_is_refused_by_its_schedule_and_its_webhook() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, HandlerError::Tenant(TenantError::Disabled(_))),
+        matches!(
+            err.source_as::<NotRun>(),
+            Some(NotRun::Tenant(TenantError::Disabled(_)))
+        ),
         "{err}"
     );
     assert!(
@@ -367,7 +370,7 @@ async fn a_disabled_tenant_is_refused_by_its_schedule_and_its_webhook() {
     );
     assert_eq!(
         lambda_runtime::Diagnostic::from(err).error_type,
-        "TenantDisabled"
+        "NotRetryable"
     );
     let body =
         json!({ "SaleID": uuid::Uuid::new_v4().to_string(), "EventType": "Sale/PickAuthorised" })

@@ -12,51 +12,30 @@ use std::collections::HashMap;
 
 use dearsync_core::{Caller, Job, TenantId};
 use dearsync_function_support::TenantContext;
-pub use dearsync_function_support::{Deps, TenantError};
-use dearsync_function_support::{body_text, http, http_error, is_http, kind, method};
+pub use dearsync_function_support::{Deps, HandlerError, TenantError};
+use dearsync_function_support::{
+    SqsEvent, as_sqs, body_text, http, http_error, is_http, kind, method, sqs_batch,
+};
 use dearsync_shipment_confirmation::{ConfirmError, Confirmation, Shipment, ShipmentConfirmation};
 use serde_json::{Value, json};
-
-/// Why an invocation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// The event is not one this function understands.
-    #[error("bad event: {0}")]
-    BadEvent(String),
-    /// The shipment was not applied.
-    #[error("{0}")]
-    NotApplied(String),
-}
-
-/// Lambda reports the variant as the invocation's `errorType`, so failures can be told apart in
-/// the logs and in the invoke response without parsing the message.
-impl From<HandlerError> for lambda_runtime::Diagnostic {
-    fn from(error: HandlerError) -> Self {
-        let error_type = match &error {
-            HandlerError::BadEvent(_) => "BadEvent",
-            HandlerError::NotApplied(_) => "NotApplied",
-        };
-        lambda_runtime::Diagnostic {
-            error_type: error_type.into(),
-            error_message: error.to_string(),
-        }
-    }
-}
 
 /// Handles one event.
 pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     if is_http(&event) {
         return Ok(handle_http(deps, &event).await);
     }
-    if let Some(records) = event.get("Records").and_then(Value::as_array) {
-        return Ok(handle_sqs(deps, records).await);
+    if let Some(batch) = as_sqs(&event) {
+        return Ok(json!(handle_sqs(deps, batch?).await));
     }
     if let Some(detail) = event.get("detail") {
         let mut tally = Tally::default();
         let outcome = confirm_envelope(deps, detail, &mut HashMap::new(), &mut tally).await;
         tally.count(outcome.is_ok());
         tally.print(deps);
-        return outcome.map(|c| json!(c)).map_err(HandlerError::NotApplied);
+        return outcome.map(|c| json!(c)).map_err(|e| {
+            let retryable = e.is_retryable();
+            HandlerError::failed(e, retryable)
+        });
     }
     Err(HandlerError::BadEvent(format!(
         "expected an SQS batch (Records), an EventBridge event (detail) or a Function URL request, got {}",
@@ -68,7 +47,7 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     )))
 }
 
-/// Reads `{"tenant": ..., "shipment": {...}}`.
+/// Reads `{"tenant": ..., "shipment": {...}}`; `Err` says what is wrong with it.
 fn envelope(value: &Value) -> Result<(TenantId, Shipment), String> {
     let tenant = match value.get("tenant") {
         Some(Value::String(t)) => TenantId::new(t.clone()).map_err(|e| format!("tenant: {e}"))?,
@@ -127,13 +106,38 @@ impl Tally {
     }
 }
 
-/// Why a shipment was not confirmed: its tenant cannot be worked for, or the confirmation failed.
+/// Why a shipment was not confirmed: its envelope is malformed, its tenant cannot be worked for,
+/// or the confirmation failed.
 #[derive(Debug, thiserror::Error)]
-enum NotConfirmed {
+pub enum NotConfirmed {
+    /// The envelope (or the shipment in it) is malformed: fix and resend.
+    #[error("{0}")]
+    Bad(String),
+    /// The tenant cannot be worked for.
     #[error(transparent)]
     Tenant(#[from] TenantError),
-    #[error(transparent)]
-    Confirm(#[from] ConfirmError),
+    /// The confirmation failed.
+    #[error("tenant {tenant}, shipment {shipment_id}: {source}")]
+    Confirm {
+        /// Whose.
+        tenant: TenantId,
+        /// Which.
+        shipment_id: String,
+        /// Why.
+        #[source]
+        source: ConfirmError,
+    },
+}
+
+impl NotConfirmed {
+    /// True when the same message may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            NotConfirmed::Bad(_) => false,
+            NotConfirmed::Tenant(e) => e.is_retryable(),
+            NotConfirmed::Confirm { source, .. } => source.is_retryable(),
+        }
+    }
 }
 
 async fn confirm(
@@ -162,55 +166,38 @@ async fn confirm_envelope(
     value: &Value,
     tenants: &mut HashMap<TenantId, TenantContext>,
     tally: &mut Tally,
-) -> Result<Confirmation, String> {
-    let (tenant, shipment) = envelope(value)?;
-    let outcome = async {
-        if !tenants.contains_key(&tenant) {
-            let ctx = deps.tenant(&tenant).await?;
-            tenants.insert(tenant.clone(), ctx);
-        }
-        let ctx = &tenants[&tenant];
-        Ok::<_, NotConfirmed>(confirm(deps, ctx, &shipment, tally).await?)
+) -> Result<Confirmation, NotConfirmed> {
+    let (tenant, shipment) = envelope(value).map_err(NotConfirmed::Bad)?;
+    if !tenants.contains_key(&tenant) {
+        let ctx = deps.tenant(&tenant).await?;
+        tenants.insert(tenant.clone(), ctx);
     }
-    .await;
-    outcome
-        .inspect(|c| tracing::info!(tenant = %tenant, result = %json!(c), "shipment confirmed"))
-        .map_err(|e| format!("tenant {tenant}, shipment {}: {e}", shipment.shipment_id))
+    let ctx = &tenants[&tenant];
+    let confirmation = confirm(deps, ctx, &shipment, tally)
+        .await
+        .map_err(|source| NotConfirmed::Confirm {
+            tenant: tenant.clone(),
+            shipment_id: shipment.shipment_id.clone(),
+            source,
+        })?;
+    tracing::info!(tenant = %tenant, result = %json!(confirmation), "shipment confirmed");
+    Ok(confirmation)
 }
 
-async fn handle_sqs(deps: &Deps, records: &[Value]) -> Value {
-    let mut failures = Vec::new();
+/// Confirms each message's shipment; tenants loaded once per batch.
+async fn handle_sqs(deps: &Deps, batch: SqsEvent) -> dearsync_function_support::SqsBatchResponse {
     let mut tally = Tally::default();
     let mut tenants = HashMap::new();
-    for record in records {
-        let id = record
-            .get("messageId")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let outcome = match record
-            .get("body")
-            .and_then(Value::as_str)
-            .map(serde_json::from_str::<Value>)
-        {
-            Some(Ok(body)) => confirm_envelope(deps, &body, &mut tenants, &mut tally)
-                .await
-                .map(|_| ()),
-            Some(Err(e)) => Err(format!("the message body is not JSON: {e}")),
-            None => Err("the record has no body".into()),
-        };
-        tally.count(outcome.is_ok());
-        match outcome {
-            Ok(()) => {}
-            Err(why) => {
-                // Returned to SQS for another try; after maxReceiveCount it lands in the DLQ.
-                tracing::error!(message_id = %id, error = %why, "shipment message failed");
-                failures.push(json!({ "itemIdentifier": id }));
-            }
-        }
-    }
+    let response = sqs_batch(batch, "shipment-confirmation", async |body| {
+        confirm_envelope(deps, &body, &mut tenants, &mut tally)
+            .await
+            .map(|_| tally.confirmed += 1)
+    })
+    .await;
+    // Every message returned failed, the unreadable ones included.
+    tally.failed += response.batch_item_failures.len() as u64;
     tally.print(deps);
-    json!({ "batchItemFailures": failures })
+    response
 }
 
 async fn handle_http(deps: &Deps, event: &Value) -> Value {

@@ -148,7 +148,13 @@ async fn an_eventbridge_event_and_a_function_url_push_are_confirmed() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, HandlerError::NotApplied(ref m) if m.contains("shipment is missing")),
+        matches!(
+            err,
+            HandlerError::Failed {
+                retryable: false,
+                ..
+            }
+        ) && err.to_string().contains("shipment is missing"),
         "{err}"
     );
     assert!(matches!(
@@ -206,7 +212,13 @@ async fn a_disabled_tenant_gets_nothing_written_by_any_entry() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, HandlerError::NotApplied(ref m) if m.contains("tenant acme is disabled")),
+        matches!(
+            err,
+            HandlerError::Failed {
+                retryable: false,
+                ..
+            }
+        ) && err.to_string().contains("tenant acme is disabled"),
         "{err}"
     );
     let push = |secret: &str| {

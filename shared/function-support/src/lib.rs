@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+pub mod handler;
+pub use handler::{HandlerError, SqsBatchResponse, SqsEvent, as_sqs, sqs_batch};
+
 use dear_client::DearClient;
 use dearsync_core::{
     Clock, CredentialSource, Credentials, StateStore, TenantId, TenantSettings, connect,
