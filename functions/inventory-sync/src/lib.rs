@@ -211,7 +211,7 @@ fn force_flag(value: &Value) -> Result<bool, NotSynced> {
 }
 
 /// `{"tenant", "snapshot"}` or `{"tenant", "chunk"}`, with an optional `"force": true`; `force`
-/// is the caller's own (a Function URL's `?force=true`).
+/// is the caller's own.
 async fn envelope(deps: &Deps, value: &Value, force: bool) -> Result<Value, NotSynced> {
     let tenant = match value.get("tenant") {
         Some(Value::String(t)) => TenantId::new(t.clone()).map_err(|e| format!("tenant: {e}"))?,
@@ -225,17 +225,25 @@ async fn envelope(deps: &Deps, value: &Value, force: bool) -> Result<Value, NotS
         ..SyncOptions::default()
     };
     let input = if let Some(snapshot) = value.get("snapshot") {
-        SyncInput::Snapshot(
-            Snapshot::from_json_reader(snapshot.to_string().as_bytes())
-                .map_err(|e| format!("invalid snapshot: {e}"))?,
-        )
+        SyncInput::snapshot(snapshot)?
     } else if let Some(chunk) = value.get("chunk") {
         SyncInput::Chunk(chunk)
     } else {
         return Err("expected \"snapshot\" or \"chunk\" next to \"tenant\"".into());
     };
     // The input is checked before the tenant is loaded: a malformed message costs no secret read.
-    let job = job(deps, deps.tenant(&tenant).await?);
+    let ctx = deps.tenant(&tenant).await?;
+    sync_input(deps, ctx, input, options).await
+}
+
+/// Syncs a snapshot, or keeps a chunk (syncing the snapshot once all its parts are in).
+async fn sync_input(
+    deps: &Deps,
+    ctx: TenantContext,
+    input: SyncInput<'_>,
+    options: SyncOptions,
+) -> Result<Value, NotSynced> {
+    let job = job(deps, ctx);
     match input {
         SyncInput::Snapshot(snapshot) => {
             let summary = not_busy(run(deps, &job, &snapshot, options).await?)?;
@@ -249,6 +257,14 @@ async fn envelope(deps: &Deps, value: &Value, force: bool) -> Result<Value, NotS
 enum SyncInput<'a> {
     Snapshot(Snapshot),
     Chunk(&'a Value),
+}
+
+impl SyncInput<'_> {
+    fn snapshot(value: &Value) -> Result<Self, NotSynced> {
+        Snapshot::from_json_reader(value.to_string().as_bytes())
+            .map(SyncInput::Snapshot)
+            .map_err(|e| NotSynced::Bad(format!("invalid snapshot: {e}")))
+    }
 }
 
 fn summary_json(s: &SyncSummary) -> Value {
@@ -494,12 +510,21 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(force) => force,
         Err(e) => return http_error(400, e),
     };
-    let wrapped = if body.get("part").is_some() {
-        json!({ "tenant": ctx.tenant, "chunk": body })
+    // The tenant is the one the request proved; it is not loaded again.
+    let input = if body.get("part").is_some() {
+        Ok(SyncInput::Chunk(&body))
     } else {
-        json!({ "tenant": ctx.tenant, "snapshot": body })
+        SyncInput::snapshot(&body)
     };
-    match envelope(deps, &wrapped, force).await {
+    let options = SyncOptions {
+        force,
+        ..SyncOptions::default()
+    };
+    let outcome = match input {
+        Ok(input) => sync_input(deps, ctx, input, options).await,
+        Err(e) => Err(e),
+    };
+    match outcome {
         // Held for a person: not applied, and resending it unchanged will not apply it either.
         Ok(summary) if summary["outcome"] == HELD => http(409, summary),
         Ok(summary) => http(202, summary),

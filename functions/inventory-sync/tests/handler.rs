@@ -393,3 +393,59 @@ async fn the_schedule_pulls_only_tenants_whose_settings_set_a_snapshot_url() {
     .unwrap_or_else(|e| panic!("no tenant has a snapshot URL, so nothing fails: {e}"));
     assert_eq!(out, json!({ "tenants": [] }));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_sandbox_keeps_one_dear_client_per_tenant_until_dear_refuses_its_key() {
+    let sim = dear_sim::start_seeded(
+        SimConfig {
+            rate_limit: 0,
+            ..Default::default()
+        },
+        &SeedSpec {
+            seed: 9,
+            sales: 5,
+            products: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
+    let secret = |key: &str| json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": key, "inbound_secret": "s3" });
+    emu.put_secret("acme", &secret("an-old-key")).await;
+    emu.put_tenant(
+        "acme",
+        true,
+        &format!("[inventory_sync]\nlocation = \"{MAIN}\"\n"),
+    )
+    .await;
+    let deps = &emu.deps;
+    let tenant = dearsync_core::TenantId::new("acme").unwrap();
+    let first = deps.tenant(&tenant).await.unwrap();
+    let second = deps.tenant(&tenant).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first.dear, &second.dear),
+        "one client (one connection pool, one TLS session) across invocations"
+    );
+
+    // The key is rotated in Secrets Manager; the kept client still has the old one, and DEAR
+    // refuses it.
+    emu.update_secret("acme", &secret(dear_sim::DEFAULT_API_KEY))
+        .await;
+    let refused = first.dear.locations(None, 10).try_collect::<Vec<_>>().await;
+    assert!(
+        matches!(refused, Err(dear_client::DearError::Credentials { .. })),
+        "{refused:?}"
+    );
+    // The next invocation reads the secret again at once (not after the cache's TTL) and
+    // builds a client with the new key.
+    let third = deps.tenant(&tenant).await.unwrap();
+    assert!(!Arc::ptr_eq(&first.dear, &third.dear));
+    let pages: Vec<_> = third
+        .dear
+        .locations(None, 10)
+        .try_collect()
+        .await
+        .expect("the rotated key works");
+    assert!(!pages.is_empty());
+}

@@ -52,11 +52,6 @@ impl SecretsManagerCredentials {
         format!("{}{}", self.prefix, tenant)
     }
 
-    /// Forgets a cached secret (after DEAR rejected the key, say).
-    pub async fn forget(&self, tenant: &TenantId) {
-        self.cache.lock().await.remove(tenant);
-    }
-
     async fn fetch(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
         let name = self.secret_name(tenant);
         let out = self
@@ -118,5 +113,10 @@ impl CredentialSource for SecretsManagerCredentials {
             },
             Err(error) => Err(error),
         }
+    }
+
+    /// Forgets a cached secret (after DEAR rejected the key, say).
+    async fn forget(&self, tenant: &TenantId) {
+        self.cache.lock().await.remove(tenant);
     }
 }

@@ -213,6 +213,10 @@ impl Credentials {
 pub trait CredentialSource: Send + Sync {
     /// The tenant's DEAR credentials.
     async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError>;
+
+    /// Forgets what is cached for `tenant` (DEAR refused its key): the next read goes to the
+    /// source. Sources that cache nothing need not implement it.
+    async fn forget(&self, _tenant: &TenantId) {}
 }
 
 /// Credentials from `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` (the CLI: one tenant, one account).

@@ -40,6 +40,7 @@ struct Counters {
     calls: AtomicU64,
     throttled: AtomicU64,
     failed_attempts: AtomicU64,
+    refused_credentials: AtomicU64,
 }
 
 /// What this client (and its clones) sent to DEAR so far: for run summaries and metrics.
@@ -51,6 +52,9 @@ pub struct ClientStats {
     pub throttled: u64,
     /// Attempts that failed transiently (5xx, timeouts, dropped connections).
     pub failed_attempts: u64,
+    /// Answers that refused the credentials (403): a client kept across invocations is rebuilt
+    /// from a fresh read of the secret after one.
+    pub refused_credentials: u64,
 }
 
 impl std::fmt::Debug for DearClient {
@@ -160,6 +164,7 @@ impl DearClient {
             calls: self.counters.calls.load(Ordering::Relaxed),
             throttled: self.counters.throttled.load(Ordering::Relaxed),
             failed_attempts: self.counters.failed_attempts.load(Ordering::Relaxed),
+            refused_credentials: self.counters.refused_credentials.load(Ordering::Relaxed),
         }
     }
 
@@ -333,6 +338,11 @@ impl DearClient {
                 }
                 Attempt::Fatal(err) => {
                     tracing::debug!(%method, path, status = "error", latency_ms, attempt = attempt_no, error = %err, "dear call");
+                    if matches!(err, DearError::Credentials { .. }) {
+                        self.counters
+                            .refused_credentials
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     return Err(match access {
                         Access::Write => unknown_unless_refused(err),
                         Access::Read => err,

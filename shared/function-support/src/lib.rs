@@ -2,6 +2,7 @@
 //! built once per cold start, a tenant's context (settings, credentials, DEAR client), and Function
 //! URL request and response helpers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub mod handler;
@@ -9,7 +10,8 @@ pub use handler::{HandlerError, SqsBatchResponse, SqsEvent, as_sqs, sqs_batch};
 
 use dear_client::DearClient;
 use dearsync_core::{
-    Clock, CredentialSource, Credentials, StateStore, TenantId, TenantSettings, connect,
+    Clock, CredentialSource, Credentials, CredentialsError, StateStore, TenantId, TenantSettings,
+    connect,
     credentials::{Caller, secrets_match},
     push_signature,
     state::{Claim, ClaimTerms, IdempotencyKey, TenantEntry},
@@ -32,6 +34,109 @@ pub struct Deps {
     /// Where tenant-configured URLs (order webhook, snapshot URL) may lead: public https only in
     /// production (`DEARSYNC_ALLOW_LOOPBACK_URLS` adds loopback, for tests and development).
     pub outbound: dearsync_outbound::OutboundPolicy,
+    /// DEAR clients kept across invocations of a warm sandbox (their connections and TLS sessions
+    /// with them), one per tenant.
+    clients: std::sync::Mutex<HashMap<TenantId, KeptClient>>,
+}
+
+/// A tenant's DEAR client and what it was built from: rebuilt when any of that changes, or after
+/// DEAR refused its key.
+struct KeptClient {
+    account_id: String,
+    key_hash: String,
+    settings: dearsync_core::settings::DearSettings,
+    base_url: String,
+    client: Arc<DearClient>,
+}
+
+impl KeptClient {
+    fn fits(
+        &self,
+        credentials: &Credentials,
+        settings: &dearsync_core::settings::DearSettings,
+        base_url: &str,
+    ) -> bool {
+        self.account_id == credentials.account_id
+            && self.key_hash == dearsync_core::sha256_hex(credentials.api_key.expose().as_bytes())
+            && &self.settings == settings
+            && self.base_url == base_url
+            && self.client.stats().refused_credentials == 0
+    }
+}
+
+impl Deps {
+    /// Dependencies from their parts.
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        credentials: Arc<dyn CredentialSource>,
+        base_url: impl Into<String>,
+        clock: Arc<dyn Clock>,
+        outbound: dearsync_outbound::OutboundPolicy,
+    ) -> Self {
+        Deps {
+            store,
+            credentials,
+            base_url: base_url.into(),
+            clock,
+            outbound,
+            clients: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant's credentials; if DEAR refused the key its kept client used, the cached secret
+    /// is forgotten first, so a rotated key is read at once rather than after the cache's TTL.
+    async fn credentials_of(&self, tenant: &TenantId) -> Result<Credentials, CredentialsError> {
+        let refused = self
+            .kept_clients()
+            .get(tenant)
+            .is_some_and(|kept| kept.client.stats().refused_credentials > 0);
+        if refused {
+            tracing::info!(tenant = %tenant, "DEAR refused the key: reading the secret again");
+            self.credentials.forget(tenant).await;
+            self.kept_clients().remove(tenant);
+        }
+        self.credentials.credentials(tenant).await
+    }
+
+    fn kept_clients(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, KeptClient>> {
+        // A panic while holding it leaves only a cache behind: use it as it is.
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The tenant's kept DEAR client, or a new one (kept) when there is none that fits.
+    fn client_for(
+        &self,
+        tenant: &TenantId,
+        credentials: &Credentials,
+        settings: &dearsync_core::settings::DearSettings,
+    ) -> Result<Arc<DearClient>, dear_client::DearError> {
+        let mut kept = self.kept_clients();
+        if let Some(k) = kept.get(tenant)
+            && k.fits(credentials, settings, &self.base_url)
+        {
+            return Ok(k.client.clone());
+        }
+        let client = Arc::new(connect::dear_client(
+            credentials,
+            &self.base_url,
+            settings,
+            self.store.clone(),
+            self.clock.clone(),
+        )?);
+        kept.insert(
+            tenant.clone(),
+            KeptClient {
+                account_id: credentials.account_id.clone(),
+                key_hash: dearsync_core::sha256_hex(credentials.api_key.expose().as_bytes()),
+                settings: settings.clone(),
+                base_url: self.base_url.clone(),
+                client: client.clone(),
+            },
+        );
+        Ok(client)
+    }
 }
 
 #[cfg(feature = "aws")]
@@ -39,29 +144,44 @@ impl Deps {
     /// The production dependencies from the Lambda environment: `STATE_TABLE` (the DynamoDB state
     /// table), `SECRET_PREFIX` (default `dear-sync/`), `DEAR_BASE_URL` (default DEAR's), and the
     /// AWS SDK's own variables.
-    pub async fn from_env() -> Result<Self, String> {
+    pub async fn from_env() -> Result<Self, SetupError> {
         use dearsync_aws::{DynamoStore, SecretsManagerCredentials, load_sdk_config};
-        let table = std::env::var("STATE_TABLE")
-            .map_err(|_| "STATE_TABLE (the DynamoDB state table) is not set")?;
+        let table = std::env::var("STATE_TABLE").map_err(|_| SetupError::MissingEnv {
+            name: "STATE_TABLE",
+            what: "the DynamoDB state table",
+        })?;
         let prefix = std::env::var("SECRET_PREFIX").unwrap_or_else(|_| "dear-sync/".to_owned());
         let aws = load_sdk_config().await;
         let clock = Arc::new(dearsync_core::SystemClock);
-        Ok(Deps {
-            store: Arc::new(DynamoStore::new(
+        Ok(Deps::new(
+            Arc::new(DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(&aws),
                 table,
                 clock.clone(),
             )),
-            credentials: Arc::new(SecretsManagerCredentials::new(
+            Arc::new(SecretsManagerCredentials::new(
                 aws_sdk_secretsmanager::Client::new(&aws),
                 prefix,
                 SecretsManagerCredentials::DEFAULT_TTL,
             )),
-            base_url: connect::base_url_from_env(),
+            connect::base_url_from_env(),
             clock,
-            outbound: dearsync_outbound::OutboundPolicy::from_env(),
-        })
+            dearsync_outbound::OutboundPolicy::from_env(),
+        ))
     }
+}
+
+/// Why a function cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A required environment variable is not set (the template sets it).
+    #[error("{name} ({what}) is not set")]
+    MissingEnv {
+        /// The variable.
+        name: &'static str,
+        /// What it names.
+        what: &'static str,
+    },
 }
 
 /// JSON logs for CloudWatch (level from `RUST_LOG`, default info), without timestamps (Lambda adds them).
@@ -211,14 +331,13 @@ impl Deps {
         if !entry.enabled {
             return Err(TenantError::Disabled(tenant.clone()));
         }
-        let credentials = self
-            .credentials
-            .credentials(tenant)
-            .await
-            .map_err(|source| TenantError::Credentials {
-                tenant: tenant.clone(),
-                source,
-            })?;
+        let credentials =
+            self.credentials_of(tenant)
+                .await
+                .map_err(|source| TenantError::Credentials {
+                    tenant: tenant.clone(),
+                    source,
+                })?;
         self.context(&entry, credentials)
     }
 
@@ -235,22 +354,17 @@ impl Deps {
                 source,
             }
         })?;
-        let dear = connect::dear_client(
-            &credentials,
-            &self.base_url,
-            &settings.dear,
-            self.store.clone(),
-            self.clock.clone(),
-        )
-        .map_err(|source| TenantError::Client {
-            tenant: tenant.clone(),
-            source,
-        })?;
+        let dear = self
+            .client_for(tenant, &credentials, &settings.dear)
+            .map_err(|source| TenantError::Client {
+                tenant: tenant.clone(),
+                source,
+            })?;
         Ok(TenantContext {
             tenant: tenant.clone(),
             settings,
             credentials,
-            dear: Arc::new(dear),
+            dear,
         })
     }
 
@@ -291,7 +405,7 @@ impl Deps {
             Ok(None) => return Err(refused("no such tenant")),
             Err(e) => return Err(http_error(503, format!("state store unavailable: {e}"))),
         };
-        let credentials = match self.credentials.credentials(&tenant).await {
+        let credentials = match self.credentials_of(&tenant).await {
             Ok(c) => c,
             Err(source) if source.is_unavailable() => {
                 return Err(tenant_error(&TenantError::Credentials {
@@ -508,24 +622,24 @@ pub mod testing {
         let table = testing::fresh_table().await;
         let prefix = format!("dear-sync-test/{}/", dearsync_core::memory::new_token());
         let clock = Arc::new(SystemClock);
-        let deps = Deps {
-            store: Arc::new(DynamoStore::new(
+        let deps = Deps::new(
+            Arc::new(DynamoStore::new(
                 testing::dynamodb(),
                 table.clone(),
                 clock.clone(),
             )),
-            credentials: Arc::new(SecretsManagerCredentials::new(
+            Arc::new(SecretsManagerCredentials::new(
                 testing::secrets_manager(),
                 &prefix,
                 std::time::Duration::from_secs(60),
             )),
-            base_url: base_url.to_owned(),
+            base_url,
             clock,
             // The tests' sinks and snapshot servers listen on 127.0.0.1.
-            outbound: dearsync_outbound::OutboundPolicy {
+            dearsync_outbound::OutboundPolicy {
                 allow_loopback: true,
             },
-        };
+        );
         EmulatorDeps {
             deps,
             prefix,
@@ -544,6 +658,17 @@ pub mod testing {
                 .send()
                 .await
                 .expect("create the tenant secret");
+        }
+
+        /// Replaces `tenant`'s secret (a rotation).
+        pub async fn update_secret(&self, tenant: &str, secret: &Value) {
+            testing::secrets_manager()
+                .put_secret_value()
+                .secret_id(format!("{}{tenant}", self.prefix))
+                .secret_string(secret.to_string())
+                .send()
+                .await
+                .expect("update the tenant secret");
         }
 
         /// Stores `tenant`'s settings.
@@ -629,13 +754,13 @@ mod tests {
             .await
             .unwrap();
         let secrets = Arc::new(Secrets(AtomicU32::new(0)));
-        let deps = Deps {
+        let deps = Deps::new(
             store,
-            credentials: secrets.clone(),
-            base_url: "https://dear.invalid/".into(),
+            secrets.clone(),
+            "https://dear.invalid/",
             clock,
-            outbound: dearsync_outbound::OutboundPolicy::PUBLIC,
-        };
+            dearsync_outbound::OutboundPolicy::PUBLIC,
+        );
         let answer = |r: Result<TenantContext, Value>| r.err().expect("refused");
         let no_header = answer(
             deps.authorise(&request("/x/acme", None), "/x/", Caller::Warehouse)
@@ -717,13 +842,13 @@ mod tests {
             })
             .await
             .unwrap();
-        let deps = Deps {
+        let deps = Deps::new(
             store,
-            credentials: Arc::new(SigningSecrets),
-            base_url: "https://dear.invalid/".into(),
+            Arc::new(SigningSecrets),
+            "https://dear.invalid/",
             clock,
-            outbound: dearsync_outbound::OutboundPolicy::PUBLIC,
-        };
+            dearsync_outbound::OutboundPolicy::PUBLIC,
+        );
         let status = |r: Result<TenantContext, Value>| match r {
             Ok(_) => 200,
             Err(answer) => answer["statusCode"].as_u64().unwrap(),
