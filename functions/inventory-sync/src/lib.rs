@@ -11,15 +11,15 @@
 
 use std::collections::BTreeMap;
 
-use dearsync_core::state::{NewRecord, RecordKey, RecordState, Transition};
-use dearsync_core::{Caller, Job, StoreError, TenantId, TenantSettings};
+use dearsync_core::{Caller, TenantId, TenantSettings};
 pub use dearsync_function_support::{Deps, HandlerError};
 use dearsync_function_support::{
     TenantContext, TenantError, as_sqs, body_text, http, http_error, is_http, kind, method,
     query_flag, sqs_batch,
 };
 use dearsync_inventory_sync::{
-    InventorySync, Snapshot, SnapshotLine, SyncError, SyncOptions, SyncSummary, parse_instant,
+    Chunk, ChunkError, ChunkLedger, ChunkProgress, InventorySync, Snapshot, SyncError, SyncOptions,
+    SyncSummary,
 };
 use serde_json::{Value, json};
 
@@ -27,8 +27,7 @@ use serde_json::{Value, json};
 const HELD: &str = "held";
 const IN_PROGRESS: &str = "in_progress";
 
-/// Largest number of lines one chunk may carry (its lines are kept in one ledger record).
-pub const MAX_CHUNK_LINES: usize = 1000;
+pub use dearsync_inventory_sync::MAX_CHUNK_LINES;
 
 /// Why one snapshot (or chunk) was not synced; each says whether a retry may help.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +49,9 @@ pub enum NotSynced {
         #[source]
         source: SyncError,
     },
-    /// Keeping or reading chunks failed.
-    #[error("keeping the snapshot's chunks: {0}")]
-    Store(#[from] StoreError),
+    /// A chunk was refused, or keeping or assembling the chunks failed.
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
     /// The tenant's snapshot URL could not be read.
     #[error("{0}")]
     Pull(String),
@@ -76,7 +75,7 @@ impl NotSynced {
             NotSynced::Bad(_) => false,
             NotSynced::Tenant(e) => e.is_retryable(),
             NotSynced::Sync { source, .. } => source.is_retryable(),
-            NotSynced::Store(e) => e.is_transient(),
+            NotSynced::Chunk(e) => e.is_retryable(),
             NotSynced::Pull(_) | NotSynced::Busy { .. } => true,
         }
     }
@@ -88,7 +87,8 @@ impl NotSynced {
             NotSynced::Bad(_) => 400,
             NotSynced::Sync { .. } if !self.is_retryable() => 422,
             // A damaged or refused record in the state store: an operator's problem, not a retry.
-            NotSynced::Store(_) if !self.is_retryable() => 500,
+            NotSynced::Chunk(ChunkError::Store(_)) if !self.is_retryable() => 500,
+            NotSynced::Chunk(_) if !self.is_retryable() => 400,
             _ => 503,
         }
     }
@@ -276,14 +276,6 @@ fn summary_json(s: &SyncSummary) -> Value {
     })
 }
 
-fn chunk_key(tenant: &TenantId, snapshot_id: &str, part: u64) -> RecordKey {
-    RecordKey::new(
-        tenant,
-        Job::InventorySync,
-        format!("chunk:{snapshot_id}:{part}"),
-    )
-}
-
 /// Keeps a chunk; when every part is there, syncs the whole snapshot.
 async fn chunk_arrived(
     deps: &Deps,
@@ -291,119 +283,25 @@ async fn chunk_arrived(
     chunk: &Value,
     options: SyncOptions,
 ) -> Result<Value, NotSynced> {
-    let tenant = &job.tenant;
-    let field = |name: &str| {
-        chunk
-            .get(name)
-            .ok_or_else(|| format!("chunk.{name} is missing"))
+    let chunk = Chunk::from_json(chunk)?;
+    let ledger = ChunkLedger {
+        store: deps.store.as_ref(),
+        tenant: &job.tenant,
     };
-    let snapshot_id = field("snapshot_id")?
-        .as_str()
-        .ok_or("chunk.snapshot_id must be a string")?
-        .to_owned();
-    let as_of = field("as_of")?
-        .as_str()
-        .ok_or("chunk.as_of must be a string")?
-        .to_owned();
-    parse_instant(&as_of).map_err(|e| format!("chunk.as_of: {e}"))?;
-    let location = chunk
-        .get("location")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let part = field("part")?
-        .as_u64()
-        .ok_or("chunk.part must be a whole number")?;
-    let parts = field("parts")?
-        .as_u64()
-        .ok_or("chunk.parts must be a whole number")?;
-    if parts == 0 || part == 0 || part > parts || parts > 10_000 {
-        return Err(format!(
-            "chunk.part {part} of {parts}: parts are numbered 1..=parts (at most 10000)"
-        )
-        .into());
-    }
-    let lines = field("lines")?;
-    // Validate the lines as a snapshot would.
-    let as_snapshot =
-        json!({ "snapshot_id": snapshot_id, "as_of": as_of, "location": location, "lines": lines });
-    let checked = Snapshot::from_json_reader(as_snapshot.to_string().as_bytes())
-        .map_err(|e| format!("invalid chunk {part}/{parts}: {e}"))?;
-    if checked.lines.len() > MAX_CHUNK_LINES {
-        return Err(format!(
-            "chunk {part}/{parts} has {} lines; at most {MAX_CHUNK_LINES} per chunk",
-            checked.lines.len()
-        )
-        .into());
-    }
-    let text =
-        json!({ "as_of": as_of, "location": location, "parts": parts, "lines": lines }).to_string();
-    let mut record = NewRecord::new(
-        chunk_key(tenant, &snapshot_id, part),
-        RecordState::Pending,
-        dearsync_core::sha256_hex(text.as_bytes()),
-    );
-    record.detail = Some(text);
-    match deps.store.insert(record).await {
-        Ok(_) => {}
-        Err(e) if e.is_conflict() => {} // A redelivered chunk.
-        Err(StoreError::Invalid(m)) => {
-            return Err(format!("chunk {part}/{parts} is too large to keep: {m}").into());
+    let (snapshot, parts) = match ledger.keep(&chunk).await? {
+        ChunkProgress::Waiting { received, parts } => {
+            return Ok(json!({
+                "snapshot_id": chunk.snapshot_id, "outcome": "waiting_for_parts",
+                "received": received, "parts": parts,
+            }));
         }
-        Err(e) => return Err(e.into()),
-    }
-    // All parts there?
-    let mut all = Vec::new();
-    for p in 1..=parts {
-        match deps
-            .store
-            .record(&chunk_key(tenant, &snapshot_id, p))
-            .await?
-        {
-            Some(r) => all.push(r),
-            None => {
-                return Ok(
-                    json!({ "snapshot_id": snapshot_id, "outcome": "waiting_for_parts", "received": p - 1, "parts": parts }),
-                );
-            }
-        }
-    }
-    let mut lines: Vec<SnapshotLine> = Vec::new();
-    for r in &all {
-        let unreadable = |detail: String| StoreError::Corrupt {
-            key: r.key.to_string(),
-            detail,
-        };
-        let v: Value = serde_json::from_str(r.detail.as_deref().unwrap_or("{}"))
-            .map_err(|e| unreadable(e.to_string()))?;
-        let part_snapshot =
-            json!({ "snapshot_id": snapshot_id, "as_of": as_of, "lines": v["lines"] });
-        let s = Snapshot::from_json_reader(part_snapshot.to_string().as_bytes())
-            .map_err(|e| unreadable(e.to_string()))?;
-        lines.extend(s.lines);
-    }
-    let snapshot = Snapshot {
-        snapshot_id: snapshot_id.clone(),
-        as_of: parse_instant(&as_of)?,
-        location,
-        lines,
+        ChunkProgress::Complete { snapshot, parts } => (snapshot, parts),
     };
-    snapshot
-        .check()
-        .map_err(|e| format!("the assembled snapshot {snapshot_id}: {e}"))?;
     // Busy: the parts stay pending, so the retry (or any part resent) assembles it again.
     let summary = not_busy(run(deps, job, &snapshot, options).await?)?;
-    if summary.outcome == HELD {
-        // Kept pending: resending any part with `"force": true` applies the whole snapshot.
-        return Ok(summary_json(&summary));
-    }
-    for r in all {
-        if r.state == RecordState::Pending {
-            // Kept as done (a late duplicate of a part is then a no-op); failures here are harmless.
-            let _ = deps
-                .store
-                .transition(&r, Transition::to(RecordState::Done))
-                .await;
-        }
+    if summary.outcome != HELD {
+        // Held: kept pending, so resending any part with `"force": true` applies the whole snapshot.
+        ledger.done(parts).await;
     }
     Ok(summary_json(&summary))
 }
