@@ -764,12 +764,17 @@ async fn orders_delivered_after_the_snapshot_are_subtracted() {
         .keys()
         .map(|sku| (sku.clone(), Decimal::from(1000), None))
         .collect();
+    // The warehouse counts each SKU in two lots (a FIFO product's lots are summed): the orders
+    // come off the SKU once, not once per line.
+    let lots: Vec<_> = sold
+        .keys()
+        .flat_map(|sku| {
+            ["LOT-1", "LOT-2"].map(|lot| (sku.clone(), Decimal::from(500), Some(lot.to_owned())))
+        })
+        .collect();
     let j = job(&server, store.clone(), "").with_subtraction();
     let at = snapshot_time.to_rfc3339();
-    let s = j
-        .sync(&snapshot("INV-S", &at, &lines), false)
-        .await
-        .unwrap();
+    let s = j.sync(&snapshot("INV-S", &at, &lots), false).await.unwrap();
     assert_eq!(s.adjusted as usize, lines.len(), "{:?}", s.skipped);
     let after = on_hand(&server).await;
     for (sku, q) in &sold {

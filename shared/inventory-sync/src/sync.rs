@@ -81,6 +81,25 @@ pub struct PlanLine {
     new_stock: bool,
 }
 
+impl PlanLine {
+    /// A line that will not be posted (its action is set when it is skipped).
+    fn skipped(sku: &str, batch: Option<String>, now: Decimal, target: Decimal) -> PlanLine {
+        PlanLine {
+            sku: sku.to_owned(),
+            batch,
+            dear_now: now,
+            target,
+            change: target - now,
+            action: Action::Adjust,
+            outside_bins: None,
+            expiry_date: None,
+            product_id: None,
+            unit_cost: None,
+            new_stock: false,
+        }
+    }
+}
+
 fn decimal_text<S: serde::Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&v.normalize())
 }
@@ -242,6 +261,7 @@ pub struct InventorySync {
 }
 
 /// A product as the plan needs it.
+#[derive(Clone)]
 struct Item {
     id: Uuid,
     sku: String,
@@ -486,86 +506,14 @@ impl InventorySync {
     ) -> Result<Option<String>, SyncError> {
         let s = &self.settings;
         // The price tier first: it decides the one cost kept per product.
-        let tier = match &s.price_tier_name {
-            Some(name) => {
-                let tiers = self.dear.price_tiers().await?;
-                let code = tiers
-                    .iter()
-                    .find(|t| {
-                        t.name
-                            .as_deref()
-                            .is_some_and(|n| n.trim().eq_ignore_ascii_case(name.trim()))
-                    })
-                    .map(|t| t.code)
-                    .ok_or_else(|| SyncError::UnknownPriceTier {
-                        name: name.clone(),
-                        known: tiers.iter().filter_map(|t| t.name.clone()).collect(),
-                    })?;
-                Some(code)
-            }
-            None => None,
-        };
-        // DEAR's levels at the location, per product and batch (bins summed), a page at a time.
-        let query = AvailabilityQuery {
-            location: Some(location.to_owned()),
-            ..Default::default()
-        };
-        let mut levels: HashMap<Uuid, Vec<(Option<String>, Level)>> = HashMap::new();
-        {
-            let mut pages = std::pin::pin!(
-                self.dear
-                    .product_availability(&query, dear_client::MAX_LIMIT)
-            );
-            while let Some(page) = pages.try_next().await? {
-                for row in page.items {
-                    if !row
-                        .location
-                        .as_deref()
-                        .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()))
-                    {
-                        continue;
-                    }
-                    let batch = row.batch.filter(|b| !b.trim().is_empty());
-                    let rows = levels.entry(row.id).or_default();
-                    let at = match rows.iter().position(|(b, _)| *b == batch) {
-                        Some(i) => i,
-                        None => {
-                            rows.push((batch, Level::default()));
-                            rows.len() - 1
-                        }
-                    };
-                    let l = &mut rows[at].1;
-                    l.expiry = l.expiry.or(row.expiry_date.map(DearDateTime::date));
-                    if row.bin.as_deref().is_some_and(|b| !b.trim().is_empty()) {
-                        l.in_bins += row.on_hand;
-                        l.available_in_bins += row.available;
-                    } else {
-                        l.null_on_hand += row.on_hand;
-                        l.null_available += row.available;
-                    }
-                }
-            }
-        }
-        resolve_bins(&mut levels, s.bin_null_row);
+        let tier = self.price_tier_code().await?;
+        let levels = self.levels_at(location).await?;
         // DEAR lists nothing there: an empty location, or a name DEAR does not know (which it
         // would only refuse when the adjustment is posted). Asked only in this case.
         if levels.is_empty() {
             self.check_location_exists(location).await?;
         }
-        // The catalogue, reduced to what the plan needs, a page at a time.
-        let mut by_sku: HashMap<String, Item> = HashMap::new();
-        {
-            let mut pages = std::pin::pin!(
-                self.dear
-                    .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
-            );
-            while let Some(page) = pages.try_next().await? {
-                for p in page.items {
-                    let Some(sku) = p.sku.clone() else { continue };
-                    by_sku.insert(sku.trim().to_ascii_lowercase(), Item::of(&p, tier));
-                }
-            }
-        }
+        let by_sku = self.catalogue(tier).await?;
         let orders = if s.subtract_orders_since_snapshot {
             dearsync_core::delivered::delivered_since(
                 self.store.as_ref(),
@@ -577,241 +525,20 @@ impl InventorySync {
         } else {
             BTreeMap::new()
         };
-
-        // Targets per (product, batch), and the expiry dates the snapshot gives.
-        let mut targets: BTreeMap<(String, Option<String>), (Decimal, Uuid)> = BTreeMap::new();
-        let mut expiries: HashMap<(String, Option<String>), SnapshotExpiry> = HashMap::new();
-        let mut unknown = Vec::new();
-        let skip = |summary: &mut SyncSummary,
-                    sku: &str,
-                    batch: Option<String>,
-                    now: Decimal,
-                    target: Decimal,
-                    reason: &str| {
-            *summary
-                .skipped
-                .entry(reason.split(':').next().unwrap_or(reason).to_owned())
-                .or_default() += 1;
-            summary.plan.push(PlanLine {
-                sku: sku.to_owned(),
-                batch,
-                dear_now: now,
-                target,
-                change: target - now,
-                action: Action::Skip(reason.to_owned()),
-                outside_bins: None,
-                expiry_date: None,
-                product_id: None,
-                unit_cost: None,
-                new_stock: false,
-            });
-        };
-        for line in &snapshot.lines {
-            let sku = line.sku.trim();
-            let Some(product) = by_sku.get(&sku.to_ascii_lowercase()) else {
-                unknown.push(sku.to_owned());
-                continue;
-            };
-            let psku = product.sku.clone();
-            let batch = if product.batch_tracked {
-                match line.batch.clone().filter(|b| !b.trim().is_empty()) {
-                    Some(b) => Some(b),
-                    None => {
-                        let batches: Vec<&Option<String>> = levels
-                            .get(&product.id)
-                            .map(|rows| {
-                                rows.iter()
-                                    .map(|(b, _)| b)
-                                    .filter(|b| b.is_some())
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        if batches.len() == 1 {
-                            batches[0].clone()
-                        } else {
-                            skip(
-                                summary,
-                                &psku,
-                                None,
-                                Decimal::ZERO,
-                                line.quantity,
-                                "batch_required: the product is batch-tracked and the snapshot line has no batch",
-                            );
-                            continue;
-                        }
-                    }
-                }
-            } else {
-                None // FIFO products are not split by batch: the snapshot's batches are summed.
-            };
-            let mut q = line.quantity;
-            if let Some(sold) = orders.get(&psku) {
-                // Spread the orders over the SKU's lines in snapshot order: take from the first.
-                let take = (*sold).min(q);
-                q -= take;
-            }
-            if let Some(given) = SnapshotExpiry::of(line) {
-                expiries
-                    .entry((psku.clone(), batch.clone()))
-                    .or_insert(given);
-            }
-            let e = targets
-                .entry((psku, batch))
-                .or_insert((Decimal::ZERO, product.id));
-            e.0 += q;
-        }
-        unknown.sort();
-        unknown.dedup();
-        summary.unknown_skus = unknown;
+        let mut wanted = Wanted::of(snapshot, &by_sku, &levels, &orders, summary);
         if s.snapshot == SnapshotScope::Full {
-            let listed: std::collections::HashSet<Uuid> =
-                targets.values().map(|(_, id)| *id).collect();
-            let id_to_item: HashMap<Uuid, &Item> = by_sku.values().map(|p| (p.id, p)).collect();
-            for (id, rows) in &levels {
-                let Some(item) = id_to_item.get(id) else {
-                    continue;
-                };
-                if listed.contains(id) {
-                    continue;
-                }
-                for (batch, level) in rows {
-                    if !level.on_hand.is_zero() {
-                        let product_batch = if item.batch_tracked {
-                            batch.clone()
-                        } else {
-                            None
-                        };
-                        targets.insert((item.sku.clone(), product_batch), (Decimal::ZERO, *id));
-                    }
-                }
-            }
+            wanted.zero_unlisted(&levels, &by_sku);
         }
-
         let held = hold_reason(&GuardInput {
             stocked: &stocked_products(&levels, &by_sku),
-            targets: &targets,
+            targets: &wanted.targets,
             minimum_level: s.minimum_level,
             unknown: &summary.unknown_skus,
             lines: snapshot.lines.len(),
             zeroing_percent: s.hold_if_zeroing_percent,
             location,
         });
-
-        // Compare and classify.
-        let mut adjust = Vec::new();
-        let mut review = Vec::new();
-        for ((sku, batch), (mut target, product_id)) in targets {
-            if target < s.minimum_level {
-                target = Decimal::ZERO;
-            }
-            let product = by_sku.get(&sku.to_ascii_lowercase());
-            let batch_tracked = product.is_some_and(|p| p.batch_tracked);
-            // Batch-tracked: that batch's rows; FIFO: every batch row of the product together.
-            let level = levels
-                .get(&product_id)
-                .map(|rows| rows.iter().filter(|(b, _)| !batch_tracked || *b == batch))
-                .into_iter()
-                .flatten()
-                .fold(Level::default(), |mut acc, (_, l)| {
-                    acc.on_hand += l.on_hand;
-                    acc.available += l.available;
-                    acc.in_bins += l.in_bins;
-                    acc.available_in_bins += l.available_in_bins;
-                    acc.expiry = acc.expiry.or(l.expiry);
-                    acc
-                });
-            let now = match s.quantity_is {
-                QuantityIs::OnHand => level.on_hand,
-                QuantityIs::Available => level.available,
-            };
-            if now == target {
-                summary.unchanged += 1;
-                continue;
-            }
-            // A line naming the bare location sets the stock outside its bins: what the bins hold
-            // stays, so the line carries the rest. Fewer counted than the bins hold is for a
-            // person to settle bin by bin.
-            let in_bins = match s.quantity_is {
-                QuantityIs::OnHand => level.in_bins,
-                QuantityIs::Available => level.available_in_bins,
-            };
-            if target < in_bins {
-                skip(
-                    summary,
-                    &sku,
-                    batch,
-                    now,
-                    target,
-                    &format!(
-                        "binned_stock: DEAR holds {} in bins at {location}, more than the count; adjust the bins in DEAR",
-                        in_bins.normalize()
-                    ),
-                );
-                continue;
-            }
-            let outside_bins = (!in_bins.is_zero()).then(|| target - in_bins);
-            // Every line carries a unit cost: DEAR's reference marks it required on every line (and
-            // it is reported enforced live), while DEAR is documented to need it for new stock only.
-            // Sent always, it is right under both readings.
-            let new_stock = level.on_hand <= Decimal::ZERO;
-            let empty_outside_bins = level.on_hand - level.in_bins <= Decimal::ZERO;
-            let (cost, missing) = if new_stock {
-                (
-                    product.and_then(|p| p.new_stock_cost),
-                    "no_unit_cost: zero stock in DEAR, and neither the price tier nor AverageCost gives a unit cost",
-                )
-            } else {
-                (
-                    product.and_then(|p| p.average_cost.or(p.new_stock_cost)),
-                    "no_unit_cost: neither AverageCost nor the price tier gives a unit cost",
-                )
-            };
-            let Some(unit_cost) = cost else {
-                skip(summary, &sku, batch, now, target, missing);
-                continue;
-            };
-            // FEFO: DEAR's reference requires the batch's expiry date on the line.
-            let expiry_date = if product.is_some_and(|p| p.expiry_dated) {
-                let given = expiries.get(&(sku.clone(), batch.clone()));
-                match fefo_expiry(level.expiry, given) {
-                    Ok(date) => Some(date),
-                    Err(reason) => {
-                        skip(summary, &sku, batch, now, target, &reason);
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
-            let unit_cost = Some(unit_cost);
-            let change = target - now;
-            let drift = s.drift_threshold_units.is_some_and(|u| change.abs() > u)
-                || s.drift_threshold_percent.is_some_and(|pct| {
-                    !now.is_zero() && change.abs() * Decimal::ONE_HUNDRED / now.abs() > pct
-                });
-            let line = PlanLine {
-                sku,
-                batch,
-                dear_now: now,
-                target,
-                change,
-                action: if drift {
-                    Action::Review
-                } else {
-                    Action::Adjust
-                },
-                expiry_date,
-                product_id: Some(product_id),
-                unit_cost,
-                new_stock: empty_outside_bins,
-                outside_bins,
-            };
-            if drift {
-                review.push(line)
-            } else {
-                adjust.push(line)
-            }
-        }
+        let (adjust, review) = self.classify(wanted, &levels, &by_sku, location, summary);
         summary.adjusted = adjust.len() as u64;
         summary.held_for_review = review.len() as u64;
         summary.plan.extend(adjust.iter().cloned());
@@ -821,9 +548,125 @@ impl InventorySync {
         {
             return Ok(Some(reason));
         }
-        if options.dry_run {
-            return Ok(None);
+        if options.dry_run || (adjust.is_empty() && review.is_empty()) {
+            return Ok(None); // nothing to post, nothing to record
         }
+        self.post_plan(snapshot, lines_hash, location, &adjust, &review, summary)
+            .await?;
+        Ok(None)
+    }
+
+    /// The code of `price_tier_name`'s tier, if one is set.
+    async fn price_tier_code(&self) -> Result<Option<u8>, SyncError> {
+        let Some(name) = &self.settings.price_tier_name else {
+            return Ok(None);
+        };
+        let tiers = self.dear.price_tiers().await?;
+        tiers
+            .iter()
+            .find(|t| {
+                t.name
+                    .as_deref()
+                    .is_some_and(|n| n.trim().eq_ignore_ascii_case(name.trim()))
+            })
+            .map(|t| Some(t.code))
+            .ok_or_else(|| SyncError::UnknownPriceTier {
+                name: name.clone(),
+                known: tiers.iter().filter_map(|t| t.name.clone()).collect(),
+            })
+    }
+
+    /// DEAR's levels at the location, per product and batch (bins summed), a page at a time.
+    async fn levels_at(&self, location: &str) -> Result<Levels, SyncError> {
+        let query = AvailabilityQuery {
+            location: Some(location.to_owned()),
+            ..Default::default()
+        };
+        let mut levels = Levels::new();
+        let mut pages = std::pin::pin!(
+            self.dear
+                .product_availability(&query, dear_client::MAX_LIMIT)
+        );
+        while let Some(page) = pages.try_next().await? {
+            for row in page.items.into_iter().filter(|row| {
+                row.location
+                    .as_deref()
+                    .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()))
+            }) {
+                add_row(&mut levels, row);
+            }
+        }
+        resolve_bins(&mut levels, self.settings.bin_null_row);
+        Ok(levels)
+    }
+
+    /// The catalogue, reduced to what the plan needs, a page at a time: lower-cased SKU → item.
+    async fn catalogue(&self, tier: Option<u8>) -> Result<HashMap<String, Item>, SyncError> {
+        let mut by_sku = HashMap::new();
+        let mut pages = std::pin::pin!(
+            self.dear
+                .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
+        );
+        while let Some(page) = pages.try_next().await? {
+            for p in page.items {
+                let Some(sku) = p.sku.clone() else { continue };
+                by_sku.insert(sku.trim().to_ascii_lowercase(), Item::of(&p, tier));
+            }
+        }
+        Ok(by_sku)
+    }
+
+    /// Compares each target with DEAR's level: unchanged lines are counted, lines that cannot be
+    /// posted are skipped with their reason, the rest are adjustments or, past the drift
+    /// thresholds, lines for review.
+    fn classify(
+        &self,
+        wanted: Wanted,
+        levels: &Levels,
+        by_sku: &HashMap<String, Item>,
+        location: &str,
+        summary: &mut SyncSummary,
+    ) -> (Vec<PlanLine>, Vec<PlanLine>) {
+        let mut adjust = Vec::new();
+        let mut review = Vec::new();
+        for ((sku, batch), (target, product_id)) in wanted.targets {
+            let product = by_sku.get(&sku.to_ascii_lowercase());
+            let level = level_of(levels, product_id, product, &batch);
+            let given = wanted.expiries.get(&(sku.clone(), batch.clone()));
+            let decision = decide(
+                &self.settings,
+                Candidate {
+                    sku,
+                    batch,
+                    target,
+                    product_id,
+                },
+                product,
+                &level,
+                given,
+                location,
+            );
+            match decision {
+                Decision::Unchanged => summary.unchanged += 1,
+                Decision::Skip(line, reason) => skip_line(summary, line, &reason),
+                Decision::Post(line) if line.action == Action::Review => review.push(line),
+                Decision::Post(line) => adjust.push(line),
+            }
+        }
+        (adjust, review)
+    }
+
+    /// Posts the adjustments, then the lines for review as a draft, resuming a cut-off run.
+    async fn post_plan(
+        &self,
+        snapshot: &Snapshot,
+        lines_hash: &str,
+        location: &str,
+        adjust: &[PlanLine],
+        review: &[PlanLine],
+        summary: &mut SyncSummary,
+    ) -> Result<(), SyncError> {
+        let s = &self.settings;
         let status = match s.adjustment_status {
             AdjustmentStatusSetting::Completed => AdjustmentStatus::Completed,
             AdjustmentStatusSetting::Draft => AdjustmentStatus::Draft,
@@ -831,17 +674,14 @@ impl InventorySync {
         let base_ref = s
             .adjustment_reference
             .replace("{snapshot_id}", &snapshot.snapshot_id);
-        if adjust.is_empty() && review.is_empty() {
-            return Ok(None); // nothing to post, nothing to record
-        }
         let key = progress_key(&self.tenant, &snapshot.snapshot_id, location);
         let mut progress = ProgressLog::open(self.store.as_ref(), key, lines_hash).await?;
         let at = Target { location, snapshot };
-        self.post(&adjust, status, &base_ref, at, summary, &mut progress)
+        self.post(adjust, status, &base_ref, at, summary, &mut progress)
             .await?;
         let review_ref = format!("{base_ref} review");
         self.post(
-            &review,
+            review,
             AdjustmentStatus::Draft,
             &review_ref,
             at,
@@ -850,7 +690,7 @@ impl InventorySync {
         )
         .await?;
         progress.finish().await?;
-        Ok(None)
+        Ok(())
     }
 
     /// Posts `lines` in parts of at most `max_lines_per_adjustment`, skipping the parts an
@@ -1075,11 +915,301 @@ fn fefo_expiry(
     }
 }
 
+/// DEAR's levels at the location: product id → (batch, level) rows.
+type Levels = HashMap<Uuid, Vec<(Option<String>, Level)>>;
+
+/// A plan's key: (DEAR's SKU, batch — `None` for products not tracked by batch).
+type TargetKey = (String, Option<String>);
+
+/// Adds one availability row to its product × batch level (bins and `Bin: null` rows apart).
+fn add_row(levels: &mut Levels, row: dear_client::models::ProductAvailability) {
+    let batch = row.batch.filter(|b| !b.trim().is_empty());
+    let rows = levels.entry(row.id).or_default();
+    let at = match rows.iter().position(|(b, _)| *b == batch) {
+        Some(i) => i,
+        None => {
+            rows.push((batch, Level::default()));
+            rows.len() - 1
+        }
+    };
+    let l = &mut rows[at].1;
+    l.expiry = l.expiry.or(row.expiry_date.map(DearDateTime::date));
+    if row.bin.as_deref().is_some_and(|b| !b.trim().is_empty()) {
+        l.in_bins += row.on_hand;
+        l.available_in_bins += row.available;
+    } else {
+        l.null_on_hand += row.on_hand;
+        l.null_available += row.available;
+    }
+}
+
+/// What the snapshot asks for: a target per (SKU, batch) with the product id, and the expiry
+/// dates it gives.
+struct Wanted {
+    targets: BTreeMap<TargetKey, (Decimal, Uuid)>,
+    expiries: HashMap<TargetKey, SnapshotExpiry>,
+}
+
+impl Wanted {
+    /// The snapshot's lines as targets: SKUs DEAR does not know are listed in the summary, lines
+    /// of batch-tracked products without a batch (when DEAR has more than one) are skipped, orders
+    /// delivered since the snapshot are taken off, and lines of one (SKU, batch) are summed.
+    fn of(
+        snapshot: &Snapshot,
+        by_sku: &HashMap<String, Item>,
+        levels: &Levels,
+        orders: &BTreeMap<String, Decimal>,
+        summary: &mut SyncSummary,
+    ) -> Wanted {
+        let mut wanted = Wanted {
+            targets: BTreeMap::new(),
+            expiries: HashMap::new(),
+        };
+        let mut unknown = Vec::new();
+        let mut unsubtracted = orders.clone();
+        for line in &snapshot.lines {
+            let sku = line.sku.trim();
+            let Some(product) = by_sku.get(&sku.to_ascii_lowercase()) else {
+                unknown.push(sku.to_owned());
+                continue;
+            };
+            let psku = product.sku.clone();
+            let batch = if product.batch_tracked {
+                match line.batch.clone().filter(|b| !b.trim().is_empty()) {
+                    Some(b) => Some(b),
+                    None => match only_batch(levels, product.id) {
+                        Some(b) => Some(b),
+                        None => {
+                            let line = PlanLine::skipped(&psku, None, Decimal::ZERO, line.quantity);
+                            skip_line(
+                                summary,
+                                line,
+                                "batch_required: the product is batch-tracked and the snapshot line has no batch",
+                            );
+                            continue;
+                        }
+                    },
+                }
+            } else {
+                None // FIFO products are not split by batch: the snapshot's batches are summed.
+            };
+            let mut q = line.quantity;
+            if let Some(left) = unsubtracted.get_mut(&psku) {
+                // Spread the orders over the SKU's lines in snapshot order: take from the first,
+                // each order once.
+                let take = (*left).min(q);
+                q -= take;
+                *left -= take;
+            }
+            if let Some(given) = SnapshotExpiry::of(line) {
+                wanted
+                    .expiries
+                    .entry((psku.clone(), batch.clone()))
+                    .or_insert(given);
+            }
+            let e = wanted
+                .targets
+                .entry((psku, batch))
+                .or_insert((Decimal::ZERO, product.id));
+            e.0 += q;
+        }
+        unknown.sort();
+        unknown.dedup();
+        summary.unknown_skus = unknown;
+        wanted
+    }
+
+    /// A full snapshot: what DEAR stocks at the location and the snapshot does not list goes to 0.
+    fn zero_unlisted(&mut self, levels: &Levels, by_sku: &HashMap<String, Item>) {
+        let listed: std::collections::HashSet<Uuid> =
+            self.targets.values().map(|(_, id)| *id).collect();
+        let id_to_item: HashMap<Uuid, &Item> = by_sku.values().map(|p| (p.id, p)).collect();
+        for (id, rows) in levels {
+            let Some(item) = id_to_item.get(id) else {
+                continue;
+            };
+            if listed.contains(id) {
+                continue;
+            }
+            for (batch, level) in rows {
+                if !level.on_hand.is_zero() {
+                    let product_batch = if item.batch_tracked {
+                        batch.clone()
+                    } else {
+                        None
+                    };
+                    self.targets
+                        .insert((item.sku.clone(), product_batch), (Decimal::ZERO, *id));
+                }
+            }
+        }
+    }
+}
+
+/// The one batch DEAR lists for the product at the location, if it lists exactly one.
+fn only_batch(levels: &Levels, product: Uuid) -> Option<String> {
+    let batches: Vec<&String> = levels
+        .get(&product)
+        .map(|rows| rows.iter().filter_map(|(b, _)| b.as_ref()).collect())
+        .unwrap_or_default();
+    match batches.as_slice() {
+        [one] => Some((*one).clone()),
+        _ => None,
+    }
+}
+
+/// The level a target is compared with: that batch's rows for a batch-tracked product, every
+/// batch row of the product together for a FIFO one.
+fn level_of(
+    levels: &Levels,
+    product_id: Uuid,
+    product: Option<&Item>,
+    batch: &Option<String>,
+) -> Level {
+    let batch_tracked = product.is_some_and(|p| p.batch_tracked);
+    levels
+        .get(&product_id)
+        .map(|rows| rows.iter().filter(|(b, _)| !batch_tracked || b == batch))
+        .into_iter()
+        .flatten()
+        .fold(Level::default(), |mut acc, (_, l)| {
+            acc.on_hand += l.on_hand;
+            acc.available += l.available;
+            acc.in_bins += l.in_bins;
+            acc.available_in_bins += l.available_in_bins;
+            acc.expiry = acc.expiry.or(l.expiry);
+            acc
+        })
+}
+
+/// One target before it is compared with DEAR.
+struct Candidate {
+    sku: String,
+    batch: Option<String>,
+    target: Decimal,
+    product_id: Uuid,
+}
+
+/// What becomes of one target.
+#[derive(Debug)]
+enum Decision {
+    /// DEAR already has it.
+    Unchanged,
+    /// It cannot be posted: the line and why.
+    Skip(PlanLine, String),
+    /// An adjustment (or a line for review).
+    Post(PlanLine),
+}
+
+/// Decides one target against DEAR's level (pure: the rules of `[inventory_sync]`).
+fn decide(
+    s: &InventorySyncSettings,
+    c: Candidate,
+    product: Option<&Item>,
+    level: &Level,
+    given_expiry: Option<&SnapshotExpiry>,
+    location: &str,
+) -> Decision {
+    let target = if c.target < s.minimum_level {
+        Decimal::ZERO
+    } else {
+        c.target
+    };
+    let now = match s.quantity_is {
+        QuantityIs::OnHand => level.on_hand,
+        QuantityIs::Available => level.available,
+    };
+    if now == target {
+        return Decision::Unchanged;
+    }
+    let skip = |reason: String| {
+        Decision::Skip(
+            PlanLine::skipped(&c.sku, c.batch.clone(), now, target),
+            reason,
+        )
+    };
+    // A line naming the bare location sets the stock outside its bins: what the bins hold
+    // stays, so the line carries the rest. Fewer counted than the bins hold is for a
+    // person to settle bin by bin.
+    let in_bins = match s.quantity_is {
+        QuantityIs::OnHand => level.in_bins,
+        QuantityIs::Available => level.available_in_bins,
+    };
+    if target < in_bins {
+        return skip(format!(
+            "binned_stock: DEAR holds {} in bins at {location}, more than the count; adjust the bins in DEAR",
+            in_bins.normalize()
+        ));
+    }
+    let outside_bins = (!in_bins.is_zero()).then(|| target - in_bins);
+    // Every line carries a unit cost: DEAR's reference marks it required on every line (and
+    // it is reported enforced live), while DEAR is documented to need it for new stock only.
+    // Sent always, it is right under both readings.
+    let new_stock = level.on_hand <= Decimal::ZERO;
+    let empty_outside_bins = level.on_hand - level.in_bins <= Decimal::ZERO;
+    let (cost, missing) = if new_stock {
+        (
+            product.and_then(|p| p.new_stock_cost),
+            "no_unit_cost: zero stock in DEAR, and neither the price tier nor AverageCost gives a unit cost",
+        )
+    } else {
+        (
+            product.and_then(|p| p.average_cost.or(p.new_stock_cost)),
+            "no_unit_cost: neither AverageCost nor the price tier gives a unit cost",
+        )
+    };
+    let Some(unit_cost) = cost else {
+        return skip(missing.to_owned());
+    };
+    // FEFO: DEAR's reference requires the batch's expiry date on the line.
+    let expiry_date = if product.is_some_and(|p| p.expiry_dated) {
+        match fefo_expiry(level.expiry, given_expiry) {
+            Ok(date) => Some(date),
+            Err(reason) => return skip(reason),
+        }
+    } else {
+        None
+    };
+    let change = target - now;
+    let drift = s.drift_threshold_units.is_some_and(|u| change.abs() > u)
+        || s.drift_threshold_percent.is_some_and(|pct| {
+            !now.is_zero() && change.abs() * Decimal::ONE_HUNDRED / now.abs() > pct
+        });
+    Decision::Post(PlanLine {
+        sku: c.sku,
+        batch: c.batch,
+        dear_now: now,
+        target,
+        change,
+        action: if drift {
+            Action::Review
+        } else {
+            Action::Adjust
+        },
+        expiry_date,
+        product_id: Some(c.product_id),
+        unit_cost: Some(unit_cost),
+        new_stock: empty_outside_bins,
+        outside_bins,
+    })
+}
+
+/// Records a skipped line: in the plan with its reason, and counted by the reason's code (the
+/// text before its first `:`).
+fn skip_line(summary: &mut SyncSummary, mut line: PlanLine, reason: &str) {
+    *summary
+        .skipped
+        .entry(reason.split(':').next().unwrap_or(reason).to_owned())
+        .or_default() += 1;
+    line.action = Action::Skip(reason.to_owned());
+    summary.plan.push(line);
+}
+
 /// Turns the rows read into each product × batch's level at the location, by the reading of the
 /// `Bin: null` row: the stock outside bins (every row summed), or the total (bins included). The
 /// data settles it when some `Bin: null` row is smaller than its bin rows (it cannot be a total);
 /// otherwise `setting` decides. Either way `in_bins` is what the bin rows list.
-fn resolve_bins(levels: &mut HashMap<Uuid, Vec<(Option<String>, Level)>>, setting: BinNullRow) {
+fn resolve_bins(levels: &mut Levels, setting: BinNullRow) {
     let cannot_be_totals = levels
         .values()
         .flatten()
@@ -1097,10 +1227,7 @@ fn resolve_bins(levels: &mut HashMap<Uuid, Vec<(Option<String>, Level)>>, settin
 }
 
 /// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU.
-fn stocked_products(
-    levels: &HashMap<Uuid, Vec<(Option<String>, Level)>>,
-    by_sku: &HashMap<String, Item>,
-) -> BTreeMap<Uuid, String> {
+fn stocked_products(levels: &Levels, by_sku: &HashMap<String, Item>) -> BTreeMap<Uuid, String> {
     let sku_of: HashMap<Uuid, &str> = by_sku.values().map(|p| (p.id, p.sku.as_str())).collect();
     levels
         .iter()
@@ -1114,7 +1241,7 @@ struct GuardInput<'a> {
     /// DEAR's stocked products at the location: id → SKU.
     stocked: &'a BTreeMap<Uuid, String>,
     /// The planned targets per (SKU, batch), with the product id.
-    targets: &'a BTreeMap<(String, Option<String>), (Decimal, Uuid)>,
+    targets: &'a BTreeMap<TargetKey, (Decimal, Uuid)>,
     /// Targets below it become 0.
     minimum_level: Decimal,
     /// SKUs of the snapshot DEAR does not know.
@@ -1299,6 +1426,129 @@ mod tests {
     }
 
     use super::*;
+
+    fn item(sku: &str, average_cost: Option<Decimal>) -> Item {
+        Item {
+            id: Uuid::from_u128(sku.len() as u128),
+            sku: sku.to_owned(),
+            batch_tracked: false,
+            expiry_dated: false,
+            average_cost,
+            new_stock_cost: average_cost,
+        }
+    }
+
+    fn candidate(target: i64) -> Candidate {
+        Candidate {
+            sku: "A".into(),
+            batch: None,
+            target: Decimal::from(target),
+            product_id: Uuid::from_u128(1),
+        }
+    }
+
+    fn level(on_hand: i64, in_bins: i64) -> Level {
+        Level {
+            on_hand: Decimal::from(on_hand),
+            available: Decimal::from(on_hand),
+            in_bins: Decimal::from(in_bins),
+            available_in_bins: Decimal::from(in_bins),
+            ..Level::default()
+        }
+    }
+
+    #[test]
+    fn each_target_is_unchanged_skipped_or_posted_by_the_rules() {
+        let s = InventorySyncSettings {
+            minimum_level: Decimal::from(2),
+            drift_threshold_units: Some(Decimal::from(50)),
+            ..InventorySyncSettings::default()
+        };
+        let costed = item("A", Some(Decimal::from(3)));
+        let decide_at = |target, on_hand, in_bins, product: &Item| {
+            decide(
+                &s,
+                candidate(target),
+                Some(product),
+                &level(on_hand, in_bins),
+                None,
+                "Main",
+            )
+        };
+        assert!(matches!(decide_at(5, 5, 0, &costed), Decision::Unchanged));
+        // Below the minimum level: 0, so a location already at 0 is unchanged.
+        assert!(matches!(decide_at(1, 0, 0, &costed), Decision::Unchanged));
+        let Decision::Post(line) = decide_at(8, 5, 0, &costed) else {
+            panic!("an adjustment")
+        };
+        assert_eq!(
+            (line.change, line.action, line.unit_cost),
+            (Decimal::from(3), Action::Adjust, Some(Decimal::from(3)))
+        );
+        let Decision::Post(line) = decide_at(80, 5, 0, &costed) else {
+            panic!("a line for review")
+        };
+        assert_eq!(line.action, Action::Review, "past the drift threshold");
+        let Decision::Post(line) = decide_at(9, 6, 4, &costed) else {
+            panic!("an adjustment outside the bins")
+        };
+        assert_eq!(line.outside_bins, Some(Decimal::from(5)));
+        let Decision::Skip(_, why) = decide_at(3, 6, 4, &costed) else {
+            panic!("fewer than the bins hold")
+        };
+        assert!(why.starts_with("binned_stock:"), "{why}");
+        let Decision::Skip(_, why) = decide_at(3, 0, 0, &item("A", None)) else {
+            panic!("no cost")
+        };
+        assert!(why.starts_with("no_unit_cost:"), "{why}");
+        let mut fefo = costed.clone();
+        fefo.expiry_dated = true;
+        let Decision::Skip(_, why) = decide_at(3, 0, 0, &fefo) else {
+            panic!("no expiry")
+        };
+        assert!(why.starts_with("expiry_required"), "{why}");
+    }
+
+    #[test]
+    fn snapshot_lines_become_summed_targets_less_orders_delivered_since() {
+        let mut by_sku = HashMap::new();
+        by_sku.insert("a".to_owned(), item("A", Some(Decimal::ONE)));
+        let mut lot = item("LOT", Some(Decimal::ONE));
+        lot.batch_tracked = true;
+        by_sku.insert("lot".to_owned(), lot);
+        let line = |sku: &str, q: i64| crate::SnapshotLine {
+            sku: sku.into(),
+            quantity: Decimal::from(q),
+            batch: None,
+            expiry_date: None,
+            expiry_unreadable: None,
+        };
+        let snapshot = Snapshot {
+            snapshot_id: "S".into(),
+            as_of: chrono::Utc::now(),
+            location: None,
+            lines: vec![
+                line(" a ", 4),
+                line("A", 3),
+                line("nope", 1),
+                line("LOT", 2),
+            ],
+        };
+        let orders = BTreeMap::from([("A".to_owned(), Decimal::from(2))]);
+        let mut summary = SyncSummary::default();
+        let wanted = Wanted::of(&snapshot, &by_sku, &Levels::new(), &orders, &mut summary);
+        assert_eq!(
+            wanted.targets.get(&("A".to_owned(), None)).map(|t| t.0),
+            Some(Decimal::from(5)),
+            "4 + 3, less the 2 delivered since"
+        );
+        assert_eq!(summary.unknown_skus, ["nope"]);
+        assert_eq!(
+            summary.skipped.get("batch_required"),
+            Some(&1),
+            "no batch, and DEAR lists none"
+        );
+    }
 
     #[test]
     fn a_sync_error_is_retryable_only_when_waiting_can_fix_it() {
