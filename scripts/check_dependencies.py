@@ -19,6 +19,30 @@ ONE_MAJOR = {
 }
 
 
+# What the domain crates may never import (docs/architecture.md): the Lambda runtime, an AWS SDK,
+# the adapters, the handlers' kit, or another job's crate.
+JOBS = ["dearsync-order-download", "dearsync-shipment-confirmation", "dearsync-inventory-sync"]
+NOT_IN_DOMAIN = {"lambda_runtime", "aws_lambda_events", "aws-config", "dearsync-aws",
+                 "dearsync-store-sqlite", "dearsync-function-support", "dearsync-sim", "dear-sim"}
+
+
+def tree(*args: str) -> set:
+    out = subprocess.run(["cargo", "tree", *args, "--prefix", "none", "--format", "{p}"],
+                         check=True, capture_output=True, text=True).stdout
+    return {m.group(1) for m in (re.match(r"^(\S+) v", l) for l in out.splitlines()) if m}
+
+
+def import_rule_problems() -> list:
+    problems = []
+    for job in JOBS:
+        names = tree("-p", job, "-e", "normal")
+        banned = sorted(n for n in names if n in NOT_IN_DOMAIN or n.startswith("aws-sdk-")
+                        or (n in JOBS and n != job))
+        if banned:
+            problems.append(f"{job} must not depend on {banned} (docs/architecture.md)")
+    return problems
+
+
 def major(version: str) -> str:
     parts = version.split(".")
     return parts[0] if parts[0] != "0" else f"0.{parts[1]}"
@@ -42,11 +66,13 @@ def main() -> int:
         if len(majors) > 1:
             problems.append(f"{name}: {len(majors)} major versions {sorted(versions[name])}; "
                             f"align the dependents (cargo tree -i {name})")
+    problems += import_rule_problems()
     for p in problems:
         print(f"dependencies: {p}", file=sys.stderr)
     if not problems:
         print(f"dependencies: {len(versions)} crates ship; one crypto provider, no HTTP/3, "
-              "one major of each security-relevant crate")
+              "one major of each security-relevant crate; the job crates import no runtime, SDK, "
+              "adapter or other job")
     return 1 if problems else 0
 
 

@@ -1,6 +1,7 @@
 //! `dearsync confirm-shipment FILE`: applies one warehouse shipment to DEAR and prints the result
 //! as JSON; exits non-zero when it was not applied.
 
+use crate::exit::CliError;
 use std::path::PathBuf;
 
 use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
@@ -21,7 +22,7 @@ pub struct ConfirmShipmentArgs {
 }
 
 /// Runs it; an error when the shipment was not applied (the JSON on stdout says why).
-pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, String> {
+pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, CliError> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
     } else {
@@ -54,10 +55,7 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, String> {
                 eprintln!("shipment {}: {e}", shipment.shipment_id);
                 return Ok(Ended::Busy);
             }
-            Err(format!(
-                "shipment {} not applied: {e}",
-                shipment.shipment_id
-            ))
+            Err(format!("shipment {} not applied: {e}", shipment.shipment_id).into())
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Inventory Sync from a warehouse count, and prints what happened, reading DEAR back to show it.
 //! State lives in the embedded store, as with every local command.
 
+use crate::exit::CliError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,7 +92,7 @@ impl<'a> CallMeter<'a> {
 }
 
 /// Runs the demo, printing the report on stdout.
-pub async fn run(args: DemoArgs) -> Result<(), String> {
+pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let temp;
     let dir: &Path = match &args.state_dir {
         Some(dir) => {
@@ -104,7 +105,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
                 return Err(format!(
                     "--state-dir {} is not empty; the demo starts from a new DEAR account, so give it a new or empty folder",
                     dir.display()
-                ));
+                ).into());
             }
             dir
         }
@@ -399,14 +400,15 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn read_orders(path: &Path) -> Result<Vec<Value>, String> {
+fn read_orders(path: &Path) -> Result<Vec<Value>, CliError> {
     let body = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     body.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))
+            serde_json::from_str(l)
+                .map_err(|e| CliError::with(format!("{} line {}", path.display(), i + 1), e))
         })
         .collect()
 }
@@ -460,7 +462,7 @@ fn line(sku: &str, qty: rust_decimal::Decimal) -> Value {
 fn plan_shipments(
     orders: &[Value],
     plain: &std::collections::BTreeSet<String>,
-) -> Result<Vec<(&'static str, Value)>, String> {
+) -> Result<Vec<(&'static str, Value)>, CliError> {
     use rust_decimal::Decimal;
     let simple: Vec<&Value> = orders
         .iter()
@@ -585,7 +587,7 @@ fn plan_shipments(
 
 /// The warehouse's count at the main location: DEAR's own levels with a few differences (found
 /// stock, shrinkage, a SKU counted to zero) and one SKU DEAR does not know.
-async fn warehouse_count(dear: &DearClient) -> Result<Snapshot, String> {
+async fn warehouse_count(dear: &DearClient) -> Result<Snapshot, CliError> {
     use rust_decimal::Decimal;
     let query = AvailabilityQuery {
         location: Some(LOCATION.into()),
@@ -627,5 +629,5 @@ async fn warehouse_count(dear: &DearClient) -> Result<Snapshot, String> {
         "lines": lines,
     });
     Snapshot::from_json_reader(snapshot.to_string().as_bytes())
-        .map_err(|e| format!("the demo built an invalid snapshot: {e}"))
+        .map_err(|e| CliError::with("the demo built an invalid snapshot", e))
 }

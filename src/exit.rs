@@ -34,8 +34,55 @@ impl Ended {
     }
 }
 
+/// Why a command failed: the message printed on stderr, and the typed cause it came from, if any.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CliError {
+    /// `context: source`, keeping `source` as the cause.
+    pub fn with(
+        context: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        CliError {
+            message: format!("{context}: {source}"),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl CliError {
+    /// `source` as it prints, kept as the cause.
+    pub fn of(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        CliError {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> Self {
+        CliError {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
 /// The exit status of a command's result; an error is printed on stderr.
-pub fn status(result: Result<Ended, String>) -> std::process::ExitCode {
+pub fn status(result: Result<Ended, CliError>) -> std::process::ExitCode {
     match result {
         Ok(Ended::Ok) => std::process::ExitCode::SUCCESS,
         Ok(Ended::NeedsAttention) => std::process::ExitCode::from(NEEDS_ATTENTION),

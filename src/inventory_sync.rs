@@ -1,6 +1,7 @@
 //! `dearsync inventory-sync FILE [--dry-run]`: sets DEAR's stock at one location to a warehouse
 //! snapshot (JSON, or CSV with `--snapshot-id`, `--as-of`, `--location`).
 
+use crate::exit::CliError;
 use std::path::PathBuf;
 
 use dearsync_inventory_sync::{InventorySync, Snapshot, SyncOptions, parse_instant};
@@ -42,7 +43,7 @@ pub struct InventorySyncArgs {
 
 /// Runs it; needs attention when the snapshot was held or not applied (in progress, stale), or
 /// lines were skipped, unknown or held for review.
-pub async fn run(args: InventorySyncArgs) -> Result<Ended, String> {
+pub async fn run(args: InventorySyncArgs) -> Result<Ended, CliError> {
     let file = std::fs::File::open(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let is_csv = args

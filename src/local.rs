@@ -1,6 +1,7 @@
 //! What every local (CLI) run shares: the state store (the embedded one, or the deployed stack's
 //! DynamoDB table with `--table`) and the tenant's settings from a TOML file.
 
+use crate::exit::CliError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,24 +46,24 @@ pub struct LocalContext {
 
 impl LocalOptions {
     /// Reads and validates the settings file (or the defaults).
-    pub fn settings(&self) -> Result<TenantSettings, String> {
+    pub fn settings(&self) -> Result<TenantSettings, CliError> {
         let Some(path) = &self.config else {
             return Ok(TenantSettings::default());
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read the settings file {}: {e}", path.display()))?;
-        TenantSettings::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+        TenantSettings::from_toml(&text).map_err(|e| CliError::with(path.display(), e))
     }
 
     /// The tenant named by `--tenant`, else `local`.
-    pub fn tenant_id(&self) -> Result<TenantId, String> {
+    pub fn tenant_id(&self) -> Result<TenantId, CliError> {
         TenantId::new(self.tenant.as_deref().unwrap_or(DEFAULT_TENANT))
-            .map_err(|e| format!("--tenant: {e}"))
+            .map_err(|e| CliError::with("--tenant", e))
     }
 
     /// Opens a store that must exist already (commands that only read): the embedded store of
     /// `--state-dir`, or the table of `--table`.
-    pub async fn open_existing(&self) -> Result<LocalContext, String> {
+    pub async fn open_existing(&self) -> Result<LocalContext, CliError> {
         if self.table.is_none() {
             let file = self.state_dir.join(dearsync_store_sqlite::FILE_NAME);
             if !file.is_file() {
@@ -71,14 +72,15 @@ impl LocalOptions {
                      folder with --state-dir (or the stack's table with --table)",
                     self.state_dir.display(),
                     dearsync_store_sqlite::FILE_NAME
-                ));
+                )
+                .into());
             }
         }
         self.open().await
     }
 
     /// Opens everything a local run needs.
-    pub async fn open(&self) -> Result<LocalContext, String> {
+    pub async fn open(&self) -> Result<LocalContext, CliError> {
         let tenant = self.tenant_id()?;
         let clock = Arc::new(SystemClock);
         let store: Arc<dyn StateStore> = match &self.table {
@@ -103,7 +105,7 @@ pub const DEFAULT_TENANT: &str = "local";
 
 /// A tenant stored disabled (`tenants put --disabled`) gets no work done by the CLI either: its
 /// shipments, stock and orders are not written to DEAR or the warehouse.
-async fn refuse_if_disabled(ctx: &LocalContext) -> Result<(), String> {
+async fn refuse_if_disabled(ctx: &LocalContext) -> Result<(), CliError> {
     match ctx
         .store
         .tenant(&ctx.tenant)
@@ -114,7 +116,8 @@ async fn refuse_if_disabled(ctx: &LocalContext) -> Result<(), String> {
             "tenant {} is disabled: nothing is done for it (`dearsync tenants put` without \
              --disabled enables it)",
             ctx.tenant
-        )),
+        )
+        .into()),
         _ => Ok(()),
     }
 }
@@ -136,7 +139,7 @@ pub struct JobContext {
 impl LocalOptions {
     /// The tenant's DEAR credentials: from its secret under `--secret-prefix`, else from the
     /// environment.
-    pub async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, String> {
+    pub async fn credentials(&self, tenant: &TenantId) -> Result<Credentials, CliError> {
         let source: Box<dyn CredentialSource> = match &self.secret_prefix {
             Some(prefix) => {
                 let config = dearsync_aws::load_sdk_config().await;
@@ -148,12 +151,12 @@ impl LocalOptions {
             }
             None => Box::new(EnvCredentials::from_env()),
         };
-        source.credentials(tenant).await.map_err(|e| e.to_string())
+        source.credentials(tenant).await.map_err(CliError::of)
     }
 
     /// Opens the store, reads the settings and credentials, and builds the DEAR client, paced by
     /// the account's budget in the store (or not at all with `no_rate_limit`: simulators only).
-    pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, String> {
+    pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, CliError> {
         let ctx = self.open().await?;
         refuse_if_disabled(&ctx).await?;
         let settings = self.settings()?;

@@ -1,5 +1,6 @@
 //! `dearsync`: the local runner and operator CLI of dear-sync.
 
+use crate::exit::CliError;
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
@@ -196,14 +197,14 @@ async fn main() -> std::process::ExitCode {
     })
 }
 
-fn show_settings(opts: &local::LocalOptions) -> Result<(), String> {
+fn show_settings(opts: &local::LocalOptions) -> Result<(), CliError> {
     let settings = opts.settings()?;
     let text = toml::to_string(&settings).map_err(|e| format!("cannot print the settings: {e}"))?;
     print!("{text}");
     Ok(())
 }
 
-async fn list_records(args: &RecordsArgs) -> Result<(), String> {
+async fn list_records(args: &RecordsArgs) -> Result<(), CliError> {
     let ctx = args.local.open_existing().await?;
     let mut query = LedgerQuery::new(&ctx.tenant, args.job, args.state);
     let mut left = args.limit;
@@ -234,19 +235,20 @@ async fn list_records(args: &RecordsArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_job(text: &str) -> Result<Job, String> {
+fn parse_job(text: &str) -> Result<Job, CliError> {
     Job::parse(text).ok_or_else(|| {
         format!("`{text}` is not a job: order-download, shipment-confirmation or inventory-sync")
+            .into()
     })
 }
 
-fn parse_state(text: &str) -> Result<RecordState, String> {
+fn parse_state(text: &str) -> Result<RecordState, CliError> {
     RecordState::parse(text).ok_or_else(|| {
-        format!("`{text}` is not a state: pending, in_flight, done, failed or skipped")
+        format!("`{text}` is not a state: pending, in_flight, done, failed or skipped").into()
     })
 }
 
-async fn run_sim(args: SimArgs) -> Result<exit::Ended, String> {
+async fn run_sim(args: SimArgs) -> Result<exit::Ended, CliError> {
     let spec = dear_sim::seed::SeedSpec {
         seed: args.seed,
         sales: args.sales,
@@ -282,11 +284,11 @@ async fn run_sim(args: SimArgs) -> Result<exit::Ended, String> {
     Ok(exit::Ended::Ok)
 }
 
-fn parse_throttle_status(text: &str) -> Result<u16, String> {
+fn parse_throttle_status(text: &str) -> Result<u16, CliError> {
     match text.trim() {
         "429" => Ok(429),
         "503" => Ok(503),
-        other => Err(format!("`{other}` is not 429 or 503")),
+        other => Err(format!("`{other}` is not 429 or 503").into()),
     }
 }
 

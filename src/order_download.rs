@@ -1,6 +1,7 @@
 //! `dearsync order-download`: one Order Download run against DEAR, state in the embedded store,
 //! orders as NDJSON to a file or stdout, the summary on stderr.
 
+use crate::exit::CliError;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl Progress for Bar {
 
 /// Runs it: an error when a delivery failed or the run aborted; needs attention when orders were
 /// skipped or another run holds the lease.
-pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
+pub async fn run(args: OrderDownloadArgs) -> Result<Ended, CliError> {
     let ctx = args.local.job(args.no_rate_limit).await?;
     let sink: Arc<dyn OrderSink> = match &args.out {
         Some(path) => match NdjsonSink::file(path) {
@@ -56,7 +57,7 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
                 eprintln!("nothing done: {e}");
                 return Ok(Ended::Busy);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.to_string().into()),
         },
         None => Arc::new(NdjsonSink::stdout()),
     };
@@ -99,7 +100,8 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
                 dearsync_order_download::Outcome::Aborted(why) => format!(", run aborted: {why}"),
                 _ => String::new(),
             }
-        ));
+        )
+        .into());
     }
     if matches!(
         summary.outcome,
@@ -110,7 +112,7 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, String> {
     Ok(Ended::attention_if(summary.skipped_total() > 0))
 }
 
-fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, dearsync_core::InvalidValue> {
     dearsync_core::settings::SettingInstant::parse(text).map(|i| i.0)
 }
 

@@ -2,6 +2,7 @@
 //! state store (the deployed table with `--table`, or the embedded store). Settings are validated
 //! before they are stored, so a bad key fails here rather than at the next scheduled run.
 
+use crate::exit::CliError;
 use dearsync_core::TenantSettings;
 use dearsync_core::state::TenantEntry;
 
@@ -29,7 +30,7 @@ pub struct PutArgs {
 }
 
 /// Runs a `tenants` command.
-pub async fn run(command: TenantsCommand) -> Result<(), String> {
+pub async fn run(command: TenantsCommand) -> Result<(), CliError> {
     match command {
         TenantsCommand::Put(args) => put(args).await,
         TenantsCommand::List(local) => list(local).await,
@@ -37,7 +38,7 @@ pub async fn run(command: TenantsCommand) -> Result<(), String> {
     }
 }
 
-async fn put(args: PutArgs) -> Result<(), String> {
+async fn put(args: PutArgs) -> Result<(), CliError> {
     let path = args
         .local
         .config
@@ -67,7 +68,7 @@ async fn put(args: PutArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn list(local: LocalOptions) -> Result<(), String> {
+async fn list(local: LocalOptions) -> Result<(), CliError> {
     let ctx = local.open_existing().await?;
     let tenants = ctx.store.tenants().await.map_err(|e| e.to_string())?;
     println!(
@@ -106,7 +107,7 @@ async fn list(local: LocalOptions) -> Result<(), String> {
     Ok(())
 }
 
-async fn show(local: LocalOptions) -> Result<(), String> {
+async fn show(local: LocalOptions) -> Result<(), CliError> {
     let ctx = local.open_existing().await?;
     let entry = ctx
         .store

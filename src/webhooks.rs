@@ -5,6 +5,7 @@
 //! DEAR cannot sign its deliveries, so each subscription carries the tenant's inbound secret in an
 //! `x-dearsync-secret` header, which the function checks.
 
+use crate::exit::CliError;
 use dear_client::{DearClient, DearError, Webhook, WebhookHeader};
 use dearsync_core::connect;
 use dearsync_core::credentials::INBOUND_SECRET_HEADER;
@@ -53,7 +54,7 @@ pub struct DeleteArgs {
 }
 
 /// Runs a `webhooks` command.
-pub async fn run(command: WebhooksCommand) -> Result<(), String> {
+pub async fn run(command: WebhooksCommand) -> Result<(), CliError> {
     match command {
         WebhooksCommand::Register(args) => register(args).await,
         WebhooksCommand::List(local) => list(local).await,
@@ -64,7 +65,7 @@ pub async fn run(command: WebhooksCommand) -> Result<(), String> {
 /// DEAR with the tenant's credentials (`--secret-prefix`, else `DEAR_ACCOUNT_ID` / `DEAR_API_KEY`)
 /// at `DEAR_BASE_URL`, and the tenant's inbound secret (from its secret, else
 /// `DEARSYNC_INBOUND_SECRET`).
-async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), String> {
+async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), CliError> {
     let tenant = local.tenant_id()?;
     let credentials = local.credentials(&tenant).await?;
     // A handful of calls: the client's own pacing is enough (a throttled write is read back).
@@ -77,7 +78,7 @@ async fn dear(local: &LocalOptions) -> Result<(DearClient, Option<String>), Stri
 }
 
 /// The DEAR events that announce a sale entering the downloaded status.
-fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, String> {
+fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, CliError> {
     Ok(match filter {
         SaleStatusFilter::Any => vec![
             "Sale/OrderAuthorised",
@@ -101,13 +102,14 @@ fn events_for(filter: &SaleStatusFilter) -> Result<Vec<&'static str>, String> {
             other => {
                 return Err(format!(
                     "DEAR has no webhook for a sale becoming {other}; name the events with --event"
-                ));
+                )
+                .into());
             }
         },
     })
 }
 
-async fn register(args: RegisterArgs) -> Result<(), String> {
+async fn register(args: RegisterArgs) -> Result<(), CliError> {
     // No state store: a subscription is DEAR's state, not ours.
     let tenant = args.local.tenant_id()?;
     let settings = args.local.settings()?;
@@ -118,7 +120,8 @@ async fn register(args: RegisterArgs) -> Result<(), String> {
     {
         return Err(format!(
             "--url {base:?}: DEAR must deliver over https (http only to localhost, for tests)"
-        ));
+        )
+        .into());
     }
     let target = format!("{}/dear/{}", base.trim_end_matches('/'), tenant);
     let events: Vec<String> = if args.events.is_empty() {
@@ -215,7 +218,7 @@ async fn update_once(
     }
 }
 
-async fn list(local: LocalOptions) -> Result<(), String> {
+async fn list(local: LocalOptions) -> Result<(), CliError> {
     let (client, _) = dear(&local).await?;
     let hooks = client.webhooks().await.map_err(|e| e.to_string())?;
     println!("{:<36}  {:<6}  {:<28} url", "id", "active", "event");
@@ -236,7 +239,7 @@ async fn list(local: LocalOptions) -> Result<(), String> {
     Ok(())
 }
 
-async fn delete(args: DeleteArgs) -> Result<(), String> {
+async fn delete(args: DeleteArgs) -> Result<(), CliError> {
     let (client, _) = dear(&args.local).await?;
     let ids: Vec<uuid::Uuid> = match &args.url {
         Some(url) => client
@@ -253,7 +256,8 @@ async fn delete(args: DeleteArgs) -> Result<(), String> {
         return Err(format!(
             "no webhook delivers to {}",
             args.url.as_deref().unwrap_or("that URL")
-        ));
+        )
+        .into());
     }
     for id in ids {
         client

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use dearsync_core::{Caller, TenantId, TenantSettings};
 pub use dearsync_function_support::{Deps, HandlerError};
 use dearsync_function_support::{
-    TenantContext, TenantError, as_sqs, body_text, http, http_error, is_http, kind, method,
+    TenantContext, TenantError, as_sqs, body_json, http, http_error, is_http, kind, method,
     query_flag, sqs_batch,
 };
 use dearsync_inventory_sync::{
@@ -398,15 +398,9 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };
-    let body = match body_text(event).and_then(|b| {
-        serde_json::from_str::<Value>(&b).map_err(|e| format!("the body is not JSON: {e}"))
-    }) {
-        Ok(b) => b,
-        Err(e) => return http_error(400, e),
-    };
-    let force = match query_flag(event, "force") {
-        Ok(force) => force,
-        Err(e) => return http_error(400, e),
+    let (body, force) = match body_json(event).and_then(|b| Ok((b, query_flag(event, "force")?))) {
+        Ok(read) => read,
+        Err(e) => return http_error(400, e.to_string()),
     };
     // The tenant is the one the request proved; it is not loaded again.
     let input = if body.get("part").is_some() {

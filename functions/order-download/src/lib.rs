@@ -259,13 +259,9 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };
-    let body = match dearsync_function_support::body_text(event) {
-        Ok(b) => b,
-        Err(e) => return http_error(400, e),
-    };
-    let payload: Value = match serde_json::from_str(&body) {
+    let payload = match dearsync_function_support::body_json(event) {
         Ok(v) => v,
-        Err(e) => return http_error(400, format!("the body is not JSON: {e}")),
+        Err(e) => return http_error(400, e.to_string()),
     };
     let id_text = payload
         .get("SaleID")

@@ -48,26 +48,29 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
 }
 
 /// Reads `{"tenant": ..., "shipment": {...}}`; `Err` says what is wrong with it.
-fn envelope(value: &Value) -> Result<(TenantId, Shipment), String> {
+fn envelope(value: &Value) -> Result<(TenantId, Shipment), NotConfirmed> {
+    let bad = |m: String| NotConfirmed::Bad(m);
     let tenant = match value.get("tenant") {
-        Some(Value::String(t)) => TenantId::new(t.clone()).map_err(|e| format!("tenant: {e}"))?,
+        Some(Value::String(t)) => {
+            TenantId::new(t.clone()).map_err(|e| bad(format!("tenant: {e}")))?
+        }
         Some(other) => {
-            return Err(format!(
+            return Err(bad(format!(
                 "tenant must be a tenant id string, got {}",
                 kind(other)
-            ));
+            )));
         }
         None => {
-            return Err(
+            return Err(bad(
                 "tenant is missing (expected {\"tenant\": ..., \"shipment\": {...}})".into(),
-            );
+            ));
         }
     };
-    let shipment = value
-        .get("shipment")
-        .ok_or("shipment is missing (expected {\"tenant\": ..., \"shipment\": {...}})")?;
-    let shipment =
-        Shipment::from_json(&shipment.to_string()).map_err(|e| format!("invalid shipment: {e}"))?;
+    let shipment = value.get("shipment").ok_or_else(|| {
+        bad("shipment is missing (expected {\"tenant\": ..., \"shipment\": {...}})".into())
+    })?;
+    let shipment = Shipment::from_json(&shipment.to_string())
+        .map_err(|e| bad(format!("invalid shipment: {e}")))?;
     Ok((tenant, shipment))
 }
 
@@ -167,7 +170,7 @@ async fn confirm_envelope(
     tenants: &mut HashMap<TenantId, TenantContext>,
     tally: &mut Tally,
 ) -> Result<Confirmation, NotConfirmed> {
-    let (tenant, shipment) = envelope(value).map_err(NotConfirmed::Bad)?;
+    let (tenant, shipment) = envelope(value)?;
     if !tenants.contains_key(&tenant) {
         let ctx = deps.tenant(&tenant).await?;
         tenants.insert(tenant.clone(), ctx);
@@ -212,11 +215,12 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
         Ok(ctx) => ctx,
         Err(response) => return response,
     };
-    let shipment = match body_text(event)
-        .and_then(|b| Shipment::from_json(&b).map_err(|e| format!("invalid shipment: {e}")))
-    {
-        Ok(s) => s,
-        Err(e) => return http_error(400, e),
+    let shipment = match body_text(event) {
+        Ok(text) => match Shipment::from_json(&text) {
+            Ok(s) => s,
+            Err(e) => return http_error(400, format!("invalid shipment: {e}")),
+        },
+        Err(e) => return http_error(400, e.to_string()),
     };
     let mut tally = Tally::default();
     let outcome = confirm(deps, &ctx, &shipment, &mut tally).await;

@@ -12,6 +12,7 @@ pub mod delivered;
 mod error;
 pub mod held_claim;
 mod ids;
+mod invalid;
 pub mod memory;
 pub mod metrics;
 pub mod push_signature;
@@ -28,6 +29,7 @@ pub use credentials::{Caller, CredentialSource, Credentials, CredentialsError, E
 pub use error::StoreError;
 pub use held_claim::{ClaimLost, HeldClaim};
 pub use ids::{Job, TenantId};
+pub use invalid::InvalidValue;
 pub use memory::MemoryStore;
 pub use rate::{SharedBudgetConfig, SharedRateBudget};
 pub use run_lease::{RunLease, RunStart};

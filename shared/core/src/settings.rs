@@ -291,7 +291,7 @@ impl Default for SaleStatusFilter {
 
 impl SaleStatusFilter {
     /// Reads a setting value: a DEAR status in any case, `Packed & Shipping`, or `Any`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, crate::InvalidValue> {
         let t = text.trim();
         let squashed: String = t
             .chars()
@@ -305,10 +305,11 @@ impl SaleStatusFilter {
             return Ok(SaleStatusFilter::PackedAndShipping);
         }
         match SaleStatus::parse(t) {
-            SaleStatus::Other(_) => Err(format!(
-                "unknown sale status {t:?}; expected one of DRAFT, VOIDED, ESTIMATING, ESTIMATED, \
-                 ORDERING, ORDERED, BACKORDERED, PICKING, PICKED, PACKING, PACKED, SHIPPING, \
-                 INVOICING, INVOICED, CREDITED, COMPLETED, \"Packed & Shipping\", \"Any\""
+            SaleStatus::Other(_) => Err(crate::InvalidValue::new(
+                t,
+                "a DEAR sale status: one of DRAFT, VOIDED, ESTIMATING, ESTIMATED, ORDERING, \
+                 ORDERED, BACKORDERED, PICKING, PICKED, PACKING, PACKED, SHIPPING, INVOICING, \
+                 INVOICED, CREDITED, COMPLETED, \"Packed & Shipping\", \"Any\"",
             )),
             status => Ok(SaleStatusFilter::Status(status)),
         }
@@ -410,7 +411,7 @@ pub struct SettingInstant(pub DateTime<Utc>);
 
 impl SettingInstant {
     /// Reads `2026-11-01` or `2026-11-01T08:00:00Z`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, crate::InvalidValue> {
         let t = text.trim();
         if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
             return Ok(SettingInstant(dt.with_timezone(&Utc)));
@@ -418,8 +419,9 @@ impl SettingInstant {
         if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
             return Ok(SettingInstant(d.and_time(chrono::NaiveTime::MIN).and_utc()));
         }
-        Err(format!(
-            "{t:?} is not a date (2026-11-01) or a date-time with an offset (2026-11-01T08:00:00Z)"
+        Err(crate::InvalidValue::new(
+            t,
+            "a date (2026-11-01) or a date-time with an offset (2026-11-01T08:00:00Z)",
         ))
     }
 }

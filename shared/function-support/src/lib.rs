@@ -549,9 +549,31 @@ pub fn header<'a>(event: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|(_, v)| v.as_str())
 }
 
+/// Why a Function URL request's body or query cannot be read (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A flag in the query is neither true nor false.
+    #[error("?{name}= must be true or false, got {got:?}")]
+    BadFlag {
+        /// The parameter.
+        name: String,
+        /// What it was.
+        got: String,
+    },
+    /// The body is marked base64 but is not.
+    #[error("the body is not valid base64: {0}")]
+    BadBase64(#[source] base64::DecodeError),
+    /// The body is not UTF-8 text.
+    #[error("the body is not UTF-8")]
+    NotUtf8,
+    /// The body is not JSON.
+    #[error("the body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
 /// A `?name=true|false` query parameter of a Function URL request (absent = false); anything else
 /// is refused with a message naming it.
-pub fn query_flag(event: &Value, name: &str) -> Result<bool, String> {
+pub fn query_flag(event: &Value, name: &str) -> Result<bool, RequestError> {
     match event["queryStringParameters"]
         .get(name)
         .and_then(Value::as_str)
@@ -559,26 +581,34 @@ pub fn query_flag(event: &Value, name: &str) -> Result<bool, String> {
         None => Ok(false),
         Some("true") | Some("1") => Ok(true),
         Some("false") | Some("0") => Ok(false),
-        Some(other) => Err(format!("?{name}= must be true or false, got {other:?}")),
+        Some(other) => Err(RequestError::BadFlag {
+            name: name.to_owned(),
+            got: other.to_owned(),
+        }),
     }
 }
 
 /// The request body's bytes (Function URLs base64-encode binary bodies).
-pub fn body_bytes(event: &Value) -> Result<Vec<u8>, String> {
+pub fn body_bytes(event: &Value) -> Result<Vec<u8>, RequestError> {
     let body = event["body"].as_str().unwrap_or("");
     if event["isBase64Encoded"].as_bool().unwrap_or(false) {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
             .decode(body.trim())
-            .map_err(|e| format!("the body is not valid base64: {e}"))
+            .map_err(RequestError::BadBase64)
     } else {
         Ok(body.as_bytes().to_vec())
     }
 }
 
 /// The request body as text.
-pub fn body_text(event: &Value) -> Result<String, String> {
-    String::from_utf8(body_bytes(event)?).map_err(|_| "the body is not UTF-8".to_owned())
+pub fn body_text(event: &Value) -> Result<String, RequestError> {
+    String::from_utf8(body_bytes(event)?).map_err(|_| RequestError::NotUtf8)
+}
+
+/// The request body as JSON.
+pub fn body_json(event: &Value) -> Result<Value, RequestError> {
+    serde_json::from_str(&body_text(event)?).map_err(RequestError::NotJson)
 }
 
 /// The kind of a JSON value, for error messages.

@@ -259,7 +259,8 @@ impl ChunkLedger<'_> {
         }
         let snapshot = Snapshot {
             snapshot_id: chunk.snapshot_id.clone(),
-            as_of: parse_instant(&chunk.as_of).map_err(ChunkError::Malformed)?,
+            as_of: parse_instant(&chunk.as_of)
+                .map_err(|e| ChunkError::Malformed(format!("chunk.as_of: {e}")))?,
             location: chunk.location.clone(),
             lines,
         };

@@ -1,6 +1,7 @@
 //! The warehouse's inventory snapshot (schema: `docs/inventory-snapshot.md`), as JSON or CSV.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use dearsync_core::InvalidValue;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
@@ -60,7 +61,7 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SnapshotError {
 }
 
 /// Reads `2026-11-20T06:00:00Z` or `2026-11-20` (midnight UTC), as the settings' dates are read.
-pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, InvalidValue> {
     dearsync_core::settings::SettingInstant::parse(text).map(|i| i.0)
 }
 
@@ -71,7 +72,7 @@ fn instant<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::E
 
 /// Reads an expiry date: `2027-03-31`, or `2027-03-31T00:00:00` (with or without a zone), whose
 /// date is taken as written.
-pub fn parse_expiry(text: &str) -> Result<NaiveDate, String> {
+pub fn parse_expiry(text: &str) -> Result<NaiveDate, InvalidValue> {
     let t = text.trim();
     let with_time = chrono::DateTime::parse_from_rfc3339(t).is_ok()
         || [
@@ -87,7 +88,7 @@ pub fn parse_expiry(text: &str) -> Result<NaiveDate, String> {
         t
     };
     NaiveDate::parse_from_str(date, "%Y-%m-%d")
-        .map_err(|_| format!("{t:?} is not a date (expected YYYY-MM-DD)"))
+        .map_err(|_| InvalidValue::new(t, "a date (expected YYYY-MM-DD)"))
 }
 
 fn expiry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
@@ -99,15 +100,26 @@ fn expiry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D
     }
 }
 
+/// Why a quantity's text is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    /// Not a number at all.
+    #[error(transparent)]
+    NotANumber(InvalidValue),
+    /// A count below zero.
+    #[error("{0} is negative")]
+    Negative(String),
+}
+
 /// Reads a quantity's exact text.
-pub fn parse_quantity(text: &str) -> Result<Decimal, String> {
+pub fn parse_quantity(text: &str) -> Result<Decimal, QuantityError> {
     let t = text.trim();
     let q = t
         .parse::<Decimal>()
         .or_else(|_| Decimal::from_scientific(t))
-        .map_err(|_| format!("{t:?} is not a number"))?;
+        .map_err(|_| QuantityError::NotANumber(InvalidValue::new(t, "a number")))?;
     if q.is_sign_negative() && !q.is_zero() {
-        return Err(format!("{t} is negative"));
+        return Err(QuantityError::Negative(t.to_owned()));
     }
     Ok(q)
 }
@@ -539,7 +551,7 @@ impl CsvReading {
             return Err(err(format!("line {line}, sku"), "must not be empty"));
         }
         let quantity = parse_quantity(cell(record, columns.quantity, line, Role::Quantity)?)
-            .map_err(|m| err(format!("line {line}, quantity"), m))?;
+            .map_err(|m| err(format!("line {line}, quantity"), m.to_string()))?;
         let batch = match columns.batch {
             Some(c) => Some(cell(record, c, line, Role::Batch)?).filter(|b| !b.is_empty()),
             None => None,

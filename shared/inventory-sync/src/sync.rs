@@ -897,21 +897,30 @@ impl SnapshotExpiry {
     }
 }
 
+/// Why a FEFO line has no expiry date; its text is the line's skip reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NoExpiry {
+    /// The snapshot's date cannot be read.
+    #[error("expiry_unreadable: the product is FEFO and its expiry date {0:?} is not YYYY-MM-DD")]
+    Unreadable(String),
+    /// Nobody gives one.
+    #[error(
+        "expiry_required: the product is FEFO and neither the snapshot line nor DEAR gives the batch's expiry date"
+    )]
+    Required,
+}
+
 /// A FEFO line's expiry date: DEAR's for a batch it holds (another date could make it another
-/// cell), else the snapshot's; `Err` is the skip reason.
+/// cell), else the snapshot's.
 fn fefo_expiry(
     dear: Option<NaiveDate>,
     given: Option<&SnapshotExpiry>,
-) -> Result<NaiveDate, String> {
+) -> Result<NaiveDate, NoExpiry> {
     match (dear, given) {
         (Some(date), _) => Ok(date),
         (None, Some(SnapshotExpiry::Date(date))) => Ok(*date),
-        (None, Some(SnapshotExpiry::Unreadable(text))) => Err(format!(
-            "expiry_unreadable: the product is FEFO and its expiry date {text:?} is not YYYY-MM-DD"
-        )),
-        (None, None) => Err(
-            "expiry_required: the product is FEFO and neither the snapshot line nor DEAR gives the batch's expiry date".to_owned(),
-        ),
+        (None, Some(SnapshotExpiry::Unreadable(text))) => Err(NoExpiry::Unreadable(text.clone())),
+        (None, None) => Err(NoExpiry::Required),
     }
 }
 
@@ -1165,7 +1174,7 @@ fn decide(
     let expiry_date = if product.is_some_and(|p| p.expiry_dated) {
         match fefo_expiry(level.expiry, given_expiry) {
             Ok(date) => Some(date),
-            Err(reason) => return skip(reason),
+            Err(reason) => return skip(reason.to_string()),
         }
     } else {
         None
@@ -1332,11 +1341,13 @@ mod tests {
         assert!(
             fefo_expiry(None, Some(&bad))
                 .unwrap_err()
+                .to_string()
                 .starts_with("expiry_unreadable:")
         );
         assert!(
             fefo_expiry(None, None)
                 .unwrap_err()
+                .to_string()
                 .starts_with("expiry_required:")
         );
     }

@@ -164,11 +164,25 @@ pub fn status_queries(filter: &SaleStatusFilter) -> Vec<SaleListQuery> {
     }
 }
 
+/// A sale's Additional Attribute that is not one the filters want.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Additional Attribute {index} is {actual:?}, not one of {wanted:?} (additional_attribute_filters)"
+)]
+pub struct AttributeMismatch {
+    /// Which attribute (1-10).
+    pub index: u8,
+    /// The sale's value.
+    pub actual: String,
+    /// The values the filter takes.
+    pub wanted: Vec<String>,
+}
+
 /// Checks the Additional Attribute filters on a sale detail; `Err` says which attribute differs.
 pub fn matches_attributes(
     settings: &OrderDownloadSettings,
     attribute: impl Fn(u8) -> Option<String>,
-) -> Result<(), String> {
+) -> Result<(), AttributeMismatch> {
     for (n, wanted) in &settings.additional_attribute_filters {
         let Ok(index) = n.parse::<u8>() else { continue };
         let actual = attribute(index).unwrap_or_default();
@@ -178,10 +192,11 @@ pub fn matches_attributes(
             .iter()
             .any(|w| w.trim().eq_ignore_ascii_case(actual))
         {
-            return Err(format!(
-                "Additional Attribute {index} is {actual:?}, not one of {:?} (additional_attribute_filters)",
-                wanted.0
-            ));
+            return Err(AttributeMismatch {
+                index,
+                actual: actual.to_owned(),
+                wanted: wanted.0.clone(),
+            });
         }
     }
     Ok(())
@@ -326,7 +341,9 @@ mod tests {
         .order_download;
         let attrs = |v: &'static str| move |n: u8| (n == 2).then(|| v.to_owned());
         assert!(matches_attributes(&settings, attrs("wholesale")).is_ok());
-        let err = matches_attributes(&settings, attrs("Retail")).unwrap_err();
+        let err = matches_attributes(&settings, attrs("Retail"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("Additional Attribute 2 is \"Retail\""),
             "{err}"

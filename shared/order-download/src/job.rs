@@ -789,7 +789,7 @@ impl OrderDownload {
         })
         .map_err(|reason| SkipReason {
             category: "attribute_filter",
-            detail: reason,
+            detail: reason.to_string(),
         })
         .and_then(|()| validate(&order));
         if let Err(skip) = deliverable {
