@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dear_client::{
-    AdjustmentStatus, ApiKey, AvailabilityQuery, DearClient, DearConfig, RetryPolicy,
-};
+use dear_client::{AdjustmentStatus, AvailabilityQuery, DearClient};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
@@ -40,19 +38,7 @@ async fn sim(products: usize) -> SimServer {
 }
 
 fn client(server: &SimServer) -> Arc<DearClient> {
-    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
-        .with_base_url(&server.base_url())
-        .unwrap();
-    config.calls_per_minute = 0;
-    config.retry = RetryPolicy {
-        max_read_retries: 3,
-        max_throttle_retries: 3,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        throttle_pause: Duration::from_millis(20),
-        request_timeout: Duration::from_millis(2_000),
-    };
-    Arc::new(DearClient::new(config).unwrap())
+    common::fast_client(server, Duration::from_millis(2_000))
 }
 
 fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> InventorySync {
@@ -80,20 +66,7 @@ fn memory() -> Arc<dyn StateStore> {
 
 /// On hand per SKU at Main Warehouse, as DEAR reports it (batches and bins summed).
 async fn on_hand(server: &SimServer) -> BTreeMap<String, Decimal> {
-    let q = AvailabilityQuery {
-        location: Some(MAIN.into()),
-        ..Default::default()
-    };
-    let pages: Vec<_> = client(server)
-        .product_availability(&q, 1000)
-        .try_collect()
-        .await
-        .unwrap();
-    let mut m = BTreeMap::new();
-    for r in pages.iter().flat_map(|p| &p.items) {
-        *m.entry(r.sku.clone().unwrap()).or_default() += r.on_hand;
-    }
-    m
+    common::on_hand(server, MAIN).await
 }
 
 /// Every product's SKU, batch-tracked or not, with its batch at Main if it has one.

@@ -3,18 +3,15 @@
 //! settings a merchant starts with. A new store kind is one more row in `tests/common`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use dear_client::{AvailabilityQuery, DearClient, SaleListItem, SaleListQuery};
+use dear_client::{DearClient, SaleListItem, SaleListQuery};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{Clock, OffsetClock, TenantId, TenantSettings};
 use dearsync_inventory_sync::{InventorySync, Snapshot};
-use dearsync_order_download::{
-    CanonicalOrder, OrderDownload, OrderSink, Outcome, RunOptions, SinkError,
-};
+use dearsync_order_download::{OrderDownload, Outcome, RunOptions};
 use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
@@ -59,35 +56,7 @@ fn defaults() -> TenantSettings {
 }
 
 /// Collects orders; fails the first delivery of the sales it is told to.
-#[derive(Default)]
-struct Warehouse {
-    orders: Mutex<Vec<CanonicalOrder>>,
-    fail_once: Mutex<HashSet<String>>,
-}
-
-#[async_trait]
-impl OrderSink for Warehouse {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        if self.fail_once.lock().unwrap().remove(&order.sale_id) {
-            return Err(SinkError {
-                message: "HTTP 503 from the warehouse".into(),
-            });
-        }
-        self.orders.lock().unwrap().push(order.clone());
-        Ok(())
-    }
-}
-
-impl Warehouse {
-    fn sale_ids(&self) -> Vec<String> {
-        self.orders
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|o| o.sale_id.clone())
-            .collect()
-    }
-}
+type Warehouse = common::CollectingSink;
 
 fn order_download(
     server: &SimServer,
@@ -291,20 +260,7 @@ async fn shipment_confirmation_matrix(kind: StoreKind) {
 
 /// On hand per SKU at Main Warehouse, as DEAR reports it.
 async fn on_hand(server: &SimServer) -> BTreeMap<String, Decimal> {
-    let q = AvailabilityQuery {
-        location: Some(MAIN.into()),
-        ..Default::default()
-    };
-    let pages: Vec<_> = client(server)
-        .product_availability(&q, 1000)
-        .try_collect()
-        .await
-        .unwrap();
-    let mut m = BTreeMap::new();
-    for r in pages.iter().flat_map(|p| &p.items) {
-        *m.entry(r.sku.clone().unwrap()).or_default() += r.on_hand;
-    }
-    m
+    common::on_hand(server, MAIN).await
 }
 
 fn fifo_skus(server: &SimServer) -> HashSet<String> {

@@ -8,6 +8,8 @@
 //! The binaries are the workspace's debug builds (`cargo test --workspace` builds them);
 //! `cargo-lambda` comes from `pip install cargo-lambda` (scripts/test.sh installs it).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,14 +19,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use dear_client::{ApiKey, AvailabilityQuery, DearClient, DearConfig};
-use dear_sim::seed::SeedSpec;
-use dear_sim::{SimConfig, SimServer};
+use dear_client::{ApiKey, DearClient, DearConfig};
+use dear_sim::SimServer;
 use dearsync_core::delivered::DeliveryFacts;
 use dearsync_core::state::{LedgerQuery, NewRecord, RecordKey, RecordState};
 use dearsync_core::{Job, TenantId, sha256_hex};
 use dearsync_function_support::testing::{EmulatorDeps, emulator_deps};
-use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
@@ -268,17 +268,7 @@ fn sample_event(file: &str, strings: &[(&str, &str)], values: &[(&str, Value)]) 
 }
 
 async fn seeded_sim(seed: u64, sales: usize, products: usize) -> SimServer {
-    let spec = SeedSpec {
-        seed,
-        sales,
-        products,
-        ..Default::default()
-    };
-    let config = SimConfig {
-        rate_limit: 0,
-        ..Default::default()
-    };
-    dear_sim::start_seeded(config, &spec).await.unwrap()
+    common::seeded_sim(seed, sales, products).await
 }
 
 async fn tenant_with_secret(sim: &SimServer, settings: &str) -> EmulatorDeps {
@@ -725,20 +715,7 @@ async fn deliver_order(emu: &EmulatorDeps, sku: &str, quantity: Decimal) {
 }
 
 async fn on_hand(sim: &SimServer) -> BTreeMap<String, Decimal> {
-    let query = AvailabilityQuery {
-        location: Some(MAIN.into()),
-        ..Default::default()
-    };
-    let pages: Vec<_> = dear(sim)
-        .product_availability(&query, 1000)
-        .try_collect()
-        .await
-        .unwrap();
-    let mut levels = BTreeMap::new();
-    for row in pages.iter().flat_map(|p| &p.items) {
-        *levels.entry(row.sku.clone().unwrap()).or_default() += row.on_hand;
-    }
-    levels
+    common::on_hand(sim, MAIN).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,21 +2,16 @@
 //! state in memory, in SQLite, and in DynamoDB on the AWS emulator.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use dear_client::{
-    ApiKey, DearClient, DearConfig, RetryPolicy, SaleListItem, SaleListQuery, SaleStatus, SaleType,
-};
+use dear_client::{DearClient, SaleListItem, SaleListQuery, SaleStatus, SaleType};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SaleEdit, SimConfig, SimServer};
 use dearsync_core::settings::OrderDownloadSettings;
 use dearsync_core::state::{LedgerQuery, RecordKey, RecordState};
 use dearsync_core::{Job, MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
-use dearsync_order_download::{
-    CanonicalOrder, OrderDownload, OrderSink, Outcome, RunOptions, RunSummary, SinkError,
-};
+use dearsync_order_download::{OrderDownload, Outcome, RunOptions, RunSummary};
 use futures::TryStreamExt;
 use uuid::Uuid;
 
@@ -42,51 +37,10 @@ async fn sim(sales: usize) -> SimServer {
 }
 
 fn client(server: &SimServer) -> Arc<DearClient> {
-    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
-        .with_base_url(&server.base_url())
-        .expect("valid URL");
-    config.calls_per_minute = 0;
-    config.retry = RetryPolicy {
-        max_read_retries: 4,
-        max_throttle_retries: 6,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        throttle_pause: Duration::from_millis(20),
-        request_timeout: Duration::from_millis(500),
-    };
-    Arc::new(DearClient::new(config).expect("valid config"))
+    common::fast_client_with(server, Duration::from_millis(500), 4, 6)
 }
 
-/// Collects delivered orders; can be told to fail some sales' first deliveries.
-#[derive(Default)]
-struct CollectingSink {
-    orders: Mutex<Vec<CanonicalOrder>>,
-    fail_once: Mutex<HashSet<String>>,
-}
-
-#[async_trait]
-impl OrderSink for CollectingSink {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        if self.fail_once.lock().unwrap().remove(&order.sale_id) {
-            return Err(SinkError {
-                message: "HTTP 503 from the warehouse".into(),
-            });
-        }
-        self.orders.lock().unwrap().push(order.clone());
-        Ok(())
-    }
-}
-
-impl CollectingSink {
-    fn sale_ids(&self) -> Vec<String> {
-        self.orders
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|o| o.sale_id.clone())
-            .collect()
-    }
-}
+use common::CollectingSink;
 
 fn settings(toml: &str) -> OrderDownloadSettings {
     let base = "[order_download]\nearliest_order_date = \"2020-01-01\"\n";

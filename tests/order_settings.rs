@@ -11,14 +11,13 @@
 //! endpoint for (invoices, credit notes, memos, names) into its data as a DEAR user would in the UI.
 //! Orders are fetched with `download_one` (no date window involved) or a backfill run from 2000.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::Utc;
-use dear_client::{
-    ApiKey, DearClient, DearConfig, FulfilmentLine, PickPack, RetryPolicy, Sale, StageStatus,
-};
+use dear_client::{DearClient, FulfilmentLine, PickPack, Sale, StageStatus};
 use dear_sim::model::{
     Dataset, SimAddress, SimCharge, SimInvoice, SimLine, SimProduct, SimSale, Stage,
 };
@@ -26,9 +25,7 @@ use dear_sim::seed::SeedSpec;
 use dear_sim::{SaleEdit, SimConfig, SimServer};
 use dearsync_core::{MemoryStore, OffsetClock, TenantId, TenantSettings};
 use dearsync_order_download::canonical::OrderLine;
-use dearsync_order_download::{
-    CanonicalOrder, OrderDownload, OrderSink, Outcome, RunOptions, SinkError,
-};
+use dearsync_order_download::{CanonicalOrder, OrderDownload, Outcome, RunOptions};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -40,34 +37,10 @@ fn dec(text: &str) -> Decimal {
 }
 
 fn client(server: &SimServer) -> Arc<DearClient> {
-    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
-        .with_base_url(&server.base_url())
-        .expect("valid URL");
-    config.calls_per_minute = 0;
-    config.retry = RetryPolicy {
-        max_read_retries: 4,
-        max_throttle_retries: 6,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        throttle_pause: Duration::from_millis(20),
-        request_timeout: Duration::from_millis(2_000),
-    };
-    Arc::new(DearClient::new(config).expect("valid config"))
+    common::fast_client_with(server, Duration::from_millis(2_000), 4, 6)
 }
 
-/// Collects delivered orders.
-#[derive(Default)]
-struct CollectingSink {
-    orders: Mutex<Vec<CanonicalOrder>>,
-}
-
-#[async_trait]
-impl OrderSink for CollectingSink {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        self.orders.lock().unwrap().push(order.clone());
-        Ok(())
-    }
-}
+use common::CollectingSink;
 
 /// The simulated DEAR account, a client for it, and the two products the test sales order.
 struct Dear {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dear_client::{ApiKey, DearClient, DearConfig, RetryPolicy, StageStatus};
+use dear_client::{DearClient, StageStatus};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
 use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
@@ -36,19 +36,7 @@ async fn sim_with(config: SimConfig) -> SimServer {
 }
 
 fn client(server: &SimServer) -> Arc<DearClient> {
-    let mut config = DearConfig::new(ACCOUNT, ApiKey::new(dear_sim::DEFAULT_API_KEY))
-        .with_base_url(&server.base_url())
-        .unwrap();
-    config.calls_per_minute = 0;
-    config.retry = RetryPolicy {
-        max_read_retries: 3,
-        max_throttle_retries: 3,
-        base_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(20),
-        throttle_pause: Duration::from_millis(20),
-        request_timeout: Duration::from_millis(400),
-    };
-    Arc::new(DearClient::new(config).unwrap())
+    common::fast_client(server, Duration::from_millis(400))
 }
 
 fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> ShipmentConfirmation {

@@ -21,27 +21,10 @@ async fn world(extra_settings: &str) -> (SimServer, Deps) {
 }
 
 async fn world_with(enabled: bool, extra_settings: &str) -> (SimServer, Deps) {
-    let spec = SeedSpec {
-        seed: 9,
-        sales: 20,
-        products: 80,
-        ..Default::default()
-    };
-    let sim = dear_sim::start_seeded(
-        SimConfig {
-            rate_limit: 0,
-            ..Default::default()
-        },
-        &spec,
-    )
-    .await
-    .unwrap();
+    let sim = dearsync_test_kit::seeded_sim(9, 20, 80).await;
     let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
-    emu.put_secret(
-        "acme",
-        &json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": "s3" }),
-    )
-    .await;
+    emu.put_secret("acme", &dearsync_test_kit::sim_secret("s3", json!({})))
+        .await;
     let settings = format!("[inventory_sync]\nlocation = \"{MAIN}\"\n{extra_settings}");
     emu.put_tenant("acme", enabled, &settings).await;
     let deps = emu.deps;
@@ -396,20 +379,7 @@ async fn the_schedule_pulls_only_tenants_whose_settings_set_a_snapshot_url() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_sandbox_keeps_one_dear_client_per_tenant_until_dear_refuses_its_key() {
-    let sim = dear_sim::start_seeded(
-        SimConfig {
-            rate_limit: 0,
-            ..Default::default()
-        },
-        &SeedSpec {
-            seed: 9,
-            sales: 5,
-            products: 10,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let sim = dearsync_test_kit::seeded_sim(9, 5, 10).await;
     let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
     let secret = |key: &str| json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": key, "inbound_secret": "s3" });
     emu.put_secret("acme", &secret("an-old-key")).await;

@@ -62,21 +62,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let spec = SeedSpec {
-        seed: 11,
-        sales: 60,
-        products: 30,
-        ..Default::default()
-    };
-    let sim = dear_sim::start_seeded(
-        SimConfig {
-            rate_limit: 0,
-            ..Default::default()
-        },
-        &spec,
-    )
-    .await
-    .unwrap();
+    let sim = dearsync_test_kit::seeded_sim(11, 60, 30).await;
     let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
     let (webhook_url, received) = warehouse().await;
     for tenant in ["acme", "broken", "dormant"] {

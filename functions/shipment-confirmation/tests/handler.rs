@@ -16,27 +16,10 @@ async fn world() -> (SimServer, Deps) {
 
 /// The merchant's default settings: an empty settings file.
 async fn world_with(enabled: bool) -> (SimServer, Deps) {
-    let spec = SeedSpec {
-        seed: 21,
-        sales: 120,
-        products: 40,
-        ..Default::default()
-    };
-    let sim = dear_sim::start_seeded(
-        SimConfig {
-            rate_limit: 0,
-            ..Default::default()
-        },
-        &spec,
-    )
-    .await
-    .unwrap();
+    let sim = dearsync_test_kit::seeded_sim(21, 120, 40).await;
     let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
-    emu.put_secret(
-        "acme",
-        &json!({ "account_id": dear_sim::DEFAULT_ACCOUNT_ID, "api_key": dear_sim::DEFAULT_API_KEY, "inbound_secret": INBOUND }),
-    )
-    .await;
+    emu.put_secret("acme", &dearsync_test_kit::sim_secret(INBOUND, json!({})))
+        .await;
     emu.put_tenant("acme", enabled, "").await;
     let deps = emu.deps;
     (sim, deps)
