@@ -1432,3 +1432,77 @@ async fn an_edit_skipped_by_the_attribute_filter_is_delivered_once_the_filter_ma
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[1].notes.as_deref(), Some("version B"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_webhook_is_retried_on_5xx_and_never_on_4xx_counting_every_post() {
+    use std::sync::Mutex;
+    // The warehouse answers 503 to the first two posts of each delivery, then 200 — except for one
+    // sale it refuses with 400 every time.
+    let posts: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
+    let refused: Arc<Mutex<Option<String>>> = Arc::default();
+    let (p, r) = (posts.clone(), refused.clone());
+    let app = axum::Router::new().route(
+        "/orders",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let (p, r) = (p.clone(), r.clone());
+            async move {
+                let id = headers["idempotency-key"].to_str().unwrap().to_owned();
+                let order: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let sale = order["sale_id"].as_str().unwrap().to_owned();
+                let n = {
+                    let mut p = p.lock().unwrap();
+                    let n = p.entry(id).or_default();
+                    *n += 1;
+                    *n
+                };
+                let mut r = r.lock().unwrap();
+                if r.get_or_insert(sale.clone()) == &sale {
+                    return axum::http::StatusCode::BAD_REQUEST;
+                }
+                if n <= 2 {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/orders", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Few sales: every retry waits its backoff (0.5 s, then 1 s, with jitter).
+    let server = sim(4).await;
+    let sink = dearsync_order_download::WebhookSink::new(
+        &url,
+        b"order-signing-key",
+        Duration::from_secs(5),
+        3,
+        dearsync_outbound::OutboundPolicy {
+            allow_loopback: true,
+        },
+    )
+    .unwrap();
+    let job = OrderDownload {
+        tenant: TenantId::new("acme").unwrap(),
+        settings: settings("sale_status = \"Any\"\n"),
+        dear: client(&server),
+        store: Arc::new(MemoryStore::new(Arc::new(OffsetClock::default()))),
+        sink: Arc::new(sink),
+        clock: Arc::new(OffsetClock::default()),
+    };
+    let summary = job.run(&RunOptions::default()).await;
+    let posts = posts.lock().unwrap().clone();
+    assert!(summary.delivered >= 2, "{summary:?}");
+    assert_eq!(summary.failed, 1, "the refused sale: {summary:?}");
+    let counts: Vec<u32> = posts.values().copied().collect();
+    assert_eq!(
+        counts.iter().filter(|n| **n == 1).count(),
+        1,
+        "the 400 is posted once: {posts:?}"
+    );
+    assert!(
+        counts.iter().filter(|n| **n != 1).all(|n| *n == 3),
+        "every other delivery takes exactly 3 posts: {posts:?}"
+    );
+}
