@@ -578,6 +578,20 @@ fn sku(data: &Dataset, id: Uuid) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// The body's `TaskID`, its sale and fulfilment index, refused for `stage` when the sale or the
+/// fulfilment is voided.
+fn live_task(data: &Dataset, body: &Value, stage: &str) -> Result<(Uuid, Uuid, usize), ApiError> {
+    let task = body::guid(body, "TaskID")?.ok_or_else(|| required("TaskID"))?;
+    let (sale_id, idx) = find_task(data, task)?;
+    let sale = &data.sales[&sale_id];
+    if sale.voided || !sale.fulfilments[idx].is_live() {
+        return Err(ApiError::bad(format!(
+            "{stage} is not allowed: the sale or fulfilment is VOIDED"
+        )));
+    }
+    Ok((task, sale_id, idx))
+}
+
 fn write_pick(
     data: &mut Dataset,
     ctx: &Ctx,
@@ -684,15 +698,9 @@ fn write_pack(
     replace: bool,
     events: &mut Vec<Event>,
 ) -> Result<Value, ApiError> {
-    let task = body::guid(body, "TaskID")?.ok_or_else(|| required("TaskID"))?;
-    let (sale_id, idx) = find_task(data, task)?;
+    let (task, sale_id, idx) = live_task(data, body, "Pack")?;
     let sale = &data.sales[&sale_id];
     let f = &sale.fulfilments[idx];
-    if sale.voided || !f.is_live() {
-        return Err(ApiError::bad(
-            "Pack is not allowed: the sale or fulfilment is VOIDED",
-        ));
-    }
     if !f.pick_status.is_authorised() {
         return Err(ApiError::bad(format!(
             "Pack is not allowed: Pick status is {}",
@@ -789,15 +797,9 @@ fn write_ship(
     replace: bool,
     events: &mut Vec<Event>,
 ) -> Result<Value, ApiError> {
-    let task = body::guid(body, "TaskID")?.ok_or_else(|| required("TaskID"))?;
-    let (sale_id, idx) = find_task(data, task)?;
+    let (task, sale_id, idx) = live_task(data, body, "Ship")?;
     let sale = &data.sales[&sale_id];
     let f = &sale.fulfilments[idx];
-    if sale.voided || !f.is_live() {
-        return Err(ApiError::bad(
-            "Ship is not allowed: the sale or fulfilment is VOIDED",
-        ));
-    }
     let shipped_already = matches!(
         f.ship_status,
         Stage::Authorised | Stage::PartiallyAuthorised

@@ -147,6 +147,24 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("SQLite worker failed: {e}")))?
     }
+
+    /// Runs `f` in an immediate (write-locking) transaction, committed when `f` succeeds and
+    /// rolled back when it fails.
+    async fn with_tx<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with(move |conn, now| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let out = f(&tx, now)?;
+            tx.commit().map_err(db_error)?;
+            Ok(out)
+        })
+        .await
+    }
 }
 
 fn job_of(key: &str, text: &str) -> Result<Job, StoreError> {
@@ -491,12 +509,9 @@ impl Idempotency for SqliteStore {
     ) -> Result<Claim, StoreError> {
         let key = key.clone();
         let payload_hash = payload_hash.to_owned();
-        self.with(move |conn, now| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
-            let existing = select_claim(&tx, &key)?;
-            let answer = match IdempotencyRecord::decide(existing.as_ref(), &payload_hash, from_millis(now)) {
+        self.with_tx(move |tx, now| {
+            let existing = select_claim(tx, &key)?;
+            match IdempotencyRecord::decide(existing.as_ref(), &payload_hash, from_millis(now)) {
                 ClaimDecision::Take => {
                     let token = new_token();
                     tx.execute(
@@ -522,9 +537,7 @@ impl Idempotency for SqliteStore {
                     stored,
                     given: payload_hash.clone(),
                 }),
-            };
-            tx.commit().map_err(db_error)?;
-            answer
+            }
         })
         .await
     }
@@ -623,10 +636,7 @@ impl Leases for SqliteStore {
     ) -> Result<LeaseOutcome, StoreError> {
         let key = key.clone();
         let holder = holder.to_owned();
-        self.with(move |conn, now| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
+        self.with_tx(move |tx, now| {
             let current: Option<(String, i64, i64)> = tx
                 .query_row(
                     "SELECT holder, generation, expires_ms FROM leases WHERE tenant = ?1 AND job = ?2 AND name = ?3",
@@ -652,7 +662,6 @@ impl Leases for SqliteStore {
                 params![key.tenant.as_str(), key.job.as_str(), key.name, holder, generation, expires_ms],
             )
             .map_err(db_error)?;
-            tx.commit().map_err(db_error)?;
             Ok(LeaseOutcome::Acquired(Lease {
                 key,
                 holder,
@@ -758,15 +767,11 @@ fn write_bucket(conn: &Connection, account: &str, s: &BucketState) -> Result<(),
 impl TokenBuckets for SqliteStore {
     async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError> {
         let account = account.to_owned();
-        self.with(move |conn, now| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
-            let (next, grant) = select_bucket(&tx, &account)?.take(spec, want, now);
+        self.with_tx(move |tx, now| {
+            let (next, grant) = select_bucket(tx, &account)?.take(spec, want, now);
             if grant.granted > 0 {
-                write_bucket(&tx, &account, &next)?;
+                write_bucket(tx, &account, &next)?;
             }
-            tx.commit().map_err(db_error)?;
             Ok(grant)
         })
         .await
@@ -774,13 +779,9 @@ impl TokenBuckets for SqliteStore {
 
     async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
         let account = account.to_owned();
-        self.with(move |conn, now| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_error)?;
-            let next = select_bucket(&tx, &account)?.pause(to_millis(until), now);
-            write_bucket(&tx, &account, &next)?;
-            tx.commit().map_err(db_error)
+        self.with_tx(move |tx, now| {
+            let next = select_bucket(tx, &account)?.pause(to_millis(until), now);
+            write_bucket(tx, &account, &next)
         })
         .await
     }
