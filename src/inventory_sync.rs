@@ -4,7 +4,7 @@
 use crate::exit::CliError;
 use std::path::PathBuf;
 
-use dearsync_inventory_sync::{InventorySync, Snapshot, SyncOptions, parse_instant};
+use dearsync_inventory_sync::{InventorySync, Snapshot, SyncOptions, SyncOutcome, parse_instant};
 
 use crate::exit::Ended;
 use crate::local::LocalOptions;
@@ -140,17 +140,17 @@ pub async fn run(args: InventorySyncArgs) -> Result<Ended, CliError> {
     for (reference, task) in &s.adjustments {
         eprintln!("  stock adjustment {task}: {reference}");
     }
-    if s.outcome == "in_progress" {
+    if s.outcome == SyncOutcome::InProgress {
         return Ok(Ended::Busy);
     }
     let clean = s.unknown_skus.is_empty()
         && s.skipped.is_empty()
         && s.held_for_review == 0
         && matches!(
-            s.outcome.as_str(),
-            "applied" | "already_applied" | "dry_run"
+            s.outcome,
+            SyncOutcome::Applied | SyncOutcome::AlreadyApplied | SyncOutcome::DryRun
         )
-        && (s.note.is_none() || s.outcome == "already_applied");
+        && (s.note.is_none() || s.outcome == SyncOutcome::AlreadyApplied);
     Ok(Ended::attention_if(!clean))
 }
 

@@ -19,13 +19,9 @@ use dearsync_function_support::{
 };
 use dearsync_inventory_sync::{
     Chunk, ChunkError, ChunkLedger, ChunkProgress, InventorySync, Snapshot, SyncError, SyncOptions,
-    SyncSummary,
+    SyncOutcome, SyncSummary,
 };
 use serde_json::{Value, json};
-
-/// The summary outcome of a snapshot the sanity guard held for a person.
-const HELD: &str = "held";
-const IN_PROGRESS: &str = "in_progress";
 
 pub use dearsync_inventory_sync::MAX_CHUNK_LINES;
 
@@ -47,7 +43,7 @@ pub enum NotSynced {
         snapshot_id: String,
         /// Why.
         #[source]
-        source: SyncError,
+        source: Box<SyncError>,
     },
     /// A chunk was refused, or keeping or assembling the chunks failed.
     #[error(transparent)]
@@ -178,7 +174,7 @@ async fn run(
         .map_err(|source| NotSynced::Sync {
             tenant: job.tenant.clone(),
             snapshot_id: snapshot.snapshot_id.clone(),
-            source,
+            source: Box::new(source),
         })?;
     println!("{}", s.emf(deps.clock.now().timestamp_millis()));
     Ok(s)
@@ -187,7 +183,7 @@ async fn run(
 /// A pushed snapshot another worker is applying is an error to retry: acknowledging it would drop
 /// the only copy if that worker died. (A pulled one is not: the next pull reads it again.)
 fn not_busy(summary: SyncSummary) -> Result<SyncSummary, NotSynced> {
-    if summary.outcome != IN_PROGRESS {
+    if summary.outcome != SyncOutcome::InProgress {
         return Ok(summary);
     }
     Err(NotSynced::Busy {
@@ -299,7 +295,7 @@ async fn chunk_arrived(
     };
     // Busy: the parts stay pending, so the retry (or any part resent) assembles it again.
     let summary = not_busy(run(deps, job, &snapshot, options).await?)?;
-    if summary.outcome != HELD {
+    if summary.outcome != SyncOutcome::Held {
         // Held: kept pending, so resending any part with `"force": true` applies the whole snapshot.
         ledger.done(parts).await;
     }
@@ -418,7 +414,7 @@ async fn handle_http(deps: &Deps, event: &Value) -> Value {
     };
     match outcome {
         // Held for a person: not applied, and resending it unchanged will not apply it either.
-        Ok(summary) if summary["outcome"] == HELD => http(409, summary),
+        Ok(summary) if summary["outcome"] == SyncOutcome::Held.as_str() => http(409, summary),
         Ok(summary) => http(202, summary),
         Err(e) => http_error(e.http_status(), e.to_string()),
     }

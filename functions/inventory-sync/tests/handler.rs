@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use dear_client::{ApiKey, AvailabilityQuery, DearClient, DearConfig};
-use dear_sim::seed::SeedSpec;
-use dear_sim::{SimConfig, SimServer};
+use dear_sim::SimServer;
 use futures::TryStreamExt;
 use inventory_sync::{Deps, handle};
 use rust_decimal::Decimal;

@@ -5,8 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use dear_sim::seed::SeedSpec;
-use dear_sim::{SimConfig, SimServer};
+use dear_sim::SimServer;
 use dearsync_core::TenantId;
 use dearsync_core::state::TenantEntry;
 use hmac::{Hmac, KeyInit, Mac};

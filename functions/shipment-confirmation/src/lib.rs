@@ -128,7 +128,7 @@ pub enum NotConfirmed {
         shipment_id: String,
         /// Why.
         #[source]
-        source: ConfirmError,
+        source: Box<ConfirmError>,
     },
 }
 
@@ -181,7 +181,7 @@ async fn confirm_envelope(
         .map_err(|source| NotConfirmed::Confirm {
             tenant: tenant.clone(),
             shipment_id: shipment.shipment_id.clone(),
-            source,
+            source: Box::new(source),
         })?;
     tracing::info!(tenant = %tenant, result = %json!(confirmation), "shipment confirmed");
     Ok(confirmation)

@@ -3,8 +3,7 @@
 //! warehouse pushes through the Function URL, all with a merchant's default settings; and a disabled
 //! tenant, for which nothing is written by any entry.
 
-use dear_sim::seed::SeedSpec;
-use dear_sim::{SimConfig, SimServer};
+use dear_sim::SimServer;
 use serde_json::{Value, json};
 use shipment_confirmation::{Deps, HandlerError, handle};
 

@@ -8,4 +8,4 @@ pub mod sync;
 
 pub use chunks::{Chunk, ChunkError, ChunkLedger, ChunkProgress, MAX_CHUNK_LINES};
 pub use snapshot::{CsvOptions, Snapshot, SnapshotError, SnapshotLine, parse_instant};
-pub use sync::{Action, InventorySync, PlanLine, SyncError, SyncOptions, SyncSummary};
+pub use sync::{Action, InventorySync, PlanLine, SyncError, SyncOptions, SyncOutcome, SyncSummary};

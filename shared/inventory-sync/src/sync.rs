@@ -120,6 +120,55 @@ fn date_text<S: serde::Serializer>(v: &Option<NaiveDate>, s: S) -> Result<S::Ok,
     }
 }
 
+/// How a sync ended. Printed and serialised as its snake_case name (`applied`, `held`…).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// Nothing decided yet (a summary being filled).
+    #[default]
+    Pending,
+    /// Posted to DEAR (or nothing differed).
+    Applied,
+    /// Planned only.
+    DryRun,
+    /// Applied before: the stored result answers.
+    AlreadyApplied,
+    /// Older than the last snapshot applied at the location: ignored.
+    Stale,
+    /// Another worker is applying it.
+    InProgress,
+    /// Held for a person by the sanity guard: nothing written.
+    Held,
+}
+
+impl SyncOutcome {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncOutcome::Pending => "pending",
+            SyncOutcome::Applied => "applied",
+            SyncOutcome::DryRun => "dry_run",
+            SyncOutcome::AlreadyApplied => "already_applied",
+            SyncOutcome::Stale => "stale",
+            SyncOutcome::InProgress => "in_progress",
+            SyncOutcome::Held => "held",
+        }
+    }
+}
+
+impl std::fmt::Display for SyncOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Comparing with the name, as reports and tests read it.
+impl PartialEq<&str> for SyncOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What a sync did (or, in a dry run, would do).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SyncSummary {
@@ -129,8 +178,8 @@ pub struct SyncSummary {
     pub snapshot_id: String,
     /// The DEAR location.
     pub location: String,
-    /// `applied`, `dry_run`, `already_applied`, `stale` (older than the last applied) or `in_progress`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: SyncOutcome,
     /// Why, when nothing was applied.
     pub note: Option<String>,
     /// Snapshot lines read.
@@ -172,7 +221,7 @@ impl SyncSummary {
                 ("Adjusted", self.adjusted),
                 ("HeldForReview", self.held_for_review),
                 // 1 when the sanity guard held the whole snapshot for a person.
-                ("SnapshotHeld", u64::from(self.outcome == "held")),
+                ("SnapshotHeld", u64::from(self.outcome == SyncOutcome::Held)),
                 ("UnknownSkus", self.unknown_skus.len() as u64),
                 ("Skipped", self.skipped.values().sum()),
                 ("DearCalls", self.dear_calls),
@@ -363,7 +412,7 @@ impl InventorySync {
             && let Ok(last) = DateTime::parse_from_rfc3339(&c.value)
             && snapshot.as_of < last
         {
-            summary.outcome = "stale".into();
+            summary.outcome = SyncOutcome::Stale;
             summary.note = Some(format!(
                 "snapshot {} is as of {}, older than the last applied one at {location} ({}); ignored",
                 snapshot.snapshot_id,
@@ -381,7 +430,7 @@ impl InventorySync {
             match self.store.claim(&claim_key, &payload_hash, terms).await {
                 Ok(Claim::Acquired { token }) => Some(token),
                 Ok(Claim::Completed { result }) => {
-                    summary.outcome = "already_applied".into();
+                    summary.outcome = SyncOutcome::AlreadyApplied;
                     summary.note = Some(format!(
                         "snapshot {} was applied before: {result}",
                         snapshot.snapshot_id
@@ -389,7 +438,7 @@ impl InventorySync {
                     return Ok(summary);
                 }
                 Ok(Claim::InProgress { until }) => {
-                    summary.outcome = "in_progress".into();
+                    summary.outcome = SyncOutcome::InProgress;
                     summary.note = Some(format!("another worker is applying it until {until}"));
                     return Ok(summary);
                 }
@@ -411,7 +460,7 @@ impl InventorySync {
                 match held.keep_while(work).await {
                     Ok(result) => result,
                     Err(lost) => {
-                        summary.outcome = "in_progress".into();
+                        summary.outcome = SyncOutcome::InProgress;
                         summary.note = Some(format!("{lost}; it finishes applying the snapshot"));
                         return Ok(summary);
                     }
@@ -446,7 +495,11 @@ impl InventorySync {
         if let Some(reason) = result? {
             tracing::warn!(tenant = %self.tenant, snapshot_id = %snapshot.snapshot_id, reason = %reason,
                 "inventory snapshot held for a person: nothing written");
-            summary.outcome = if dry_run { "dry_run" } else { "held" }.into();
+            summary.outcome = if dry_run {
+                SyncOutcome::DryRun
+            } else {
+                SyncOutcome::Held
+            };
             summary.note = Some(if dry_run {
                 format!("a real run would hold it: {reason}")
             } else {
@@ -455,9 +508,9 @@ impl InventorySync {
             return Ok(summary);
         }
         summary.outcome = if dry_run {
-            "dry_run".into()
+            SyncOutcome::DryRun
         } else {
-            "applied".into()
+            SyncOutcome::Applied
         };
         tracing::info!(tenant = %self.tenant, summary = %serde_json::json!({
             "snapshot_id": summary.snapshot_id, "location": summary.location, "lines_read": summary.lines_read,
