@@ -26,7 +26,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::shipment::{Invalid, Shipment};
+use crate::shipment::{Checked, Invalid, Shipment};
 
 /// The idempotency scope of shipments.
 const SCOPE: &str = "shipment";
@@ -266,9 +266,9 @@ impl ShipmentConfirmation {
 
     /// Confirms one shipment.
     pub async fn confirm(&self, shipment: &Shipment) -> Result<Confirmation, ConfirmError> {
-        shipment.check()?;
-        let id = shipment.shipment_id.trim().to_owned();
-        let hash = shipment.payload_hash();
+        let facts = shipment.checked()?;
+        let id = facts.id.clone();
+        let hash = facts.payload_hash.clone();
         let key = IdempotencyKey::new(&self.tenant, SCOPE, &id);
         let terms = claim_terms();
         match self.store.claim(&key, &hash, terms).await {
@@ -279,11 +279,11 @@ impl ShipmentConfirmation {
                 Ok(c)
             }
             Ok(Claim::InProgress { .. }) => Err(ConfirmError::InProgress(id)),
-            Err(StoreError::PayloadMismatch { .. }) => self.changed(shipment).await,
+            Err(StoreError::PayloadMismatch { .. }) => self.changed(shipment, &facts).await,
             Err(e) => Err(e.into()),
             Ok(Claim::Acquired { token }) => {
                 let held = HeldClaim::new(self.store.as_ref(), &key, &token, terms.in_progress_for);
-                let Ok(result) = held.keep_while(self.apply(shipment, &hash)).await else {
+                let Ok(result) = held.keep_while(self.apply(shipment, &facts)).await else {
                     // Another worker took the claim over and finishes the shipment.
                     return Err(ConfirmError::InProgress(id));
                 };
@@ -302,8 +302,12 @@ impl ShipmentConfirmation {
     }
 
     /// The same shipment id with a different payload: a late tracking update, or a conflict.
-    async fn changed(&self, shipment: &Shipment) -> Result<Confirmation, ConfirmError> {
-        let id = shipment.shipment_id.trim().to_owned();
+    async fn changed(
+        &self,
+        shipment: &Shipment,
+        facts: &Checked,
+    ) -> Result<Confirmation, ConfirmError> {
+        let id = facts.id.clone();
         let rec = self.store.record(&self.key(shipment)).await?;
         let Some(rec) = rec.filter(|r| r.state == RecordState::Done) else {
             return Err(ConfirmError::InProgress(id));
@@ -312,13 +316,13 @@ impl ShipmentConfirmation {
         let Some(applied) = detail.confirmation.clone() else {
             return Err(ledger(&id, "the ledger has no result".into()));
         };
-        if detail.contents_hash.as_deref() != Some(shipment.contents_hash().as_str()) {
+        if detail.contents_hash.as_deref() != Some(facts.contents_hash.as_str()) {
             return Err(ConfirmError::Changed {
                 shipment_id: id,
                 detail: "its sale, date, location, boxes or lines differ".into(),
             });
         }
-        if detail.payload_hash.as_deref() == Some(shipment.payload_hash().as_str()) {
+        if detail.payload_hash.as_deref() == Some(facts.payload_hash.as_str()) {
             let mut c = applied;
             c.action = "replayed".into();
             return Ok(c);
@@ -327,14 +331,10 @@ impl ShipmentConfirmation {
         let key = IdempotencyKey::new(
             &self.tenant,
             SCOPE,
-            format!("{id}#{}", &shipment.payload_hash()[..16]),
+            format!("{id}#{}", &facts.payload_hash[..16]),
         );
         let terms = claim_terms();
-        let token = match self
-            .store
-            .claim(&key, &shipment.payload_hash(), terms)
-            .await?
-        {
+        let token = match self.store.claim(&key, &facts.payload_hash, terms).await? {
             Claim::Completed { result } => {
                 return serde_json::from_str(&result)
                     .map_err(|e| ledger(&id, format!("stored result unreadable: {e}")));
@@ -344,7 +344,7 @@ impl ShipmentConfirmation {
         };
         let held = HeldClaim::new(self.store.as_ref(), &key, &token, terms.in_progress_for);
         let Ok(result) = held
-            .keep_while(self.update_tracking(shipment, &applied))
+            .keep_while(self.update_tracking(shipment, facts, &applied))
             .await
         else {
             return Err(ConfirmError::InProgress(id));
@@ -352,7 +352,7 @@ impl ShipmentConfirmation {
         match &result {
             Ok(c) => {
                 let mut d = detail.clone();
-                d.payload_hash = Some(shipment.payload_hash());
+                d.payload_hash = Some(facts.payload_hash.clone());
                 d.confirmation = Some(c.clone());
                 let change = Transition::to(RecordState::Done).detail(d.json());
                 self.store.transition(&rec, change).await?;
@@ -373,6 +373,7 @@ impl ShipmentConfirmation {
     async fn update_tracking(
         &self,
         shipment: &Shipment,
+        facts: &Checked,
         applied: &Confirmation,
     ) -> Result<Confirmation, ConfirmError> {
         let task: Uuid = applied
@@ -380,7 +381,7 @@ impl ShipmentConfirmation {
             .parse()
             .map_err(|_| ledger(&applied.shipment_id, "bad stored task id".into()))?;
         let carrier = self.carrier_for(shipment).await?;
-        let date = DearDateTime(shipment.ship_date_time()?);
+        let date = DearDateTime(facts.date);
         let lines: Vec<ShipLine> = shipment
             .packages
             .iter()
@@ -510,7 +511,12 @@ impl ShipmentConfirmation {
         Ok(name)
     }
 
-    async fn apply(&self, shipment: &Shipment, hash: &str) -> Result<Confirmation, ConfirmError> {
+    async fn apply(
+        &self,
+        shipment: &Shipment,
+        facts: &Checked,
+    ) -> Result<Confirmation, ConfirmError> {
+        let hash = facts.payload_hash.as_str();
         let key = self.key(shipment);
         let existing = self.store.record(&key).await?;
         let sale = self.sale(shipment).await?;
@@ -595,7 +601,7 @@ impl ShipmentConfirmation {
         let detail = ShipmentDetail {
             sale_id: Some(sale.id.to_string()),
             task_id: Some(task.to_string()),
-            contents_hash: Some(shipment.contents_hash()),
+            contents_hash: Some(facts.contents_hash.clone()),
             payload_hash: Some(hash.to_owned()),
             confirmation: None,
         };
@@ -622,7 +628,7 @@ impl ShipmentConfirmation {
             .or_else(|| sale.location.clone())
             .unwrap_or_default();
         let location = stage_location(&location, self.settings.pick_bin.as_deref());
-        let date = DearDateTime(shipment.ship_date_time()?);
+        let date = DearDateTime(facts.date);
         let result = self
             .write_stages(shipment, &sale, fulfilment, &location, &carrier, date)
             .await;

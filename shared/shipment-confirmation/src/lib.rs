@@ -5,4 +5,4 @@ pub mod confirm;
 pub mod shipment;
 
 pub use confirm::{BoxResult, ConfirmError, Confirmation, ShipmentConfirmation};
-pub use shipment::{Invalid, Shipment};
+pub use shipment::{Checked, Invalid, Shipment};

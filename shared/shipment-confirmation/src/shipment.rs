@@ -137,6 +137,22 @@ impl Shipment {
 
     /// Structural checks that need no DEAR data.
     pub fn check(&self) -> Result<(), Invalid> {
+        self.validate().map(|_| ())
+    }
+
+    /// Checks the shipment once and computes what confirming it needs: its id, date and hashes.
+    pub fn checked(&self) -> Result<Checked, Invalid> {
+        let date = self.validate()?;
+        Ok(Checked {
+            id: self.shipment_id.trim().to_owned(),
+            date,
+            payload_hash: self.payload_hash(),
+            contents_hash: self.contents_hash(),
+        })
+    }
+
+    /// [`Shipment::check`], answering the ship date it read.
+    fn validate(&self) -> Result<NaiveDateTime, Invalid> {
         if self.shipment_id.trim().is_empty() {
             return Err(Invalid::new("shipment_id", "must not be empty"));
         }
@@ -164,7 +180,7 @@ impl Shipment {
                 "give sale_id or order_number to identify the sale",
             ));
         }
-        self.ship_date_time()?;
+        let date = self.ship_date_time()?;
         if self.carrier.trim().is_empty() {
             return Err(Invalid::new("carrier", "must not be empty"));
         }
@@ -210,7 +226,7 @@ impl Shipment {
                 }
             }
         }
-        Ok(())
+        Ok(date)
     }
 
     /// The shipped quantity per (SKU, batch), summed over packages.
@@ -282,6 +298,19 @@ fn serde_path_to_error<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Shipme
     })
 }
 
+/// A checked shipment's facts, computed once: what the confirmation compares and writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The shipment id, trimmed.
+    pub id: String,
+    /// The ship date (a date alone is midnight).
+    pub date: NaiveDateTime,
+    /// [`Shipment::payload_hash`].
+    pub payload_hash: String,
+    /// [`Shipment::contents_hash`].
+    pub contents_hash: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +320,21 @@ mod tests {
         "service":"Ground","packages":[{"box":"CTN-1","tracking_number":"1Z999AA10123456784",
         "tracking_url":"https://example.com/t","lines":[{"sku":"Bread","quantity":2,"batch":null}]},
         {"box":"CTN-2","tracking_number":"1Z2","lines":[{"sku":"Bread","quantity":"0.5"}]}]}"#;
+
+    #[test]
+    fn a_checked_shipment_carries_its_id_date_and_hashes_computed_once() {
+        let mut s = Shipment::from_json(GOOD).unwrap();
+        s.shipment_id = " WMS-SHP-1001 ".into();
+        let facts = s.checked().unwrap();
+        assert_eq!(facts.id, "WMS-SHP-1001");
+        assert_eq!(facts.date, s.ship_date_time().unwrap());
+        assert_eq!(
+            (facts.payload_hash.as_str(), facts.contents_hash.as_str()),
+            (s.payload_hash().as_str(), s.contents_hash().as_str())
+        );
+        s.ship_date = "soon".into();
+        assert_eq!(s.checked().unwrap_err().field, "ship_date");
+    }
 
     #[test]
     fn a_good_shipment_is_read_with_exact_quantities() {
