@@ -46,6 +46,20 @@ impl<'a> HeldClaim<'a> {
         }
     }
 
+    /// Ends the claim: completes it with `result` when the work is done (a repeat is answered with
+    /// it for `keep_for`), or releases it when `result` is `None` (the work failed or was held, and
+    /// a retry may run it at once).
+    pub async fn finish(&self, result: Option<&str>, keep_for: Duration) -> Result<(), StoreError> {
+        match result {
+            Some(text) => {
+                self.store
+                    .complete(self.key, self.token, text, keep_for)
+                    .await
+            }
+            None => self.store.release_claim(self.key, self.token).await,
+        }
+    }
+
     /// How often the claim is renewed: three times per lapse period, so two renewals in a row may
     /// fail (a store blip) before the claim lapses.
     pub fn renew_every(&self) -> StdDuration {

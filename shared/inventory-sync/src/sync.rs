@@ -20,7 +20,7 @@ use dear_client::{
 use dearsync_core::settings::{
     AdjustmentStatusSetting, BinNullRow, InventorySyncSettings, QuantityIs, SnapshotScope,
 };
-use dearsync_core::state::{Claim, ClaimTerms, CursorKey, IdempotencyKey};
+use dearsync_core::state::{Claim, ClaimTerms, Cursor, CursorKey, IdempotencyKey};
 use dearsync_core::{Clock, HeldClaim, Job, StateStore, StoreError, TenantId};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
@@ -449,47 +449,38 @@ impl InventorySync {
             }
         };
         let work = self.plan_and_post(snapshot, &payload_hash, &location, options, &mut summary);
-        let result = match &token {
-            Some(token) => {
-                let held = HeldClaim::new(
-                    self.store.as_ref(),
-                    &claim_key,
-                    token,
-                    terms.in_progress_for,
-                );
-                match held.keep_while(work).await {
-                    Ok(result) => result,
-                    Err(lost) => {
-                        summary.outcome = SyncOutcome::InProgress;
-                        summary.note = Some(format!("{lost}; it finishes applying the snapshot"));
-                        return Ok(summary);
-                    }
+        let held = token.as_deref().map(|token| {
+            HeldClaim::new(
+                self.store.as_ref(),
+                &claim_key,
+                token,
+                terms.in_progress_for,
+            )
+        });
+        let result = match &held {
+            Some(held) => match held.keep_while(work).await {
+                Ok(result) => result,
+                Err(lost) => {
+                    summary.outcome = SyncOutcome::InProgress;
+                    summary.note = Some(format!("{lost}; it finishes applying the snapshot"));
+                    return Ok(summary);
                 }
-            }
+            },
             None => work.await,
         };
         let stats = self.dear.stats();
         summary.dear_calls = stats.calls - stats_before.calls;
         summary.dear_throttled = stats.throttled - stats_before.throttled;
-        if let Some(token) = token {
-            match &result {
-                Ok(Some(_held)) => self.store.release_claim(&claim_key, &token).await?,
-                Ok(None) => {
-                    let done = serde_json::json!({ "adjustments": summary.adjustments, "adjusted": summary.adjusted, "held_for_review": summary.held_for_review });
-                    self.store
-                        .complete(&claim_key, &token, &done.to_string(), terms.keep_for)
-                        .await?;
-                    let value = snapshot.as_of.to_rfc3339_opts(SecondsFormat::Millis, true);
-                    let newer = cursor.as_ref().is_none_or(|c| {
-                        DateTime::parse_from_rfc3339(&c.value).is_ok_and(|l| snapshot.as_of >= l)
-                    });
-                    if newer {
-                        self.store
-                            .save_cursor(&cursor_key, &value, cursor.as_ref().map(|c| c.version))
-                            .await?;
-                    }
-                }
-                Err(_) => self.store.release_claim(&claim_key, &token).await?,
+        if let Some(held) = &held {
+            // Applied: completed (a repeat is answered from it). Held or failed: released.
+            let done = matches!(result, Ok(None)).then(|| {
+                serde_json::json!({ "adjustments": summary.adjustments, "adjusted": summary.adjusted, "held_for_review": summary.held_for_review })
+                    .to_string()
+            });
+            held.finish(done.as_deref(), terms.keep_for).await?;
+            if done.is_some() {
+                self.advance_cursor(&cursor_key, cursor.as_ref(), snapshot)
+                    .await?;
             }
         }
         if let Some(reason) = result? {
@@ -607,6 +598,25 @@ impl InventorySync {
         self.post_plan(snapshot, lines_hash, location, &adjust, &review, summary)
             .await?;
         Ok(None)
+    }
+
+    /// Records the snapshot's time as the location's last applied one, unless a newer one was.
+    async fn advance_cursor(
+        &self,
+        key: &CursorKey,
+        cursor: Option<&Cursor>,
+        snapshot: &Snapshot,
+    ) -> Result<(), SyncError> {
+        let value = snapshot.as_of.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let newer = cursor.is_none_or(|c| {
+            DateTime::parse_from_rfc3339(&c.value).is_ok_and(|l| snapshot.as_of >= l)
+        });
+        if newer {
+            self.store
+                .save_cursor(key, &value, cursor.map(|c| c.version))
+                .await?;
+        }
+        Ok(())
     }
 
     /// The code of `price_tier_name`'s tier, if one is set.

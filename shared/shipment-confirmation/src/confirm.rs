@@ -145,6 +145,11 @@ impl From<StoreError> for ConfirmError {
     }
 }
 
+/// A confirmation as its idempotency record keeps it.
+fn result_text(c: &Confirmation) -> String {
+    serde_json::to_string(c).unwrap_or_default()
+}
+
 fn ledger(shipment_id: &str, what: String) -> ConfirmError {
     ConfirmError::Ledger {
         shipment_id: shipment_id.to_owned(),
@@ -287,15 +292,8 @@ impl ShipmentConfirmation {
                     // Another worker took the claim over and finishes the shipment.
                     return Err(ConfirmError::InProgress(id));
                 };
-                match &result {
-                    Ok(c) => {
-                        let text = serde_json::to_string(c).unwrap_or_default();
-                        self.store
-                            .complete(&key, &token, &text, terms.keep_for)
-                            .await?;
-                    }
-                    Err(_) => self.store.release_claim(&key, &token).await?,
-                }
+                let text = result.as_ref().ok().map(result_text);
+                held.finish(text.as_deref(), terms.keep_for).await?;
                 result
             }
         }
@@ -349,24 +347,15 @@ impl ShipmentConfirmation {
         else {
             return Err(ConfirmError::InProgress(id));
         };
-        match &result {
-            Ok(c) => {
-                let mut d = detail.clone();
-                d.payload_hash = Some(facts.payload_hash.clone());
-                d.confirmation = Some(c.clone());
-                let change = Transition::to(RecordState::Done).detail(d.json());
-                self.store.transition(&rec, change).await?;
-                self.store
-                    .complete(
-                        &key,
-                        &token,
-                        &serde_json::to_string(c).unwrap_or_default(),
-                        terms.keep_for,
-                    )
-                    .await?;
-            }
-            Err(_) => self.store.release_claim(&key, &token).await?,
+        if let Ok(c) = &result {
+            let mut d = detail.clone();
+            d.payload_hash = Some(facts.payload_hash.clone());
+            d.confirmation = Some(c.clone());
+            let change = Transition::to(RecordState::Done).detail(d.json());
+            self.store.transition(&rec, change).await?;
         }
+        let text = result.as_ref().ok().map(result_text);
+        held.finish(text.as_deref(), terms.keep_for).await?;
         result
     }
 
