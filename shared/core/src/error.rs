@@ -46,6 +46,17 @@ impl StoreError {
         matches!(self, StoreError::Conflict { .. })
     }
 
+    /// A conditional write's answer with a lost race read as "someone else got there first":
+    /// `Some` the write's result, `None` a conflict, `Err` any other failure. For writes where the
+    /// other writer's result is as good as this one's.
+    pub fn unless_raced<T>(result: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// True when retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))

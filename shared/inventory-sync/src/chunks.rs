@@ -210,9 +210,9 @@ impl ChunkLedger<'_> {
             dearsync_core::sha256_hex(text.as_bytes()),
         );
         record.detail = Some(text);
-        match self.store.insert(record).await {
+        // A conflict is a redelivered chunk: kept already.
+        match StoreError::unless_raced(self.store.insert(record).await) {
             Ok(_) => {}
-            Err(e) if e.is_conflict() => {} // A redelivered chunk.
             Err(StoreError::Invalid(m)) => {
                 return Err(ChunkError::TooLarge {
                     part: chunk.part,

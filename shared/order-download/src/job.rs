@@ -949,11 +949,8 @@ impl OrderDownload {
         change.reason = reason;
         change.input_hash = input_hash.map(str::to_owned);
         change.detail = DetailChange::Set(detail.to_json());
-        match self.store.transition(rec, change).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_conflict() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        StoreError::unless_raced(self.store.transition(rec, change).await)?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1004,11 +1001,8 @@ impl OrderDownload {
                     }
                     .to_json(),
                 );
-                match self.store.insert(new).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.is_conflict() => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+                StoreError::unless_raced(self.store.insert(new).await)?;
+                Ok(())
             }
         }
     }
@@ -1048,11 +1042,8 @@ impl OrderDownload {
                 self.store.insert(new).await.map(|_| ())
             }
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_conflict() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        StoreError::unless_raced(result)?;
+        Ok(())
     }
 }
 
