@@ -145,6 +145,45 @@ impl From<StoreError> for ConfirmError {
     }
 }
 
+/// A shipment applied before whose claim has lapsed: its confirmation from the ledger.
+fn replay_from_ledger(existing: Option<&LedgerRecord>) -> Option<Confirmation> {
+    let c = existing
+        .filter(|r| r.state == RecordState::Done)
+        .and_then(|r| ShipmentDetail::of(r).confirmation)?;
+    Some(Confirmation {
+        action: "replayed".into(),
+        ..c
+    })
+}
+
+/// The fulfilment an earlier attempt wrote to, whether it is still in flight or failed after some
+/// stages were applied (a refused ship leaves the pick and pack in DEAR). One shipped with other
+/// boxes belongs to another shipment now: not resumed.
+fn resume_task(existing: Option<&LedgerRecord>, sale: &Sale, shipment: &Shipment) -> Option<Uuid> {
+    existing
+        .filter(|r| r.state != RecordState::Done)
+        .and_then(|r| ShipmentDetail::of(r).task_id)
+        .and_then(|t| t.parse::<Uuid>().ok())
+        .filter(|t| {
+            sale.fulfilments
+                .iter()
+                .find(|f| f.task_id == *t)
+                .is_none_or(|f| !shipped(f) || ships_these_boxes(&f.ship, shipment))
+        })
+}
+
+/// The boxes as the confirmation reports them.
+fn boxes_of(shipment: &Shipment) -> Vec<BoxResult> {
+    shipment
+        .packages
+        .iter()
+        .map(|p| BoxResult {
+            r#box: p.r#box.trim().to_owned(),
+            tracking_number: p.tracking_number.clone(),
+        })
+        .collect()
+}
+
 /// A confirmation as its idempotency record keeps it.
 fn result_text(c: &Confirmation) -> String {
     serde_json::to_string(c).unwrap_or_default()
@@ -509,35 +548,11 @@ impl ShipmentConfirmation {
         let key = self.key(shipment);
         let existing = self.store.record(&key).await?;
         let sale = self.sale(shipment).await?;
-        // The fulfilment an earlier attempt wrote to, whether it is still in flight or failed
-        // after some stages were applied (a refused ship leaves the pick and pack in DEAR).
-        // One shipped with other boxes belongs to another shipment now: not resumed.
-        let resume_task = existing
-            .as_ref()
-            .filter(|r| r.state != RecordState::Done)
-            .and_then(|r| ShipmentDetail::of(r).task_id)
-            .and_then(|t| t.parse::<Uuid>().ok())
-            .filter(|t| {
-                sale.fulfilments
-                    .iter()
-                    .find(|f| f.task_id == *t)
-                    .is_none_or(|f| !shipped(f) || ships_these_boxes(&f.ship, shipment))
-            });
-        if existing
-            .as_ref()
-            .is_some_and(|r| r.state == RecordState::Done)
-        {
-            // Applied before, claim since lapsed (90 days): answer from the ledger.
-            if let Some(c) = existing
-                .as_ref()
-                .and_then(|r| ShipmentDetail::of(r).confirmation)
-            {
-                return Ok(Confirmation {
-                    action: "replayed".into(),
-                    ..c
-                });
-            }
+        // Applied before, claim since lapsed (90 days): answer from the ledger.
+        if let Some(c) = replay_from_ledger(existing.as_ref()) {
+            return Ok(c);
         }
+        let resume_task = resume_task(existing.as_ref(), &sale, shipment);
         let plan = match self.plan(shipment, &sale, resume_task) {
             Ok(p) => p,
             Err(e) => {
@@ -547,43 +562,7 @@ impl ShipmentConfirmation {
             }
         };
         let carrier = self.carrier_for(shipment).await?;
-
-        // The fulfilment: the one a previous attempt chose, an open one, or a new one.
-        // The sale was read just now, so its fulfilments are current; a new one comes back from DEAR.
-        let fulfilment = match plan
-            .task
-            .and_then(|t| sale.fulfilments.iter().find(|f| f.task_id == t))
-        {
-            Some(f) => f.clone(),
-            // A simple sale may list no fulfilment before any work (as a DEAR reference example
-            // shows): its own task is the sale. Creating one would make it an Advanced Sale.
-            None if sale.sale_type == SaleType::Simple && !sale.fulfilments.iter().any(is_live) => {
-                Fulfilment {
-                    task_id: sale.id,
-                    fulfillment_number: Some(1),
-                    ..Fulfilment::default()
-                }
-            }
-            None => {
-                // A killed attempt's create may have landed after the sale was read (DEAR then
-                // refuses a second open fulfilment), or this one's answer was lost: the open one
-                // that appeared is taken.
-                let created = self
-                    .write_checked(
-                        "fulfilment",
-                        || self.dear.create_fulfilment(sale.id),
-                        || self.dear.fulfilments(sale.id),
-                        |now| now.fulfilments.iter().any(open_for_a_new_shipment),
-                    )
-                    .await?;
-                created
-                    .fulfilments
-                    .into_iter()
-                    .filter(open_for_a_new_shipment)
-                    .max_by_key(|f| f.fulfillment_number.unwrap_or(0))
-                    .ok_or(ConfirmError::NoFulfilmentOpened { sale_id: sale.id })?
-            }
-        };
+        let fulfilment = self.fulfilment_for(plan.task, &sale).await?;
         let task = fulfilment.task_id;
         // Known from the read (or the create) already: no read after shipping.
         let fulfilment_number = fulfilment.fulfillment_number;
@@ -594,9 +573,106 @@ impl ShipmentConfirmation {
             payload_hash: Some(hash.to_owned()),
             confirmation: None,
         };
-        let in_flight = match existing {
+        let in_flight = self.mark_in_flight(key, existing, &detail, hash).await?;
+        let location = shipment
+            .location
+            .clone()
+            .or_else(|| self.settings.location.clone())
+            .or_else(|| sale.location.clone())
+            .unwrap_or_default();
+        let location = stage_location(&location, self.settings.pick_bin.as_deref());
+        let date = DearDateTime(facts.date);
+        let ship = match self
+            .write_stages(shipment, &sale, fulfilment, &location, &carrier, date)
+            .await
+        {
+            Ok(ship) => ship,
+            Err(e) => {
+                // Stays in flight (with its task) for a retry to resume, or fails with the reason.
+                let state = if e.is_retryable() {
+                    RecordState::InFlight
+                } else {
+                    RecordState::Failed
+                };
+                let change = Transition::to(state)
+                    .reason(e.to_string())
+                    .detail(detail.json());
+                self.store.transition(&in_flight, change).await?;
+                return Err(e);
+            }
+        };
+        let confirmation = Confirmation {
+            shipment_id: facts.id.clone(),
+            action: "applied".into(),
+            sale_id: sale.id.to_string(),
+            order_number: sale.order_number().unwrap_or_default().to_owned(),
+            task_id: task.to_string(),
+            fulfilment_number,
+            carrier,
+            boxes: boxes_of(shipment),
+            ship_status: ship.status.to_string(),
+        };
+        let mut done = detail;
+        done.confirmation = Some(confirmation.clone());
+        let mut change = Transition::to(RecordState::Done);
+        change.detail = DetailChange::Set(done.json());
+        self.store.transition(&in_flight, change).await?;
+        tracing::info!(tenant = %self.tenant, shipment_id = %confirmation.shipment_id, sale_id = %confirmation.sale_id,
+            task_id = %confirmation.task_id, boxes = confirmation.boxes.len(), "shipment confirmed in DEAR");
+        Ok(confirmation)
+    }
+
+    /// The fulfilment to write to: the one the plan chose (a previous attempt's, or an open
+    /// one), a simple sale's own task, or a new one. The sale was read just now, so its
+    /// fulfilments are current; a new one comes back from DEAR.
+    async fn fulfilment_for(
+        &self,
+        planned: Option<Uuid>,
+        sale: &Sale,
+    ) -> Result<Fulfilment, ConfirmError> {
+        if let Some(f) = planned.and_then(|t| sale.fulfilments.iter().find(|f| f.task_id == t)) {
+            return Ok(f.clone());
+        }
+        // A simple sale may list no fulfilment before any work (as a DEAR reference example
+        // shows): its own task is the sale. Creating one would make it an Advanced Sale.
+        if sale.sale_type == SaleType::Simple && !sale.fulfilments.iter().any(is_live) {
+            return Ok(Fulfilment {
+                task_id: sale.id,
+                fulfillment_number: Some(1),
+                ..Fulfilment::default()
+            });
+        }
+        // A killed attempt's create may have landed after the sale was read (DEAR then refuses
+        // a second open fulfilment), or this one's answer was lost: the open one that appeared
+        // is taken.
+        let created = self
+            .write_checked(
+                "fulfilment",
+                || self.dear.create_fulfilment(sale.id),
+                || self.dear.fulfilments(sale.id),
+                |now| now.fulfilments.iter().any(open_for_a_new_shipment),
+            )
+            .await?;
+        created
+            .fulfilments
+            .into_iter()
+            .filter(open_for_a_new_shipment)
+            .max_by_key(|f| f.fulfillment_number.unwrap_or(0))
+            .ok_or(ConfirmError::NoFulfilmentOpened { sale_id: sale.id })
+    }
+
+    /// The shipment's ledger record, in flight with `detail` (a new record, or the earlier
+    /// attempt's moved back in flight).
+    async fn mark_in_flight(
+        &self,
+        key: RecordKey,
+        existing: Option<LedgerRecord>,
+        detail: &ShipmentDetail,
+        hash: &str,
+    ) -> Result<LedgerRecord, ConfirmError> {
+        Ok(match existing {
             None => {
-                let mut new = NewRecord::new(key.clone(), RecordState::InFlight, hash);
+                let mut new = NewRecord::new(key, RecordState::InFlight, hash);
                 new.attempts = 1;
                 new.detail = Some(detail.json());
                 self.store.insert(new).await?
@@ -608,65 +684,7 @@ impl ShipmentConfirmation {
                     .detail(detail.json());
                 self.store.transition(&rec, change).await?
             }
-        };
-
-        let location = shipment
-            .location
-            .clone()
-            .or_else(|| self.settings.location.clone())
-            .or_else(|| sale.location.clone())
-            .unwrap_or_default();
-        let location = stage_location(&location, self.settings.pick_bin.as_deref());
-        let date = DearDateTime(facts.date);
-        let result = self
-            .write_stages(shipment, &sale, fulfilment, &location, &carrier, date)
-            .await;
-        let ship = match result {
-            Ok(ship) => ship,
-            Err(e) => {
-                let reason = e.to_string();
-                let retryable = e.is_retryable();
-                // Stays in flight (with its task) for a retry to resume, or fails with the reason.
-                let change = if retryable {
-                    Transition::to(RecordState::InFlight)
-                        .reason(reason)
-                        .detail(detail.json())
-                } else {
-                    Transition::to(RecordState::Failed)
-                        .reason(reason)
-                        .detail(detail.json())
-                };
-                self.store.transition(&in_flight, change).await?;
-                return Err(e);
-            }
-        };
-
-        let confirmation = Confirmation {
-            shipment_id: shipment.shipment_id.trim().to_owned(),
-            action: "applied".into(),
-            sale_id: sale.id.to_string(),
-            order_number: sale.order_number().unwrap_or_default().to_owned(),
-            task_id: task.to_string(),
-            fulfilment_number,
-            carrier,
-            boxes: shipment
-                .packages
-                .iter()
-                .map(|p| BoxResult {
-                    r#box: p.r#box.trim().to_owned(),
-                    tracking_number: p.tracking_number.clone(),
-                })
-                .collect(),
-            ship_status: ship.status.to_string(),
-        };
-        let mut done = detail;
-        done.confirmation = Some(confirmation.clone());
-        let mut change = Transition::to(RecordState::Done);
-        change.detail = DetailChange::Set(done.json());
-        self.store.transition(&in_flight, change).await?;
-        tracing::info!(tenant = %self.tenant, shipment_id = %confirmation.shipment_id, sale_id = %confirmation.sale_id,
-            task_id = %confirmation.task_id, boxes = confirmation.boxes.len(), "shipment confirmed in DEAR");
-        Ok(confirmation)
+        })
     }
 
     async fn record_failure(
