@@ -145,6 +145,111 @@ impl From<StoreError> for ConfirmError {
     }
 }
 
+/// Builds a sale's pick and pack lines at one location, with DEAR's product ids.
+struct LineMaker<'a> {
+    products: BTreeMap<String, Option<Uuid>>,
+    location: &'a str,
+}
+
+impl<'a> LineMaker<'a> {
+    fn of(sale: &Sale, location: &'a str) -> Self {
+        let products = sale
+            .order
+            .as_ref()
+            .map(|o| {
+                o.lines
+                    .iter()
+                    .map(|l| {
+                        (
+                            l.sku.clone().unwrap_or_default().trim().to_owned(),
+                            l.product_id,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        LineMaker { products, location }
+    }
+
+    fn line(
+        &self,
+        sku: &str,
+        q: Decimal,
+        batch: Option<String>,
+        r#box: Option<String>,
+    ) -> FulfilmentLine {
+        FulfilmentLine {
+            product_id: self.products.get(sku).copied().flatten(),
+            sku: Some(sku.to_owned()),
+            location: Some(self.location.to_owned()),
+            quantity: q,
+            batch_sn: batch,
+            r#box,
+            ..Default::default()
+        }
+    }
+
+    /// One pick line per (SKU, batch), boxes summed.
+    fn pick(&self, shipment: &Shipment) -> Vec<FulfilmentLine> {
+        shipment
+            .quantities()
+            .into_iter()
+            .map(|((sku, batch), q)| self.line(&sku, q, batch, None))
+            .collect()
+    }
+
+    /// One pack line per line of each box, naming the box.
+    fn pack(&self, shipment: &Shipment) -> Vec<FulfilmentLine> {
+        shipment
+            .packages
+            .iter()
+            .flat_map(|p| {
+                p.lines.iter().map(|l| {
+                    self.line(
+                        l.sku.trim(),
+                        l.quantity,
+                        l.batch.clone().filter(|b| !b.trim().is_empty()),
+                        Some(p.r#box.trim().to_owned()),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// One ship line per box; with "mark shipped" only, a one-box shipment takes the name of DEAR's
+/// one packed box.
+fn ship_lines(
+    shipment: &Shipment,
+    pack: &PickPack,
+    mark_shipped: bool,
+    carrier: &str,
+    date: DearDateTime,
+) -> Vec<ShipLine> {
+    let mut packed_boxes: Vec<String> = pack.lines.iter().filter_map(|l| l.r#box.clone()).collect();
+    packed_boxes.dedup();
+    shipment
+        .packages
+        .iter()
+        .map(|p| {
+            let name = if mark_shipped && shipment.packages.len() == 1 && packed_boxes.len() == 1 {
+                packed_boxes[0].clone()
+            } else {
+                p.r#box.trim().to_owned()
+            };
+            ShipLine {
+                shipment_date: Some(date),
+                carrier: Some(carrier.to_owned()),
+                r#box: Some(name),
+                tracking_number: p.tracking_number.clone(),
+                tracking_url: p.tracking_url.clone(),
+                is_shipped: true,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
 /// A shipment applied before whose claim has lapsed: its confirmation from the ledger.
 fn replay_from_ledger(existing: Option<&LedgerRecord>) -> Option<Confirmation> {
     let c = existing
@@ -880,133 +985,19 @@ impl ShipmentConfirmation {
         carrier: &str,
         date: DearDateTime,
     ) -> Result<Ship, ConfirmError> {
-        let task = f.task_id;
-        let products: BTreeMap<String, Option<Uuid>> = sale
-            .order
-            .as_ref()
-            .map(|o| {
-                o.lines
-                    .iter()
-                    .map(|l| {
-                        (
-                            l.sku.clone().unwrap_or_default().trim().to_owned(),
-                            l.product_id,
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let line =
-            |sku: &str, q: Decimal, batch: Option<String>, r#box: Option<String>| FulfilmentLine {
-                product_id: products.get(sku).copied().flatten(),
-                sku: Some(sku.to_owned()),
-                location: Some(location.to_owned()),
-                quantity: q,
-                batch_sn: batch,
-                r#box,
-                ..Default::default()
-            };
-        // What DEAR must show for a stage to count as this shipment's (read back after a write
-        // whose answer proves nothing).
-        let want = shipment_by_sku(shipment);
         if self.settings.ship_order_action == ShipOrderAction::MarkPackedAndShipped {
-            let mut pack_status = f.pack.status.clone();
-            if !f.pick.status.is_authorised() {
-                let pick = PickPack {
-                    task_id: Some(task),
-                    status: StageStatus::Authorised,
-                    lines: shipment
-                        .quantities()
-                        .into_iter()
-                        .map(|((sku, batch), q)| line(&sku, q, batch, None))
-                        .collect(),
-                    ..Default::default()
-                };
-                let replace = f.pick.status == StageStatus::Draft;
-                self.write_checked(
-                    "pick",
-                    || self.dear.write_pick(&pick, replace),
-                    || self.dear.pick(task),
-                    |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
-                )
-                .await?;
-                // DEAR may open a DRAFT pack when the pick is authorised (reference examples show
-                // one): the pack is written from DEAR's state now, not the read before the pick,
-                // so a DRAFT is replaced rather than added to.
-                pack_status = self.dear.pack(task).await.map_err(dear_error)?.status;
-            }
-            if !pack_status.is_authorised() {
-                let lines = shipment
-                    .packages
-                    .iter()
-                    .flat_map(|p| {
-                        p.lines.iter().map(|l| {
-                            line(
-                                l.sku.trim(),
-                                l.quantity,
-                                l.batch.clone().filter(|b| !b.trim().is_empty()),
-                                Some(p.r#box.trim().to_owned()),
-                            )
-                        })
-                    })
-                    .collect();
-                let pack = PickPack {
-                    task_id: Some(task),
-                    status: StageStatus::Authorised,
-                    lines,
-                    ..Default::default()
-                };
-                let replace = pack_status == StageStatus::Draft;
-                self.write_checked(
-                    "pack",
-                    || self.dear.write_pack(&pack, replace),
-                    || self.dear.pack(task),
-                    |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
-                )
-                .await?;
-            }
+            let lines = LineMaker::of(sale, location);
+            self.pick_and_pack(shipment, &f, &lines).await?;
         }
         if shipped(&f) {
             return Ok(f.ship);
         }
-        // One ship line per box; a "mark shipped" box name follows DEAR's pack when it has one box.
-        let packed_boxes: Vec<String> = {
-            let mut b: Vec<String> = f
-                .pack
-                .lines
-                .iter()
-                .filter_map(|l| l.r#box.clone())
-                .collect();
-            b.dedup();
-            b
-        };
-        let lines = shipment
-            .packages
-            .iter()
-            .map(|p| {
-                let name = if self.settings.ship_order_action == ShipOrderAction::MarkShipped
-                    && shipment.packages.len() == 1
-                    && packed_boxes.len() == 1
-                {
-                    packed_boxes[0].clone()
-                } else {
-                    p.r#box.trim().to_owned()
-                };
-                ShipLine {
-                    shipment_date: Some(date),
-                    carrier: Some(carrier.to_owned()),
-                    r#box: Some(name),
-                    tracking_number: p.tracking_number.clone(),
-                    tracking_url: p.tracking_url.clone(),
-                    is_shipped: true,
-                    ..Default::default()
-                }
-            })
-            .collect();
+        let task = f.task_id;
+        let mark_shipped = self.settings.ship_order_action == ShipOrderAction::MarkShipped;
         let ship = Ship {
             task_id: Some(task),
             status: StageStatus::Authorised,
-            lines,
+            lines: ship_lines(shipment, &f.pack, mark_shipped, carrier, date),
             ..Default::default()
         };
         self.write_checked(
@@ -1021,6 +1012,57 @@ impl ShipmentConfirmation {
             },
         )
         .await
+    }
+
+    /// Authorises the pick and the pack the fulfilment lacks, each read back to count as this
+    /// shipment's when the write's answer proves nothing.
+    async fn pick_and_pack(
+        &self,
+        shipment: &Shipment,
+        f: &Fulfilment,
+        lines: &LineMaker<'_>,
+    ) -> Result<(), ConfirmError> {
+        let task = f.task_id;
+        // What DEAR must show for a stage to count as this shipment's.
+        let want = shipment_by_sku(shipment);
+        let mut pack_status = f.pack.status.clone();
+        if !f.pick.status.is_authorised() {
+            let pick = PickPack {
+                task_id: Some(task),
+                status: StageStatus::Authorised,
+                lines: lines.pick(shipment),
+                ..Default::default()
+            };
+            let replace = f.pick.status == StageStatus::Draft;
+            self.write_checked(
+                "pick",
+                || self.dear.write_pick(&pick, replace),
+                || self.dear.pick(task),
+                |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
+            )
+            .await?;
+            // DEAR may open a DRAFT pack when the pick is authorised (reference examples show
+            // one): the pack is written from DEAR's state now, not the read before the pick,
+            // so a DRAFT is replaced rather than added to.
+            pack_status = self.dear.pack(task).await.map_err(dear_error)?.status;
+        }
+        if !pack_status.is_authorised() {
+            let pack = PickPack {
+                task_id: Some(task),
+                status: StageStatus::Authorised,
+                lines: lines.pack(shipment),
+                ..Default::default()
+            };
+            let replace = pack_status == StageStatus::Draft;
+            self.write_checked(
+                "pack",
+                || self.dear.write_pack(&pack, replace),
+                || self.dear.pack(task),
+                |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Writes a stage; if the outcome is unknown (timeout, dropped connection, throttled), reads
