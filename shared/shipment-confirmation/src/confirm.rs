@@ -145,6 +145,145 @@ impl From<StoreError> for ConfirmError {
     }
 }
 
+/// A voided sale, or one whose order is not authorised, takes no shipment.
+fn check_sale_takes_shipments(sale: &Sale, number: &str) -> Result<(), Invalid> {
+    if sale.status == dear_client::SaleStatus::Voided {
+        return Err(Invalid::new(
+            "sale_id",
+            format!("sale {number} ({}) is voided", sale.id),
+        ));
+    }
+    if !sale.order_status().is_authorised() {
+        return Err(Invalid::new(
+            "sale_id",
+            format!(
+                "the order of sale {number} is not authorised (order status {})",
+                sale.order_status()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What the sale's order lists, per SKU.
+fn ordered_by_sku(sale: &Sale) -> BTreeMap<String, Decimal> {
+    let mut m = BTreeMap::new();
+    for l in sale
+        .order
+        .as_ref()
+        .map(|o| o.lines.as_slice())
+        .unwrap_or_default()
+    {
+        *m.entry(l.sku.clone().unwrap_or_default().trim().to_owned())
+            .or_default() += l.quantity;
+    }
+    m
+}
+
+/// Every shipped SKU must be on the sale.
+fn check_skus_on_sale(
+    shipment: &Shipment,
+    ordered: &BTreeMap<String, Decimal>,
+    number: &str,
+) -> Result<(), Invalid> {
+    for (i, p) in shipment.packages.iter().enumerate() {
+        for (j, l) in p.lines.iter().enumerate() {
+            if !ordered.contains_key(l.sku.trim()) {
+                return Err(Invalid::new(
+                    format!("packages[{i}].lines[{j}].sku"),
+                    format!(
+                        "{:?} is not on sale {number} (it has {})",
+                        l.sku,
+                        ordered.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A fulfilment this shipment can use: the one an earlier attempt wrote to, else an unshipped
+/// one open for packing (mark packed & shipped) or packed (mark shipped).
+fn usable_fulfilment<'a>(
+    live: &[&'a Fulfilment],
+    resume: Option<Uuid>,
+    action: ShipOrderAction,
+) -> Option<&'a Fulfilment> {
+    match resume {
+        Some(t) => live.iter().find(|f| f.task_id == t).copied(),
+        None => match action {
+            ShipOrderAction::MarkPackedAndShipped => live
+                .iter()
+                .find(|f| !shipped(f) && f.pack.status.is_open())
+                .copied(),
+            ShipOrderAction::MarkShipped => live
+                .iter()
+                .find(|f| !shipped(f) && f.pack.status.is_authorised())
+                .copied(),
+        },
+    }
+}
+
+/// Mark shipped: a packed fulfilment must hold exactly what shipped.
+fn plan_mark_shipped(
+    candidate: Option<&Fulfilment>,
+    shipped_by_sku: &BTreeMap<String, Decimal>,
+    number: &str,
+) -> Result<Plan, Invalid> {
+    let Some(f) = candidate else {
+        return Err(Invalid::new(
+            "shipment_id",
+            format!(
+                "sale {number} has no packed, unshipped fulfilment (ship_order_action is mark_shipped: pick and pack in DEAR first)"
+            ),
+        ));
+    };
+    let packed = sum_by_sku(f.pack.lines.iter());
+    if &packed != shipped_by_sku {
+        return Err(Invalid::new(
+            "packages",
+            format!(
+                "the shipment ({}) differs from what is packed in DEAR ({})",
+                show(shipped_by_sku),
+                show(&packed)
+            ),
+        ));
+    }
+    Ok(Plan {
+        task: Some(f.task_id),
+    })
+}
+
+/// The shipment may not take more than the other fulfilments left (picked, packed or shipped).
+fn check_within_unshipped(
+    live: &[&Fulfilment],
+    candidate: Option<&Fulfilment>,
+    ordered: &BTreeMap<String, Decimal>,
+    shipped_by_sku: &BTreeMap<String, Decimal>,
+    number: &str,
+) -> Result<(), Invalid> {
+    let taken = sum_by_sku(
+        live.iter()
+            .filter(|f| Some(f.task_id) != candidate.map(|c| c.task_id))
+            .filter(|f| !f.pick.status.is_open())
+            .flat_map(|f| f.pick.lines.iter()),
+    );
+    for (sku, q) in shipped_by_sku {
+        let remaining = ordered.get(sku).copied().unwrap_or_default()
+            - taken.get(sku).copied().unwrap_or_default();
+        if *q > remaining {
+            return Err(Invalid::new(
+                "packages",
+                format!(
+                    "{q} × {sku} exceeds what remains unshipped on sale {number} ({remaining})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a sale's pick and pack lines at one location, with DEAR's product ids.
 struct LineMaker<'a> {
     products: BTreeMap<String, Option<Uuid>>,
@@ -837,91 +976,18 @@ impl ShipmentConfirmation {
         resume: Option<Uuid>,
     ) -> Result<Plan, Invalid> {
         let number = sale.order_number().unwrap_or("(no number)");
-        if sale.status == dear_client::SaleStatus::Voided {
-            return Err(Invalid::new(
-                "sale_id",
-                format!("sale {number} ({}) is voided", sale.id),
-            ));
-        }
-        if !sale.order_status().is_authorised() {
-            return Err(Invalid::new(
-                "sale_id",
-                format!(
-                    "the order of sale {number} is not authorised (order status {})",
-                    sale.order_status()
-                ),
-            ));
-        }
-        let ordered: BTreeMap<String, Decimal> = {
-            let mut m = BTreeMap::new();
-            for l in sale
-                .order
-                .as_ref()
-                .map(|o| o.lines.as_slice())
-                .unwrap_or_default()
-            {
-                *m.entry(l.sku.clone().unwrap_or_default().trim().to_owned())
-                    .or_default() += l.quantity;
-            }
-            m
-        };
+        check_sale_takes_shipments(sale, number)?;
+        let ordered = ordered_by_sku(sale);
+        check_skus_on_sale(shipment, &ordered, number)?;
         let live: Vec<&Fulfilment> = sale.fulfilments.iter().filter(|f| is_live(f)).collect();
         let mut shipped_by_sku: BTreeMap<String, Decimal> = BTreeMap::new();
         for ((sku, _), q) in shipment.quantities() {
             *shipped_by_sku.entry(sku).or_default() += q;
         }
-        for (i, p) in shipment.packages.iter().enumerate() {
-            for (j, l) in p.lines.iter().enumerate() {
-                if !ordered.contains_key(l.sku.trim()) {
-                    return Err(Invalid::new(
-                        format!("packages[{i}].lines[{j}].sku"),
-                        format!(
-                            "{:?} is not on sale {number} (it has {})",
-                            l.sku,
-                            ordered.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
         let action = self.settings.ship_order_action;
-        // A fulfilment this shipment can use.
-        let candidate = match resume {
-            Some(t) => live.iter().find(|f| f.task_id == t).copied(),
-            None => match action {
-                ShipOrderAction::MarkPackedAndShipped => live
-                    .iter()
-                    .find(|f| !shipped(f) && f.pack.status.is_open())
-                    .copied(),
-                ShipOrderAction::MarkShipped => live
-                    .iter()
-                    .find(|f| !shipped(f) && f.pack.status.is_authorised())
-                    .copied(),
-            },
-        };
+        let candidate = usable_fulfilment(&live, resume, action);
         if action == ShipOrderAction::MarkShipped {
-            let Some(f) = candidate else {
-                return Err(Invalid::new(
-                    "shipment_id",
-                    format!(
-                        "sale {number} has no packed, unshipped fulfilment (ship_order_action is mark_shipped: pick and pack in DEAR first)"
-                    ),
-                ));
-            };
-            let packed = sum_by_sku(f.pack.lines.iter());
-            if packed != shipped_by_sku {
-                return Err(Invalid::new(
-                    "packages",
-                    format!(
-                        "the shipment ({}) differs from what is packed in DEAR ({})",
-                        show(&shipped_by_sku),
-                        show(&packed)
-                    ),
-                ));
-            }
-            return Ok(Plan {
-                task: Some(f.task_id),
-            });
+            return plan_mark_shipped(candidate, &shipped_by_sku, number);
         }
         // Mark packed & shipped: an already authorised pick must be exactly what shipped.
         if let Some(f) = candidate
@@ -943,25 +1009,7 @@ impl ShipmentConfirmation {
                 task: Some(f.task_id),
             });
         }
-        // What other fulfilments already took (picked, packed or shipped).
-        let taken = sum_by_sku(
-            live.iter()
-                .filter(|f| Some(f.task_id) != candidate.map(|c| c.task_id))
-                .filter(|f| !f.pick.status.is_open())
-                .flat_map(|f| f.pick.lines.iter()),
-        );
-        for (sku, q) in &shipped_by_sku {
-            let remaining = ordered.get(sku).copied().unwrap_or_default()
-                - taken.get(sku).copied().unwrap_or_default();
-            if *q > remaining {
-                return Err(Invalid::new(
-                    "packages",
-                    format!(
-                        "{q} × {sku} exceeds what remains unshipped on sale {number} ({remaining})"
-                    ),
-                ));
-            }
-        }
+        check_within_unshipped(&live, candidate, &ordered, &shipped_by_sku, number)?;
         if candidate.is_none() && live.iter().any(|f| !f.pick.status.is_authorised()) {
             return Err(Invalid::new(
                 "shipment_id",
