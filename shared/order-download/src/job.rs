@@ -730,38 +730,11 @@ impl OrderDownload {
         claimant: &str,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
-        summary.fetched += 1;
-        let sale = match self.dear.sale(sale_id).await {
-            Ok(sale) => sale,
-            Err(e)
-                if e.is_transient()
-                    || matches!(
-                        e,
-                        DearError::Credentials { .. } | DearError::Config(_) | DearError::Budget(_)
-                    ) =>
-            {
-                return Err(dear_stop(e));
-            }
-            Err(e) => {
-                // DEAR refused this one sale (deleted? a bad record?): keep it visible and retry later.
-                let reason = format!("GET sale {sale_id} failed: {e}");
-                self.record_failure(sale_id, record, None, &reason, summary)
-                    .await?;
-                return Ok(());
-            }
+        let Some(sale) = self.fetch_sale(sale_id, &record, summary).await? else {
+            return Ok(());
         };
         let updated = sale.last_modified_on.map(|d| d.to_utc()).or(listed_updated);
-        let view = StatusView {
-            status: &sale.status,
-            sale_type: &sale.sale_type,
-            pick: sale.combined_picking_status.as_deref(),
-            pack: sale.combined_packing_status.as_deref(),
-            ship: sale.combined_shipping_status.as_deref(),
-        };
-        if !matches_status(&self.settings.sale_status, &view)
-            || self.before_earliest(&sale)
-            || !self.matches_location(&sale)
-        {
+        if !self.selects(&sale) {
             summary.no_longer_matching += 1;
             // A pending or failed record of a sale that moved on is closed; done records stay done.
             if let Some(rec) = record
@@ -817,8 +790,6 @@ impl OrderDownload {
             return Ok(());
         }
 
-        // Claim the delivery.
-        let now = self.clock.now();
         let detail = SaleDetail {
             updated: updated.map(millis),
             order_number: Some(order.order_number.clone()),
@@ -831,7 +802,71 @@ impl OrderDownload {
                 order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
             ),
         };
-        let due = now + Duration::minutes(IN_FLIGHT_FOR);
+        // Another run or a webhook claimed it first: theirs to deliver.
+        let Some(claimed) = self
+            .claim_delivery(sale_id, record, &order, &detail)
+            .await?
+        else {
+            summary.unchanged += 1;
+            return Ok(());
+        };
+        self.deliver_claimed(claimed, &order, detail, summary).await
+    }
+
+    /// Reads the sale. A refusal of this one sale (deleted? a bad record?) is recorded as its
+    /// failure, to retry later (`None`); DEAR down, the key refused or the budget gone stop the run.
+    async fn fetch_sale(
+        &self,
+        sale_id: Uuid,
+        record: &Option<LedgerRecord>,
+        summary: &mut RunSummary,
+    ) -> Result<Option<Sale>, SaleError> {
+        summary.fetched += 1;
+        match self.dear.sale(sale_id).await {
+            Ok(sale) => Ok(Some(sale)),
+            Err(e)
+                if e.is_transient()
+                    || matches!(
+                        e,
+                        DearError::Credentials { .. } | DearError::Config(_) | DearError::Budget(_)
+                    ) =>
+            {
+                Err(dear_stop(e))
+            }
+            Err(e) => {
+                let reason = format!("GET sale {sale_id} failed: {e}");
+                self.record_failure(sale_id, record.clone(), None, &reason, summary)
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether the sale, as DEAR has it now, is one the settings select (status, earliest date,
+    /// location).
+    fn selects(&self, sale: &Sale) -> bool {
+        let view = StatusView {
+            status: &sale.status,
+            sale_type: &sale.sale_type,
+            pick: sale.combined_picking_status.as_deref(),
+            pack: sale.combined_packing_status.as_deref(),
+            ship: sale.combined_shipping_status.as_deref(),
+        };
+        matches_status(&self.settings.sale_status, &view)
+            && !self.before_earliest(sale)
+            && self.matches_location(sale)
+    }
+
+    /// Claims the delivery of `order`: its record in flight until the longest delivery is over.
+    /// `None`: another run or a webhook claimed it first.
+    async fn claim_delivery(
+        &self,
+        sale_id: Uuid,
+        record: Option<LedgerRecord>,
+        order: &crate::CanonicalOrder,
+        detail: &SaleDetail,
+    ) -> Result<Option<LedgerRecord>, SaleError> {
+        let due = self.clock.now() + Duration::minutes(IN_FLIGHT_FOR);
         let claimed = match record {
             None => {
                 let mut new =
@@ -850,17 +885,19 @@ impl OrderDownload {
                 self.store.transition(&rec, change).await
             }
         };
-        let claimed = match claimed {
-            Ok(rec) => rec,
-            // Another run or a webhook claimed it first: theirs to deliver.
-            Err(e) if e.is_conflict() => {
-                summary.unchanged += 1;
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
+        Ok(StoreError::unless_raced(claimed)?)
+    }
 
-        match self.sink.deliver(&order).await {
+    /// Delivers a claimed order and records the answer: done, or failed with a retry time.
+    async fn deliver_claimed(
+        &self,
+        claimed: LedgerRecord,
+        order: &crate::CanonicalOrder,
+        detail: SaleDetail,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        let sale_id = &order.sale_id;
+        match self.sink.deliver(order).await {
             Ok(()) => {
                 let mut detail = detail;
                 detail.delivery.delivered(self.clock.now());
@@ -870,7 +907,7 @@ impl OrderDownload {
                 self.store.transition(&claimed, change).await?;
                 summary.delivered += 1;
                 tracing::info!(tenant = %self.tenant, sale_id = %sale_id, order_number = %order.order_number,
-                    delivery = %delivery_id(&order), "order delivered");
+                    delivery = %delivery_id(order), "order delivered");
             }
             Err(e) => {
                 summary.failed += 1;
