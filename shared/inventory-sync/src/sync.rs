@@ -207,6 +207,13 @@ pub struct SyncSummary {
 }
 
 impl SyncSummary {
+    /// The summary of a sync that ended as `outcome`, with why.
+    fn ended(mut self, outcome: SyncOutcome, note: String) -> SyncSummary {
+        self.outcome = outcome;
+        self.note = Some(note);
+        self
+    }
+
     /// The summary as a CloudWatch EMF line.
     pub fn emf(&self, timestamp_ms: i64) -> String {
         dearsync_core::metrics::emf_line(
@@ -408,44 +415,21 @@ impl InventorySync {
             "snapshot",
             format!("{}@{}", snapshot.snapshot_id, location.to_ascii_lowercase()),
         );
-        if let Some(c) = &cursor
-            && let Ok(last) = DateTime::parse_from_rfc3339(&c.value)
-            && snapshot.as_of < last
-        {
-            summary.outcome = SyncOutcome::Stale;
-            summary.note = Some(format!(
-                "snapshot {} is as of {}, older than the last applied one at {location} ({}); ignored",
-                snapshot.snapshot_id,
-                snapshot.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
-                c.value
-            ));
-            tracing::warn!(tenant = %self.tenant, note = summary.note.as_deref().unwrap_or(""), "stale snapshot");
-            return Ok(summary);
+        if let Some(note) = stale_note(cursor.as_ref(), snapshot, &location) {
+            tracing::warn!(tenant = %self.tenant, note = %note, "stale snapshot");
+            return Ok(summary.ended(SyncOutcome::Stale, note));
         }
         let payload_hash = lines_hash(snapshot);
         let terms = claim_terms();
         let token = if dry_run {
             None
         } else {
-            match self.store.claim(&claim_key, &payload_hash, terms).await {
-                Ok(Claim::Acquired { token }) => Some(token),
-                Ok(Claim::Completed { result }) => {
-                    summary.outcome = SyncOutcome::AlreadyApplied;
-                    summary.note = Some(format!(
-                        "snapshot {} was applied before: {result}",
-                        snapshot.snapshot_id
-                    ));
-                    return Ok(summary);
-                }
-                Ok(Claim::InProgress { until }) => {
-                    summary.outcome = SyncOutcome::InProgress;
-                    summary.note = Some(format!("another worker is applying it until {until}"));
-                    return Ok(summary);
-                }
-                Err(StoreError::PayloadMismatch { .. }) => {
-                    return Err(SyncError::SnapshotIdReused(snapshot.snapshot_id.clone()));
-                }
-                Err(e) => return Err(e.into()),
+            match self
+                .claim_snapshot(&claim_key, &payload_hash, snapshot)
+                .await?
+            {
+                Ok(token) => Some(token),
+                Err((outcome, note)) => return Ok(summary.ended(outcome, note)),
             }
         };
         let work = self.plan_and_post(snapshot, &payload_hash, &location, options, &mut summary);
@@ -461,9 +445,8 @@ impl InventorySync {
             Some(held) => match held.keep_while(work).await {
                 Ok(result) => result,
                 Err(lost) => {
-                    summary.outcome = SyncOutcome::InProgress;
-                    summary.note = Some(format!("{lost}; it finishes applying the snapshot"));
-                    return Ok(summary);
+                    let note = format!("{lost}; it finishes applying the snapshot");
+                    return Ok(summary.ended(SyncOutcome::InProgress, note));
                 }
             },
             None => work.await,
@@ -486,17 +469,14 @@ impl InventorySync {
         if let Some(reason) = result? {
             tracing::warn!(tenant = %self.tenant, snapshot_id = %snapshot.snapshot_id, reason = %reason,
                 "inventory snapshot held for a person: nothing written");
-            summary.outcome = if dry_run {
-                SyncOutcome::DryRun
+            return Ok(if dry_run {
+                summary.ended(
+                    SyncOutcome::DryRun,
+                    format!("a real run would hold it: {reason}"),
+                )
             } else {
-                SyncOutcome::Held
-            };
-            summary.note = Some(if dry_run {
-                format!("a real run would hold it: {reason}")
-            } else {
-                reason
+                summary.ended(SyncOutcome::Held, reason)
             });
-            return Ok(summary);
         }
         summary.outcome = if dry_run {
             SyncOutcome::DryRun
@@ -512,6 +492,34 @@ impl InventorySync {
             tracing::warn!(tenant = %self.tenant, lines = summary.held_for_review, "inventory drift beyond the threshold: held as DRAFT for review");
         }
         Ok(summary)
+    }
+
+    /// Claims the snapshot at the location: `Ok(token)` to apply it, else how it ends (applied
+    /// before, being applied by another worker); the id used before for other lines is refused.
+    async fn claim_snapshot(
+        &self,
+        key: &IdempotencyKey,
+        lines_hash: &str,
+        snapshot: &Snapshot,
+    ) -> Result<Result<String, (SyncOutcome, String)>, SyncError> {
+        match self.store.claim(key, lines_hash, claim_terms()).await {
+            Ok(Claim::Acquired { token }) => Ok(Ok(token)),
+            Ok(Claim::Completed { result }) => Ok(Err((
+                SyncOutcome::AlreadyApplied,
+                format!(
+                    "snapshot {} was applied before: {result}",
+                    snapshot.snapshot_id
+                ),
+            ))),
+            Ok(Claim::InProgress { until }) => Ok(Err((
+                SyncOutcome::InProgress,
+                format!("another worker is applying it until {until}"),
+            ))),
+            Err(StoreError::PayloadMismatch { .. }) => {
+                Err(SyncError::SnapshotIdReused(snapshot.snapshot_id.clone()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Refuses a location name DEAR does not have, naming the ones it has.
@@ -958,6 +966,20 @@ impl SnapshotExpiry {
                 .map(SnapshotExpiry::Unreadable)
         })
     }
+}
+
+/// Why a snapshot older than the last one applied at the location is ignored, if it is.
+fn stale_note(cursor: Option<&Cursor>, snapshot: &Snapshot, location: &str) -> Option<String> {
+    let c = cursor?;
+    let last = DateTime::parse_from_rfc3339(&c.value).ok()?;
+    (snapshot.as_of < last).then(|| {
+        format!(
+            "snapshot {} is as of {}, older than the last applied one at {location} ({}); ignored",
+            snapshot.snapshot_id,
+            snapshot.as_of.to_rfc3339_opts(SecondsFormat::Secs, true),
+            c.value
+        )
+    })
 }
 
 /// Why a FEFO line has no expiry date; its text is the line's skip reason.
