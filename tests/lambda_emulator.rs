@@ -839,7 +839,7 @@ async fn no_secret_reaches_the_logs_or_the_state_table_even_at_trace() {
         json!({
             "version": "2.0", "rawPath": path, "rawQueryString": "",
             "headers": headers, "body": body, "isBase64Encoded": false,
-            "requestContext": { "http": { "method": "POST", "path": path } }
+            "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": "POST", "path": path } }
         })
     };
     let sale = sim

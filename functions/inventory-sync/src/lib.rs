@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use dearsync_core::{Caller, TenantId, TenantSettings};
 pub use dearsync_function_support::{Deps, HandlerError};
 use dearsync_function_support::{
-    TenantContext, TenantError, as_sqs, body_json, http, http_error, is_http, kind, method,
-    query_flag, sqs_batch,
+    TenantContext, TenantError, UrlRequest, as_sqs, as_url_request, body_json, http, http_error,
+    kind, method, query_flag, sqs_batch,
 };
 use dearsync_inventory_sync::{
     Chunk, ChunkError, ChunkLedger, ChunkProgress, InventorySync, Snapshot, SyncError, SyncOptions,
@@ -111,8 +111,11 @@ impl From<NotSynced> for HandlerError {
 
 /// Handles one event.
 pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
-    if is_http(&event) {
-        return Ok(handle_http(deps, &event).await);
+    if let Some(request) = as_url_request(&event) {
+        return Ok(match request {
+            Ok(request) => handle_http(deps, &request).await,
+            Err(response) => response,
+        });
     }
     if let Some(batch) = as_sqs(&event) {
         let response = sqs_batch(batch?, "inventory-sync", async |body| {
@@ -382,7 +385,7 @@ async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
     }
 }
 
-async fn handle_http(deps: &Deps, event: &Value) -> Value {
+async fn handle_http(deps: &Deps, event: &UrlRequest) -> Value {
     let method = method(event);
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; POST a snapshot"));

@@ -150,7 +150,7 @@ async fn a_scheduled_pull_and_a_push_through_the_function_url() {
     let push = |secret: &str, body: Value| {
         json!({
             "rawPath": "/inventory/acme", "headers": { "x-dearsync-secret": secret }, "body": body.to_string(),
-            "isBase64Encoded": false, "requestContext": { "http": { "method": "POST" } }
+            "isBase64Encoded": false, "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": "POST" } }
         })
     };
     let status = |v: &Value| v["statusCode"].as_u64().unwrap();
@@ -211,7 +211,7 @@ fn push(path: &str, secret: &str, body: &Value) -> Value {
     json!({
         "rawPath": path, "rawQueryString": "", "headers": { "x-dearsync-secret": secret },
         "body": body.to_string(), "isBase64Encoded": false,
-        "requestContext": { "http": { "method": "POST" } }
+        "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": "POST" } }
     })
 }
 

@@ -15,7 +15,7 @@ use dearsync_core::settings::SettingInstant;
 use dearsync_core::{Caller, TenantId};
 use dearsync_function_support::TenantContext;
 pub use dearsync_function_support::{Deps, HandlerError, SECRET_HEADER, TenantError};
-use dearsync_function_support::{http, http_error, is_http, kind, method};
+use dearsync_function_support::{UrlRequest, as_url_request, http, http_error, kind, method};
 use dearsync_order_download::{
     OrderDownload, OrderSink, Outcome, RunOptions, RunSummary, WebhookSink,
 };
@@ -70,8 +70,11 @@ pub async fn handle(
     request_id: &str,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Value, HandlerError> {
-    if is_http(&event) {
-        return Ok(handle_http(deps, &event).await);
+    if let Some(request) = as_url_request(&event) {
+        return Ok(match request {
+            Ok(request) => handle_http(deps, &request).await,
+            Err(response) => response,
+        });
     }
     let tenant = scheduled_tenant(&event)?;
     let opts = RunOptions {
@@ -250,7 +253,7 @@ async fn run_tenant(
 }
 
 /// A Function URL request: a DEAR webhook for one sale.
-async fn handle_http(deps: &Deps, event: &Value) -> Value {
+async fn handle_http(deps: &Deps, event: &UrlRequest) -> Value {
     let method = method(event);
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; DEAR webhooks POST"));

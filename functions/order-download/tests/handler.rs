@@ -238,7 +238,7 @@ fn url_request(method: &str, path: &str, secret: Option<&str>, body: &str) -> Va
         "headers": headers,
         "body": body,
         "isBase64Encoded": false,
-        "requestContext": { "http": { "method": method, "path": path } },
+        "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": method, "path": path } },
     })
 }
 

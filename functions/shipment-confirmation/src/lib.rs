@@ -14,15 +14,19 @@ use dearsync_core::{Caller, Job, TenantId};
 use dearsync_function_support::TenantContext;
 pub use dearsync_function_support::{Deps, HandlerError, TenantError};
 use dearsync_function_support::{
-    SqsEvent, as_sqs, body_text, http, http_error, is_http, kind, method, sqs_batch,
+    SqsEvent, UrlRequest, as_sqs, as_url_request, body_text, http, http_error, kind, method,
+    sqs_batch,
 };
 use dearsync_shipment_confirmation::{ConfirmError, Confirmation, Shipment, ShipmentConfirmation};
 use serde_json::{Value, json};
 
 /// Handles one event.
 pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
-    if is_http(&event) {
-        return Ok(handle_http(deps, &event).await);
+    if let Some(request) = as_url_request(&event) {
+        return Ok(match request {
+            Ok(request) => handle_http(deps, &request).await,
+            Err(response) => response,
+        });
     }
     if let Some(batch) = as_sqs(&event) {
         return Ok(json!(handle_sqs(deps, batch?).await));
@@ -203,7 +207,7 @@ async fn handle_sqs(deps: &Deps, batch: SqsEvent) -> dearsync_function_support::
     response
 }
 
-async fn handle_http(deps: &Deps, event: &Value) -> Value {
+async fn handle_http(deps: &Deps, event: &UrlRequest) -> Value {
     let method = method(event);
     if method != "POST" {
         return http_error(405, format!("{method} is not allowed; POST a shipment"));

@@ -148,7 +148,7 @@ async fn an_eventbridge_event_and_a_function_url_push_are_confirmed() {
         json!({
             "version": "2.0", "rawPath": "/shipments/acme", "headers": { "x-dearsync-secret": secret },
             "body": body.to_string(), "isBase64Encoded": false,
-            "requestContext": { "http": { "method": "POST", "path": "/shipments/acme" } }
+            "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": "POST", "path": "/shipments/acme" } }
         })
     };
     let body = shipment("URL-1", &sales[1]);
@@ -207,7 +207,7 @@ async fn a_disabled_tenant_gets_nothing_written_by_any_entry() {
         json!({
             "rawPath": "/shipments/acme", "headers": { "x-dearsync-secret": secret },
             "body": shipment("OFF-2", &sales[1]).to_string(), "isBase64Encoded": false,
-            "requestContext": { "http": { "method": "POST" } }
+            "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": "POST" } }
         })
     };
     let resp = handle(&deps, push("nope")).await.unwrap();

@@ -378,11 +378,11 @@ impl Deps {
     /// [`dearsync_core::push_signature`]), each signature once.
     pub async fn authorise(
         &self,
-        event: &Value,
+        event: &UrlRequest,
         prefix: &str,
         caller: Caller,
     ) -> Result<TenantContext, Value> {
-        let path = event["rawPath"].as_str().unwrap_or("");
+        let path = event.raw_path.as_deref().unwrap_or("");
         let Some(tenant_text) = path.strip_prefix(prefix).map(|t| t.trim_end_matches('/')) else {
             return Err(http_error(
                 404,
@@ -431,7 +431,7 @@ impl Deps {
     /// when the tenant signs this caller's requests, else the secret header.
     async fn proof(
         &self,
-        event: &Value,
+        event: &UrlRequest,
         tenant: &TenantId,
         credentials: &Credentials,
         caller: Caller,
@@ -484,7 +484,7 @@ enum Proof {
 
 /// The secret header checked against every accepted secret (a rotation's old and new), each in
 /// constant time.
-fn secret_header_proof(event: &Value, accepted: &[&dear_client::ApiKey]) -> Proof {
+fn secret_header_proof(event: &UrlRequest, accepted: &[&dear_client::ApiKey]) -> Proof {
     let Some(given) = header(event, SECRET_HEADER).filter(|g| !g.trim().is_empty()) else {
         return Proof::Refused(format!("no {SECRET_HEADER} header"));
     };
@@ -511,19 +511,22 @@ pub fn tenant_error(error: &TenantError) -> Value {
     http_error(error.http_status(), error.to_string())
 }
 
-/// True if the event is a Function URL request.
-pub fn is_http(event: &Value) -> bool {
-    event
-        .get("requestContext")
-        .and_then(|c| c.get("http"))
-        .is_some()
+/// A Function URL request, typed (`aws_lambda_events`).
+pub use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlRequest as UrlRequest;
+
+/// The event as a Function URL request, if it is one (it has `requestContext.http`); a request
+/// that does not read as one is answered 400 (`Err`, the response).
+pub fn as_url_request(event: &Value) -> Option<Result<UrlRequest, Value>> {
+    event.get("requestContext")?.get("http")?;
+    Some(
+        serde_json::from_value(event.clone())
+            .map_err(|e| http_error(400, format!("not a Function URL request: {e}"))),
+    )
 }
 
 /// The request's method.
-pub fn method(event: &Value) -> &str {
-    event["requestContext"]["http"]["method"]
-        .as_str()
-        .unwrap_or("")
+pub fn method(request: &UrlRequest) -> &str {
+    request.request_context.http.method.as_deref().unwrap_or("")
 }
 
 /// A Function URL response with a JSON body.
@@ -540,13 +543,9 @@ pub fn http_error(status: u16, message: impl Into<String>) -> Value {
     http(status, json!({ "error": message.into() }))
 }
 
-/// A request header, case-insensitively.
-pub fn header<'a>(event: &'a Value, name: &str) -> Option<&'a str> {
-    event["headers"]
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .and_then(|(_, v)| v.as_str())
+/// A request header (names are case-insensitive), if it is text.
+pub fn header<'a>(request: &'a UrlRequest, name: &str) -> Option<&'a str> {
+    request.headers.get(name)?.to_str().ok()
 }
 
 /// Why a Function URL request's body or query cannot be read (HTTP 400).
@@ -573,10 +572,11 @@ pub enum RequestError {
 
 /// A `?name=true|false` query parameter of a Function URL request (absent = false); anything else
 /// is refused with a message naming it.
-pub fn query_flag(event: &Value, name: &str) -> Result<bool, RequestError> {
-    match event["queryStringParameters"]
+pub fn query_flag(request: &UrlRequest, name: &str) -> Result<bool, RequestError> {
+    match request
+        .query_string_parameters
         .get(name)
-        .and_then(Value::as_str)
+        .map(String::as_str)
     {
         None => Ok(false),
         Some("true") | Some("1") => Ok(true),
@@ -589,9 +589,9 @@ pub fn query_flag(event: &Value, name: &str) -> Result<bool, RequestError> {
 }
 
 /// The request body's bytes (Function URLs base64-encode binary bodies).
-pub fn body_bytes(event: &Value) -> Result<Vec<u8>, RequestError> {
-    let body = event["body"].as_str().unwrap_or("");
-    if event["isBase64Encoded"].as_bool().unwrap_or(false) {
+pub fn body_bytes(request: &UrlRequest) -> Result<Vec<u8>, RequestError> {
+    let body = request.body.as_deref().unwrap_or("");
+    if request.is_base64_encoded {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
             .decode(body.trim())
@@ -602,13 +602,13 @@ pub fn body_bytes(event: &Value) -> Result<Vec<u8>, RequestError> {
 }
 
 /// The request body as text.
-pub fn body_text(event: &Value) -> Result<String, RequestError> {
-    String::from_utf8(body_bytes(event)?).map_err(|_| RequestError::NotUtf8)
+pub fn body_text(request: &UrlRequest) -> Result<String, RequestError> {
+    String::from_utf8(body_bytes(request)?).map_err(|_| RequestError::NotUtf8)
 }
 
 /// The request body as JSON.
-pub fn body_json(event: &Value) -> Result<Value, RequestError> {
-    serde_json::from_str(&body_text(event)?).map_err(RequestError::NotJson)
+pub fn body_json(request: &UrlRequest) -> Result<Value, RequestError> {
+    serde_json::from_str(&body_text(request)?).map_err(RequestError::NotJson)
 }
 
 /// The kind of a JSON value, for error messages.
@@ -746,7 +746,17 @@ mod tests {
             Some(s) => json!({ SECRET_HEADER: s }),
             None => json!({}),
         };
-        json!({ "rawPath": path, "headers": headers, "requestContext": { "http": { "method": "POST" } } })
+        json!({
+            "version": "2.0", "rawPath": path, "headers": headers, "isBase64Encoded": false,
+            "requestContext": { "timeEpoch": 1795867200000i64, "http": { "method": "POST" } }
+        })
+    }
+
+    /// The event as the handlers read it.
+    fn url(event: Value) -> UrlRequest {
+        as_url_request(&event)
+            .expect("a Function URL event")
+            .expect("it reads")
     }
 
     #[cfg(feature = "aws")]
@@ -793,13 +803,13 @@ mod tests {
         );
         let answer = |r: Result<TenantContext, Value>| r.err().expect("refused");
         let no_header = answer(
-            deps.authorise(&request("/x/acme", None), "/x/", Caller::Warehouse)
+            deps.authorise(&url(request("/x/acme", None)), "/x/", Caller::Warehouse)
                 .await,
         );
         assert_eq!(secrets.0.load(Ordering::Relaxed), 0, "no secret read");
         let unknown = answer(
             deps.authorise(
-                &request("/x/nobody", Some("guess")),
+                &url(request("/x/nobody", Some("guess"))),
                 "/x/",
                 Caller::Warehouse,
             )
@@ -807,15 +817,19 @@ mod tests {
         );
         let bad_id = answer(
             deps.authorise(
-                &request("/x/NO BODY", Some("guess")),
+                &url(request("/x/NO BODY", Some("guess"))),
                 "/x/",
                 Caller::Warehouse,
             )
             .await,
         );
         let wrong = answer(
-            deps.authorise(&request("/x/acme", Some("guess")), "/x/", Caller::Warehouse)
-                .await,
+            deps.authorise(
+                &url(request("/x/acme", Some("guess"))),
+                "/x/",
+                Caller::Warehouse,
+            )
+            .await,
         );
         for other in [&unknown, &bad_id, &wrong] {
             assert_eq!(other, &no_header);
@@ -824,13 +838,28 @@ mod tests {
         // The secret's holder learns the tenant is disabled.
         let right = answer(
             deps.authorise(
-                &request("/x/acme", Some("s3cret")),
+                &url(request("/x/acme", Some("s3cret"))),
                 "/x/",
                 Caller::Warehouse,
             )
             .await,
         );
         assert_eq!(right["statusCode"], 403, "{right}");
+    }
+
+    #[test]
+    fn a_function_url_event_is_read_typed_and_a_malformed_one_is_answered_400() {
+        let good = url(request("/x/acme", Some("s3cret")));
+        assert_eq!(
+            (method(&good), header(&good, "X-DEARSYNC-SECRET")),
+            ("POST", Some("s3cret")),
+            "headers by any case"
+        );
+        let mut bad = request("/x/acme", None);
+        bad["isBase64Encoded"] = json!("no");
+        let answer = as_url_request(&bad).unwrap().unwrap_err();
+        assert_eq!(answer["statusCode"], 400, "{answer}");
+        assert!(as_url_request(&json!({ "tenant": "acme" })).is_none());
     }
 
     /// A tenant whose warehouse signs its pushes, rotating from `old-key` to `new-key`.
@@ -908,13 +937,16 @@ mod tests {
                 401,
             ),
         ] {
-            let got = status(deps.authorise(&event, "/x/", Caller::Warehouse).await);
+            let got = status(deps.authorise(&url(event), "/x/", Caller::Warehouse).await);
             assert_eq!(got, want, "{what}");
         }
         let mut tampered = signed("new-key", t + 1, "{}");
         tampered["body"] = json!("{\"a\":1}");
         assert_eq!(
-            status(deps.authorise(&tampered, "/x/", Caller::Warehouse).await),
+            status(
+                deps.authorise(&url(tampered), "/x/", Caller::Warehouse)
+                    .await
+            ),
             401,
             "a changed body"
         );
@@ -922,7 +954,7 @@ mod tests {
         assert_eq!(
             status(
                 deps.authorise(
-                    &request("/x/acme", Some("s3cret")),
+                    &url(request("/x/acme", Some("s3cret"))),
                     "/x/",
                     Caller::DearWebhook
                 )
