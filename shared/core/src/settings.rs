@@ -75,40 +75,49 @@ impl TenantSettings {
 
     /// Checks the values serde cannot (ranges, non-empty names).
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let dear = &self.dear;
-        if !(1..=60).contains(&dear.calls_per_minute) {
+        self.dear.validate()?;
+        self.order_download.validate()?;
+        self.shipment_confirmation.validate()?;
+        self.inventory_sync.validate()
+    }
+}
+
+impl DearSettings {
+    /// `[dear]`: the budget stays within DEAR's 60 calls a minute.
+    fn validate(&self) -> Result<(), SettingsError> {
+        if !(1..=60).contains(&self.calls_per_minute) {
             return Err(SettingsError::new(
                 "dear.calls_per_minute",
                 format!(
                     "must be 1-60 (DEAR allows 60), got {}",
-                    dear.calls_per_minute
+                    self.calls_per_minute
                 ),
             ));
         }
-        if !(1..=10).contains(&dear.burst) {
-            return Err(SettingsError::new(
-                "dear.burst",
-                format!("must be 1-10, got {}", dear.burst),
-            ));
-        }
-        if u64::from(dear.burst) + u64::from(dear.calls_per_minute) > 60 {
+        in_range("dear.burst", self.burst, 1, 10)?;
+        if u64::from(self.burst) + u64::from(self.calls_per_minute) > 60 {
             return Err(SettingsError::new(
                 "dear.burst",
                 format!(
                     "burst {} + calls_per_minute {} exceeds DEAR's 60 calls per minute",
-                    dear.burst, dear.calls_per_minute
+                    self.burst, self.calls_per_minute
                 ),
             ));
         }
+        Ok(())
+    }
+}
 
-        let od = &self.order_download;
-        if !(1..=10).contains(&od.ship_code_attribute) {
-            return Err(SettingsError::new(
-                "order_download.ship_code_attribute",
-                format!("must be 1-10, got {}", od.ship_code_attribute),
-            ));
-        }
-        for (n, values) in &od.additional_attribute_filters {
+impl OrderDownloadSettings {
+    /// `[order_download]`.
+    fn validate(&self) -> Result<(), SettingsError> {
+        in_range(
+            "order_download.ship_code_attribute",
+            self.ship_code_attribute,
+            1,
+            10,
+        )?;
+        for (n, values) in &self.additional_attribute_filters {
             let path = format!("order_download.additional_attribute_filters.{n}");
             if !matches!(n.parse::<u8>(), Ok(1..=10)) {
                 return Err(SettingsError::new(
@@ -120,35 +129,41 @@ impl TenantSettings {
                 return Err(SettingsError::new(&path, "values must not be empty"));
             }
         }
-        non_empty_items("order_download.shipping_accounts", &od.shipping_accounts)?;
-        non_blank("order_download.location_name", od.location_name.as_deref())?;
-        if !(1..=1440).contains(&od.overlap_minutes) {
-            return Err(SettingsError::new(
-                "order_download.overlap_minutes",
-                format!("must be 1-1440, got {}", od.overlap_minutes),
-            ));
-        }
-
-        if let Some(url) = &od.webhook_url {
+        non_empty_items("order_download.shipping_accounts", &self.shipping_accounts)?;
+        non_blank(
+            "order_download.location_name",
+            self.location_name.as_deref(),
+        )?;
+        in_range(
+            "order_download.overlap_minutes",
+            self.overlap_minutes,
+            1,
+            1440,
+        )?;
+        if let Some(url) = &self.webhook_url {
             check_webhook_url("order_download.webhook_url", url)?;
         }
-        if !(1..=60).contains(&od.webhook_timeout_secs) {
-            return Err(SettingsError::new(
-                "order_download.webhook_timeout_secs",
-                format!("must be 1-60, got {}", od.webhook_timeout_secs),
-            ));
-        }
-        if !(1..=10).contains(&od.webhook_attempts) {
-            return Err(SettingsError::new(
-                "order_download.webhook_attempts",
-                format!("must be 1-10, got {}", od.webhook_attempts),
-            ));
-        }
+        in_range(
+            "order_download.webhook_timeout_secs",
+            self.webhook_timeout_secs,
+            1,
+            60,
+        )?;
+        in_range(
+            "order_download.webhook_attempts",
+            self.webhook_attempts,
+            1,
+            10,
+        )
+    }
+}
 
-        let sc = &self.shipment_confirmation;
-        non_blank("shipment_confirmation.location", sc.location.as_deref())?;
-        non_blank("shipment_confirmation.pick_bin", sc.pick_bin.as_deref())?;
-        for (from, to) in &sc.carrier_map {
+impl ShipmentConfirmationSettings {
+    /// `[shipment_confirmation]`.
+    fn validate(&self) -> Result<(), SettingsError> {
+        non_blank("shipment_confirmation.location", self.location.as_deref())?;
+        non_blank("shipment_confirmation.pick_bin", self.pick_bin.as_deref())?;
+        for (from, to) in &self.carrier_map {
             if from.trim().is_empty() || to.trim().is_empty() {
                 return Err(SettingsError::new(
                     "shipment_confirmation.carrier_map",
@@ -156,61 +171,82 @@ impl TenantSettings {
                 ));
             }
         }
+        Ok(())
+    }
+}
 
-        let inv = &self.inventory_sync;
-        non_blank("inventory_sync.location", inv.location.as_deref())?;
+impl InventorySyncSettings {
+    /// `[inventory_sync]`.
+    fn validate(&self) -> Result<(), SettingsError> {
+        non_blank("inventory_sync.location", self.location.as_deref())?;
         non_blank(
             "inventory_sync.price_tier_name",
-            inv.price_tier_name.as_deref(),
+            self.price_tier_name.as_deref(),
         )?;
         non_blank(
             "inventory_sync.adjustment_account",
-            inv.adjustment_account.as_deref(),
+            self.adjustment_account.as_deref(),
         )?;
         non_blank(
             "inventory_sync.adjustment_reference",
-            Some(&inv.adjustment_reference),
+            Some(&self.adjustment_reference),
         )?;
-        if inv.minimum_level.is_sign_negative() {
+        if self.minimum_level.is_sign_negative() {
             return Err(SettingsError::new(
                 "inventory_sync.minimum_level",
-                format!("must not be negative, got {}", inv.minimum_level),
+                format!("must not be negative, got {}", self.minimum_level),
             ));
         }
-        if let Some(units) = inv.drift_threshold_units
-            && units <= Decimal::ZERO
-        {
-            return Err(SettingsError::new(
-                "inventory_sync.drift_threshold_units",
-                format!("must be above 0, got {units}"),
-            ));
-        }
-        if let Some(pct) = inv.drift_threshold_percent
-            && pct <= Decimal::ZERO
-        {
-            return Err(SettingsError::new(
-                "inventory_sync.drift_threshold_percent",
-                format!("must be above 0, got {pct}"),
-            ));
-        }
-        if inv.hold_if_zeroing_percent.is_sign_negative()
-            || inv.hold_if_zeroing_percent > Decimal::ONE_HUNDRED
-        {
-            return Err(SettingsError::new(
-                "inventory_sync.hold_if_zeroing_percent",
-                format!("must be 0-100, got {}", inv.hold_if_zeroing_percent),
-            ));
-        }
-        if let Some(url) = &inv.snapshot_url {
+        above_zero(
+            "inventory_sync.drift_threshold_units",
+            self.drift_threshold_units,
+        )?;
+        above_zero(
+            "inventory_sync.drift_threshold_percent",
+            self.drift_threshold_percent,
+        )?;
+        in_range(
+            "inventory_sync.hold_if_zeroing_percent",
+            self.hold_if_zeroing_percent,
+            Decimal::ZERO,
+            Decimal::ONE_HUNDRED,
+        )?;
+        if let Some(url) = &self.snapshot_url {
             check_webhook_url("inventory_sync.snapshot_url", url)?;
         }
-        if !(1..=10_000).contains(&inv.max_lines_per_adjustment) {
-            return Err(SettingsError::new(
-                "inventory_sync.max_lines_per_adjustment",
-                format!("must be 1-10000, got {}", inv.max_lines_per_adjustment),
-            ));
-        }
+        in_range(
+            "inventory_sync.max_lines_per_adjustment",
+            self.max_lines_per_adjustment,
+            1,
+            10_000,
+        )
+    }
+}
+
+/// `key` must lie in `lo..=hi`: "must be lo-hi, got value".
+fn in_range<T: PartialOrd + fmt::Display>(
+    key: &str,
+    value: T,
+    lo: T,
+    hi: T,
+) -> Result<(), SettingsError> {
+    if value >= lo && value <= hi {
         Ok(())
+    } else {
+        Err(SettingsError::new(
+            key,
+            format!("must be {lo}-{hi}, got {value}"),
+        ))
+    }
+}
+
+/// `key`, when set, must be above 0.
+fn above_zero(key: &str, value: Option<Decimal>) -> Result<(), SettingsError> {
+    match value {
+        Some(v) if v <= Decimal::ZERO => {
+            Err(SettingsError::new(key, format!("must be above 0, got {v}")))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -814,6 +850,36 @@ mod tests {
             ("packed_and_shipping", SaleStatusFilter::PackedAndShipping),
         ] {
             assert_eq!(SaleStatusFilter::parse(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn each_section_checks_its_ranges_naming_the_key_and_the_range() {
+        for (toml, want) in [
+            ("[dear]\nburst = 11", "dear.burst: must be 1-10, got 11"),
+            (
+                "[dear]\ncalls_per_minute = 61",
+                "dear.calls_per_minute: must be 1-60 (DEAR allows 60), got 61",
+            ),
+            (
+                "[order_download]\nwebhook_attempts = 0",
+                "order_download.webhook_attempts: must be 1-10, got 0",
+            ),
+            (
+                "[inventory_sync]\nhold_if_zeroing_percent = \"101\"",
+                "inventory_sync.hold_if_zeroing_percent: must be 0-100, got 101",
+            ),
+            (
+                "[inventory_sync]\ndrift_threshold_units = \"0\"",
+                "inventory_sync.drift_threshold_units: must be above 0, got 0",
+            ),
+            (
+                "[inventory_sync]\nmax_lines_per_adjustment = 10001",
+                "inventory_sync.max_lines_per_adjustment: must be 1-10000, got 10001",
+            ),
+        ] {
+            let err = TenantSettings::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(want), "{toml}: {err}");
         }
     }
 
