@@ -298,6 +298,22 @@ impl From<StoreError> for SaleError {
 }
 
 /// Backoff for a failed delivery: 1, 2, 4 … minutes, at most an hour (CartRover retries hourly).
+/// Where the cursor may move after a run over `rows` (oldest first) that stopped at `stopped_at`:
+/// every row updated before it is done; none when nothing was.
+fn cursor_after(rows: &[Listed], stopped_at: Option<usize>) -> Option<DateTime<Utc>> {
+    match stopped_at {
+        None => rows.iter().filter_map(|r| r.updated).max(),
+        Some(i) => {
+            let limit = rows[i].updated;
+            rows[..i]
+                .iter()
+                .filter_map(|r| r.updated)
+                .filter(|u| Some(*u) < limit)
+                .max()
+        }
+    }
+}
+
 fn retry_delay(attempts: u32) -> Duration {
     Duration::minutes(1i64 << attempts.saturating_sub(1).min(6)).min(Duration::hours(1))
 }
@@ -349,6 +365,70 @@ impl OrderDownload {
         summary
     }
 
+    /// Where the listing starts: a backfill's date, else the saved cursor, else the earliest
+    /// order date, else (a first run) the default look-back, noted in the summary.
+    fn listing_since(
+        &self,
+        opts: &RunOptions,
+        cursor: Option<&dearsync_core::state::Cursor>,
+        run_start: DateTime<Utc>,
+        summary: &mut RunSummary,
+    ) -> Result<DateTime<Utc>, SaleError> {
+        Ok(match (&opts.since, cursor) {
+            (Some(backfill), _) => *backfill,
+            (None, Some(c)) => DateTime::parse_from_rfc3339(&c.value)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|e| {
+                    SaleError::Stop(format!("the saved cursor {:?} is unreadable: {e}", c.value))
+                })?,
+            (None, None) => match self.settings.earliest_order_date {
+                Some(d) => d.0,
+                None => {
+                    let cut_off = run_start - Duration::days(DEFAULT_LOOKBACK_DAYS);
+                    summary.first_run_since = Some(millis(cut_off));
+                    cut_off
+                }
+            },
+        })
+    }
+
+    /// Handles the listed rows oldest first, skipping those the retries handled, keeping the lease
+    /// alive; `Some(i)` when the run stopped at row `i` (out of time, or aborted: the summary's
+    /// outcome says which).
+    async fn work_through(
+        &self,
+        rows: &[Listed],
+        handled: &mut HashSet<Uuid>,
+        opts: &RunOptions,
+        lease: &mut RunLease,
+        summary: &mut RunSummary,
+    ) -> Result<Option<usize>, SaleError> {
+        let total = rows.len() as u64;
+        for (i, row) in rows.iter().enumerate() {
+            if let Some(p) = &opts.progress {
+                p.update(i as u64, total);
+            }
+            if handled.contains(&row.id) {
+                continue;
+            }
+            if self.out_of_time(opts) {
+                summary.outcome = Outcome::StoppedAtDeadline;
+                return Ok(Some(i));
+            }
+            lease
+                .keep_alive(self.clock.now())
+                .await
+                .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
+            if let Err(SaleError::Stop(why)) = self.handle_listed(row, opts, summary).await {
+                summary.outcome = Outcome::Aborted(why);
+                return Ok(Some(i));
+            }
+            // A sale listed twice (it changed during the listing) is handled once.
+            handled.insert(row.id);
+        }
+        Ok(None)
+    }
+
     async fn run_leased(
         &self,
         opts: &RunOptions,
@@ -368,22 +448,7 @@ impl OrderDownload {
         let cursor_key = CursorKey::new(&self.tenant, Job::OrderDownload, CURSOR_NAME);
         let cursor = self.store.cursor(&cursor_key).await?;
         summary.cursor_before = cursor.as_ref().map(|c| c.value.clone());
-        let since = match (&opts.since, &cursor) {
-            (Some(backfill), _) => *backfill,
-            (None, Some(c)) => DateTime::parse_from_rfc3339(&c.value)
-                .map(|d| d.with_timezone(&Utc))
-                .map_err(|e| {
-                    SaleError::Stop(format!("the saved cursor {:?} is unreadable: {e}", c.value))
-                })?,
-            (None, None) => match self.settings.earliest_order_date {
-                Some(d) => d.0,
-                None => {
-                    let cut_off = run_start - Duration::days(DEFAULT_LOOKBACK_DAYS);
-                    summary.first_run_since = Some(millis(cut_off));
-                    cut_off
-                }
-            },
-        };
+        let since = self.listing_since(opts, cursor.as_ref(), run_start, summary)?;
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
         let mut rows = self.list(since - overlap, run_start).await?;
         if rows.is_empty() && summary.first_run_since.is_some() {
@@ -394,47 +459,15 @@ impl OrderDownload {
         summary.listed = rows.len() as u64;
         let total = rows.len() as u64;
 
-        let mut stopped_at: Option<usize> = None;
-        for (i, row) in rows.iter().enumerate() {
-            if let Some(p) = &opts.progress {
-                p.update(i as u64, total);
-            }
-            if handled.contains(&row.id) {
-                continue;
-            }
-            if self.out_of_time(opts) {
-                summary.outcome = Outcome::StoppedAtDeadline;
-                stopped_at = Some(i);
-                break;
-            }
-            lease
-                .keep_alive(self.clock.now())
-                .await
-                .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
-            if let Err(e) = self.handle_listed(row, opts, summary).await {
-                stopped_at = Some(i);
-                let SaleError::Stop(why) = e;
-                summary.outcome = Outcome::Aborted(why);
-                break;
-            }
-            handled.insert(row.id);
-        }
+        let stopped_at = self
+            .work_through(&rows, &mut handled, opts, lease, summary)
+            .await?;
         if let Some(p) = &opts.progress {
             p.update(stopped_at.map(|i| i as u64).unwrap_or(total), total);
         }
 
         // 4. The cursor: every row with Updated below it is done.
-        let next = match stopped_at {
-            None => rows.iter().filter_map(|r| r.updated).max(),
-            Some(i) => {
-                let limit = rows[i].updated;
-                rows[..i]
-                    .iter()
-                    .filter_map(|r| r.updated)
-                    .filter(|u| Some(*u) < limit)
-                    .max()
-            }
-        };
+        let next = cursor_after(&rows, stopped_at);
         let previous = cursor
             .as_ref()
             .and_then(|c| DateTime::parse_from_rfc3339(&c.value).ok());
@@ -1094,4 +1127,29 @@ fn last_delivered_version(rec: &LedgerRecord) -> Option<String> {
 
 fn dear_stop(e: DearError) -> SaleError {
     SaleError::Stop(format!("DEAR: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(minute: u32) -> Listed {
+        Listed {
+            id: Uuid::new_v4(),
+            updated: DateTime::parse_from_rfc3339(&format!("2026-11-20T06:{minute:02}:00Z"))
+                .ok()
+                .map(|d| d.with_timezone(&Utc)),
+        }
+    }
+
+    #[test]
+    fn the_cursor_moves_over_what_the_run_finished_and_no_further() {
+        let rows = [listed(1), listed(2), listed(2), listed(5)];
+        assert_eq!(cursor_after(&rows, None), rows[3].updated, "all done");
+        // Stopped at the second row updated at :02: the first one at :02 may be done, but a
+        // cursor at :02 would hide the unfinished one, so it stays at :01.
+        assert_eq!(cursor_after(&rows, Some(2)), rows[0].updated);
+        assert_eq!(cursor_after(&rows, Some(0)), None, "nothing finished");
+        assert_eq!(cursor_after(&[], None), None);
+    }
 }
