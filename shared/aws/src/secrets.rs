@@ -61,19 +61,31 @@ impl SecretsManagerCredentials {
             .send()
             .await
             .map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception())
-                {
-                    CredentialsError::Missing {
-                        tenant: tenant.to_string(),
-                        location: format!("secret {name}"),
+                use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
+                let location = format!("secret {name}");
+                let tenant = tenant.to_string();
+                match e.as_service_error() {
+                    Some(s) if s.is_resource_not_found_exception() => {
+                        CredentialsError::Missing { tenant, location }
                     }
-                } else {
-                    CredentialsError::Unavailable {
-                        tenant: tenant.to_string(),
-                        location: format!("secret {name}"),
+                    // An answer that is not an outage: the secret is marked for deletion
+                    // (InvalidRequest), cannot be decrypted, or this role may no longer read it.
+                    // Never served from the cache.
+                    Some(s)
+                        if !s.is_internal_service_error()
+                            && s.code() != Some("ThrottlingException") =>
+                    {
+                        CredentialsError::Refused {
+                            tenant,
+                            location,
+                            detail: sdk_error_text(&e),
+                        }
+                    }
+                    _ => CredentialsError::Unavailable {
+                        tenant,
+                        location,
                         detail: sdk_error_text(&e),
-                    }
+                    },
                 }
             })?;
         let Some(text) = out.secret_string() else {
@@ -111,7 +123,11 @@ impl CredentialSource for SecretsManagerCredentials {
                 }
                 _ => Err(error),
             },
-            Err(error) => Err(error),
+            // Gone, refused or malformed: what was cached must not serve later either.
+            Err(error) => {
+                cache.remove(tenant);
+                Err(error)
+            }
         }
     }
 

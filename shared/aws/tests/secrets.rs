@@ -271,3 +271,24 @@ async fn a_secret_read_before_serves_while_secrets_manager_is_unreachable_for_a_
             .is_unavailable()
     );
 }
+
+#[tokio::test]
+async fn a_secret_marked_for_deletion_is_not_served_from_the_cache() {
+    let prefix = prefix();
+    let tenant = TenantId::new("acme").unwrap();
+    let name = format!("{prefix}acme");
+    put_secret(&name, r#"{"account_id":"acct-1","api_key":"k3y-one"}"#).await;
+    // No TTL, an hour of stale-if-error: only an outage may serve the cached secret.
+    let source =
+        SecretsManagerCredentials::new(testing::secrets_manager(), &prefix, Duration::ZERO);
+    source.credentials(&tenant).await.unwrap();
+    testing::secrets_manager()
+        .delete_secret()
+        .secret_id(&name)
+        .send()
+        .await
+        .unwrap();
+    let err = source.credentials(&tenant).await.unwrap_err();
+    assert!(!err.is_unavailable(), "an answer, not an outage: {err:?}");
+    assert!(err.to_string().contains(&name), "{err}");
+}

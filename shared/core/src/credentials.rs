@@ -66,6 +66,17 @@ pub enum CredentialsError {
         /// What is wrong (never the values).
         detail: String,
     },
+    /// The secret store answered, but not with the secret: it is marked for deletion, cannot be
+    /// decrypted, or this role may not read it. An operator must act; not an outage.
+    #[error("DEAR credentials for tenant {tenant} could not be read from {location}: {detail}")]
+    Refused {
+        /// Whose.
+        tenant: String,
+        /// Where.
+        location: String,
+        /// The store's answer.
+        detail: String,
+    },
     /// The secret store failed; retrying later may work.
     #[error("DEAR credentials for tenant {tenant} could not be read from {location}: {detail}")]
     Unavailable {

@@ -125,10 +125,22 @@ pub fn as_sqs(event: &Value) -> Option<Result<SqsEvent, HandlerError>> {
             "Records that are not all SQS messages (eventSource aws:sqs)".into(),
         )));
     }
-    Some(
-        serde_json::from_value(event.clone())
-            .map_err(|e| HandlerError::BadEvent(format!("not an SQS batch: {e}"))),
-    )
+    // Each record on its own: one that does not read as an SQS message is returned as a failure
+    // (by its messageId) rather than failing the batch.
+    let mut batch = SqsEvent::default();
+    for record in records {
+        let message = serde_json::from_value::<SqsMessage>(record.clone()).unwrap_or_else(|e| {
+            let mut unreadable = SqsMessage::default();
+            unreadable.message_id = record
+                .get("messageId")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            tracing::error!(message_id = ?unreadable.message_id, error = %e, "an SQS record that does not read as one");
+            unreadable
+        });
+        batch.records.push(message);
+    }
+    Some(Ok(batch))
 }
 
 #[cfg(test)]
@@ -177,6 +189,20 @@ mod tests {
                 { "itemIdentifier": "m1" }, { "itemIdentifier": "m2" }, { "itemIdentifier": "m3" }
             ] })
         );
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_fails_alone() {
+        let event = json!({ "Records": [
+            { "messageId": "m0", "eventSource": "aws:sqs", "body": "{}" },
+            { "messageId": "m1", "eventSource": "aws:sqs", "body": 7 },
+        ] });
+        let Some(Ok(batch)) = as_sqs(&event) else {
+            panic!("a batch")
+        };
+        assert_eq!(batch.records.len(), 2);
+        assert_eq!(batch.records[1].message_id.as_deref(), Some("m1"));
+        assert_eq!(batch.records[1].body, None, "returned as unreadable");
     }
 
     #[test]

@@ -418,6 +418,15 @@ impl Deps {
         match self.proof(event, &tenant, &credentials, caller).await {
             Ok(Proof::Proven) => {}
             Ok(Proof::Refused(why)) => return Err(refused(&why)),
+            // The signature is proven, so the caller is told plainly (a retry must be signed
+            // again); whoever replays a captured request learns nothing new from it.
+            Ok(Proof::Replayed) => {
+                tracing::warn!(tenant = %tenant, "a signed push was replayed; refused");
+                return Err(http_error(
+                    409,
+                    "this signed request was received before: sign each attempt anew (a new X-DearSync-Timestamp)",
+                ));
+            }
             Err(e) => return Err(http_error(503, format!("state store unavailable: {e}"))),
         }
         if !entry.enabled {
@@ -467,9 +476,7 @@ impl Deps {
         };
         match self.store.claim(&key, &seen, terms).await? {
             Claim::Acquired { .. } => Ok(Proof::Proven),
-            _ => Ok(Proof::Refused(
-                "a replay of a signed push already accepted".into(),
-            )),
+            _ => Ok(Proof::Replayed),
         }
     }
 }
@@ -480,6 +487,8 @@ enum Proof {
     Proven,
     /// It does not; why, for the log only.
     Refused(String),
+    /// A valid signature already accepted once.
+    Replayed,
 }
 
 /// The secret header checked against every accepted secret (a rotation's old and new), each in
@@ -915,7 +924,7 @@ mod tests {
         let t = now.timestamp();
         for (what, event, want) in [
             ("signed now", signed("new-key", t, "{}"), 200),
-            ("the same request again", signed("new-key", t, "{}"), 401),
+            ("the same request again", signed("new-key", t, "{}"), 409),
             (
                 "signed with the previous key",
                 signed("old-key", t - 10, "{}"),

@@ -66,9 +66,9 @@ pub enum ChunkError {
 }
 
 impl ChunkError {
-    /// True when the same chunk may be kept later (the store was unavailable or lost a race).
+    /// True when the same chunk may be kept later (the store was unavailable).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ChunkError::Store(e) if e.is_transient() || e.is_conflict())
+        matches!(self, ChunkError::Store(e) if e.is_transient())
     }
 }
 

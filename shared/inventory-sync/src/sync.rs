@@ -284,7 +284,8 @@ impl SyncError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SyncError::Dear(e) => e.is_transient() || e.is_outcome_unknown(),
-            SyncError::Store(e) => e.is_transient() || e.is_conflict(),
+            // As every store failure always was: the sync plans again from DEAR's state.
+            SyncError::Store(_) => true,
             _ => false,
         }
     }
@@ -1647,7 +1648,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sync_error_is_retryable_only_when_waiting_can_fix_it() {
+    fn a_sync_error_is_retryable_when_dear_or_the_store_failed_not_when_the_input_is_wrong() {
         let unavailable = DearError::Unavailable {
             method: "GET".into(),
             path: "ref/productavailability".into(),
@@ -1669,7 +1670,7 @@ mod tests {
             key: "k".into(),
             detail: "d".into(),
         };
-        assert!(!SyncError::Store(corrupt).is_retryable());
+        assert!(SyncError::Store(corrupt).is_retryable(), "as before");
         assert!(!SyncError::NoLocation.is_retryable());
         assert!(!SyncError::SnapshotIdReused("S-1".into()).is_retryable());
         // The cause stays reachable, not flattened into a message.

@@ -297,7 +297,6 @@ impl From<StoreError> for SaleError {
     }
 }
 
-/// Backoff for a failed delivery: 1, 2, 4 … minutes, at most an hour (CartRover retries hourly).
 /// Where the cursor may move after a run over `rows` (oldest first) that stopped at `stopped_at`:
 /// every row updated before it is done; none when nothing was.
 fn cursor_after(rows: &[Listed], stopped_at: Option<usize>) -> Option<DateTime<Utc>> {
@@ -314,6 +313,7 @@ fn cursor_after(rows: &[Listed], stopped_at: Option<usize>) -> Option<DateTime<U
     }
 }
 
+/// Backoff for a failed delivery: 1, 2, 4 … minutes, at most an hour (CartRover retries hourly).
 fn retry_delay(attempts: u32) -> Duration {
     Duration::minutes(1i64 << attempts.saturating_sub(1).min(6)).min(Duration::hours(1))
 }

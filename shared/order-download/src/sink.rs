@@ -278,9 +278,10 @@ impl OrderSink for WebhookSink {
         let body = serde_json::to_vec(order).map_err(|e| SinkError::new(e.to_string()))?;
         let sig = signature(&self.secret, &body);
         let id = delivery_id(order);
-        // Up to `attempts` posts, 0.5 s, 1 s, 2 s … apart with jitter (many tenants' retries to one
-        // warehouse do not arrive in step); an answer or a refusal that retrying cannot change
-        // ends them at once.
+        // Up to `attempts` posts, 0.5 s, 1 s, 2 s … (at most 8 s) apart, each wait plus a random
+        // jitter of up to as much again (backon's `std` feature seeds it randomly), so many tenants'
+        // retries to one warehouse do not arrive in step; an answer or a refusal that retrying
+        // cannot change ends them at once.
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
             .with_max_delay(Duration::from_secs(8))
