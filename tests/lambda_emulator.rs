@@ -688,7 +688,7 @@ async fn a_signed_shipment_push_is_applied_once_and_its_replay_is_refused() {
     let calls = || sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap().total;
     let before = calls();
     let out = lambda.invoke(&push).await;
-    assert_eq!(out.body["statusCode"], 409, "a replay: {out:?}");
+    assert_eq!(out.body["statusCode"], 400, "a replay: {out:?}");
     assert_eq!(calls(), before, "a replay costs DEAR nothing");
     let fulfilments = dear(&sim)
         .fulfilments(sale.parse().unwrap())

@@ -422,8 +422,9 @@ impl Deps {
             // again); whoever replays a captured request learns nothing new from it.
             Ok(Proof::Replayed) => {
                 tracing::warn!(tenant = %tenant, "a signed push was replayed; refused");
+                // 400, not 409: the inventory URL answers 409 for a snapshot held for a person.
                 return Err(http_error(
-                    409,
+                    400,
                     "this signed request was received before: sign each attempt anew (a new X-DearSync-Timestamp)",
                 ));
             }
@@ -924,7 +925,7 @@ mod tests {
         let t = now.timestamp();
         for (what, event, want) in [
             ("signed now", signed("new-key", t, "{}"), 200),
-            ("the same request again", signed("new-key", t, "{}"), 409),
+            ("the same request again", signed("new-key", t, "{}"), 400),
             (
                 "signed with the previous key",
                 signed("old-key", t - 10, "{}"),
