@@ -196,16 +196,7 @@ async fn a_snapshot_url_leading_inside_the_network_is_not_fetched_and_nothing_is
     }
 }
 
-/// DEAR writes the simulator has answered so far (every call but GETs).
-fn writes(sim: &SimServer) -> u64 {
-    let calls = sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID).unwrap();
-    calls
-        .by_route
-        .iter()
-        .filter(|(route, _)| !route.starts_with("GET"))
-        .map(|(_, n)| *n)
-        .sum()
-}
+use dearsync_test_kit::writes;
 
 fn push(path: &str, secret: &str, body: &Value) -> Value {
     json!({
