@@ -634,20 +634,7 @@ async fn check_shipments(dear: &DearClient, plan: &[(Uuid, Vec<Shipment>)], tall
 // Inventory Sync
 
 async fn levels(server: &SimServer) -> BTreeMap<String, Decimal> {
-    let q = dear_client::AvailabilityQuery {
-        location: Some(MAIN.into()),
-        ..Default::default()
-    };
-    let pages: Vec<_> = client(server)
-        .product_availability(&q, 1000)
-        .try_collect()
-        .await
-        .expect("availability");
-    let mut m = BTreeMap::new();
-    for r in pages.iter().flat_map(|p| &p.items) {
-        *m.entry(r.sku.clone().unwrap_or_default()).or_default() += r.on_hand;
-    }
-    m
+    crate::common::on_hand(server, MAIN).await
 }
 
 /// Inventory Sync under faults and kills: a series of counts of the same SKUs, each retried
