@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dear_client::AvailabilityQuery;
-use dearsync_core::{Credentials, SystemClock, TenantId, TenantSettings, connect};
+use dearsync_core::{Credentials, JobContext, SystemClock, TenantId, TenantSettings, connect};
 use dearsync_inventory_sync::{InventorySync, Snapshot};
 use dearsync_store_sqlite::SqliteStore;
 use futures::TryStreamExt;
@@ -45,11 +45,8 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> InventorySync {
     .unwrap();
 
     InventorySync {
-        tenant,
+        ctx: JobContext::new(tenant, Arc::new(dear), store, clock),
         settings: settings.inventory_sync,
-        dear: Arc::new(dear),
-        store,
-        clock,
     }
 }
 

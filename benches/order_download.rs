@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dearsync_core::{Credentials, SystemClock, TenantId, TenantSettings, connect};
+use dearsync_core::{Credentials, JobContext, SystemClock, TenantId, TenantSettings, connect};
 use dearsync_order_download::{CanonicalOrder, OrderDownload, OrderSink, RunOptions, SinkError};
 use dearsync_store_sqlite::SqliteStore;
 
@@ -63,12 +63,9 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> (OrderDownload, Arc
 
     let sink = Arc::new(CountingSink(AtomicU64::new(0)));
     let job = OrderDownload {
-        tenant,
+        ctx: JobContext::new(tenant, Arc::new(dear), store, clock),
         settings: settings.order_download,
-        dear: Arc::new(dear),
-        store,
         sink: sink.clone(),
-        clock,
     };
     (job, sink)
 }

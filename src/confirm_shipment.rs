@@ -31,13 +31,10 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, CliError> {
     };
     let shipment = Shipment::from_json(&text)
         .map_err(|e| format!("{}: invalid shipment: {e}", args.file.display()))?;
-    let ctx = args.local.job(args.no_rate_limit).await?;
+    let local = args.local.job(args.no_rate_limit).await?;
     let job = ShipmentConfirmation {
-        tenant: ctx.tenant.clone(),
-        settings: ctx.settings.shipment_confirmation,
-        dear: ctx.dear.clone(),
-        store: ctx.store.clone(),
-        clock: ctx.clock.clone(),
+        ctx: local.ctx,
+        settings: local.settings.shipment_confirmation,
     };
     match job.confirm(&shipment).await {
         Ok(c) => {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use dear_client::{AvailabilityQuery, DearClient};
 use dear_sim::SimServer;
 use dearsync_core::state::{Ledger, LedgerQuery, RecordState};
-use dearsync_core::{Credentials, Job, SystemClock, TenantId, TenantSettings, connect};
+use dearsync_core::{Credentials, Job, JobContext, SystemClock, TenantId, TenantSettings, connect};
 use dearsync_inventory_sync::{Action, InventorySync, Snapshot};
 use dearsync_order_download::{NdjsonSink, OrderDownload, OrderSink, RunOptions};
 use dearsync_shipment_confirmation::{Shipment, ShipmentConfirmation};
@@ -182,12 +182,9 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let sink: Arc<dyn OrderSink> =
         Arc::new(NdjsonSink::file(&orders_path).map_err(|e| e.to_string())?);
     let download = OrderDownload {
-        tenant: tenant.clone(),
+        ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
         settings: settings.order_download.clone(),
-        dear: dear.clone(),
-        store: store.clone(),
         sink,
-        clock: clock.clone(),
     };
     let summary = download.run(&RunOptions::default()).await;
     let orders = read_orders(&orders_path)?;
@@ -248,11 +245,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     println!();
     println!("2. Shipment confirmation (the warehouse reports what it shipped)");
     let confirm = ShipmentConfirmation {
-        tenant: tenant.clone(),
+        ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
         settings: settings.shipment_confirmation.clone(),
-        dear: dear.clone(),
-        store: store.clone(),
-        clock: clock.clone(),
     };
     // The demo's warehouse ships simple sales of products without batches (a real one would
     // report the batches it picked; the canonical shipment carries them).
@@ -309,11 +303,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     println!("3. Inventory sync ({LOCATION}: the warehouse's count becomes DEAR's stock)");
     let snapshot = warehouse_count(&dear).await?;
     let sync = InventorySync {
-        tenant: tenant.clone(),
+        ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
         settings: settings.inventory_sync.clone(),
-        dear: dear.clone(),
-        store: store.clone(),
-        clock: clock.clone(),
     };
     let result = sync
         .sync(&snapshot, false)

@@ -72,13 +72,10 @@ pub async fn run(args: InventorySyncArgs) -> Result<Ended, CliError> {
         Snapshot::from_json_reader(file)
     }
     .map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let ctx = args.local.job(args.no_rate_limit).await?;
+    let local = args.local.job(args.no_rate_limit).await?;
     let job = InventorySync {
-        tenant: ctx.tenant.clone(),
-        settings: ctx.settings.inventory_sync,
-        dear: ctx.dear.clone(),
-        store: ctx.store.clone(),
-        clock: ctx.clock.clone(),
+        ctx: local.ctx,
+        settings: local.settings.inventory_sync,
     };
     let options = SyncOptions {
         dry_run: args.dry_run,

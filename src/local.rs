@@ -5,9 +5,8 @@ use crate::exit::CliError;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use dear_client::DearClient;
 use dearsync_core::{
-    CredentialSource, Credentials, EnvCredentials, StateStore, SystemClock, TenantId,
+    CredentialSource, Credentials, EnvCredentials, JobContext, StateStore, SystemClock, TenantId,
     TenantSettings, connect,
 };
 use dearsync_store_sqlite::SqliteStore;
@@ -122,18 +121,13 @@ async fn refuse_if_disabled(ctx: &LocalContext) -> Result<(), CliError> {
     }
 }
 
-/// Everything a local job run needs: the context, the settings, and a DEAR client.
-pub struct JobContext {
-    /// The tenant.
-    pub tenant: TenantId,
+/// Everything a local job run needs: the job context (its DEAR client has the credentials from
+/// the tenant's secret or `DEAR_ACCOUNT_ID` / `DEAR_API_KEY`, at `DEAR_BASE_URL`) and the settings.
+pub struct LocalJob {
+    /// The tenant, DEAR, the state store and the clock.
+    pub ctx: JobContext,
     /// The validated settings.
     pub settings: TenantSettings,
-    /// The state store.
-    pub store: Arc<dyn StateStore>,
-    /// DEAR with credentials from `DEAR_ACCOUNT_ID` / `DEAR_API_KEY` at `DEAR_BASE_URL`.
-    pub dear: Arc<DearClient>,
-    /// Now.
-    pub clock: Arc<SystemClock>,
 }
 
 impl LocalOptions {
@@ -156,7 +150,7 @@ impl LocalOptions {
 
     /// Opens the store, reads the settings and credentials, and builds the DEAR client, paced by
     /// the account's budget in the store (or not at all with `no_rate_limit`: simulators only).
-    pub async fn job(&self, no_rate_limit: bool) -> Result<JobContext, CliError> {
+    pub async fn job(&self, no_rate_limit: bool) -> Result<LocalJob, CliError> {
         let ctx = self.open().await?;
         refuse_if_disabled(&ctx).await?;
         let settings = self.settings()?;
@@ -172,12 +166,9 @@ impl LocalOptions {
             no_rate_limit,
         )
         .map_err(|e| e.to_string())?;
-        Ok(JobContext {
-            tenant: ctx.tenant,
+        Ok(LocalJob {
+            ctx: JobContext::new(ctx.tenant, Arc::new(dear), ctx.store, clock),
             settings,
-            store: ctx.store,
-            dear: Arc::new(dear),
-            clock,
         })
     }
 }

@@ -49,7 +49,7 @@ impl Progress for Bar {
 /// Runs it: an error when a delivery failed or the run aborted; needs attention when orders were
 /// skipped or another run holds the lease.
 pub async fn run(args: OrderDownloadArgs) -> Result<Ended, CliError> {
-    let ctx = args.local.job(args.no_rate_limit).await?;
+    let local = args.local.job(args.no_rate_limit).await?;
     let sink: Arc<dyn OrderSink> = match &args.out {
         Some(path) => match NdjsonSink::file(path) {
             Ok(sink) => Arc::new(sink),
@@ -62,12 +62,9 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, CliError> {
         None => Arc::new(NdjsonSink::stdout()),
     };
     let job = OrderDownload {
-        tenant: ctx.tenant.clone(),
-        settings: ctx.settings.order_download,
-        dear: ctx.dear.clone(),
-        store: ctx.store.clone(),
+        ctx: local.ctx,
+        settings: local.settings.order_download,
         sink,
-        clock: ctx.clock.clone(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);

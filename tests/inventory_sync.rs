@@ -8,7 +8,7 @@ use std::time::Duration;
 use dear_client::{AdjustmentStatus, AvailabilityQuery, DearClient};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
-use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
+use dearsync_core::{JobContext, MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
 use dearsync_inventory_sync::{InventorySync, Snapshot, SyncError, SyncOptions, parse_instant};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
@@ -43,7 +43,12 @@ fn client(server: &SimServer) -> Arc<DearClient> {
 
 fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> InventorySync {
     InventorySync {
-        tenant: TenantId::new("acme").unwrap(),
+        ctx: JobContext::new(
+            TenantId::new("acme").unwrap(),
+            client(server),
+            store,
+            Arc::new(OffsetClock::default()),
+        ),
         settings: TenantSettings::from_toml(&format!(
             "[inventory_sync]\nlocation = \"{MAIN}\"\n{}",
             if settings.contains("price_tier_name") {
@@ -54,9 +59,6 @@ fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> Invent
         ))
         .unwrap()
         .inventory_sync,
-        dear: client(server),
-        store,
-        clock: Arc::new(OffsetClock::default()),
     }
 }
 
@@ -230,7 +232,7 @@ async fn zero_stock_skus_get_the_tier_cost_and_unknown_skus_are_reported() {
         .unwrap();
     assert_eq!(s.unknown_skus, vec!["NO-SUCH-SKU".to_owned()]);
     let task = s.adjustments[0].1.parse().unwrap();
-    let adj = j.dear.stock_adjustment(task).await.unwrap();
+    let adj = j.ctx.dear.stock_adjustment(task).await.unwrap();
     let costs: BTreeMap<String, Decimal> = server
         .sim
         .with_data(ACCOUNT, |d| {
@@ -704,16 +706,18 @@ async fn orders_delivered_after_the_snapshot_are_subtracted() {
     let snapshot_time = chrono::Utc::now() - chrono::Duration::hours(1);
     // Orders reach the warehouse after the snapshot was taken.
     let od = OrderDownload {
-        tenant: TenantId::new("acme").unwrap(),
+        ctx: JobContext::new(
+            TenantId::new("acme").unwrap(),
+            client(&server),
+            store.clone(),
+            Arc::new(OffsetClock::default()),
+        ),
         settings: TenantSettings::from_toml(
             "[order_download]\nsale_status = \"Any\"\nearliest_order_date = \"2020-01-01\"\n",
         )
         .unwrap()
         .order_download,
-        dear: client(&server),
-        store: store.clone(),
         sink: Arc::new(NdjsonSink::file(dir.path().join("orders.ndjson")).unwrap()),
-        clock: Arc::new(OffsetClock::default()),
     };
     od.run(&RunOptions::default()).await;
     let sold = dearsync_core::delivered::delivered_since(
@@ -981,7 +985,7 @@ async fn a_snapshot_killed_half_way_is_resumed_and_no_part_is_posted_twice() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new(clock.clone()));
     let settings = "drift_threshold_units = 50\nmax_lines_per_adjustment = 2\n";
     let mut j = job(&server, store.clone(), settings);
-    j.clock = clock.clone();
+    j.ctx.clock = clock.clone();
     let j = Arc::new(j);
     let snap = snapshot("INV-R", "2026-11-20", &lines);
 

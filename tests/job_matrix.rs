@@ -9,7 +9,7 @@ use std::time::Duration;
 use dear_client::{DearClient, SaleListItem, SaleListQuery};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
-use dearsync_core::{Clock, OffsetClock, TenantId, TenantSettings};
+use dearsync_core::{Clock, JobContext, OffsetClock, TenantId, TenantSettings};
 use dearsync_inventory_sync::{InventorySync, Snapshot};
 use dearsync_order_download::{OrderDownload, Outcome, RunOptions};
 use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
@@ -65,12 +65,9 @@ fn order_download(
     sink: Arc<Warehouse>,
 ) -> OrderDownload {
     OrderDownload {
-        tenant: tenant(),
+        ctx: JobContext::new(tenant(), client(server), store.store.clone(), clock),
         settings: defaults().order_download,
-        dear: client(server),
-        store: store.store.clone(),
         sink,
-        clock,
     }
 }
 
@@ -196,11 +193,8 @@ async fn shipment_confirmation_matrix(kind: StoreKind) {
     let clock = Arc::new(OffsetClock::default());
     let store = store_of(kind, clock.clone() as Arc<dyn Clock>).await;
     let job = ShipmentConfirmation {
-        tenant: tenant(),
+        ctx: JobContext::new(tenant(), client(&server), store.store.clone(), clock),
         settings: defaults().shipment_confirmation,
-        dear: client(&server),
-        store: store.store.clone(),
-        clock,
     };
     let (sale, lines) = ordered_sale(&server);
     let packages: Vec<_> = lines
@@ -231,7 +225,7 @@ async fn shipment_confirmation_matrix(kind: StoreKind) {
     }
     let applied = job.confirm(&shipment).await.expect("the retry applies it");
     assert_eq!(applied.action, "applied", "{kind:?}");
-    let f = &job.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &job.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert_eq!(f.task_id.to_string(), applied.task_id);
     assert_eq!(
         f.ship.status,
@@ -329,11 +323,8 @@ async fn inventory_sync_matrix(kind: StoreKind) {
     )
     .unwrap();
     let job = InventorySync {
-        tenant: tenant(),
+        ctx: JobContext::new(tenant(), client(&server), store.store.clone(), clock),
         settings: defaults().inventory_sync,
-        dear: client(&server),
-        store: store.store.clone(),
-        clock,
     };
 
     server.sim.add_fault(

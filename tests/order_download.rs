@@ -10,7 +10,9 @@ use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SaleEdit, SimConfig, SimServer};
 use dearsync_core::settings::OrderDownloadSettings;
 use dearsync_core::state::{LedgerQuery, RecordKey, RecordState};
-use dearsync_core::{Job, MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
+use dearsync_core::{
+    Job, JobContext, MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings,
+};
 use dearsync_order_download::{OrderDownload, Outcome, RunOptions, RunSummary};
 use futures::TryStreamExt;
 use uuid::Uuid;
@@ -65,12 +67,14 @@ fn harness(
 ) -> Harness {
     let sink = Arc::new(CollectingSink::default());
     let job = OrderDownload {
-        tenant: TenantId::new("acme").unwrap(),
+        ctx: JobContext::new(
+            TenantId::new("acme").unwrap(),
+            client(&server),
+            store.clone(),
+            clock.clone(),
+        ),
         settings: od,
-        dear: client(&server),
-        store: store.clone(),
         sink: sink.clone(),
-        clock: clock.clone(),
     };
     Harness {
         server,
@@ -147,8 +151,8 @@ async fn each_status_filter_delivers_exactly_the_selected_sales_once() {
         h.store = store.clone();
         h.clock = clock.clone();
         h.sink = Arc::new(CollectingSink::default());
-        h.job.store = store;
-        h.job.clock = clock;
+        h.job.ctx.store = store;
+        h.job.ctx.clock = clock;
         h.job.sink = h.sink.clone();
         h.job.settings = settings(&format!("sale_status = \"{filter}\"\n"));
         let expected: Vec<&SaleListItem> = rows.iter().filter(|r| selected(filter, r)).collect();
@@ -370,8 +374,8 @@ async fn location_and_attribute_filters_select_exactly_their_sales() {
 
     let (store, clock) = memory();
     h.store = store.clone();
-    h.job.store = store;
-    h.job.clock = clock;
+    h.job.ctx.store = store;
+    h.job.ctx.clock = clock;
     h.sink = Arc::new(CollectingSink::default());
     h.job.sink = h.sink.clone();
     h.job.settings = settings(
@@ -391,8 +395,8 @@ async fn location_and_attribute_filters_select_exactly_their_sales() {
     );
 
     let (store, clock) = memory();
-    h.job.store = store;
-    h.job.clock = clock;
+    h.job.ctx.store = store;
+    h.job.ctx.clock = clock;
     h.job.settings = settings("location_name = \"Nowhere\"\n");
     let s = h.job.run(&RunOptions::default()).await;
     match s.outcome {
@@ -901,8 +905,8 @@ async fn a_shipped_sale_is_never_delivered_for_a_status_before_shipping() {
         for filter in ["PACKED", "Packed & Shipping", "SHIPPING"] {
             let (store, clock) = memory();
             h.store = store.clone();
-            h.job.store = store;
-            h.job.clock = clock;
+            h.job.ctx.store = store;
+            h.job.ctx.clock = clock;
             h.sink = Arc::new(CollectingSink::default());
             h.job.sink = h.sink.clone();
             h.job.settings = settings(&format!("sale_status = \"{filter}\"\n"));
@@ -969,8 +973,8 @@ async fn orders_are_the_same_whether_an_untouched_simple_sale_lists_its_fulfilme
         for filter in ["", "sale_status = \"Any\"\n"] {
             let (store, clock) = memory();
             h.store = store.clone();
-            h.job.store = store;
-            h.job.clock = clock;
+            h.job.ctx.store = store;
+            h.job.ctx.clock = clock;
             h.sink = Arc::new(CollectingSink::default());
             h.job.sink = h.sink.clone();
             h.job.settings = settings(filter);
@@ -988,7 +992,7 @@ async fn orders_are_the_same_whether_an_untouched_simple_sale_lists_its_fulfilme
         let mut listing_nothing = 0;
         for key in orders.keys() {
             let id: Uuid = key.rsplit('/').next().unwrap().parse().unwrap();
-            if h.job.dear.sale(id).await.unwrap().fulfilments.is_empty() {
+            if h.job.ctx.dear.sale(id).await.unwrap().fulfilments.is_empty() {
                 listing_nothing += 1;
             }
         }
@@ -1484,12 +1488,14 @@ async fn the_order_webhook_is_retried_on_5xx_and_never_on_4xx_counting_every_pos
     )
     .unwrap();
     let job = OrderDownload {
-        tenant: TenantId::new("acme").unwrap(),
+        ctx: JobContext::new(
+            TenantId::new("acme").unwrap(),
+            client(&server),
+            Arc::new(MemoryStore::new(Arc::new(OffsetClock::default()))),
+            Arc::new(OffsetClock::default()),
+        ),
         settings: settings("sale_status = \"Any\"\n"),
-        dear: client(&server),
-        store: Arc::new(MemoryStore::new(Arc::new(OffsetClock::default()))),
         sink: Arc::new(sink),
-        clock: Arc::new(OffsetClock::default()),
     };
     let summary = job.run(&RunOptions::default()).await;
     let posts = posts.lock().unwrap().clone();

@@ -23,7 +23,7 @@ use dear_sim::model::{
 };
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SaleEdit, SimConfig, SimServer};
-use dearsync_core::{MemoryStore, OffsetClock, TenantId, TenantSettings};
+use dearsync_core::{JobContext, MemoryStore, OffsetClock, TenantId, TenantSettings};
 use dearsync_order_download::canonical::OrderLine;
 use dearsync_order_download::{CanonicalOrder, OrderDownload, Outcome, RunOptions};
 use rust_decimal::Decimal;
@@ -314,12 +314,14 @@ impl Dear {
         let clock = Arc::new(OffsetClock::default());
         let sink = Arc::new(CollectingSink::default());
         let job = OrderDownload {
-            tenant: TenantId::new("acme").unwrap(),
+            ctx: JobContext::new(
+                TenantId::new("acme").unwrap(),
+                self.client.clone(),
+                Arc::new(MemoryStore::new(clock.clone())),
+                clock,
+            ),
             settings,
-            dear: self.client.clone(),
-            store: Arc::new(MemoryStore::new(clock.clone())),
             sink: sink.clone(),
-            clock,
         };
         (job, sink)
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dear_client::{DearClient, StageStatus};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SimConfig, SimServer};
-use dearsync_core::{MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
+use dearsync_core::{JobContext, MemoryStore, OffsetClock, StateStore, TenantId, TenantSettings};
 use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
 use serde_json::json;
 use uuid::Uuid;
@@ -41,13 +41,15 @@ fn client(server: &SimServer) -> Arc<DearClient> {
 
 fn job(server: &SimServer, store: Arc<dyn StateStore>, settings: &str) -> ShipmentConfirmation {
     ShipmentConfirmation {
-        tenant: TenantId::new("acme").unwrap(),
+        ctx: JobContext::new(
+            TenantId::new("acme").unwrap(),
+            client(server),
+            store,
+            Arc::new(OffsetClock::default()),
+        ),
         settings: TenantSettings::from_toml(settings)
             .unwrap()
             .shipment_confirmation,
-        dear: client(server),
-        store,
-        clock: Arc::new(OffsetClock::default()),
     }
 }
 
@@ -134,7 +136,7 @@ async fn a_simple_sale_is_picked_packed_and_shipped_with_a_tracking_number_per_b
         "{} DEAR calls",
         total_calls(&server) - before
     );
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert_eq!(f.task_id.to_string(), c.task_id);
     assert!(f.pick.status.is_authorised() && f.pack.status.is_authorised());
     assert_eq!(f.ship.status, StageStatus::Authorised);
@@ -155,7 +157,7 @@ async fn a_simple_sale_is_picked_packed_and_shipped_with_a_tracking_number_per_b
         .map(|i| (format!("CTN-{i}"), format!("T-{i}"), "UPS".to_owned()))
         .collect();
     assert_eq!(tracking, want, "one ship line per box");
-    let sale_now = j.dear.sale(sale).await.unwrap();
+    let sale_now = j.ctx.dear.sale(sale).await.unwrap();
     assert_eq!(
         sale_now.combined_shipping_status.as_deref(),
         Some("SHIPPED")
@@ -178,7 +180,7 @@ async fn a_partial_then_a_final_shipment_use_two_fulfilments_and_account_for_eve
         .confirm(&shipment("WMS-P1", sale, boxes_per_sku(&lines, |q| q / 2)))
         .await
         .unwrap();
-    let mid = j.dear.sale(sale).await.unwrap();
+    let mid = j.ctx.dear.sale(sale).await.unwrap();
     assert_eq!(
         mid.combined_shipping_status.as_deref(),
         Some("PARTIALLY SHIPPED"),
@@ -193,10 +195,10 @@ async fn a_partial_then_a_final_shipment_use_two_fulfilments_and_account_for_eve
         .await
         .unwrap();
     assert_ne!(first.task_id, second.task_id, "a second fulfilment");
-    let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+    let all = j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments;
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|f| f.ship.status == StageStatus::Authorised));
-    let end = j.dear.sale(sale).await.unwrap();
+    let end = j.ctx.dear.sale(sale).await.unwrap();
     assert_eq!(end.combined_shipping_status.as_deref(), Some("SHIPPED"));
     // Nothing more can ship.
     let err = j
@@ -227,7 +229,7 @@ async fn late_tracking_updates_the_shipment_and_other_changes_are_refused() {
     }
     let u = j.confirm(&late).await.unwrap();
     assert_eq!(u.action, "tracking_updated");
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert!(
         f.ship
             .lines
@@ -380,7 +382,7 @@ async fn a_run_that_died_after_the_pick_resumes_from_deals_state() {
     );
     let err = j.confirm(&s).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert!(f.pick.status.is_authorised() && !f.pack.status.is_authorised());
     server.sim.clear_faults(ACCOUNT);
     // A write whose outcome is unknown (applied, then the connection dropped) is read back, not repeated.
@@ -396,7 +398,7 @@ async fn a_run_that_died_after_the_pick_resumes_from_deals_state() {
     );
     let c = j.confirm(&s).await.unwrap();
     assert_eq!(c.action, "applied");
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert_eq!(f.ship.status, StageStatus::Authorised);
     assert_eq!(
         f.pick
@@ -423,7 +425,7 @@ async fn mark_shipped_ships_what_the_merchant_packed() {
         "[shipment_confirmation]\nship_order_action = \"mark_shipped\"\n",
     );
     let f = j
-        .dear
+        .ctx.dear
         .fulfilments(sale)
         .await
         .unwrap()
@@ -446,7 +448,7 @@ async fn mark_shipped_ships_what_the_merchant_packed() {
         .unwrap();
     assert_eq!(c.action, "applied");
     let after = j
-        .dear
+        .ctx.dear
         .fulfilments(sale)
         .await
         .unwrap()
@@ -538,7 +540,7 @@ async fn dear_faults_never_apply_a_shipment_twice() {
     }
     server.sim.clear_faults(ACCOUNT);
     for (sale, lines) in &sales {
-        let all = j.dear.fulfilments(*sale).await.unwrap().fulfilments;
+        let all = j.ctx.dear.fulfilments(*sale).await.unwrap().fulfilments;
         assert_eq!(all.len(), 1, "one fulfilment");
         let f = &all[0];
         assert_eq!(f.ship.status, StageStatus::Authorised);
@@ -577,7 +579,7 @@ async fn one_sku_split_over_three_boxes_ships_three_tracked_boxes() {
         .await
         .unwrap();
     assert_eq!(c.boxes.len(), 3);
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     let mut boxes: Vec<_> = f
         .ship
         .lines
@@ -620,7 +622,7 @@ async fn a_run_that_died_after_the_pack_resumes_with_the_ship_only() {
         },
     );
     assert!(j.confirm(&s).await.unwrap_err().is_retryable());
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert!(f.pack.status.is_authorised() && f.ship.status != StageStatus::Authorised);
     let packed_before = f.pack.lines.clone();
     server.sim.clear_faults(ACCOUNT);
@@ -633,7 +635,7 @@ async fn a_run_that_died_after_the_pack_resumes_with_the_ship_only() {
         .copied()
         .unwrap_or(0);
     assert_eq!(j.confirm(&s).await.unwrap().action, "applied");
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert_eq!(f.ship.status, StageStatus::Authorised);
     assert_eq!(f.pack.lines, packed_before, "packed once");
     assert_eq!(
@@ -693,7 +695,7 @@ async fn an_html_page_after_an_applied_write_is_an_unknown_outcome_and_converges
             server.sim.clear_faults(ACCOUNT);
         }
         for (sale, lines, fulfilments) in [(whole, &whole_lines, 1), (split, &split_lines, 2)] {
-            let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+            let all = j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments;
             let live: Vec<_> = all
                 .iter()
                 .filter(|f| !f.pick.lines.is_empty() || f.ship.status == StageStatus::Authorised)
@@ -748,11 +750,11 @@ async fn a_refused_ship_resumes_its_fulfilment_when_the_shipment_is_sent_again()
     );
     let err = j.confirm(&s).await.unwrap_err();
     assert!(matches!(err, ConfirmError::Rejected(_)), "{err}");
-    let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+    let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
     assert!(f.pack.status.is_authorised() && f.ship.status != StageStatus::Authorised);
     let c = j.confirm(&s).await.unwrap();
     assert_eq!(c.task_id, f.task_id.to_string(), "the same fulfilment");
-    let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+    let all = j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0].ship.status, StageStatus::Authorised);
     assert_eq!(all[0].pack.lines, f.pack.lines, "packed once");
@@ -786,7 +788,7 @@ async fn another_shipment_never_takes_over_a_failed_shipments_fulfilment() {
     let c2 = j.confirm(&s2).await.unwrap();
     let c1 = j.confirm(&s1).await.unwrap();
     assert_ne!(c1.task_id, c2.task_id, "one fulfilment each");
-    let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+    let all = j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments;
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.iter().all(|f| f.ship.status == StageStatus::Authorised));
     let shipped_boxes: usize = all.iter().map(|f| f.ship.lines.len()).sum();
@@ -806,17 +808,17 @@ async fn a_simple_sale_listing_no_fulfilment_is_shipped_on_its_own_task_and_stay
         .await;
         let (sale, _, lines) = find_sale(&server, "ORDERED", 1);
         let j = job(&server, memory(), "");
-        let before = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+        let before = j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments;
         assert_eq!(before.is_empty(), lists_none, "the reading is played");
         let c = j
             .confirm(&shipment("WMS-SIMPLE", sale, boxes_per_sku(&lines, |q| q)))
             .await
             .unwrap_or_else(|e| panic!("lists none = {lists_none}: {e}"));
         assert_eq!(c.task_id, sale.to_string(), "the sale's own task");
-        let all = j.dear.fulfilments(sale).await.unwrap().fulfilments;
+        let all = j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments;
         assert_eq!(all.len(), 1, "{all:?}");
         assert_eq!(all[0].ship.status, StageStatus::Authorised);
-        let after = j.dear.sale(sale).await.unwrap();
+        let after = j.ctx.dear.sale(sale).await.unwrap();
         assert_eq!(
             after.sale_type,
             dear_client::SaleType::Simple,
@@ -862,7 +864,7 @@ async fn the_pack_ends_with_exactly_what_shipped_whether_dear_opens_a_draft_pack
             .await
             .unwrap_or_else(|e| panic!("draft pack = {draft_pack}: {e}"));
         assert_eq!(c.fulfilment_number, Some(1));
-        let f = &j.dear.fulfilments(sale).await.unwrap().fulfilments[0];
+        let f = &j.ctx.dear.fulfilments(sale).await.unwrap().fulfilments[0];
         assert!(f.pack.status.is_authorised(), "draft pack = {draft_pack}");
         assert_eq!(
             f.pack.lines.len(),

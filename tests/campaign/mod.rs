@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use dear_client::{DearClient, SaleListItem, SaleListQuery};
 use dear_sim::seed::SeedSpec;
 use dear_sim::{Fault, FaultRule, SaleEdit, SimConfig, SimServer};
-use dearsync_core::{Clock, OffsetClock, TenantId, TenantSettings};
+use dearsync_core::{Clock, JobContext, OffsetClock, TenantId, TenantSettings};
 use dearsync_inventory_sync::{InventorySync, Snapshot};
 use dearsync_order_download::{
     CanonicalOrder, OrderDownload, OrderSink, RunOptions, SinkError, map_sale, validate,
@@ -246,12 +246,9 @@ pub async fn order_download(kind: StoreKind, seed: u64, rounds: usize) -> Tally 
     let settings = defaults();
     let filter = settings.order_download.sale_status.to_string();
     let job = Arc::new(OrderDownload {
-        tenant: tenant(),
+        ctx: JobContext::new(tenant(), client(&server), store.clone(), clock.clone()),
         settings: settings.order_download.clone(),
-        dear: client(&server),
-        store: store.clone(),
         sink: warehouse.clone(),
-        clock: clock.clone(),
     });
     let first_run = clock.now();
     let rows = all_rows(&server).await;
@@ -463,11 +460,8 @@ pub async fn shipments(kind: StoreKind, seed: u64, sales: usize) -> Tally {
     let kept: TestStore = store_of(kind, clock.clone()).await;
     let store = kept.store.clone();
     let job = Arc::new(ShipmentConfirmation {
-        tenant: tenant(),
+        ctx: JobContext::new(tenant(), client(&server), store, clock.clone()),
         settings: defaults().shipment_confirmation,
-        dear: client(&server),
-        store,
-        clock: clock.clone(),
     });
     let chosen = ordered_sales(&server, sales);
     assert!(chosen.len() >= sales.min(3), "the seed has ORDERED sales");
@@ -505,7 +499,7 @@ pub async fn shipments(kind: StoreKind, seed: u64, sales: usize) -> Tally {
     if crate::common::writes(&server) != writes_before {
         tally.problem("duplicated", "a replay wrote to DEAR".into());
     }
-    check_shipments(&job.dear, &plan, &mut tally).await;
+    check_shipments(&job.ctx.dear, &plan, &mut tally).await;
     tally
 }
 
@@ -651,11 +645,8 @@ pub async fn inventory(kind: StoreKind, seed: u64, snapshots: usize) -> Tally {
     // Several parts per snapshot, so kills land between parts and the next run resumes them.
     settings.max_lines_per_adjustment = 3;
     let job = InventorySync {
-        tenant: tenant(),
+        ctx: JobContext::new(tenant(), client(&server), store, clock.clone()),
         settings,
-        dear: client(&server),
-        store,
-        clock: clock.clone(),
     };
     let fifo: std::collections::BTreeSet<String> = server
         .sim

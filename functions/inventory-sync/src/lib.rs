@@ -157,11 +157,8 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
 
 fn job(deps: &Deps, ctx: TenantContext) -> InventorySync {
     InventorySync {
-        tenant: ctx.tenant,
+        ctx: ctx.job_context(deps),
         settings: ctx.settings.inventory_sync,
-        dear: ctx.dear,
-        store: deps.store.clone(),
-        clock: deps.clock.clone(),
     }
 }
 
@@ -175,7 +172,7 @@ async fn run(
         .sync_with(snapshot, options)
         .await
         .map_err(|source| NotSynced::Sync {
-            tenant: job.tenant.clone(),
+            tenant: job.ctx.tenant.clone(),
             snapshot_id: snapshot.snapshot_id.clone(),
             source: Box::new(source),
         })?;
@@ -285,7 +282,7 @@ async fn chunk_arrived(
     let chunk = Chunk::from_json(chunk)?;
     let ledger = ChunkLedger {
         store: deps.store.as_ref(),
-        tenant: &job.tenant,
+        tenant: &job.ctx.tenant,
     };
     let (snapshot, parts) = match ledger.keep(&chunk).await? {
         ChunkProgress::Waiting { received, parts } => {

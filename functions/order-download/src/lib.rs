@@ -234,12 +234,9 @@ fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload, NotRun> {
         .map_err(|e| fail(&e.to_string()))?,
     );
     Ok(OrderDownload {
-        tenant: ctx.tenant.clone(),
+        ctx: ctx.job_context(deps),
         settings: ctx.settings.order_download,
-        dear: ctx.dear,
-        store: deps.store.clone(),
         sink,
-        clock: deps.clock.clone(),
     })
 }
 

@@ -154,11 +154,8 @@ async fn confirm(
     tally: &mut Tally,
 ) -> Result<Confirmation, ConfirmError> {
     let job = ShipmentConfirmation {
-        tenant: ctx.tenant.clone(),
+        ctx: ctx.job_context(deps),
         settings: ctx.settings.shipment_confirmation.clone(),
-        dear: ctx.dear.clone(),
-        store: deps.store.clone(),
-        clock: deps.clock.clone(),
     };
     let before = ctx.dear.stats().throttled;
     let outcome = job.confirm(shipment).await;

@@ -10,8 +10,8 @@ pub use handler::{HandlerError, SqsBatchResponse, SqsEvent, as_sqs, sqs_batch};
 
 use dear_client::DearClient;
 use dearsync_core::{
-    Clock, CredentialSource, Credentials, CredentialsError, StateStore, TenantId, TenantSettings,
-    connect,
+    Clock, CredentialSource, Credentials, CredentialsError, JobContext, StateStore, TenantId,
+    TenantSettings, connect,
     credentials::{Caller, secrets_match},
     push_signature,
     state::{Claim, ClaimTerms, IdempotencyKey, TenantEntry},
@@ -313,6 +313,18 @@ impl TenantError {
             e if e.is_retryable() => 503,
             _ => 500,
         }
+    }
+}
+
+impl TenantContext {
+    /// What a job needs for this tenant: its DEAR client, and the deployment's store and clock.
+    pub fn job_context(&self, deps: &Deps) -> JobContext {
+        JobContext::new(
+            self.tenant.clone(),
+            self.dear.clone(),
+            deps.store.clone(),
+            deps.clock.clone(),
+        )
     }
 }
 

@@ -9,22 +9,20 @@
 //! so what was applied matches and drops out) and skips the parts the ledger shows posted (a DRAFT
 //! does not move stock, so it would stay in the plan).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-
 use chrono::{DateTime, Duration, NaiveDate, SecondsFormat};
 use dear_client::{
-    AdjustmentStatus, AvailabilityQuery, DearClient, DearDateTime, DearError, Product,
-    ProductQuery, READ_BACK_ROUNDS, StockAdjustmentLineWrite, StockAdjustmentWrite,
+    AdjustmentStatus, AvailabilityQuery, DearDateTime, DearError, Product, ProductQuery,
+    READ_BACK_ROUNDS, StockAdjustmentLineWrite, StockAdjustmentWrite,
 };
 use dearsync_core::settings::{
     AdjustmentStatusSetting, BinNullRow, InventorySyncSettings, QuantityIs, SnapshotScope,
 };
 use dearsync_core::state::{Claim, ClaimTerms, Cursor, CursorKey, IdempotencyKey};
-use dearsync_core::{Clock, HeldClaim, Job, StateStore, StoreError, TenantId};
+use dearsync_core::{HeldClaim, Job, JobContext, StoreError};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 use crate::progress::{PartId, ProgressLog, progress_key};
@@ -305,16 +303,10 @@ impl From<DearError> for SyncError {
 
 /// Everything a sync needs.
 pub struct InventorySync {
-    /// Whose.
-    pub tenant: TenantId,
+    /// The tenant, its DEAR client, the state store and the clock.
+    pub ctx: JobContext,
     /// The tenant's `[inventory_sync]` settings.
     pub settings: InventorySyncSettings,
-    /// DEAR.
-    pub dear: Arc<DearClient>,
-    /// Cursors, idempotency, the order ledger.
-    pub store: Arc<dyn StateStore>,
-    /// Now.
-    pub clock: Arc<dyn Clock>,
 }
 
 /// A product as the plan needs it.
@@ -391,7 +383,7 @@ impl InventorySync {
         options: SyncOptions,
     ) -> Result<SyncSummary, SyncError> {
         let dry_run = options.dry_run;
-        let stats_before = self.dear.stats();
+        let stats_before = self.ctx.dear.stats();
         let location = self
             .settings
             .location
@@ -399,25 +391,25 @@ impl InventorySync {
             .or_else(|| snapshot.location.clone())
             .ok_or(SyncError::NoLocation)?;
         let mut summary = SyncSummary {
-            tenant: self.tenant.to_string(),
+            tenant: self.ctx.tenant.to_string(),
             snapshot_id: snapshot.snapshot_id.clone(),
             location: location.clone(),
             lines_read: snapshot.lines.len() as u64,
             ..Default::default()
         };
         let cursor_key = CursorKey::new(
-            &self.tenant,
+            &self.ctx.tenant,
             Job::InventorySync,
             format!("location:{}", location.to_ascii_lowercase()),
         );
-        let cursor = self.store.cursor(&cursor_key).await?;
+        let cursor = self.ctx.store.cursor(&cursor_key).await?;
         let claim_key = IdempotencyKey::new(
-            &self.tenant,
+            &self.ctx.tenant,
             "snapshot",
             format!("{}@{}", snapshot.snapshot_id, location.to_ascii_lowercase()),
         );
         if let Some(note) = stale_note(cursor.as_ref(), snapshot, &location) {
-            tracing::warn!(tenant = %self.tenant, note = %note, "stale snapshot");
+            tracing::warn!(tenant = %self.ctx.tenant, note = %note, "stale snapshot");
             return Ok(summary.ended(SyncOutcome::Stale, note));
         }
         let payload_hash = lines_hash(snapshot);
@@ -436,7 +428,7 @@ impl InventorySync {
         let work = self.plan_and_post(snapshot, &payload_hash, &location, options, &mut summary);
         let held = token.as_deref().map(|token| {
             HeldClaim::new(
-                self.store.as_ref(),
+                self.ctx.store.as_ref(),
                 &claim_key,
                 token,
                 terms.in_progress_for,
@@ -452,7 +444,7 @@ impl InventorySync {
             },
             None => work.await,
         };
-        let stats = self.dear.stats();
+        let stats = self.ctx.dear.stats();
         summary.dear_calls = stats.calls - stats_before.calls;
         summary.dear_throttled = stats.throttled - stats_before.throttled;
         if let Some(held) = &held {
@@ -468,7 +460,7 @@ impl InventorySync {
             }
         }
         if let Some(reason) = result? {
-            tracing::warn!(tenant = %self.tenant, snapshot_id = %snapshot.snapshot_id, reason = %reason,
+            tracing::warn!(tenant = %self.ctx.tenant, snapshot_id = %snapshot.snapshot_id, reason = %reason,
                 "inventory snapshot held for a person: nothing written");
             return Ok(if dry_run {
                 summary.ended(
@@ -484,13 +476,13 @@ impl InventorySync {
         } else {
             SyncOutcome::Applied
         };
-        tracing::info!(tenant = %self.tenant, summary = %serde_json::json!({
+        tracing::info!(tenant = %self.ctx.tenant, summary = %serde_json::json!({
             "snapshot_id": summary.snapshot_id, "location": summary.location, "lines_read": summary.lines_read,
             "unchanged": summary.unchanged, "adjusted": summary.adjusted, "held_for_review": summary.held_for_review,
             "unknown_skus": summary.unknown_skus.len(), "skipped": summary.skipped, "dear_calls": summary.dear_calls,
         }), "inventory sync");
         if summary.held_for_review > 0 {
-            tracing::warn!(tenant = %self.tenant, lines = summary.held_for_review, "inventory drift beyond the threshold: held as DRAFT for review");
+            tracing::warn!(tenant = %self.ctx.tenant, lines = summary.held_for_review, "inventory drift beyond the threshold: held as DRAFT for review");
         }
         Ok(summary)
     }
@@ -503,7 +495,7 @@ impl InventorySync {
         lines_hash: &str,
         snapshot: &Snapshot,
     ) -> Result<Result<String, (SyncOutcome, String)>, SyncError> {
-        match self.store.claim(key, lines_hash, claim_terms()).await {
+        match self.ctx.store.claim(key, lines_hash, claim_terms()).await {
             Ok(Claim::Acquired { token }) => Ok(Ok(token)),
             Ok(Claim::Completed { result }) => Ok(Err((
                 SyncOutcome::AlreadyApplied,
@@ -526,6 +518,7 @@ impl InventorySync {
     /// Refuses a location name DEAR does not have, naming the ones it has.
     async fn check_location_exists(&self, location: &str) -> Result<(), SyncError> {
         let pages: Vec<_> = self
+            .ctx
             .dear
             .locations(None, dear_client::MAX_LIMIT)
             .try_collect()
@@ -569,8 +562,8 @@ impl InventorySync {
         let by_sku = self.catalogue(tier).await?;
         let orders = if s.subtract_orders_since_snapshot {
             dearsync_core::delivered::delivered_since(
-                self.store.as_ref(),
-                &self.tenant,
+                self.ctx.store.as_ref(),
+                &self.ctx.tenant,
                 snapshot.as_of,
                 location,
             )
@@ -621,7 +614,8 @@ impl InventorySync {
             DateTime::parse_from_rfc3339(&c.value).is_ok_and(|l| snapshot.as_of >= l)
         });
         if newer {
-            self.store
+            self.ctx
+                .store
                 .save_cursor(key, &value, cursor.map(|c| c.version))
                 .await?;
         }
@@ -633,7 +627,7 @@ impl InventorySync {
         let Some(name) = &self.settings.price_tier_name else {
             return Ok(None);
         };
-        let tiers = self.dear.price_tiers().await?;
+        let tiers = self.ctx.dear.price_tiers().await?;
         tiers
             .iter()
             .find(|t| {
@@ -656,7 +650,8 @@ impl InventorySync {
         };
         let mut levels = Levels::new();
         let mut pages = std::pin::pin!(
-            self.dear
+            self.ctx
+                .dear
                 .product_availability(&query, dear_client::MAX_LIMIT)
         );
         while let Some(page) = pages.try_next().await? {
@@ -676,7 +671,8 @@ impl InventorySync {
     async fn catalogue(&self, tier: Option<u8>) -> Result<HashMap<String, Item>, SyncError> {
         let mut by_sku = HashMap::new();
         let mut pages = std::pin::pin!(
-            self.dear
+            self.ctx
+                .dear
                 .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
         );
         while let Some(page) = pages.try_next().await? {
@@ -746,8 +742,8 @@ impl InventorySync {
         let base_ref = s
             .adjustment_reference
             .replace("{snapshot_id}", &snapshot.snapshot_id);
-        let key = progress_key(&self.tenant, &snapshot.snapshot_id, location);
-        let mut progress = ProgressLog::open(self.store.as_ref(), key, lines_hash).await?;
+        let key = progress_key(&self.ctx.tenant, &snapshot.snapshot_id, location);
+        let mut progress = ProgressLog::open(self.ctx.store.as_ref(), key, lines_hash).await?;
         let at = Target { location, snapshot };
         self.post(adjust, status, &base_ref, at, summary, &mut progress)
             .await?;
@@ -866,7 +862,7 @@ impl InventorySync {
     ) -> Result<Uuid, SyncError> {
         let mut posts = 1;
         loop {
-            let e = match self.dear.create_stock_adjustment(body).await {
+            let e = match self.ctx.dear.create_stock_adjustment(body).await {
                 Ok(adj) => return Ok(adj.task_id),
                 Err(e) => e,
             };
@@ -887,6 +883,7 @@ impl InventorySync {
 
     async fn find_by_reference(&self, reference: &str) -> Result<Option<Uuid>, SyncError> {
         let pages: Vec<_> = self
+            .ctx
             .dear
             .stock_adjustment_list(None, dear_client::MAX_LIMIT)
             .try_collect()

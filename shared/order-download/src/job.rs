@@ -20,14 +20,14 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use dear_client::{DearClient, DearDateTime, DearError, Sale};
+use dear_client::{DearDateTime, DearError, Sale};
 use dearsync_core::delivered::DeliveryFacts;
 use dearsync_core::settings::OrderDownloadSettings;
 use dearsync_core::state::{
     CursorKey, DetailChange, LedgerQuery, LedgerRecord, NewRecord, RecordKey, RecordState,
     Transition,
 };
-use dearsync_core::{Clock, Job, RunLease, RunStart, StateStore, StoreError, TenantId};
+use dearsync_core::{Job, JobContext, RunLease, RunStart, StoreError};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -51,18 +51,12 @@ const DEFAULT_LOOKBACK_DAYS: i64 = 30;
 
 /// Everything a run needs.
 pub struct OrderDownload {
-    /// Whose orders.
-    pub tenant: TenantId,
+    /// The tenant, its DEAR client, the state store and the clock.
+    pub ctx: JobContext,
     /// The tenant's `[order_download]` settings.
     pub settings: OrderDownloadSettings,
-    /// DEAR, with the tenant's credentials and rate budget.
-    pub dear: Arc<DearClient>,
-    /// Cursors, ledger, leases.
-    pub store: Arc<dyn StateStore>,
     /// Where orders go.
     pub sink: Arc<dyn OrderSink>,
-    /// Now.
-    pub clock: Arc<dyn Clock>,
 }
 
 /// Reports progress (the CLI draws a bar).
@@ -320,7 +314,7 @@ fn retry_delay(attempts: u32) -> Duration {
 
 impl OrderDownload {
     fn key(&self, sale_id: Uuid) -> RecordKey {
-        RecordKey::new(&self.tenant, Job::OrderDownload, sale_id.to_string())
+        RecordKey::new(&self.ctx.tenant, Job::OrderDownload, sale_id.to_string())
     }
 
     fn out_of_time(&self, opts: &RunOptions) -> bool {
@@ -330,19 +324,19 @@ impl OrderDownload {
 
     /// One scheduled run.
     pub async fn run(&self, opts: &RunOptions) -> RunSummary {
-        let calls_before = self.dear.stats();
+        let calls_before = self.ctx.dear.stats();
         let mut summary = RunSummary {
-            tenant: self.tenant.to_string(),
+            tenant: self.ctx.tenant.to_string(),
             ..Default::default()
         };
-        let lease_key = dearsync_core::state::LeaseKey::new(&self.tenant, Job::OrderDownload);
-        let leases: Arc<dyn dearsync_core::state::Leases> = self.store.clone();
+        let lease_key = dearsync_core::state::LeaseKey::new(&self.ctx.tenant, Job::OrderDownload);
+        let leases: Arc<dyn dearsync_core::state::Leases> = self.ctx.store.clone();
         let mut lease =
             match RunLease::start(leases, &lease_key, &opts.run_id, opts.lease_ttl).await {
                 Ok(RunStart::Acquired(l)) => l,
                 Ok(RunStart::Busy { holder, until }) => {
                     let msg = RunStart::busy_message(&lease_key, &holder, until);
-                    tracing::info!(tenant = %self.tenant, "{msg}");
+                    tracing::info!(tenant = %self.ctx.tenant, "{msg}");
                     summary.outcome = Outcome::LeaseBusy(msg);
                     return summary;
                 }
@@ -353,13 +347,13 @@ impl OrderDownload {
             };
         let result = self.run_leased(opts, &mut lease, &mut summary).await;
         if let Err(SaleError::Stop(why)) = result {
-            tracing::error!(tenant = %self.tenant, error = %why, "order download stopped");
+            tracing::error!(tenant = %self.ctx.tenant, error = %why, "order download stopped");
             summary.outcome = Outcome::Aborted(why);
         }
         if let Err(e) = lease.finish().await {
-            tracing::warn!(tenant = %self.tenant, error = %e, "could not release the run lease; it lapses by itself");
+            tracing::warn!(tenant = %self.ctx.tenant, error = %e, "could not release the run lease; it lapses by itself");
         }
-        let calls = self.dear.stats();
+        let calls = self.ctx.dear.stats();
         summary.dear_calls = calls.calls - calls_before.calls;
         summary.throttled = calls.throttled - calls_before.throttled;
         summary
@@ -416,7 +410,7 @@ impl OrderDownload {
                 return Ok(Some(i));
             }
             lease
-                .keep_alive(self.clock.now())
+                .keep_alive(self.ctx.clock.now())
                 .await
                 .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
             if let Err(SaleError::Stop(why)) = self.handle_listed(row, opts, summary).await {
@@ -435,7 +429,7 @@ impl OrderDownload {
         lease: &mut RunLease,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
-        let run_start = self.clock.now();
+        let run_start = self.ctx.clock.now();
         let mut handled: HashSet<Uuid> = HashSet::new();
 
         // 2. Due retries first: they have waited longest.
@@ -445,8 +439,8 @@ impl OrderDownload {
         }
 
         // 3. The listing.
-        let cursor_key = CursorKey::new(&self.tenant, Job::OrderDownload, CURSOR_NAME);
-        let cursor = self.store.cursor(&cursor_key).await?;
+        let cursor_key = CursorKey::new(&self.ctx.tenant, Job::OrderDownload, CURSOR_NAME);
+        let cursor = self.ctx.store.cursor(&cursor_key).await?;
         summary.cursor_before = cursor.as_ref().map(|c| c.value.clone());
         let since = self.listing_since(opts, cursor.as_ref(), run_start, summary)?;
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
@@ -475,7 +469,8 @@ impl OrderDownload {
             && previous.is_none_or(|p| next > p)
         {
             let value = millis(next);
-            self.store
+            self.ctx
+                .store
                 .save_cursor(&cursor_key, &value, cursor.as_ref().map(|c| c.version))
                 .await?;
             summary.cursor_after = Some(value);
@@ -508,7 +503,7 @@ impl OrderDownload {
             query.updated_since = Some(DearDateTime::from_utc(since));
             query.updated_until = Some(DearDateTime::from_utc(until));
             query.order_location_id = location_id;
-            let mut pages = std::pin::pin!(self.dear.sale_list(&query, dear_client::MAX_LIMIT));
+            let mut pages = std::pin::pin!(self.ctx.dear.sale_list(&query, dear_client::MAX_LIMIT));
             while let Some(page) = pages.try_next().await.map_err(dear_stop)? {
                 for item in page.items {
                     let view = StatusView {
@@ -549,7 +544,7 @@ impl OrderDownload {
             return Ok(0);
         };
         query.updated_until = Some(DearDateTime::from_utc(until));
-        let mut pages = std::pin::pin!(self.dear.sale_list(&query, 1));
+        let mut pages = std::pin::pin!(self.ctx.dear.sale_list(&query, 1));
         match pages.try_next().await.map_err(dear_stop)? {
             Some(page) => Ok(page.total),
             None => Ok(0),
@@ -558,7 +553,7 @@ impl OrderDownload {
 
     async fn location_id(&self, name: &str) -> Result<Uuid, SaleError> {
         let mut known = Vec::new();
-        let mut pages = std::pin::pin!(self.dear.locations(None, dear_client::MAX_LIMIT));
+        let mut pages = std::pin::pin!(self.ctx.dear.locations(None, dear_client::MAX_LIMIT));
         while let Some(page) = pages.try_next().await.map_err(dear_stop)? {
             for loc in page.items {
                 let loc_name = loc.name.clone().unwrap_or_default();
@@ -580,8 +575,8 @@ impl OrderDownload {
         opts: &RunOptions,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
-        let record = self.store.record(&self.key(row.id)).await?;
-        let now = self.clock.now();
+        let record = self.ctx.store.record(&self.key(row.id)).await?;
+        let now = self.ctx.clock.now();
         let listed_updated = row.updated.map(millis);
         if let Some(rec) = &record {
             let same_updated =
@@ -610,26 +605,26 @@ impl OrderDownload {
         handled: &mut HashSet<Uuid>,
     ) -> Result<(), SaleError> {
         for state in [RecordState::InFlight, RecordState::Failed] {
-            let mut query = LedgerQuery::new(&self.tenant, Job::OrderDownload, state);
+            let mut query = LedgerQuery::new(&self.ctx.tenant, Job::OrderDownload, state);
             // In-flight claims are all listed: `is_due` says which are this run's to take over.
-            query.due_before = (state == RecordState::Failed).then(|| self.clock.now());
+            query.due_before = (state == RecordState::Failed).then(|| self.ctx.clock.now());
             query.limit = 200;
             loop {
-                let page = self.store.list(&query).await?;
+                let page = self.ctx.store.list(&query).await?;
                 for listed in &page.records {
                     if self.out_of_time(opts) {
                         summary.outcome = Outcome::StoppedAtDeadline;
                         return Ok(());
                     }
                     lease
-                        .keep_alive(self.clock.now())
+                        .keep_alive(self.ctx.clock.now())
                         .await
                         .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
                     let Ok(id) = listed.key.entity.parse::<Uuid>() else {
                         continue;
                     };
                     // The index may lag: act on a fresh read only.
-                    let Some(rec) = self.store.record(&listed.key).await? else {
+                    let Some(rec) = self.ctx.store.record(&listed.key).await? else {
                         continue;
                     };
                     if rec.state != state || !self.is_due(&rec, &opts.run_id) {
@@ -664,7 +659,7 @@ impl OrderDownload {
     /// delivered to the very sink this process now holds alone (the same locked file): then its
     /// delivery is over. A webhook's claim is waited out.
     fn is_due(&self, rec: &LedgerRecord, this_run: &str) -> bool {
-        let now = self.clock.now();
+        let now = self.ctx.clock.now();
         if rec.due_at.is_some_and(|d| d <= now) {
             return true;
         }
@@ -704,11 +699,11 @@ impl OrderDownload {
         match self.sink.was_delivered(&id).await {
             Ok(Some(true)) => {
                 let mut detail = SaleDetail::of(rec);
-                detail.delivery.delivered(self.clock.now());
+                detail.delivery.delivered(self.ctx.clock.now());
                 detail.claimed_by = None;
                 detail.delivered_version = Some(rec.input_hash.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
-                match self.store.transition(rec, change).await {
+                match self.ctx.store.transition(rec, change).await {
                     Ok(_) => {
                         summary.recovered += 1;
                         Ok(true)
@@ -727,17 +722,17 @@ impl OrderDownload {
 
     /// Downloads one sale now (the webhook path): same rules as a scheduled run, no listing.
     pub async fn download_one(&self, sale_id: Uuid) -> RunSummary {
-        let calls_before = self.dear.stats();
+        let calls_before = self.ctx.dear.stats();
         let mut summary = RunSummary {
-            tenant: self.tenant.to_string(),
+            tenant: self.ctx.tenant.to_string(),
             listed: 1,
             ..Default::default()
         };
         let result = async {
-            let record = self.store.record(&self.key(sale_id)).await?;
+            let record = self.ctx.store.record(&self.key(sale_id)).await?;
             if let Some(rec) = &record
                 && rec.state == RecordState::InFlight
-                && rec.due_at.is_some_and(|d| d > self.clock.now())
+                && rec.due_at.is_some_and(|d| d > self.ctx.clock.now())
             {
                 summary.unchanged += 1;
                 return Ok(());
@@ -749,7 +744,7 @@ impl OrderDownload {
         if let Err(SaleError::Stop(why)) = result {
             summary.outcome = Outcome::Aborted(why);
         }
-        let calls = self.dear.stats();
+        let calls = self.ctx.dear.stats();
         summary.dear_calls = calls.calls - calls_before.calls;
         summary.throttled = calls.throttled - calls_before.throttled;
         summary
@@ -855,7 +850,7 @@ impl OrderDownload {
         summary: &mut RunSummary,
     ) -> Result<Option<Sale>, SaleError> {
         summary.fetched += 1;
-        match self.dear.sale(sale_id).await {
+        match self.ctx.dear.sale(sale_id).await {
             Ok(sale) => Ok(Some(sale)),
             Err(e)
                 if e.is_transient()
@@ -899,7 +894,7 @@ impl OrderDownload {
         order: &crate::CanonicalOrder,
         detail: &SaleDetail,
     ) -> Result<Option<LedgerRecord>, SaleError> {
-        let due = self.clock.now() + Duration::minutes(IN_FLIGHT_FOR);
+        let due = self.ctx.clock.now() + Duration::minutes(IN_FLIGHT_FOR);
         let claimed = match record {
             None => {
                 let mut new =
@@ -907,7 +902,7 @@ impl OrderDownload {
                 new.attempts = 1;
                 new.due_at = Some(due);
                 new.detail = Some(detail.to_json());
-                self.store.insert(new).await
+                self.ctx.store.insert(new).await
             }
             Some(rec) => {
                 let change = Transition::to(RecordState::InFlight)
@@ -915,7 +910,7 @@ impl OrderDownload {
                     .attempt()
                     .due_at(due)
                     .detail(detail.to_json());
-                self.store.transition(&rec, change).await
+                self.ctx.store.transition(&rec, change).await
             }
         };
         Ok(StoreError::unless_raced(claimed)?)
@@ -933,22 +928,22 @@ impl OrderDownload {
         match self.sink.deliver(order).await {
             Ok(()) => {
                 let mut detail = detail;
-                detail.delivery.delivered(self.clock.now());
+                detail.delivery.delivered(self.ctx.clock.now());
                 detail.claimed_by = None;
                 detail.delivered_version = Some(order.version.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
-                self.store.transition(&claimed, change).await?;
+                self.ctx.store.transition(&claimed, change).await?;
                 summary.delivered += 1;
-                tracing::info!(tenant = %self.tenant, sale_id = %sale_id, order_number = %order.order_number,
+                tracing::info!(tenant = %self.ctx.tenant, sale_id = %sale_id, order_number = %order.order_number,
                     delivery = %delivery_id(order), "order delivered");
             }
             Err(e) => {
                 summary.failed += 1;
                 let change = Transition::to(RecordState::Failed)
                     .reason(format!("delivery failed: {e}"))
-                    .due_at(self.clock.now() + retry_delay(claimed.attempts));
-                self.store.transition(&claimed, change).await?;
-                tracing::warn!(tenant = %self.tenant, sale_id = %sale_id, error = %e, attempts = claimed.attempts,
+                    .due_at(self.ctx.clock.now() + retry_delay(claimed.attempts));
+                self.ctx.store.transition(&claimed, change).await?;
+                tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale_id, error = %e, attempts = claimed.attempts,
                     "order delivery failed; it will be retried");
             }
         }
@@ -1019,7 +1014,7 @@ impl OrderDownload {
         change.reason = reason;
         change.input_hash = input_hash.map(str::to_owned);
         change.detail = DetailChange::Set(detail.to_json());
-        StoreError::unless_raced(self.store.transition(rec, change).await)?;
+        StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
         Ok(())
     }
 
@@ -1035,7 +1030,7 @@ impl OrderDownload {
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
         *summary.skipped.entry(skip.category.to_owned()).or_default() += 1;
-        tracing::info!(tenant = %self.tenant, sale_id = %sale_id, order_number = sale.order_number().unwrap_or(""),
+        tracing::info!(tenant = %self.ctx.tenant, sale_id = %sale_id, order_number = sale.order_number().unwrap_or(""),
             reason = %skip.detail, "order skipped");
         let reason = format!("{}: {}", skip.category, skip.detail);
         match record {
@@ -1071,7 +1066,7 @@ impl OrderDownload {
                     }
                     .to_json(),
                 );
-                StoreError::unless_raced(self.store.insert(new).await)?;
+                StoreError::unless_raced(self.ctx.store.insert(new).await)?;
                 Ok(())
             }
         }
@@ -1086,8 +1081,8 @@ impl OrderDownload {
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
         summary.failed += 1;
-        tracing::warn!(tenant = %self.tenant, sale_id = %sale_id, reason, "sale could not be downloaded");
-        let now = self.clock.now();
+        tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale_id, reason, "sale could not be downloaded");
+        let now = self.ctx.clock.now();
         let result = match record {
             Some(rec) => {
                 let attempts = rec.attempts + 1;
@@ -1095,7 +1090,7 @@ impl OrderDownload {
                     .reason(reason)
                     .attempt()
                     .due_at(now + retry_delay(attempts));
-                self.store.transition(&rec, change).await.map(|_| ())
+                self.ctx.store.transition(&rec, change).await.map(|_| ())
             }
             None => {
                 let mut new = NewRecord::new(self.key(sale_id), RecordState::Failed, "");
@@ -1109,7 +1104,7 @@ impl OrderDownload {
                     }
                     .to_json(),
                 );
-                self.store.insert(new).await.map(|_| ())
+                self.ctx.store.insert(new).await.map(|_| ())
             }
         };
         StoreError::unless_raced(result)?;

@@ -8,19 +8,18 @@
 //! outcome is unknown (a timeout) is settled by re-reading the stage before anything is written again.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chrono::Duration;
 use dear_client::{
-    DearClient, DearDateTime, DearError, Fulfilment, FulfilmentLine, PickPack, READ_BACK_ROUNDS,
-    Sale, SaleListQuery, SaleType, Ship, ShipLine, StageStatus,
+    DearDateTime, DearError, Fulfilment, FulfilmentLine, PickPack, READ_BACK_ROUNDS, Sale,
+    SaleListQuery, SaleType, Ship, ShipLine, StageStatus,
 };
 use dearsync_core::settings::{ShipOrderAction, ShipmentConfirmationSettings};
 use dearsync_core::state::{
     Claim, ClaimTerms, DetailChange, IdempotencyKey, LedgerRecord, NewRecord, RecordKey,
     RecordState, Transition,
 };
-use dearsync_core::{Clock, HeldClaim, Job, StateStore, StoreError, TenantId};
+use dearsync_core::{HeldClaim, Job, JobContext, StoreError};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -472,16 +471,10 @@ impl ShipmentDetail {
 
 /// Everything confirmation needs.
 pub struct ShipmentConfirmation {
-    /// Whose.
-    pub tenant: TenantId,
+    /// The tenant, its DEAR client, the state store and the clock.
+    pub ctx: JobContext,
     /// The tenant's `[shipment_confirmation]` settings.
     pub settings: ShipmentConfirmationSettings,
-    /// DEAR.
-    pub dear: Arc<DearClient>,
-    /// Idempotency and ledger.
-    pub store: Arc<dyn StateStore>,
-    /// Now.
-    pub clock: Arc<dyn Clock>,
 }
 
 fn sum_by_sku<'a>(lines: impl Iterator<Item = &'a FulfilmentLine>) -> BTreeMap<String, Decimal> {
@@ -546,7 +539,7 @@ fn claim_terms() -> ClaimTerms {
 impl ShipmentConfirmation {
     fn key(&self, shipment: &Shipment) -> RecordKey {
         RecordKey::new(
-            &self.tenant,
+            &self.ctx.tenant,
             Job::ShipmentConfirmation,
             shipment.shipment_id.trim(),
         )
@@ -557,9 +550,9 @@ impl ShipmentConfirmation {
         let facts = shipment.checked()?;
         let id = facts.id.clone();
         let hash = facts.payload_hash.clone();
-        let key = IdempotencyKey::new(&self.tenant, SCOPE, &id);
+        let key = IdempotencyKey::new(&self.ctx.tenant, SCOPE, &id);
         let terms = claim_terms();
-        match self.store.claim(&key, &hash, terms).await {
+        match self.ctx.store.claim(&key, &hash, terms).await {
             Ok(Claim::Completed { result }) => {
                 let mut c: Confirmation = serde_json::from_str(&result)
                     .map_err(|e| ledger(&id, format!("stored result unreadable: {e}")))?;
@@ -570,7 +563,8 @@ impl ShipmentConfirmation {
             Err(StoreError::PayloadMismatch { .. }) => self.changed(shipment, &facts).await,
             Err(e) => Err(e.into()),
             Ok(Claim::Acquired { token }) => {
-                let held = HeldClaim::new(self.store.as_ref(), &key, &token, terms.in_progress_for);
+                let held =
+                    HeldClaim::new(self.ctx.store.as_ref(), &key, &token, terms.in_progress_for);
                 let Ok(result) = held.keep_while(self.apply(shipment, &facts)).await else {
                     // Another worker took the claim over and finishes the shipment.
                     return Err(ConfirmError::InProgress(id));
@@ -589,7 +583,7 @@ impl ShipmentConfirmation {
         facts: &Checked,
     ) -> Result<Confirmation, ConfirmError> {
         let id = facts.id.clone();
-        let rec = self.store.record(&self.key(shipment)).await?;
+        let rec = self.ctx.store.record(&self.key(shipment)).await?;
         let Some(rec) = rec.filter(|r| r.state == RecordState::Done) else {
             return Err(ConfirmError::InProgress(id));
         };
@@ -610,12 +604,17 @@ impl ShipmentConfirmation {
         }
         // Only carrier or tracking changed: one claim per update, so concurrent updates apply once.
         let key = IdempotencyKey::new(
-            &self.tenant,
+            &self.ctx.tenant,
             SCOPE,
             format!("{id}#{}", &facts.payload_hash[..16]),
         );
         let terms = claim_terms();
-        let token = match self.store.claim(&key, &facts.payload_hash, terms).await? {
+        let token = match self
+            .ctx
+            .store
+            .claim(&key, &facts.payload_hash, terms)
+            .await?
+        {
             Claim::Completed { result } => {
                 return serde_json::from_str(&result)
                     .map_err(|e| ledger(&id, format!("stored result unreadable: {e}")));
@@ -623,7 +622,7 @@ impl ShipmentConfirmation {
             Claim::InProgress { .. } => return Err(ConfirmError::InProgress(id)),
             Claim::Acquired { token } => token,
         };
-        let held = HeldClaim::new(self.store.as_ref(), &key, &token, terms.in_progress_for);
+        let held = HeldClaim::new(self.ctx.store.as_ref(), &key, &token, terms.in_progress_for);
         let Ok(result) = held
             .keep_while(self.update_tracking(shipment, facts, &applied))
             .await
@@ -635,7 +634,7 @@ impl ShipmentConfirmation {
             d.payload_hash = Some(facts.payload_hash.clone());
             d.confirmation = Some(c.clone());
             let change = Transition::to(RecordState::Done).detail(d.json());
-            self.store.transition(&rec, change).await?;
+            self.ctx.store.transition(&rec, change).await?;
         }
         let text = result.as_ref().ok().map(result_text);
         held.finish(text.as_deref(), terms.keep_for).await?;
@@ -676,6 +675,7 @@ impl ShipmentConfirmation {
             ..Default::default()
         };
         let written = self
+            .ctx
             .dear
             .write_ship(&ship, true)
             .await
@@ -719,6 +719,7 @@ impl ShipmentConfirmation {
                     ..Default::default()
                 };
                 let pages: Vec<_> = self
+                    .ctx
                     .dear
                     .sale_list(&query, 100)
                     .try_collect()
@@ -741,7 +742,7 @@ impl ShipmentConfirmation {
                     })?
             }
         };
-        match self.dear.sale(id).await {
+        match self.ctx.dear.sale(id).await {
             Ok(sale) => Ok(sale),
             Err(DearError::Rejected {
                 status: 400 | 404, ..
@@ -765,6 +766,7 @@ impl ShipmentConfirmation {
         let name = mapped.unwrap_or_else(|| carrier.to_owned());
         if self.settings.create_missing_carriers {
             let pages: Vec<_> = self
+                .ctx
                 .dear
                 .carriers(1000)
                 .try_collect()
@@ -776,8 +778,12 @@ impl ShipmentConfirmation {
                     .is_some_and(|d| d.trim().eq_ignore_ascii_case(&name))
             });
             if !known {
-                self.dear.create_carrier(&name).await.map_err(dear_error)?;
-                tracing::info!(tenant = %self.tenant, carrier = %name, "created a DEAR carrier");
+                self.ctx
+                    .dear
+                    .create_carrier(&name)
+                    .await
+                    .map_err(dear_error)?;
+                tracing::info!(tenant = %self.ctx.tenant, carrier = %name, "created a DEAR carrier");
             }
         }
         Ok(name)
@@ -790,7 +796,7 @@ impl ShipmentConfirmation {
     ) -> Result<Confirmation, ConfirmError> {
         let hash = facts.payload_hash.as_str();
         let key = self.key(shipment);
-        let existing = self.store.record(&key).await?;
+        let existing = self.ctx.store.record(&key).await?;
         let sale = self.sale(shipment).await?;
         // Applied before, claim since lapsed (90 days): answer from the ledger.
         if let Some(c) = replay_from_ledger(existing.as_ref()) {
@@ -841,7 +847,7 @@ impl ShipmentConfirmation {
                 let change = Transition::to(state)
                     .reason(e.to_string())
                     .detail(detail.json());
-                self.store.transition(&in_flight, change).await?;
+                self.ctx.store.transition(&in_flight, change).await?;
                 return Err(e);
             }
         };
@@ -860,8 +866,8 @@ impl ShipmentConfirmation {
         done.confirmation = Some(confirmation.clone());
         let mut change = Transition::to(RecordState::Done);
         change.detail = DetailChange::Set(done.json());
-        self.store.transition(&in_flight, change).await?;
-        tracing::info!(tenant = %self.tenant, shipment_id = %confirmation.shipment_id, sale_id = %confirmation.sale_id,
+        self.ctx.store.transition(&in_flight, change).await?;
+        tracing::info!(tenant = %self.ctx.tenant, shipment_id = %confirmation.shipment_id, sale_id = %confirmation.sale_id,
             task_id = %confirmation.task_id, boxes = confirmation.boxes.len(), "shipment confirmed in DEAR");
         Ok(confirmation)
     }
@@ -892,8 +898,8 @@ impl ShipmentConfirmation {
         let created = self
             .write_checked(
                 "fulfilment",
-                || self.dear.create_fulfilment(sale.id),
-                || self.dear.fulfilments(sale.id),
+                || self.ctx.dear.create_fulfilment(sale.id),
+                || self.ctx.dear.fulfilments(sale.id),
                 |now| now.fulfilments.iter().any(open_for_a_new_shipment),
             )
             .await?;
@@ -919,14 +925,14 @@ impl ShipmentConfirmation {
                 let mut new = NewRecord::new(key, RecordState::InFlight, hash);
                 new.attempts = 1;
                 new.detail = Some(detail.json());
-                self.store.insert(new).await?
+                self.ctx.store.insert(new).await?
             }
             Some(rec) => {
                 let change = Transition::to(RecordState::InFlight)
                     .input_hash(hash)
                     .attempt()
                     .detail(detail.json());
-                self.store.transition(&rec, change).await?
+                self.ctx.store.transition(&rec, change).await?
             }
         })
     }
@@ -944,14 +950,14 @@ impl ShipmentConfirmation {
                     .reason(reason)
                     .input_hash(hash)
                     .attempt();
-                self.store.transition(&rec, change).await.map(|_| ())
+                self.ctx.store.transition(&rec, change).await.map(|_| ())
             }
             Some(_) => Ok(()),
             None => {
                 let mut new = NewRecord::new(key.clone(), RecordState::Failed, hash);
                 new.reason = Some(reason.to_owned());
                 new.attempts = 1;
-                self.store.insert(new).await.map(|_| ())
+                self.ctx.store.insert(new).await.map(|_| ())
             }
         };
         match result {
@@ -1050,8 +1056,8 @@ impl ShipmentConfirmation {
         };
         self.write_checked(
             "ship",
-            || self.dear.write_ship(&ship, false),
-            || self.dear.ship(task),
+            || self.ctx.dear.write_ship(&ship, false),
+            || self.ctx.dear.ship(task),
             |s| {
                 matches!(
                     s.status,
@@ -1084,15 +1090,15 @@ impl ShipmentConfirmation {
             let replace = f.pick.status == StageStatus::Draft;
             self.write_checked(
                 "pick",
-                || self.dear.write_pick(&pick, replace),
-                || self.dear.pick(task),
+                || self.ctx.dear.write_pick(&pick, replace),
+                || self.ctx.dear.pick(task),
                 |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
             )
             .await?;
             // DEAR may open a DRAFT pack when the pick is authorised (reference examples show
             // one): the pack is written from DEAR's state now, not the read before the pick,
             // so a DRAFT is replaced rather than added to.
-            pack_status = self.dear.pack(task).await.map_err(dear_error)?.status;
+            pack_status = self.ctx.dear.pack(task).await.map_err(dear_error)?.status;
         }
         if !pack_status.is_authorised() {
             let pack = PickPack {
@@ -1104,8 +1110,8 @@ impl ShipmentConfirmation {
             let replace = pack_status == StageStatus::Draft;
             self.write_checked(
                 "pack",
-                || self.dear.write_pack(&pack, replace),
-                || self.dear.pack(task),
+                || self.ctx.dear.write_pack(&pack, replace),
+                || self.ctx.dear.pack(task),
                 |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
             )
             .await?;
