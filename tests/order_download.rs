@@ -992,7 +992,15 @@ async fn orders_are_the_same_whether_an_untouched_simple_sale_lists_its_fulfilme
         let mut listing_nothing = 0;
         for key in orders.keys() {
             let id: Uuid = key.rsplit('/').next().unwrap().parse().unwrap();
-            if h.job.ctx.dear.sale(id).await.unwrap().fulfilments.is_empty() {
+            if h.job
+                .ctx
+                .dear
+                .sale(id)
+                .await
+                .unwrap()
+                .fulfilments
+                .is_empty()
+            {
                 listing_nothing += 1;
             }
         }

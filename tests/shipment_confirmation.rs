@@ -425,7 +425,8 @@ async fn mark_shipped_ships_what_the_merchant_packed() {
         "[shipment_confirmation]\nship_order_action = \"mark_shipped\"\n",
     );
     let f = j
-        .ctx.dear
+        .ctx
+        .dear
         .fulfilments(sale)
         .await
         .unwrap()
@@ -448,7 +449,8 @@ async fn mark_shipped_ships_what_the_merchant_packed() {
         .unwrap();
     assert_eq!(c.action, "applied");
     let after = j
-        .ctx.dear
+        .ctx
+        .dear
         .fulfilments(sale)
         .await
         .unwrap()

@@ -212,6 +212,17 @@ impl SyncSummary {
         self
     }
 
+    /// The answer a sender gets: the counts and the adjustments, without the plan.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "snapshot_id": self.snapshot_id, "location": self.location, "outcome": self.outcome,
+            "note": self.note, "lines_read": self.lines_read, "unchanged": self.unchanged,
+            "adjusted": self.adjusted, "held_for_review": self.held_for_review,
+            "unknown_skus": self.unknown_skus, "skipped": self.skipped,
+            "adjustments": self.adjustments, "dear_calls": self.dear_calls,
+        })
+    }
+
     /// The summary as a CloudWatch EMF line.
     pub fn emf(&self, timestamp_ms: i64) -> String {
         dearsync_core::metrics::emf_line(

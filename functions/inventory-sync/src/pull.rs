@@ -1,0 +1,69 @@
+//! Pull mode: a schedule names a tenant (or none: every enabled tenant with a `snapshot_url`), and
+//! its snapshot is read from its URL and synced.
+
+use std::collections::BTreeMap;
+
+use dearsync_core::{TenantId, TenantSettings};
+use dearsync_function_support::{Deps, HandlerError, TenantError};
+use dearsync_inventory_sync::SyncOptions;
+use serde_json::{Value, json};
+
+use crate::{NotSynced, job, run};
+
+/// GETs the tenant's snapshot and syncs it.
+pub(crate) async fn pull(
+    deps: &Deps,
+    tenant: &TenantId,
+    options: SyncOptions,
+) -> Result<Value, NotSynced> {
+    let job = job(deps, deps.tenant(tenant).await?);
+    let snapshot = job
+        .pull(deps.outbound)
+        .await
+        .map_err(|source| NotSynced::Pull {
+            tenant: tenant.clone(),
+            source,
+        })?;
+    run(deps, &job, &snapshot, options)
+        .await
+        .map(|s| s.to_json())
+}
+
+/// Pulls every enabled tenant whose settings set `inventory_sync.snapshot_url`, each isolated (one
+/// tenant's failure never stops another); a tenant whose stored settings do not parse is a failure
+/// named, not skipped.
+pub(crate) async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
+    let tenants = deps.store.tenants().await.map_err(|e| {
+        let retryable = e.is_transient();
+        HandlerError::failed(e, retryable)
+    })?;
+    let mut results = Vec::new();
+    let mut failures = BTreeMap::new();
+    let mut retryable = true;
+    for t in tenants.into_iter().filter(|t| t.enabled) {
+        let outcome = match TenantSettings::from_toml(&t.settings_toml) {
+            Ok(settings) if settings.inventory_sync.snapshot_url.is_none() => continue,
+            Ok(_) => pull(deps, &t.tenant, SyncOptions::default()).await,
+            Err(source) => Err(NotSynced::Tenant(TenantError::Settings {
+                tenant: t.tenant.clone(),
+                source,
+            })),
+        };
+        match outcome {
+            Ok(s) => results.push(s),
+            Err(e) => {
+                tracing::error!(tenant = %t.tenant, error = %e, "inventory pull failed");
+                retryable &= e.is_retryable();
+                failures.insert(t.tenant.to_string(), e.to_string());
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(json!({ "tenants": results }))
+    } else {
+        Err(HandlerError::failed(
+            format!("{} tenants failed: {failures:?}", failures.len()),
+            retryable,
+        ))
+    }
+}
