@@ -27,9 +27,7 @@ struct CountingSink(AtomicU64);
 impl OrderSink for CountingSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
         // Serialise as a real sink would, then drop it.
-        let bytes = serde_json::to_vec(order).map_err(|e| SinkError {
-            message: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec(order).map_err(SinkError::Encode)?;
         std::hint::black_box(bytes);
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())

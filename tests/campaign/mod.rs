@@ -216,9 +216,7 @@ impl OrderSink for Warehouse {
             p > 0 && (*n * 7919) % 100 < p
         };
         if refuse {
-            return Err(SinkError {
-                message: "HTTP 503 from the warehouse".into(),
-            });
+            return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
         }
         self.orders.lock().unwrap().push(order.clone());
         Ok(())

@@ -551,13 +551,26 @@ pub fn method(request: &UrlRequest) -> &str {
     request.request_context.http.method.as_deref().unwrap_or("")
 }
 
+/// A Function URL response, typed (`aws_lambda_events`).
+pub use aws_lambda_events::event::lambda_function_urls::LambdaFunctionUrlResponse as UrlResponse;
+
 /// A Function URL response with a JSON body.
+pub fn url_response(status: u16, body: &Value) -> UrlResponse {
+    use aws_lambda_events::http::header::{CONTENT_TYPE, HeaderValue};
+    let mut response = UrlResponse::default();
+    response.status_code = i64::from(status);
+    response
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.body = Some(body.to_string());
+    response
+}
+
+/// A Function URL response with a JSON body, as the handlers return it: one `Value` answers every
+/// kind of event a function takes.
 pub fn http(status: u16, body: Value) -> Value {
-    json!({
-        "statusCode": status,
-        "headers": { "content-type": "application/json" },
-        "body": body.to_string(),
-    })
+    // A typed response always serialises (text fields, one static header).
+    serde_json::to_value(url_response(status, &body)).unwrap_or(Value::Null)
 }
 
 /// A Function URL error response: `{"error": message}`.
@@ -747,6 +760,20 @@ mod tests {
     use dearsync_core::{CredentialsError, MemoryStore, SystemClock};
 
     use super::*;
+
+    #[test]
+    fn a_function_url_response_is_the_typed_shape_lambda_reads() {
+        assert_eq!(
+            http(409, json!({"outcome": "held"})),
+            json!({
+                "statusCode": 409,
+                "headers": { "content-type": "application/json" },
+                "body": "{\"outcome\":\"held\"}",
+                "isBase64Encoded": false,
+                "cookies": [],
+            })
+        );
+    }
 
     /// One tenant's secret with `inbound_secret` "s3cret"; counts the reads.
     struct Secrets(AtomicU32);

@@ -12,20 +12,40 @@ use sha2::Sha256;
 
 use crate::canonical::CanonicalOrder;
 
-/// A delivery that did not happen.
+/// A delivery that did not happen, or a sink that could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    /// What went wrong.
-    pub message: String,
-}
-
-impl SinkError {
-    fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
+pub enum SinkError {
+    /// The order could not be encoded as JSON.
+    #[error("cannot encode the order: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// Writing to the file or stdout failed.
+    #[error("cannot write to {target}: {source}")]
+    Write {
+        /// `stdout` or the file's path.
+        target: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the orders file back failed.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The webhook URL is not one this deployment calls.
+    #[error("webhook URL: {0}")]
+    Url(#[source] dearsync_outbound::OutboundError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[source] dearsync_outbound::OutboundError),
+    /// The warehouse did not take it: its answer, or why it could not be reached, after the
+    /// retries that could help.
+    #[error("{0}")]
+    NotTaken(String),
 }
 
 /// Why the NDJSON file sink could not be opened.
@@ -168,14 +188,17 @@ fn end_a_torn_line(file: &mut std::fs::File, path: &Path) -> Result<(), SinkOpen
 #[async_trait]
 impl OrderSink for NdjsonSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(order).map_err(|e| SinkError::new(e.to_string()))?;
+        let mut line = serde_json::to_vec(order).map_err(SinkError::Encode)?;
         line.push(b'\n');
         match &self.target {
             Target::Stdout(out) => {
                 let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
                 out.write_all(&line)
                     .and_then(|_| out.flush())
-                    .map_err(|e| SinkError::new(format!("cannot write to stdout: {e}")))
+                    .map_err(|source| SinkError::Write {
+                        target: "stdout".into(),
+                        source,
+                    })
             }
             Target::File(path, file, _) => {
                 let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,7 +206,10 @@ impl OrderSink for NdjsonSink {
                 // and not yet recorded — which `was_delivered` then finds.
                 file.write_all(&line)
                     .and_then(|_| file.sync_data())
-                    .map_err(|e| SinkError::new(format!("cannot write to {}: {e}", path.display())))
+                    .map_err(|source| SinkError::Write {
+                        target: path.display().to_string(),
+                        source,
+                    })
             }
         }
     }
@@ -207,11 +233,15 @@ impl OrderSink for NdjsonSink {
             #[serde(default)]
             delivery_id: Option<String>,
         }
-        let file = std::fs::File::open(path)
-            .map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
+        let file = std::fs::File::open(path).map_err(|source| SinkError::Read {
+            path: path.clone(),
+            source,
+        })?;
         for line in std::io::BufReader::new(file).lines() {
-            let line =
-                line.map_err(|e| SinkError::new(format!("cannot read {}: {e}", path.display())))?;
+            let line = line.map_err(|source| SinkError::Read {
+                path: path.clone(),
+                source,
+            })?;
             // A torn last line (the crash hit mid-write) is not a delivery.
             if let Ok(ids) = serde_json::from_str::<Ids>(&line)
                 && ids
@@ -258,10 +288,8 @@ impl WebhookSink {
         attempts: u32,
         policy: dearsync_outbound::OutboundPolicy,
     ) -> Result<Self, SinkError> {
-        let url = dearsync_outbound::check_url(url, policy)
-            .map_err(|e| SinkError::new(format!("webhook URL: {e}")))?;
-        let http = dearsync_outbound::client(policy, timeout)
-            .map_err(|e| SinkError::new(format!("cannot build the HTTP client: {e}")))?;
+        let url = dearsync_outbound::check_url(url, policy).map_err(SinkError::Url)?;
+        let http = dearsync_outbound::client(policy, timeout).map_err(SinkError::Client)?;
         Ok(Self {
             http,
             url,
@@ -275,7 +303,7 @@ impl WebhookSink {
 impl OrderSink for WebhookSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
         use backon::{ExponentialBuilder, Retryable};
-        let body = serde_json::to_vec(order).map_err(|e| SinkError::new(e.to_string()))?;
+        let body = serde_json::to_vec(order).map_err(SinkError::Encode)?;
         let sig = signature(&self.secret, &body);
         let id = delivery_id(order);
         // Up to `attempts` posts, 0.5 s, 1 s, 2 s … (at most 8 s) apart, each wait plus a random
@@ -292,7 +320,7 @@ impl OrderSink for WebhookSink {
             .sleep(tokio::time::sleep)
             .when(|failed: &FailedPost| failed.retryable)
             .await
-            .map_err(|failed| SinkError::new(failed.message))
+            .map_err(|failed| SinkError::NotTaken(failed.message))
     }
 }
 

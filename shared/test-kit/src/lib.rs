@@ -80,9 +80,7 @@ pub struct CollectingSink {
 impl OrderSink for CollectingSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
         if self.fail_once.lock().unwrap().remove(&order.sale_id) {
-            return Err(SinkError {
-                message: "HTTP 503 from the warehouse".into(),
-            });
+            return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
         }
         self.orders.lock().unwrap().push(order.clone());
         Ok(())
