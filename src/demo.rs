@@ -116,271 +116,342 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         }
     };
 
-    let spec = dear_sim::seed::SeedSpec {
-        seed: args.seed,
-        sales: args.sales,
-        products: 40,
-        ..Default::default()
-    };
-    let config = dear_sim::SimConfig {
-        rate_limit: if args.real_pace { 60 } else { 0 },
-        ..Default::default()
-    };
-    let sim = dear_sim::start_seeded(config, &spec)
-        .await
-        .map_err(|e| format!("cannot start the DEAR simulator: {e}"))?;
-    let tenant = TenantId::new(TENANT).map_err(|e| e.to_string())?;
-    let clock = Arc::new(SystemClock);
-    let store = Arc::new(SqliteStore::open_dir(dir, clock.clone()).map_err(|e| e.to_string())?);
-    let settings =
-        TenantSettings::from_toml(SETTINGS).map_err(|e| format!("demo settings: {e}"))?;
-    let credentials = Credentials::new(
-        dear_sim::DEFAULT_ACCOUNT_ID.into(),
-        dear_sim::DEFAULT_API_KEY.into(),
-        &tenant,
-        "the simulator",
-    )
-    .map_err(|e| e.to_string())?;
-    let dear = Arc::new(
-        connect::dear_client_or_unlimited(
-            &credentials,
-            &sim.base_url(),
-            &settings.dear,
-            store.clone(),
-            clock.clone(),
-            !args.real_pace,
-        )
-        .map_err(|e| e.to_string())?,
-    );
-    let mut meter = CallMeter::new(&sim);
-
-    println!("dear-sync demo");
-    println!(
-        "  DEAR: the simulator at {} ({} sales, {} products, seed {}){}",
-        sim.base_url(),
-        args.sales,
-        spec.products,
-        args.seed,
-        if args.real_pace {
-            ", limited to 60 calls/min"
-        } else {
-            ", rate limit off (pass --real-pace for DEAR's 60 calls/min)"
-        }
-    );
-    println!(
-        "  state: {} (SQLite){}",
-        dir.join("state.sqlite3").display(),
-        if args.state_dir.is_some() {
-            ""
-        } else {
-            ", removed at the end (keep it with --state-dir)"
-        }
-    );
-
-    // ---- 1. order download -----------------------------------------------------------------
-    let orders_path = dir.join("orders.ndjson");
-    let sink: Arc<dyn OrderSink> =
-        Arc::new(NdjsonSink::file(&orders_path).map_err(|e| e.to_string())?);
-    let download = OrderDownload {
-        ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
-        settings: settings.order_download.clone(),
-        sink,
-    };
-    let summary = download.run(&RunOptions::default()).await;
-    let orders = read_orders(&orders_path)?;
-    println!();
-    println!(
-        "1. Order download (sale status ORDERED) → {}",
-        orders_path.display()
-    );
-    println!(
-        "   {} sales listed, {} delivered to the warehouse, {} skipped, {} failed; {} DEAR calls",
-        summary.listed,
-        summary.delivered,
-        summary.skipped_total(),
-        summary.failed,
-        meter.phase("order download")
-    );
-    for order in orders.iter().take(5) {
-        println!(
-            "   delivered {:<10} {:<28} {} line(s), total {} {}",
-            text(&order["order_number"]),
-            text(&order["ship_to"]["name"]),
-            order["lines"].as_array().map_or(0, Vec::len),
-            text(&order["total"]),
-            text(&order["currency"]),
-        );
-    }
-    if orders.len() > 5 {
-        println!("   … and {} more", orders.len() - 5);
-    }
-    let skipped = store
-        .list(&LedgerQuery::new(
-            &tenant,
-            Job::OrderDownload,
-            RecordState::Skipped,
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
-    for record in skipped.records.iter().take(8) {
-        let detail: Option<Value> = record
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str(d).ok());
-        let number = detail
-            .as_ref()
-            .and_then(|d| d.get("order_number"))
-            .and_then(Value::as_str)
-            .unwrap_or(&record.key.entity);
-        println!(
-            "   skipped   {number:<10} {}",
-            record.reason.as_deref().unwrap_or("")
-        );
-    }
-    if summary.delivered == 0 {
-        return Err("the order download delivered nothing; nothing to ship".into());
-    }
-
-    // ---- 2. shipments ----------------------------------------------------------------------
-    println!();
-    println!("2. Shipment confirmation (the warehouse reports what it shipped)");
-    let confirm = ShipmentConfirmation {
-        ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
-        settings: settings.shipment_confirmation.clone(),
-    };
-    // The demo's warehouse ships simple sales of products without batches (a real one would
-    // report the batches it picked; the canonical shipment carries them).
-    let plain = plain_sales(&sim);
-    let plan = plan_shipments(&orders, &plain)?;
-    let mut applied = 0;
-    for (label, shipment) in &plan {
-        let parsed = Shipment::from_json(&shipment.to_string())
-            .map_err(|e| format!("the demo built an invalid shipment: {e}"))?;
-        match confirm.confirm(&parsed).await {
-            Ok(c) => {
-                applied += u64::from(c.action == "applied");
-                let boxes: Vec<String> = c
-                    .boxes
-                    .iter()
-                    .map(|b| {
-                        format!(
-                            "{} {}",
-                            b.r#box,
-                            b.tracking_number.as_deref().unwrap_or("(no tracking)")
-                        )
-                    })
-                    .collect();
-                // Read the sale back: what DEAR shows after this shipment.
-                let id = c
-                    .sale_id
-                    .parse()
-                    .map_err(|e| format!("sale id {}: {e}", c.sale_id))?;
-                let sale = dear.sale(id).await.map_err(|e| e.to_string())?;
-                println!(
-                    "   {label:<18} {} {:<9} {:<9} fulfilment {} · {} {} → DEAR: {}",
-                    c.shipment_id,
-                    c.order_number,
-                    c.action,
-                    c.fulfilment_number.map_or("-".into(), |n| n.to_string()),
-                    c.carrier,
-                    boxes.join(", "),
-                    sale.combined_shipping_status.unwrap_or_default()
-                );
-            }
-            Err(e) => println!(
-                "   {label:<18} {} refused, nothing written: {e}",
-                shipment["shipment_id"].as_str().unwrap_or("")
-            ),
-        }
-    }
-    println!(
-        "   {applied} shipments applied; {} DEAR calls",
-        meter.phase("shipments")
-    );
-
-    // ---- 3. inventory sync -----------------------------------------------------------------
-    println!();
-    println!("3. Inventory sync ({LOCATION}: the warehouse's count becomes DEAR's stock)");
-    let snapshot = warehouse_count(&dear).await?;
-    let sync = InventorySync {
-        ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
-        settings: settings.inventory_sync.clone(),
-    };
-    let result = sync
-        .sync(&snapshot, false)
-        .await
-        .map_err(|e| format!("inventory sync: {e}"))?;
-    println!(
-        "   snapshot {}: {} lines, {} unchanged, {} adjusted, {} held for review; outcome {}",
-        result.snapshot_id,
-        result.lines_read,
-        result.unchanged,
-        result.adjusted,
-        result.held_for_review,
-        result.outcome
-    );
-    println!(
-        "   {:<16} {:>10} {:>10} {:>8}  action",
-        "sku", "DEAR was", "count", "change"
-    );
-    for line in &result.plan {
-        let action = match &line.action {
-            Action::Unchanged => "unchanged".to_owned(),
-            Action::Adjust => "adjusted".to_owned(),
-            Action::Review => "held for review (DRAFT)".to_owned(),
-            Action::Skip(why) => format!("skipped: {why}"),
-        };
-        println!(
-            "   {:<16} {:>10} {:>10} {:>+8}  {action}",
-            line.sku,
-            line.dear_now.normalize(),
-            line.target.normalize(),
-            line.change.normalize()
-        );
-    }
-    if !result.unknown_skus.is_empty() {
-        println!(
-            "   unknown to DEAR (reported, never created): {}",
-            result.unknown_skus.join(", ")
-        );
-    }
-    for (reference, task) in &result.adjustments {
-        println!("   stock adjustment {task}: {reference}");
-    }
-    let again = sync
-        .sync(&snapshot, false)
-        .await
-        .map_err(|e| format!("inventory sync (repeat): {e}"))?;
-    println!(
-        "   the same snapshot again: {}; {} DEAR calls",
-        again.outcome,
-        meter.phase("inventory sync")
-    );
-
-    // ---- report ----------------------------------------------------------------------------
-    println!();
-    println!("DEAR calls");
-    let mut total = 0;
-    for (phase, calls) in &meter.phases {
-        println!("   {phase:<16} {calls:>5}");
-        total += calls;
-    }
-    println!("   {:<16} {total:>5}", "total");
-    if let Some(stats) = sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID) {
-        let routes: BTreeMap<_, _> = stats.by_route.iter().collect();
-        let text: Vec<String> = routes.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        println!("   by endpoint: {}", text.join(", "));
-        println!("   throttled (429): {}", stats.throttled);
-    }
-    println!();
-    println!("Look closer (with --state-dir kept):");
-    println!(
-        "   dearsync records --state-dir <dir> --tenant {TENANT} --job order-download --state skipped"
-    );
-    println!(
-        "   dearsync records --state-dir <dir> --tenant {TENANT} --job shipment-confirmation --state done"
-    );
+    let demo = Demo::start(&args, dir).await?;
+    let mut meter = CallMeter::new(&demo.sim);
+    let orders = demo.download(dir, &mut meter).await?;
+    demo.ship(&orders, &mut meter).await?;
+    demo.count(&mut meter).await?;
+    demo.report(&meter);
     Ok(())
+}
+
+/// The demo's DEAR (a seeded simulator), its tenant and the jobs' shared parts.
+struct Demo {
+    sim: SimServer,
+    tenant: TenantId,
+    store: Arc<SqliteStore>,
+    dear: Arc<DearClient>,
+    clock: Arc<SystemClock>,
+    settings: TenantSettings,
+}
+
+impl Demo {
+    /// Starts the simulator and the store in `dir`, and says what the demo runs against.
+    async fn start(args: &DemoArgs, dir: &Path) -> Result<Demo, CliError> {
+        let spec = dear_sim::seed::SeedSpec {
+            seed: args.seed,
+            sales: args.sales,
+            products: 40,
+            ..Default::default()
+        };
+        let config = dear_sim::SimConfig {
+            rate_limit: if args.real_pace { 60 } else { 0 },
+            ..Default::default()
+        };
+        let sim = dear_sim::start_seeded(config, &spec)
+            .await
+            .map_err(|e| format!("cannot start the DEAR simulator: {e}"))?;
+        let tenant = TenantId::new(TENANT).map_err(|e| e.to_string())?;
+        let clock = Arc::new(SystemClock);
+        let store = Arc::new(SqliteStore::open_dir(dir, clock.clone()).map_err(|e| e.to_string())?);
+        let settings =
+            TenantSettings::from_toml(SETTINGS).map_err(|e| format!("demo settings: {e}"))?;
+        let credentials = Credentials::new(
+            dear_sim::DEFAULT_ACCOUNT_ID.into(),
+            dear_sim::DEFAULT_API_KEY.into(),
+            &tenant,
+            "the simulator",
+        )
+        .map_err(|e| e.to_string())?;
+        let dear = Arc::new(
+            connect::dear_client_or_unlimited(
+                &credentials,
+                &sim.base_url(),
+                &settings.dear,
+                store.clone(),
+                clock.clone(),
+                !args.real_pace,
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        println!("dear-sync demo");
+        println!(
+            "  DEAR: the simulator at {} ({} sales, {} products, seed {}){}",
+            sim.base_url(),
+            args.sales,
+            spec.products,
+            args.seed,
+            if args.real_pace {
+                ", limited to 60 calls/min"
+            } else {
+                ", rate limit off (pass --real-pace for DEAR's 60 calls/min)"
+            }
+        );
+        println!(
+            "  state: {} (SQLite){}",
+            dir.join("state.sqlite3").display(),
+            if args.state_dir.is_some() {
+                ""
+            } else {
+                ", removed at the end (keep it with --state-dir)"
+            }
+        );
+
+        Ok(Demo {
+            sim,
+            tenant,
+            store,
+            dear,
+            clock,
+            settings,
+        })
+    }
+
+    /// 1. Order download: the ORDERED sales as canonical orders in `dir/orders.ndjson`.
+    async fn download(
+        &self,
+        dir: &Path,
+        meter: &mut CallMeter<'_>,
+    ) -> Result<Vec<Value>, CliError> {
+        let Demo {
+            tenant,
+            store,
+            dear,
+            clock,
+            settings,
+            ..
+        } = self;
+        let orders_path = dir.join("orders.ndjson");
+        let sink: Arc<dyn OrderSink> =
+            Arc::new(NdjsonSink::file(&orders_path).map_err(|e| e.to_string())?);
+        let download = OrderDownload {
+            ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
+            settings: settings.order_download.clone(),
+            sink,
+        };
+        let summary = download.run(&RunOptions::default()).await;
+        let orders = read_orders(&orders_path)?;
+        println!();
+        println!(
+            "1. Order download (sale status ORDERED) → {}",
+            orders_path.display()
+        );
+        println!(
+            "   {} sales listed, {} delivered to the warehouse, {} skipped, {} failed; {} DEAR calls",
+            summary.listed,
+            summary.delivered,
+            summary.skipped_total(),
+            summary.failed,
+            meter.phase("order download")
+        );
+        for order in orders.iter().take(5) {
+            println!(
+                "   delivered {:<10} {:<28} {} line(s), total {} {}",
+                text(&order["order_number"]),
+                text(&order["ship_to"]["name"]),
+                order["lines"].as_array().map_or(0, Vec::len),
+                text(&order["total"]),
+                text(&order["currency"]),
+            );
+        }
+        if orders.len() > 5 {
+            println!("   … and {} more", orders.len() - 5);
+        }
+        let skipped = store
+            .list(&LedgerQuery::new(
+                tenant,
+                Job::OrderDownload,
+                RecordState::Skipped,
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        for record in skipped.records.iter().take(8) {
+            let detail: Option<Value> = record
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok());
+            let number = detail
+                .as_ref()
+                .and_then(|d| d.get("order_number"))
+                .and_then(Value::as_str)
+                .unwrap_or(&record.key.entity);
+            println!(
+                "   skipped   {number:<10} {}",
+                record.reason.as_deref().unwrap_or("")
+            );
+        }
+        if summary.delivered == 0 {
+            return Err("the order download delivered nothing; nothing to ship".into());
+        }
+        Ok(orders)
+    }
+
+    /// 2. Shipment confirmation: the warehouse ships the orders; each is read back from DEAR.
+    async fn ship(&self, orders: &[Value], meter: &mut CallMeter<'_>) -> Result<(), CliError> {
+        let Demo {
+            sim,
+            tenant,
+            store,
+            dear,
+            clock,
+            settings,
+        } = self;
+        println!();
+        println!("2. Shipment confirmation (the warehouse reports what it shipped)");
+        let confirm = ShipmentConfirmation {
+            ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
+            settings: settings.shipment_confirmation.clone(),
+        };
+        // The demo's warehouse ships simple sales of products without batches (a real one would
+        // report the batches it picked; the canonical shipment carries them).
+        let plain = plain_sales(sim);
+        let plan = plan_shipments(orders, &plain)?;
+        let mut applied = 0;
+        for (label, shipment) in &plan {
+            let parsed = Shipment::from_json(&shipment.to_string())
+                .map_err(|e| format!("the demo built an invalid shipment: {e}"))?;
+            match confirm.confirm(&parsed).await {
+                Ok(c) => {
+                    applied += u64::from(c.action == "applied");
+                    let boxes: Vec<String> = c
+                        .boxes
+                        .iter()
+                        .map(|b| {
+                            format!(
+                                "{} {}",
+                                b.r#box,
+                                b.tracking_number.as_deref().unwrap_or("(no tracking)")
+                            )
+                        })
+                        .collect();
+                    // Read the sale back: what DEAR shows after this shipment.
+                    let id = c
+                        .sale_id
+                        .parse()
+                        .map_err(|e| format!("sale id {}: {e}", c.sale_id))?;
+                    let sale = dear.sale(id).await.map_err(|e| e.to_string())?;
+                    println!(
+                        "   {label:<18} {} {:<9} {:<9} fulfilment {} · {} {} → DEAR: {}",
+                        c.shipment_id,
+                        c.order_number,
+                        c.action,
+                        c.fulfilment_number.map_or("-".into(), |n| n.to_string()),
+                        c.carrier,
+                        boxes.join(", "),
+                        sale.combined_shipping_status.unwrap_or_default()
+                    );
+                }
+                Err(e) => println!(
+                    "   {label:<18} {} refused, nothing written: {e}",
+                    shipment["shipment_id"].as_str().unwrap_or("")
+                ),
+            }
+        }
+        println!(
+            "   {applied} shipments applied; {} DEAR calls",
+            meter.phase("shipments")
+        );
+
+        Ok(())
+    }
+
+    /// 3. Inventory sync: the warehouse's count becomes DEAR's stock, once.
+    async fn count(&self, meter: &mut CallMeter<'_>) -> Result<(), CliError> {
+        let Demo {
+            tenant,
+            store,
+            dear,
+            clock,
+            settings,
+            ..
+        } = self;
+        println!();
+        println!("3. Inventory sync ({LOCATION}: the warehouse's count becomes DEAR's stock)");
+        let snapshot = warehouse_count(dear).await?;
+        let sync = InventorySync {
+            ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
+            settings: settings.inventory_sync.clone(),
+        };
+        let result = sync
+            .sync(&snapshot, false)
+            .await
+            .map_err(|e| format!("inventory sync: {e}"))?;
+        println!(
+            "   snapshot {}: {} lines, {} unchanged, {} adjusted, {} held for review; outcome {}",
+            result.snapshot_id,
+            result.lines_read,
+            result.unchanged,
+            result.adjusted,
+            result.held_for_review,
+            result.outcome
+        );
+        println!(
+            "   {:<16} {:>10} {:>10} {:>8}  action",
+            "sku", "DEAR was", "count", "change"
+        );
+        for line in &result.plan {
+            let action = match &line.action {
+                Action::Unchanged => "unchanged".to_owned(),
+                Action::Adjust => "adjusted".to_owned(),
+                Action::Review => "held for review (DRAFT)".to_owned(),
+                Action::Skip(why) => format!("skipped: {why}"),
+            };
+            println!(
+                "   {:<16} {:>10} {:>10} {:>+8}  {action}",
+                line.sku,
+                line.dear_now.normalize(),
+                line.target.normalize(),
+                line.change.normalize()
+            );
+        }
+        if !result.unknown_skus.is_empty() {
+            println!(
+                "   unknown to DEAR (reported, never created): {}",
+                result.unknown_skus.join(", ")
+            );
+        }
+        for (reference, task) in &result.adjustments {
+            println!("   stock adjustment {task}: {reference}");
+        }
+        let again = sync
+            .sync(&snapshot, false)
+            .await
+            .map_err(|e| format!("inventory sync (repeat): {e}"))?;
+        println!(
+            "   the same snapshot again: {}; {} DEAR calls",
+            again.outcome,
+            meter.phase("inventory sync")
+        );
+
+        Ok(())
+    }
+
+    /// The DEAR calls each step made, and where to look closer.
+    fn report(&self, meter: &CallMeter<'_>) {
+        let sim = &self.sim;
+        println!();
+        println!("DEAR calls");
+        let mut total = 0;
+        for (phase, calls) in &meter.phases {
+            println!("   {phase:<16} {calls:>5}");
+            total += calls;
+        }
+        println!("   {:<16} {total:>5}", "total");
+        if let Some(stats) = sim.sim.calls(dear_sim::DEFAULT_ACCOUNT_ID) {
+            let routes: BTreeMap<_, _> = stats.by_route.iter().collect();
+            let text: Vec<String> = routes.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            println!("   by endpoint: {}", text.join(", "));
+            println!("   throttled (429): {}", stats.throttled);
+        }
+        println!();
+        println!("Look closer (with --state-dir kept):");
+        println!(
+            "   dearsync records --state-dir <dir> --tenant {TENANT} --job order-download --state skipped"
+        );
+        println!(
+            "   dearsync records --state-dir <dir> --tenant {TENANT} --job shipment-confirmation --state done"
+        );
+    }
 }
 
 fn text(v: &Value) -> String {

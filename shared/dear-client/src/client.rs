@@ -338,15 +338,7 @@ impl DearClient {
                 }
                 Attempt::Fatal(err) => {
                     tracing::debug!(%method, path, status = "error", latency_ms, attempt = attempt_no, error = %err, "dear call");
-                    if matches!(err, DearError::Credentials { .. }) {
-                        self.counters
-                            .refused_credentials
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Err(match access {
-                        Access::Write => unknown_unless_refused(err),
-                        Access::Read => err,
-                    });
+                    return Err(self.fatal(err, access));
                 }
                 Attempt::Throttled {
                     status,
@@ -361,14 +353,7 @@ impl DearClient {
                         // from in front of DEAR after it applied the write: the caller reads DEAR
                         // back (after the pause) instead of the client resending blindly.
                         self.budget.throttled(account, pause).await;
-                        return Err(DearError::OutcomeUnknown {
-                            method: method.to_string(),
-                            path: path.to_owned(),
-                            reason: format!(
-                                "HTTP {status}, throttled: DEAR may have applied it before answering"
-                            ),
-                            settled: true,
-                        });
+                        return Err(throttled_write(&method, path, status));
                     }
                     if throttles > policy.max_throttle_retries {
                         return Err(DearError::Throttled {
@@ -410,6 +395,20 @@ impl DearClient {
                     tokio::time::sleep(self.backoff(transient_failures)).await;
                 }
             }
+        }
+    }
+
+    /// An answer no retry changes, counted when DEAR refused the credentials; a write's is
+    /// an unknown outcome unless DEAR's answer proves it was refused untouched.
+    fn fatal(&self, err: DearError, access: Access) -> DearError {
+        if matches!(err, DearError::Credentials { .. }) {
+            self.counters
+                .refused_credentials
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        match access {
+            Access::Write => unknown_unless_refused(err),
+            Access::Read => err,
         }
     }
 
@@ -844,6 +843,18 @@ fn page_instead_of_json(attempt: Attempt) -> Attempt {
             settled: true,
         },
         other => other,
+    }
+}
+
+/// A throttled write: DEAR's docs say a throttled call is not processed, but the answer may come
+/// from in front of DEAR after it applied the write, so its outcome is unknown (and settled: the
+/// pause has been waited).
+fn throttled_write(method: &Method, path: &str, status: u16) -> DearError {
+    DearError::OutcomeUnknown {
+        method: method.to_string(),
+        path: path.to_owned(),
+        reason: format!("HTTP {status}, throttled: DEAR may have applied it before answering"),
+        settled: true,
     }
 }
 

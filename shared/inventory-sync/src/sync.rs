@@ -395,12 +395,7 @@ impl InventorySync {
     ) -> Result<SyncSummary, SyncError> {
         let dry_run = options.dry_run;
         let stats_before = self.ctx.dear.stats();
-        let location = self
-            .settings
-            .location
-            .clone()
-            .or_else(|| snapshot.location.clone())
-            .ok_or(SyncError::NoLocation)?;
+        let location = self.target_location(snapshot)?;
         let mut summary = SyncSummary {
             tenant: self.ctx.tenant.to_string(),
             snapshot_id: snapshot.snapshot_id.clone(),
@@ -408,17 +403,8 @@ impl InventorySync {
             lines_read: snapshot.lines.len() as u64,
             ..Default::default()
         };
-        let cursor_key = CursorKey::new(
-            &self.ctx.tenant,
-            Job::InventorySync,
-            format!("location:{}", location.to_ascii_lowercase()),
-        );
+        let (cursor_key, claim_key) = self.keys(snapshot, &location);
         let cursor = self.ctx.store.cursor(&cursor_key).await?;
-        let claim_key = IdempotencyKey::new(
-            &self.ctx.tenant,
-            "snapshot",
-            format!("{}@{}", snapshot.snapshot_id, location.to_ascii_lowercase()),
-        );
         if let Some(note) = stale_note(cursor.as_ref(), snapshot, &location) {
             tracing::warn!(tenant = %self.ctx.tenant, note = %note, "stale snapshot");
             return Ok(summary.ended(SyncOutcome::Stale, note));
@@ -470,17 +456,54 @@ impl InventorySync {
                     .await?;
             }
         }
-        if let Some(reason) = result? {
-            tracing::warn!(tenant = %self.ctx.tenant, snapshot_id = %snapshot.snapshot_id, reason = %reason,
+        Ok(self.concluded(summary, result?, dry_run))
+    }
+
+    /// The DEAR location the snapshot is written to: the settings', else the snapshot's own.
+    fn target_location(&self, snapshot: &Snapshot) -> Result<String, SyncError> {
+        self.settings
+            .location
+            .clone()
+            .or_else(|| snapshot.location.clone())
+            .ok_or(SyncError::NoLocation)
+    }
+
+    /// The location's cursor, and the claim of this snapshot at it (locations compared without
+    /// case, as DEAR names them).
+    fn keys(&self, snapshot: &Snapshot, location: &str) -> (CursorKey, IdempotencyKey) {
+        let location = location.to_ascii_lowercase();
+        let cursor = CursorKey::new(
+            &self.ctx.tenant,
+            Job::InventorySync,
+            format!("location:{location}"),
+        );
+        let claim = IdempotencyKey::new(
+            &self.ctx.tenant,
+            "snapshot",
+            format!("{}@{location}", snapshot.snapshot_id),
+        );
+        (cursor, claim)
+    }
+
+    /// How a sync that ran to the end ended: held for a person (`held` says why), a dry run, or
+    /// applied; logged.
+    fn concluded(
+        &self,
+        mut summary: SyncSummary,
+        held: Option<String>,
+        dry_run: bool,
+    ) -> SyncSummary {
+        if let Some(reason) = held {
+            tracing::warn!(tenant = %self.ctx.tenant, snapshot_id = %summary.snapshot_id, reason = %reason,
                 "inventory snapshot held for a person: nothing written");
-            return Ok(if dry_run {
+            return if dry_run {
                 summary.ended(
                     SyncOutcome::DryRun,
                     format!("a real run would hold it: {reason}"),
                 )
             } else {
                 summary.ended(SyncOutcome::Held, reason)
-            });
+            };
         }
         summary.outcome = if dry_run {
             SyncOutcome::DryRun
@@ -495,7 +518,7 @@ impl InventorySync {
         if summary.held_for_review > 0 {
             tracing::warn!(tenant = %self.ctx.tenant, lines = summary.held_for_review, "inventory drift beyond the threshold: held as DRAFT for review");
         }
-        Ok(summary)
+        summary
     }
 
     /// Claims the snapshot at the location: `Ok(token)` to apply it, else how it ends (applied
