@@ -187,7 +187,7 @@ fn check_skus_on_sale(
 ) -> Result<(), Invalid> {
     for (i, p) in shipment.packages.iter().enumerate() {
         for (j, l) in p.lines.iter().enumerate() {
-            if !ordered.contains_key(l.sku.trim()) {
+            if !ordered.contains_key(&l.sku) {
                 return Err(Invalid::new(
                     format!("packages[{i}].lines[{j}].sku"),
                     format!(
@@ -344,10 +344,10 @@ impl<'a> LineMaker<'a> {
             .flat_map(|p| {
                 p.lines.iter().map(|l| {
                     self.line(
-                        l.sku.trim(),
+                        &l.sku,
                         l.quantity,
-                        l.batch.clone().filter(|b| !b.trim().is_empty()),
-                        Some(p.r#box.trim().to_owned()),
+                        l.batch.clone(),
+                        Some(p.r#box.clone()),
                     )
                 })
             })
@@ -373,7 +373,7 @@ fn ship_lines(
             let name = if mark_shipped && shipment.packages.len() == 1 && packed_boxes.len() == 1 {
                 packed_boxes[0].clone()
             } else {
-                p.r#box.trim().to_owned()
+                p.r#box.clone()
             };
             ShipLine {
                 shipment_date: Some(date),
@@ -421,7 +421,7 @@ fn boxes_of(shipment: &Shipment) -> Vec<BoxResult> {
         .packages
         .iter()
         .map(|p| BoxResult {
-            r#box: p.r#box.trim().to_owned(),
+            r#box: p.r#box.clone(),
             tracking_number: p.tracking_number.clone(),
         })
         .collect()
@@ -541,13 +541,15 @@ impl ShipmentConfirmation {
         RecordKey::new(
             &self.ctx.tenant,
             Job::ShipmentConfirmation,
-            shipment.shipment_id.trim(),
+            &shipment.shipment_id,
         )
     }
 
     /// Confirms one shipment.
     pub async fn confirm(&self, shipment: &Shipment) -> Result<Confirmation, ConfirmError> {
+        // From here on the shipment is the checked one, its text trimmed once.
         let facts = shipment.checked()?;
+        let shipment = &facts.shipment;
         let id = facts.id.clone();
         let hash = facts.payload_hash.clone();
         let key = IdempotencyKey::new(&self.ctx.tenant, SCOPE, &id);
@@ -753,7 +755,7 @@ impl ShipmentConfirmation {
 
     /// The DEAR carrier name for the shipment's carrier and service (the carrier map, else as sent).
     async fn carrier_for(&self, shipment: &Shipment) -> Result<String, ConfirmError> {
-        let carrier = shipment.carrier.trim();
+        let carrier = shipment.carrier.as_str();
         let service = shipment.service.as_deref().map(str::trim).unwrap_or("");
         let find = |k: &str| {
             self.settings

@@ -143,11 +143,13 @@ impl Shipment {
     /// Checks the shipment once and computes what confirming it needs: its id, date and hashes.
     pub fn checked(&self) -> Result<Checked, Invalid> {
         let date = self.validate()?;
+        let shipment = self.trimmed();
         Ok(Checked {
-            id: self.shipment_id.trim().to_owned(),
+            id: shipment.shipment_id.clone(),
             date,
             payload_hash: self.payload_hash(),
             contents_hash: self.contents_hash(),
+            shipment,
         })
     }
 
@@ -259,18 +261,35 @@ impl Shipment {
         dearsync_core::sha256_hex(&serde_json::to_vec(&s).unwrap_or_default())
     }
 
+    /// What is hashed: the text as [`Shipment::trimmed`] leaves it, the sale id in lower case
+    /// and quantities without trailing zeros, so equal shipments hash alike however written.
     fn normalized(&self) -> Shipment {
+        let mut s = self.trimmed();
+        s.sale_id = s.sale_id.map(|x| x.to_ascii_lowercase());
+        for p in &mut s.packages {
+            for l in &mut p.lines {
+                l.quantity = l.quantity.normalize();
+            }
+        }
+        s
+    }
+
+    /// The shipment as it is confirmed: every text trimmed once here, at the edge, and empty
+    /// optional text read as absent, so the confirmation compares SKUs and boxes as they are.
+    pub fn trimmed(&self) -> Shipment {
         let mut s = self.clone();
         s.shipment_id = s.shipment_id.trim().to_owned();
-        s.sale_id = clean(s.sale_id.as_deref()).map(|x| x.to_ascii_lowercase());
+        s.carrier = s.carrier.trim().to_owned();
+        s.sale_id = clean(s.sale_id.as_deref());
         s.order_number = clean(s.order_number.as_deref());
         s.location = clean(s.location.as_deref());
         s.service = clean(s.service.as_deref());
         for p in &mut s.packages {
+            p.r#box = p.r#box.trim().to_owned();
             p.tracking_number = clean(p.tracking_number.as_deref());
             p.tracking_url = clean(p.tracking_url.as_deref());
             for l in &mut p.lines {
-                l.quantity = l.quantity.normalize();
+                l.sku = l.sku.trim().to_owned();
                 l.batch = clean(l.batch.as_deref());
             }
         }
@@ -299,8 +318,10 @@ fn serde_path_to_error<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Shipme
 }
 
 /// A checked shipment's facts, computed once: what the confirmation compares and writes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Checked {
+    /// The shipment, [`Shipment::trimmed`]: what the confirmation works on.
+    pub shipment: Shipment,
     /// The shipment id, trimmed.
     pub id: String,
     /// The ship date (a date alone is midnight).
@@ -334,6 +355,21 @@ mod tests {
         );
         s.ship_date = "soon".into();
         assert_eq!(s.checked().unwrap_err().field, "ship_date");
+    }
+
+    #[test]
+    fn a_padded_shipment_is_confirmed_trimmed_and_hashes_like_the_clean_one() {
+        let clean = Shipment::from_json(GOOD).unwrap();
+        let mut padded = clean.clone();
+        padded.carrier = " UPS ".into();
+        padded.packages[0].r#box = " CTN-1\t".into();
+        padded.packages[0].lines[0].sku = " Bread ".into();
+        padded.packages[1].lines[0].batch = Some("  ".into());
+        let facts = padded.checked().unwrap();
+        assert_eq!(facts.shipment, clean.checked().unwrap().shipment);
+        assert_eq!(facts.shipment.packages[0].r#box, "CTN-1");
+        assert_eq!(facts.shipment.packages[1].lines[0].batch, None);
+        assert_eq!(facts.payload_hash, clean.payload_hash());
     }
 
     #[test]
