@@ -58,6 +58,8 @@ pub struct Ctx {
     pub hide_untouched_simple_fulfilment: bool,
     /// An authorised pick opens a DRAFT pack with the picked lines.
     pub draft_pack_after_pick: bool,
+    /// `PUT` of a pack is refused while the pack is NOT AVAILABLE (nothing to replace).
+    pub put_needs_an_open_stage: bool,
     /// `ref/productavailability`'s `Bin: null` row holds the location's total (bins included),
     /// not only the stock outside bins.
     pub bin_null_row_is_total: bool,
@@ -712,6 +714,11 @@ fn write_pack(
             "Pack is not allowed: Pack status is {}, not DRAFT or NOT AVAILABLE",
             f.pack_status.as_str()
         )));
+    }
+    if replace && ctx.put_needs_an_open_stage && f.pack_status == Stage::NotAvailable {
+        return Err(ApiError::bad(
+            "Pack is not allowed: there is no pack to replace (Pack status is NOT AVAILABLE)",
+        ));
     }
     let status = stage_status(body, &[Stage::Draft, Stage::Authorised])?;
     let mut lines = fulfil_lines(data, body, true)?;

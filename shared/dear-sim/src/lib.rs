@@ -77,6 +77,10 @@ pub struct SimConfig {
     /// show a DRAFT pack right after an authorised pick), instead of leaving it NOT AVAILABLE
     /// (default).
     pub draft_pack_after_pick: bool,
+    /// Refuse a `PUT` of a pack while the pack is NOT AVAILABLE (there is nothing to replace),
+    /// instead of taking it as the pack (default: the reference lists the same exceptions for
+    /// `POST` and `PUT`, and NOT AVAILABLE is not one of them).
+    pub put_needs_an_open_stage: bool,
     /// DEAR's Error Model as an array of `{ErrorCode, Exception}` (the reference; default) or as one
     /// object (reported live).
     pub errors_as_object: bool,
@@ -103,6 +107,7 @@ impl Default for SimConfig {
             unit_cost_on_every_line: true,
             simple_sale_lists_no_fulfilment_before_work: false,
             draft_pack_after_pick: false,
+            put_needs_an_open_stage: false,
             errors_as_object: false,
             throttled_writes_applied: false,
             bin_null_row_is_total: false,
@@ -659,6 +664,7 @@ async fn dear_api(
         unit_cost_on_every_line: config.unit_cost_on_every_line,
         hide_untouched_simple_fulfilment: config.simple_sale_lists_no_fulfilment_before_work,
         draft_pack_after_pick: config.draft_pack_after_pick,
+        put_needs_an_open_stage: config.put_needs_an_open_stage,
         bin_null_row_is_total: config.bin_null_row_is_total,
     };
     let mut events = Vec::new();

@@ -342,14 +342,9 @@ impl<'a> LineMaker<'a> {
             .packages
             .iter()
             .flat_map(|p| {
-                p.lines.iter().map(|l| {
-                    self.line(
-                        &l.sku,
-                        l.quantity,
-                        l.batch.clone(),
-                        Some(p.r#box.clone()),
-                    )
-                })
+                p.lines
+                    .iter()
+                    .map(|l| self.line(&l.sku, l.quantity, l.batch.clone(), Some(p.r#box.clone())))
             })
             .collect()
     }
@@ -1081,7 +1076,14 @@ impl ShipmentConfirmation {
         let task = f.task_id;
         // What DEAR must show for a stage to count as this shipment's.
         let want = shipment_by_sku(shipment);
-        let mut pack_status = f.pack.status.clone();
+        let is_this_shipments =
+            |p: &PickPack| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want;
+        let pack = PickPack {
+            task_id: Some(task),
+            status: StageStatus::Authorised,
+            lines: lines.pack(shipment),
+            ..Default::default()
+        };
         if !f.pick.status.is_authorised() {
             let pick = PickPack {
                 task_id: Some(task),
@@ -1094,31 +1096,64 @@ impl ShipmentConfirmation {
                 "pick",
                 || self.ctx.dear.write_pick(&pick, replace),
                 || self.ctx.dear.pick(task),
-                |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
+                is_this_shipments,
             )
             .await?;
-            // DEAR may open a DRAFT pack when the pick is authorised (reference examples show
-            // one): the pack is written from DEAR's state now, not the read before the pick,
-            // so a DRAFT is replaced rather than added to.
-            pack_status = self.ctx.dear.pack(task).await.map_err(dear_error)?.status;
+            return self.pack_after_pick(task, &pack, is_this_shipments).await;
         }
-        if !pack_status.is_authorised() {
-            let pack = PickPack {
-                task_id: Some(task),
-                status: StageStatus::Authorised,
-                lines: lines.pack(shipment),
-                ..Default::default()
-            };
-            let replace = pack_status == StageStatus::Draft;
-            self.write_checked(
-                "pack",
-                || self.ctx.dear.write_pack(&pack, replace),
-                || self.ctx.dear.pack(task),
-                |p| p.status.is_authorised() && sum_by_sku(p.lines.iter()) == want,
-            )
-            .await?;
+        if !f.pack.status.is_authorised() {
+            let replace = f.pack.status == StageStatus::Draft;
+            self.write_stage_pack(task, &pack, replace, is_this_shipments)
+                .await?;
         }
         Ok(())
+    }
+
+    /// Packs right after this shipment's own pick, without reading the pack first: DEAR may
+    /// have opened a DRAFT pack with the pick (reference examples show one) or left it NOT
+    /// AVAILABLE. A PUT is right under both readings of the reference (it replaces a DRAFT,
+    /// and NOT AVAILABLE is not among its exceptions). Where DEAR refuses the PUT anyway, or its
+    /// outcome is unknown, the pack is read and written as it then stands.
+    async fn pack_after_pick(
+        &self,
+        task: Uuid,
+        pack: &PickPack,
+        done: impl Fn(&PickPack) -> bool,
+    ) -> Result<(), ConfirmError> {
+        let refused = match self.ctx.dear.write_pack(pack, true).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_outcome_unknown() || matches!(e, DearError::Rejected { .. }) => e,
+            Err(e) => return Err(dear_error(e)),
+        };
+        tracing::warn!(error = %refused, "the pack's PUT was not confirmed; reading the pack");
+        let now = self.ctx.dear.pack(task).await.map_err(dear_error)?;
+        if done(&now) {
+            return Ok(());
+        }
+        if now.status.is_authorised() {
+            // Authorised with other contents: not this shipment's pack, and not to be replaced.
+            return Err(dear_error(refused));
+        }
+        self.write_stage_pack(task, pack, now.status == StageStatus::Draft, done)
+            .await
+    }
+
+    /// Writes the pack (replacing a DRAFT), read back when the answer proves nothing.
+    async fn write_stage_pack(
+        &self,
+        task: Uuid,
+        pack: &PickPack,
+        replace: bool,
+        done: impl Fn(&PickPack) -> bool,
+    ) -> Result<(), ConfirmError> {
+        self.write_checked(
+            "pack",
+            || self.ctx.dear.write_pack(pack, replace),
+            || self.ctx.dear.pack(task),
+            done,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Writes a stage; if the outcome is unknown (timeout, dropped connection, throttled), reads
