@@ -752,6 +752,71 @@ async fn a_run_stops_at_its_deadline_and_the_next_resumes_without_loss_or_duplic
     assert_eq!(ids(&delivered), want);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_that_changes_during_a_backlog_is_delivered_by_the_next_run_not_after_the_backlog() {
+    let server = sim(150).await;
+    let rows = all_rows(&server).await;
+    server.sim.add_fault(
+        ACCOUNT,
+        FaultRule {
+            route: "sale".into(),
+            latency_ms: 15,
+            ..Default::default()
+        },
+    );
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let short_run = || RunOptions {
+        deadline: Some(tokio::time::Instant::now() + Duration::from_millis(700)),
+        margin: Duration::from_millis(100),
+        ..RunOptions::default()
+    };
+    let first = h.job.run(&short_run()).await;
+    assert_eq!(first.outcome, Outcome::StoppedAtDeadline, "{first:?}");
+    // The newest-but-one deliverable sale not yet delivered: oldest first, the backlog reaches it
+    // last. A DEAR user edits it now.
+    let delivered = ids(h.sink.sale_ids());
+    let mut waiting: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            deliverable(&h.server, r.sale_id) && !delivered.contains(&r.sale_id.to_string())
+        })
+        .collect();
+    waiting.sort_by_key(|r| r.updated);
+    let edited = waiting[waiting.len() / 2].sale_id;
+    h.server
+        .sim
+        .edit_sale(
+            ACCOUNT,
+            edited,
+            &dear_sim::SaleEdit {
+                order_memo: Some("leave at the back door".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // A run lists what changed before it began (to the second, as DEAR may read UpdatedUntil).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = h.job.run(&short_run()).await;
+    assert_eq!(
+        second.outcome,
+        Outcome::StoppedAtDeadline,
+        "still a backlog: {second:?}"
+    );
+    assert!(
+        h.sink.sale_ids().iter().any(|id| *id == edited.to_string()),
+        "the sale changed during the backlog waits for it: {second:?}"
+    );
+    // The backlog still drains, each sale exactly once.
+    h.server.sim.clear_faults(ACCOUNT);
+    assert_eq!(run(&h).await.outcome, Outcome::Completed);
+    let all = h.sink.sale_ids();
+    assert_eq!(all.len(), ids(&all).len(), "no duplicates");
+    // No backlog left: a run lists once, with no fresh window before it.
+    let quiet = run(&h).await;
+    assert_eq!((quiet.delivered, quiet.dear_calls), (0, 1), "{quiet:?}");
+}
+
 #[tokio::test]
 async fn a_backfill_delivers_what_a_narrower_filter_left_out_and_nothing_twice() {
     let server = sim(150).await;

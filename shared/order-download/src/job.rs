@@ -41,6 +41,9 @@ use crate::sink::{OrderSink, delivery_id};
 
 /// The cursor's name within the job.
 pub const CURSOR_NAME: &str = "sales";
+/// The start of the last run that left a backlog behind the cursor: the next run first works the
+/// sales changed since then, so a fresh order never waits for the backlog.
+pub const FRESH_CURSOR_NAME: &str = "sales-fresh";
 /// How long an in-flight delivery is reserved before another run may take it over.
 const IN_FLIGHT_FOR: i64 = 15;
 
@@ -307,6 +310,24 @@ fn cursor_after(rows: &[Listed], stopped_at: Option<usize>) -> Option<DateTime<U
     }
 }
 
+/// A run's end: an abort becomes the error that stops it.
+fn ended(summary: &mut RunSummary) -> Result<(), SaleError> {
+    match std::mem::take(&mut summary.outcome) {
+        Outcome::Aborted(why) => Err(SaleError::Stop(why)),
+        other => {
+            summary.outcome = other;
+            Ok(())
+        }
+    }
+}
+
+/// A cursor's instant, if it reads as one.
+fn parse_millis(value: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
 /// Backoff for a failed delivery: 1, 2, 4 … minutes, at most an hour (CartRover retries hourly).
 fn retry_delay(attempts: u32) -> Duration {
     Duration::minutes(1i64 << attempts.saturating_sub(1).min(6)).min(Duration::hours(1))
@@ -444,6 +465,31 @@ impl OrderDownload {
         summary.cursor_before = cursor.as_ref().map(|c| c.value.clone());
         let since = self.listing_since(opts, cursor.as_ref(), run_start, summary)?;
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
+
+        // 3a. During a backlog, the sales changed since the last run began come first.
+        let fresh_key = CursorKey::new(&self.ctx.tenant, Job::OrderDownload, FRESH_CURSOR_NAME);
+        let fresh = self.ctx.store.cursor(&fresh_key).await?;
+        let fresh_since = fresh
+            .as_ref()
+            .and_then(|c| parse_millis(&c.value))
+            .filter(|f| opts.since.is_none() && cursor.is_some() && *f > since);
+        if let Some(fresh_since) = fresh_since {
+            let mut newest = self.list(fresh_since - overlap, run_start).await?;
+            newest.sort_by_key(|r| r.updated);
+            tracing::info!(tenant = %self.ctx.tenant, backlog_since = %millis(since), fresh = newest.len(),
+                "a backlog is behind the cursor: the sales changed since the last run come first");
+            if self
+                .work_through(&newest, &mut handled, opts, lease, summary)
+                .await?
+                .is_some()
+            {
+                // Out of time (or aborted) in the fresh window: the backlog waits, the window
+                // stays, and the next run begins with it again.
+                summary.cursor_after = summary.cursor_before.clone();
+                return ended(summary);
+            }
+        }
+
         let mut rows = self.list(since - overlap, run_start).await?;
         if rows.is_empty() && summary.first_run_since.is_some() {
             summary.older_than_first_run = Some(self.count_before(since - overlap).await?);
@@ -477,13 +523,22 @@ impl OrderDownload {
         } else {
             summary.cursor_after = summary.cursor_before.clone();
         }
-        match std::mem::take(&mut summary.outcome) {
-            Outcome::Aborted(why) => Err(SaleError::Stop(why)),
-            other => {
-                summary.outcome = other;
-                Ok(())
-            }
+        // A backlog left: the next run's fresh window starts at this run's start. None left: the
+        // window closes (it is the listing itself), so a run without a backlog lists once.
+        let fresh_next = match stopped_at {
+            Some(_) => Some(millis(run_start)),
+            None => summary.cursor_after.clone(),
+        };
+        if let Some(value) = fresh_next
+            && fresh.as_ref().map(|c| &c.value) != Some(&value)
+            && (stopped_at.is_some() || fresh.is_some())
+        {
+            self.ctx
+                .store
+                .save_cursor(&fresh_key, &value, fresh.as_ref().map(|c| c.version))
+                .await?;
         }
+        ended(summary)
     }
 
     /// Lists every selected sale changed in `(since, until)`, de-duplicated across queries.
