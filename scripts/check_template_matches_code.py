@@ -70,6 +70,14 @@ def main() -> int:
     for var in ("STATE_TABLE", "SECRET_PREFIX", "DEAR_BASE_URL"):
         if var not in env:
             problems.append(f"the functions read {var}; the template does not set it")
+    # A function's own variables are read by the code too (TENANT_RUN_QUEUE_URL), and name a queue
+    # the function may send to.
+    for name, res in resources.items():
+        if res.get("Type") != "AWS::Serverless::Function":
+            continue
+        for var in res.get("Properties", {}).get("Environment", {}).get("Variables", {}):
+            if f'"{var}"' not in sources:
+                problems.append(f"{name} sets {var}, which no shared crate reads")
     # Loopback URLs are for tests and development only: no deployed function may admit them.
     for name, res in resources.items():
         fn_env = res.get("Properties", {}).get("Environment", {}).get("Variables", {})

@@ -31,6 +31,9 @@ pub enum NotRun {
     /// The tenants could not be listed.
     #[error("cannot list tenants: {0}")]
     Store(#[source] dearsync_core::StoreError),
+    /// A queued message is not a run request.
+    #[error("{0}")]
+    BadMessage(String),
     /// Runs ended with failures (deliveries kept for retry, or aborted runs), each named.
     #[error("{0}")]
     Failures(String),
@@ -41,7 +44,7 @@ impl NotRun {
     pub fn is_retryable(&self) -> bool {
         match self {
             NotRun::Tenant(e) => e.is_retryable(),
-            NotRun::NoSink { .. } | NotRun::Sink { .. } => false,
+            NotRun::NoSink { .. } | NotRun::Sink { .. } | NotRun::BadMessage(_) => false,
             NotRun::Store(e) => e.is_transient(),
             NotRun::Failures(_) => true,
         }

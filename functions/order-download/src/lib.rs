@@ -2,20 +2,24 @@
 //!
 //! Events:
 //! * an EventBridge schedule: `{"tenant": "acme"}` (Scheduler input or a rule's constant input) or
-//!   `{"detail": {"tenant": "acme"}, ...}`: one tenant's run; without a tenant, every enabled
-//!   tenant in turn, each isolated (one tenant's failure never stops another);
+//!   `{"detail": {"tenant": "acme"}, ...}`: one tenant's run. Without a tenant: with a run queue
+//!   (`TENANT_RUN_QUEUE_URL`, the deployed stack), one message per due tenant is enqueued; without
+//!   one, every enabled tenant runs in turn, each isolated (one tenant's failure never stops
+//!   another);
+//! * SQS records `{"tenant": "acme"}` from the run queue: each one tenant's run;
 //! * a Function URL request `POST /dear/<tenant>` from a DEAR `Sale/...` webhook, carrying the
 //!   tenant's inbound secret in the `x-dearsync-secret` header: downloads that one sale at once.
 //!   The scheduled poll stays the source of truth.
 
 mod error;
 mod event;
+mod fanout;
 mod http;
 mod job;
 
 use dearsync_core::TenantId;
-use dearsync_function_support::as_url_request;
 pub use dearsync_function_support::{Deps, HandlerError, SECRET_HEADER, TenantError};
+use dearsync_function_support::{as_sqs, as_url_request};
 use dearsync_order_download::{Outcome, RunOptions, RunSummary};
 use serde_json::{Value, json};
 
@@ -36,9 +40,18 @@ pub async fn handle(
             Err(response) => response,
         });
     }
+    let run_id = format!("run-{request_id}");
+    if let Some(batch) = as_sqs(&event) {
+        let opts = RunOptions {
+            run_id,
+            deadline,
+            ..RunOptions::default()
+        };
+        return Ok(json!(fanout::run_queued(deps, batch?, &opts).await));
+    }
     let tenant = scheduled_tenant(&event)?;
     let opts = RunOptions {
-        run_id: format!("run-{request_id}"),
+        run_id,
         deadline,
         since: backfill_since(&event)?,
         ..RunOptions::default()
@@ -52,7 +65,11 @@ pub async fn handle(
             }
             Ok(json!({ "tenants": [summary] }))
         }
-        None => run_all(deps, &opts).await,
+        // The deployed stack fans out: one message per due tenant, run in parallel.
+        None => match (&deps.run_queue, opts.since) {
+            (Some(queue), None) => Ok(json!(fanout::dispatch_runs(deps, queue.as_ref()).await?)),
+            _ => run_all(deps, &opts).await,
+        },
     }
 }
 
@@ -108,7 +125,7 @@ pub(crate) fn report(summary: &RunSummary, deps: &Deps) {
     println!("{}", summary.emf(deps.clock.now().timestamp_millis()));
 }
 
-async fn run_tenant(
+pub(crate) async fn run_tenant(
     deps: &Deps,
     tenant: &TenantId,
     opts: &RunOptions,

@@ -185,6 +185,87 @@ async fn a_fan_out_run_isolates_a_broken_tenant_and_skips_disabled_ones() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fans_out_one_queued_run_per_due_tenant_and_each_runs_on_its_own() {
+    let mut w = world().await;
+    let queue_url = dearsync_aws::testing::fresh_queue().await;
+    w.deps = w
+        .deps
+        .with_run_queue(std::sync::Arc::new(dearsync_aws::SqsRunQueue::new(
+            dearsync_aws::testing::sqs(),
+            &queue_url,
+        )));
+    put(&w, "acme", true, settings(&w.webhook_url)).await;
+    put(
+        &w,
+        "broken",
+        true,
+        // No webhook_url: its runs cannot start.
+        "[order_download]\nsale_status = \"PICKED\"\npoll_interval_minutes = 60\n".into(),
+    )
+    .await;
+    put(&w, "dormant", false, settings(&w.webhook_url)).await;
+    let schedule = json!({ "detail-type": "Scheduled Event", "detail": {} });
+    let dispatched = handle(&w.deps, schedule.clone(), "req-d1", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        dispatched["enqueued"],
+        json!(["acme", "broken"]),
+        "{dispatched}"
+    );
+    assert_eq!(dispatched["disabled"], 1);
+    assert!(
+        orders(&w.received).is_empty(),
+        "the dispatcher runs no tenant itself"
+    );
+    // The queue's messages, as Lambda hands them over: acme runs; broken, whose sink setting
+    // cannot be used, is returned to the queue (and would reach the DLQ), not dropped.
+    let batch = dearsync_aws::testing::receive_as_event(&queue_url).await;
+    assert_eq!(batch["Records"].as_array().unwrap().len(), 2, "{batch}");
+    let broken_id = batch["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["body"].as_str().unwrap().contains("broken"))
+        .unwrap()["messageId"]
+        .clone();
+    let worked = handle(&w.deps, batch, "req-w1", None).await.unwrap();
+    assert_eq!(
+        worked["batchItemFailures"],
+        json!([{ "itemIdentifier": broken_id }]),
+        "{worked}"
+    );
+    assert!(
+        !orders(&w.received).is_empty(),
+        "acme's queued run delivered"
+    );
+    // Dispatched again at once: neither is due within its interval (5 and 60 minutes).
+    let soon = handle(&w.deps, schedule.clone(), "req-d2", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        soon["enqueued"],
+        json!([]),
+        "not due within its interval: {soon}"
+    );
+    assert_eq!(soon["not_due"], 2);
+    // A message that is not a run request is returned, naming what it lacks.
+    let odd = json!({ "Records": [{ "messageId": "m-odd", "body": "{\"tenants\": [\"acme\"]}", "eventSource": "aws:sqs" }] });
+    let refused = handle(&w.deps, odd, "req-w2", None).await.unwrap();
+    assert_eq!(refused["batchItemFailures"][0]["itemIdentifier"], "m-odd");
+    // An operator's backfill through the queue runs: it delivers what the first run's look-back
+    // left out, and nothing already delivered again.
+    let before = orders(&w.received).len();
+    let backfill = json!({ "Records": [{ "messageId": "m-bf", "body": "{\"tenant\": \"acme\", \"since\": \"2020-01-01\"}", "eventSource": "aws:sqs" }] });
+    let ran = handle(&w.deps, backfill, "req-w3", None).await.unwrap();
+    assert_eq!(ran["batchItemFailures"], json!([]), "{ran}");
+    let all = orders(&w.received);
+    let ids: std::collections::HashSet<_> = all.iter().map(|o| o["sale_id"].clone()).collect();
+    assert!(all.len() > before, "older sales were backfilled");
+    assert_eq!(ids.len(), all.len(), "no order delivered twice");
+}
+
 #[tokio::test]
 async fn malformed_events_are_refused_naming_what_is_wrong() {
     let w = world().await;

@@ -1,5 +1,6 @@
-//! dear-sync's AWS adapters: every state port over one DynamoDB table ([`DynamoStore`]), and DEAR
-//! credentials from Secrets Manager ([`SecretsManagerCredentials`]).
+//! dear-sync's AWS adapters: every state port over one DynamoDB table ([`DynamoStore`]), DEAR
+//! credentials from Secrets Manager ([`SecretsManagerCredentials`]), and the run queue over SQS
+//! ([`SqsRunQueue`]).
 //!
 //! The table design is in `docs/state-table.md`. The endpoint can be overridden for local use with
 //! the SDK's standard `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_DYNAMODB` /
@@ -7,9 +8,11 @@
 
 mod dynamo;
 mod secrets;
+mod sqs;
 
 pub use dynamo::{DynamoStore, create_table};
 pub use secrets::SecretsManagerCredentials;
+pub use sqs::SqsRunQueue;
 
 /// Loads the AWS SDK configuration from the environment (region, credentials, endpoint overrides).
 pub async fn load_sdk_config() -> aws_config::SdkConfig {

@@ -116,3 +116,45 @@ pub async fn fresh_table() -> String {
         .expect("create a state table on the emulator");
     name
 }
+
+/// An SQS client on the emulator.
+pub fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk_config())
+}
+
+/// A fresh, empty queue with a unique name; its URL.
+pub async fn fresh_queue() -> String {
+    let name = format!("dearsync-test-{}", dearsync_core::memory::new_token());
+    sqs()
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create a queue on the emulator")
+        .queue_url()
+        .expect("the emulator answers the queue's URL")
+        .to_owned()
+}
+
+/// Receives what the queue holds now (up to ten messages), as SQS hands them to Lambda: the
+/// records of an SQS event.
+pub async fn receive_as_event(url: &str) -> serde_json::Value {
+    let answer = sqs()
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("receive from the emulator");
+    let records: Vec<serde_json::Value> = answer
+        .messages()
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "messageId": m.message_id(), "receiptHandle": m.receipt_handle(),
+                "body": m.body(), "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    serde_json::json!({ "Records": records })
+}

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod connect;
 pub mod credentials;
 pub mod delivered;
+pub mod dispatch;
 mod error;
 pub mod held_claim;
 mod ids;

@@ -140,6 +140,12 @@ impl OrderDownloadSettings {
             1,
             1440,
         )?;
+        in_range(
+            "order_download.poll_interval_minutes",
+            self.poll_interval_minutes,
+            1,
+            1440,
+        )?;
         if let Some(url) = &self.webhook_url {
             check_webhook_url("order_download.webhook_url", url)?;
         }
@@ -578,6 +584,10 @@ pub struct OrderDownloadSettings {
     pub webhook_timeout_secs: u32,
     /// POSTs per delivery attempt before it is left to a later run; default 3.
     pub webhook_attempts: u32,
+    /// Minutes between scheduled polls of this tenant, when the schedule fans out to a queue
+    /// (the deployed stack); default 5, the schedule's default rate. The schedule's rate is the
+    /// shortest interval: a smaller value polls at every firing.
+    pub poll_interval_minutes: u32,
 }
 
 impl Default for OrderDownloadSettings {
@@ -597,6 +607,7 @@ impl Default for OrderDownloadSettings {
             webhook_url: None,
             webhook_timeout_secs: 10,
             webhook_attempts: 3,
+            poll_interval_minutes: 5,
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct Deps {
     /// Where tenant-configured URLs (order webhook, snapshot URL) may lead: public https only in
     /// production (`DEARSYNC_ALLOW_LOOPBACK_URLS` adds loopback, for tests and development).
     pub outbound: dearsync_outbound::OutboundPolicy,
+    /// Where a schedule's run of every tenant fans out to (`TENANT_RUN_QUEUE_URL`): one message
+    /// per due tenant, run by parallel workers. Absent, a schedule walks the tenants in turn.
+    pub run_queue: Option<Arc<dyn dearsync_core::dispatch::RunQueue>>,
     /// DEAR clients kept across invocations of a warm sandbox (their connections and TLS sessions
     /// with them), one per tenant.
     clients: std::sync::Mutex<HashMap<TenantId, KeptClient>>,
@@ -79,8 +82,15 @@ impl Deps {
             base_url: base_url.into(),
             clock,
             outbound,
+            run_queue: None,
             clients: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, fanning schedules out to `queue`.
+    pub fn with_run_queue(mut self, queue: Arc<dyn dearsync_core::dispatch::RunQueue>) -> Self {
+        self.run_queue = Some(queue);
+        self
     }
 
     /// The tenant's credentials; if DEAR refused the key its kept client used, the cached secret
@@ -142,8 +152,9 @@ impl Deps {
 #[cfg(feature = "aws")]
 impl Deps {
     /// The production dependencies from the Lambda environment: `STATE_TABLE` (the DynamoDB state
-    /// table), `SECRET_PREFIX` (default `dear-sync/`), `DEAR_BASE_URL` (default DEAR's), and the
-    /// AWS SDK's own variables.
+    /// table), `SECRET_PREFIX` (default `dear-sync/`), `DEAR_BASE_URL` (default DEAR's),
+    /// `TENANT_RUN_QUEUE_URL` (optional: the queue schedules fan out to), and the AWS SDK's own
+    /// variables.
     pub async fn from_env() -> Result<Self, SetupError> {
         use dearsync_aws::{DynamoStore, SecretsManagerCredentials, load_sdk_config};
         let table = std::env::var("STATE_TABLE").map_err(|_| SetupError::MissingEnv {
@@ -153,7 +164,7 @@ impl Deps {
         let prefix = std::env::var("SECRET_PREFIX").unwrap_or_else(|_| "dear-sync/".to_owned());
         let aws = load_sdk_config().await;
         let clock = Arc::new(dearsync_core::SystemClock);
-        Ok(Deps::new(
+        let deps = Deps::new(
             Arc::new(DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(&aws),
                 table,
@@ -167,7 +178,13 @@ impl Deps {
             connect::base_url_from_env(),
             clock,
             dearsync_outbound::OutboundPolicy::from_env(),
-        ))
+        );
+        Ok(match std::env::var("TENANT_RUN_QUEUE_URL") {
+            Ok(url) if !url.trim().is_empty() => deps.with_run_queue(Arc::new(
+                dearsync_aws::SqsRunQueue::new(aws_sdk_sqs::Client::new(&aws), url.trim()),
+            )),
+            _ => deps,
+        })
     }
 }
 
