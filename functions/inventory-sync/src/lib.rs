@@ -1,8 +1,11 @@
 //! The Inventory Sync Lambda's handler, apart from the runtime so tests can drive it.
 //!
 //! Events:
-//! * a schedule `{"tenant": "acme"}` (or `detail.tenant`; none = every enabled tenant with a
-//!   `snapshot_url`): pulls the tenant's JSON snapshot from `inventory_sync.snapshot_url` and syncs it;
+//! * a schedule `{"tenant": "acme"}` (or `detail.tenant`): pulls the tenant's JSON snapshot from
+//!   `inventory_sync.snapshot_url` and syncs it. Without a tenant: with a run queue
+//!   (`TENANT_RUN_QUEUE_URL`, the deployed stack's inventory queue), one `{"tenant"}` message per
+//!   tenant due a pull (`pull_interval_minutes`) is enqueued, and each such message is one pull;
+//!   without one, every enabled tenant with a `snapshot_url` is pulled in turn;
 //! * SQS records and EventBridge `detail`s carrying `{"tenant": ..., "snapshot": {...}}`, or a chunk of
 //!   a large snapshot `{"tenant": ..., "chunk": {"snapshot_id", "as_of", "location", "part", "parts",
 //!   "lines"}}`: chunks are kept in the ledger until all parts are there, then synced as one;
@@ -37,7 +40,11 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     }
     if let Some(batch) = as_sqs(&event) {
         let response = sqs_batch(batch?, "inventory-sync", async |body| {
-            pushed(deps, &body).await.map(|_| ())
+            if body.get("snapshot").is_some() || body.get("chunk").is_some() {
+                pushed(deps, &body).await.map(|_| ())
+            } else {
+                pull::queued_pull(deps, body).await.map(|_| ())
+            }
         })
         .await;
         return Ok(json!(response));
@@ -59,7 +66,11 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
             "tenant must be a tenant id string, got {}",
             kind(other)
         ))),
-        None if event.is_object() => pull::pull_all(deps).await,
+        // The deployed stack fans out: one queued pull per due tenant, run in parallel.
+        None if event.is_object() => match &deps.run_queue {
+            Some(queue) => pull::dispatch_pulls(deps, queue.as_ref()).await,
+            None => pull::pull_all(deps).await,
+        },
         None => Err(HandlerError::BadEvent(format!(
             "expected a JSON object, got {}",
             kind(&event)

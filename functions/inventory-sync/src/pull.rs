@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use dearsync_core::{TenantId, TenantSettings};
+use dearsync_core::dispatch::{RunQueue, TenantRun, dispatch};
+use dearsync_core::{Job, TenantId, TenantSettings};
 use dearsync_function_support::{Deps, HandlerError, TenantError};
 use dearsync_inventory_sync::SyncOptions;
 use serde_json::{Value, json};
@@ -66,4 +67,57 @@ pub(crate) async fn pull_all(deps: &Deps) -> Result<Value, HandlerError> {
             retryable,
         ))
     }
+}
+
+/// Enqueues a pull of every enabled tenant with a `snapshot_url` whose `pull_interval_minutes`
+/// has passed.
+pub(crate) async fn dispatch_pulls(
+    deps: &Deps,
+    queue: &dyn RunQueue,
+) -> Result<Value, HandlerError> {
+    let summary = dispatch(
+        deps.store.as_ref(),
+        queue,
+        Job::InventorySync,
+        deps.clock.now(),
+        |s| {
+            let every = i64::from(s.inventory_sync.pull_interval_minutes);
+            s.inventory_sync
+                .snapshot_url
+                .as_ref()
+                .map(|_| chrono::Duration::minutes(every))
+        },
+    )
+    .await
+    .map_err(|e| {
+        let retryable = e.0.is_transient();
+        HandlerError::failed(e, retryable)
+    })?;
+    if summary.failed.is_empty() {
+        Ok(json!(summary))
+    } else {
+        Err(HandlerError::failed(
+            format!(
+                "{} tenants not dispatched: {:?}",
+                summary.failed.len(),
+                summary.failed
+            ),
+            true,
+        ))
+    }
+}
+
+/// A queued `{"tenant": "acme"}`: that tenant's pull.
+pub(crate) async fn queued_pull(deps: &Deps, body: Value) -> Result<Value, NotSynced> {
+    let run = serde_json::from_value::<TenantRun>(body).map_err(|e| {
+        NotSynced::Bad(format!(
+            "expected {{\"tenant\", \"snapshot\"}}, {{\"tenant\", \"chunk\"}} or a pull {{\"tenant\"}}: {e}"
+        ))
+    })?;
+    if run.since.is_some() {
+        return Err(NotSynced::Bad(
+            "since is an order-download backfill; a pull takes the tenant alone".into(),
+        ));
+    }
+    pull(deps, &run.tenant, SyncOptions::default()).await
 }

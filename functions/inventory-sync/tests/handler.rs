@@ -165,6 +165,39 @@ async fn a_scheduled_pull_and_a_push_through_the_function_url() {
     assert!(resp["body"].as_str().unwrap().contains("as_of"), "{resp}");
     let resp = handle(&deps, push("s3", snap)).await.unwrap();
     assert_eq!(status(&resp), 202, "{resp}");
+
+    // Deployed, the schedule fans out: one queued pull per tenant due one, each its own
+    // invocation.
+    let queue_url = dearsync_aws::testing::fresh_queue().await;
+    let deps = deps.with_run_queue(Arc::new(dearsync_aws::SqsRunQueue::new(
+        dearsync_aws::testing::sqs(),
+        &queue_url,
+    )));
+    let counted = lines(&sim, 2).await;
+    *body.lock().unwrap() =
+        json!({ "snapshot_id": "PULL-2", "as_of": "2026-11-20T09:00:00Z", "lines": counted })
+            .to_string();
+    let schedule = json!({ "detail-type": "Scheduled Event", "detail": {} });
+    let dispatched = handle(&deps, schedule.clone()).await.unwrap();
+    assert_eq!(dispatched["enqueued"], json!(["acme"]), "{dispatched}");
+    let again = handle(&deps, schedule).await.unwrap();
+    assert_eq!(
+        again["enqueued"],
+        json!([]),
+        "due again in an hour: {again}"
+    );
+    let batch = dearsync_aws::testing::receive_as_event(&queue_url).await;
+    let pulled = handle(&deps, batch).await.unwrap();
+    assert_eq!(pulled["batchItemFailures"], json!([]), "{pulled}");
+    let now = levels(&sim).await;
+    for line in &counted {
+        let sku = line["sku"].as_str().unwrap();
+        assert_eq!(
+            now[sku].to_string(),
+            line["quantity"].as_str().unwrap(),
+            "{sku}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,6 +221,12 @@ impl InventorySyncSettings {
             check_webhook_url("inventory_sync.snapshot_url", url)?;
         }
         in_range(
+            "inventory_sync.pull_interval_minutes",
+            self.pull_interval_minutes,
+            1,
+            10080,
+        )?;
+        in_range(
             "inventory_sync.max_lines_per_adjustment",
             self.max_lines_per_adjustment,
             1,
@@ -724,6 +730,9 @@ pub struct InventorySyncSettings {
     pub hold_if_zeroing_percent: Decimal,
     /// Pull mode (the Lambda's schedule): where to GET the warehouse's JSON snapshot (HTTPS).
     pub snapshot_url: Option<String>,
+    /// Minutes between scheduled pulls of `snapshot_url` when the schedule fans out to a queue
+    /// (the deployed stack); default 60, the schedule's default rate.
+    pub pull_interval_minutes: u32,
     /// What DEAR's `Bin: null` availability row holds when the data cannot tell; default
     /// remainder.
     pub bin_null_row: BinNullRow,
@@ -746,6 +755,7 @@ impl Default for InventorySyncSettings {
             subtract_orders_since_snapshot: true,
             hold_if_zeroing_percent: Decimal::from(20),
             snapshot_url: None,
+            pull_interval_minutes: 60,
             bin_null_row: BinNullRow::Remainder,
         }
     }
