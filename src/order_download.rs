@@ -24,6 +24,10 @@ pub struct OrderDownloadArgs {
     /// Download just this sale (a SaleID) instead of polling.
     #[arg(long, conflicts_with = "since")]
     sale: Option<uuid::Uuid>,
+    /// With --sale: deliver it again at its current version under a new delivery id, even if the
+    /// warehouse has it (the order's `resend_of` names the delivery it repeats).
+    #[arg(long, requires = "sale")]
+    resend: bool,
     /// Backfill: list sales changed since this date (2026-10-01) or instant (RFC 3339) rather
     /// than since the last run. Orders already delivered at their current version are not sent
     /// again; the cursor only moves forward.
@@ -81,6 +85,7 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, CliError> {
         ..RunOptions::default()
     };
     let summary = match args.sale {
+        Some(id) if args.resend => job.resend(id).await,
         Some(id) => job.download_one(id).await,
         None => job.run(&opts).await,
     };
@@ -105,6 +110,9 @@ pub async fn run(args: OrderDownloadArgs) -> Result<Ended, CliError> {
         dearsync_order_download::Outcome::LeaseBusy(_)
     ) {
         return Ok(Ended::Busy);
+    }
+    if let Some((sale, why)) = summary.not_resent.iter().next() {
+        return Err(format!("sale {sale} was not resent: {why}").into());
     }
     Ok(Ended::attention_if(summary.skipped_total() > 0))
 }
@@ -132,6 +140,12 @@ fn print_summary(s: &RunSummary) {
     );
     if let Some(note) = s.first_run_note() {
         eprintln!("  {note}");
+    }
+    if s.resent > 0 {
+        eprintln!("  resent {}", s.resent);
+    }
+    for (sale, why) in &s.not_resent {
+        eprintln!("  not resent {sale}: {why}");
     }
     eprintln!(
         "  summary: {}",

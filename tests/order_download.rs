@@ -818,6 +818,48 @@ async fn a_sale_that_changes_during_a_backlog_is_delivered_by_the_next_run_not_a
 }
 
 #[tokio::test]
+async fn a_resend_delivers_the_current_version_again_under_a_new_id_the_warehouse_can_tell_apart() {
+    let server = sim(60).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    run(&h).await;
+    let first = h.sink.orders.lock().unwrap()[0].clone();
+    let sale: Uuid = first.sale_id.parse().unwrap();
+    // Downloading it again sends nothing: the warehouse has this version.
+    assert_eq!(h.job.download_one(sale).await.delivered, 0);
+    let resent = h.job.resend(sale).await;
+    assert_eq!((resent.delivered, resent.resent), (1, 1), "{resent:?}");
+    let again = h.sink.orders.lock().unwrap().last().unwrap().clone();
+    assert_eq!(again.sale_id, first.sale_id);
+    assert_eq!(again.version, first.version, "the same content");
+    assert_ne!(again.delivery_id, first.delivery_id, "a new delivery id");
+    assert_eq!(again.resend_of.as_deref(), Some(first.delivery_id.as_str()));
+    assert_eq!(first.resend_of, None, "a first delivery is no resend");
+    // A second resend repeats the first delivery too, under yet another id.
+    h.job.resend(sale).await;
+    let third = h.sink.orders.lock().unwrap().last().unwrap().clone();
+    assert!(third.delivery_id != again.delivery_id && third.delivery_id != first.delivery_id);
+    // The ledger counts the resends; polls go on as before (nothing new to send).
+    let rec = h
+        .store
+        .record(&RecordKey::new(
+            &TenantId::new("acme").unwrap(),
+            Job::OrderDownload,
+            sale.to_string(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.state, RecordState::Done);
+    assert!(rec.detail.unwrap().contains("\"resends\":2"));
+    assert_eq!(run(&h).await.delivered, 0);
+    // An unknown sale is not resent, and says why.
+    let unknown = h.job.resend(Uuid::new_v4()).await;
+    assert_eq!(unknown.resent, 0);
+    assert_eq!(unknown.not_resent.len(), 1, "{unknown:?}");
+}
+
+#[tokio::test]
 async fn a_backfill_delivers_what_a_narrower_filter_left_out_and_nothing_twice() {
     let server = sim(150).await;
     let rows = all_rows(&server).await;

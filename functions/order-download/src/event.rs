@@ -57,3 +57,35 @@ pub(crate) fn backfill_since(
         ))),
     }
 }
+
+/// An operator's resend: `{"tenant": "acme", "resend": ["<sale id>", …]}`: those sales are
+/// delivered again at their current version under new delivery ids.
+pub(crate) fn resend_ids(event: &Value) -> Result<Option<Vec<uuid::Uuid>>, HandlerError> {
+    let Some((name, value)) = event_field(event, "resend") else {
+        return Ok(None);
+    };
+    let bad = |why: String| HandlerError::BadEvent(format!("{name}: {why}"));
+    let Value::Array(items) = value else {
+        return Err(bad(format!(
+            "must be an array of sale ids, got {}",
+            kind(value)
+        )));
+    };
+    if items.is_empty() {
+        return Err(bad("names no sale".into()));
+    }
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(text) => text
+                .trim()
+                .parse::<uuid::Uuid>()
+                .map_err(|e| bad(format!("{text:?} is not a SaleID: {e}"))),
+            other => Err(bad(format!(
+                "a sale id must be a string, got {}",
+                kind(other)
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}

@@ -7,6 +7,8 @@
 //!   one, every enabled tenant runs in turn, each isolated (one tenant's failure never stops
 //!   another);
 //! * SQS records `{"tenant": "acme"}` from the run queue: each one tenant's run;
+//! * an operator's resend `{"tenant": "acme", "resend": ["<sale id>", …]}`: those sales delivered
+//!   again at their current version under new delivery ids (`resend_of` names the one repeated);
 //! * a Function URL request `POST /dear/<tenant>` from a DEAR `Sale/...` webhook, carrying the
 //!   tenant's inbound secret in the `x-dearsync-secret` header: downloads that one sale at once.
 //!   The scheduled poll stays the source of truth.
@@ -24,7 +26,7 @@ use dearsync_order_download::{Outcome, RunOptions, RunSummary};
 use serde_json::{Value, json};
 
 pub use error::NotRun;
-use event::{backfill_since, scheduled_tenant};
+use event::{backfill_since, resend_ids, scheduled_tenant};
 use job::{job_for, job_from};
 
 /// Handles one event; `deadline` is when Lambda stops the invocation.
@@ -50,6 +52,12 @@ pub async fn handle(
         return Ok(json!(fanout::run_queued(deps, batch?, &opts).await));
     }
     let tenant = scheduled_tenant(&event)?;
+    if let Some(sales) = resend_ids(&event)? {
+        let tenant = tenant.ok_or_else(|| {
+            HandlerError::BadEvent("a resend names its tenant: {\"tenant\", \"resend\"}".into())
+        })?;
+        return resend(deps, &tenant, &sales).await;
+    }
     let opts = RunOptions {
         run_id,
         deadline,
@@ -71,6 +79,45 @@ pub async fn handle(
             _ => run_all(deps, &opts).await,
         },
     }
+}
+
+/// Resends each sale; a sale not resent is an error naming it and why (nothing to retry: the
+/// operator decides), a DEAR or store outage one to retry.
+async fn resend(
+    deps: &Deps,
+    tenant: &TenantId,
+    sales: &[uuid::Uuid],
+) -> Result<Value, HandlerError> {
+    let job = job_for(deps, tenant).await?;
+    let mut results = Vec::new();
+    let mut refused = Vec::new();
+    let mut aborted = false;
+    for sale in sales {
+        let summary = job.resend(*sale).await;
+        report(&summary, deps);
+        refused.extend(
+            summary
+                .not_resent
+                .iter()
+                .map(|(s, why)| format!("{s}: {why}")),
+        );
+        aborted |= matches!(summary.outcome, Outcome::Aborted(_));
+        results.push(summary);
+    }
+    if refused.is_empty() && !aborted {
+        return Ok(json!({ "tenants": [{ "tenant": tenant, "resends": results }] }));
+    }
+    let text = format!(
+        "tenant {tenant}: {} of {} sales not resent: {}",
+        refused.len()
+            + results
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::Aborted(_)))
+                .count(),
+        sales.len(),
+        refused.join("; ")
+    );
+    Err(HandlerError::failed(NotRun::Failures(text), aborted))
 }
 
 async fn run_all(deps: &Deps, opts: &RunOptions) -> Result<Value, HandlerError> {

@@ -142,6 +142,41 @@ async fn a_scheduled_event_delivers_signed_orders_once() {
         .unwrap();
     assert_eq!(again["tenants"][0]["delivered"], 0);
     assert_eq!(w.received.0.lock().unwrap().len() as u64, delivered);
+    // An operator's resend: the same version again, under a new Idempotency-Key.
+    let first = orders(&w.received)[0].clone();
+    let resend = json!({ "tenant": "acme", "resend": [first["sale_id"]] });
+    let out = handle(&w.deps, resend, "req-r1", None).await.unwrap();
+    assert_eq!(out["tenants"][0]["resends"][0]["resent"], 1, "{out}");
+    let got = w.received.0.lock().unwrap().clone();
+    let (headers, body) = got.last().unwrap();
+    let again: Value = serde_json::from_slice(body).unwrap();
+    assert!(verify(headers, body));
+    assert_eq!(
+        (&again["sale_id"], &again["version"]),
+        (&first["sale_id"], &first["version"])
+    );
+    assert_eq!(again["resend_of"], first["delivery_id"]);
+    assert_ne!(
+        headers.get("idempotency-key").unwrap().to_str().unwrap(),
+        first["delivery_id"].as_str().unwrap()
+    );
+    for (bad, names) in [
+        (
+            json!({ "tenant": "acme", "resend": "SO-1" }),
+            "resend: must be an array",
+        ),
+        (
+            json!({ "tenant": "acme", "resend": ["SO-1"] }),
+            "\"SO-1\" is not a SaleID",
+        ),
+        (json!({ "resend": [first["sale_id"]] }), "names its tenant"),
+    ] {
+        let err = handle(&w.deps, bad, "req-r2", None).await.unwrap_err();
+        assert!(
+            matches!(err, HandlerError::BadEvent(_)) && err.to_string().contains(names),
+            "{err}"
+        );
+    }
     drop(w.sim);
 }
 

@@ -34,19 +34,20 @@ pub fn dear_client(
         .with_base_url(base_url)?;
     config.calls_per_minute = settings.calls_per_minute;
     config.validate()?;
-    let budget = SharedRateBudget::new(
-        buckets,
-        clock,
-        SharedBudgetConfig {
-            spec: BucketSpec {
-                capacity: settings.burst,
-                per_minute: settings.calls_per_minute,
-            },
-            batch: settings.burst.min(3),
-            ..SharedBudgetConfig::default()
-        },
-    );
+    let budget = SharedRateBudget::new(buckets, clock, budget_config(settings));
     DearClient::with_budget(config, Arc::new(budget))
+}
+
+/// The shared budget a tenant's `[dear]` settings ask for.
+pub fn budget_config(settings: &DearSettings) -> SharedBudgetConfig {
+    SharedBudgetConfig {
+        spec: BucketSpec {
+            capacity: settings.burst,
+            per_minute: settings.calls_per_minute,
+        },
+        batch: settings.burst.min(3),
+        ..SharedBudgetConfig::default()
+    }
 }
 
 /// A DEAR client with no rate budget at all: only for a simulator with its limit switched off

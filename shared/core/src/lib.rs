@@ -34,7 +34,7 @@ pub use ids::{Job, TenantId};
 pub use invalid::InvalidValue;
 pub use job_context::JobContext;
 pub use memory::MemoryStore;
-pub use rate::{SharedBudgetConfig, SharedRateBudget};
+pub use rate::{BudgetStats, SharedBudgetConfig, SharedRateBudget};
 pub use run_lease::{RunLease, RunStart};
 pub use settings::{SettingsError, TenantSettings};
 pub use state::StateStore;

@@ -27,6 +27,10 @@ pub struct CanonicalOrder {
     /// delivery of a sale, `<sale_id>:<version>:<n>` for its n-th content change, so content that
     /// goes A → B → A is a new delivery, not a repeat of the first.
     pub delivery_id: String,
+    /// On an operator's resend only: the id of the delivery this one repeats (absent otherwise,
+    /// and not part of the version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_of: Option<String>,
     /// DEAR's order number (`SO-00091`).
     pub order_number: String,
     /// DEAR's sale status when downloaded.
@@ -360,6 +364,7 @@ pub fn map_sale(
         sale_id: sale.id.to_string(),
         version: String::new(),
         delivery_id: String::new(),
+        resend_of: None,
         order_number: sale.order_number().unwrap_or_default().to_owned(),
         status: sale.status.as_str().to_owned(),
         order_date: sale.sale_order_date.map(|d| d.to_string()),
@@ -419,6 +424,7 @@ pub fn content_version(order: &CanonicalOrder) -> String {
     content.updated = None;
     content.version.clear();
     content.delivery_id.clear();
+    content.resend_of = None;
     let bytes = serde_json::to_vec(&content).unwrap_or_default();
     dearsync_core::sha256_hex(&bytes)[..16].to_owned()
 }

@@ -156,6 +156,16 @@ pub struct RunSummary {
     /// When such a first run found nothing: how many sales of the selected status changed before
     /// that instant (DEAR's total for the first status query).
     pub older_than_first_run: Option<u64>,
+    /// Of `delivered`, resends an operator asked for.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub resent: u64,
+    /// Resends not made, by sale id, with why.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_resent: BTreeMap<String, String>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RunSummary {
@@ -230,6 +240,13 @@ struct SaleDetail {
     /// How many contents of this sale were claimed for delivery (the last one's number).
     #[serde(default, skip_serializing_if = "is_zero")]
     delivery_sequence: u32,
+    /// How many times an operator had it resent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    resends: u32,
+    /// The id of the last delivery the warehouse took (absent in records written before it was
+    /// kept): what a resend names in `resend_of`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivered_id: Option<String>,
     /// The last version the warehouse took, whatever later attempts left the record in (a newer
     /// version skipped or failed, a failed read). Absent in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -805,6 +822,100 @@ impl OrderDownload {
         summary
     }
 
+    /// An operator's resend: delivers the sale again at its current version under a new delivery
+    /// id, `resend_of` naming the delivery it repeats, and counts it in the ledger. A sale the
+    /// settings no longer select, one that is not a valid order, one DEAR does not have, or one
+    /// whose delivery is in flight is not resent; `not_resent` says why.
+    pub async fn resend(&self, sale_id: Uuid) -> RunSummary {
+        let calls_before = self.ctx.dear.stats();
+        let mut summary = RunSummary {
+            tenant: self.ctx.tenant.to_string(),
+            listed: 1,
+            ..Default::default()
+        };
+        match self.resend_sale(sale_id, &mut summary).await {
+            Ok(Err(why)) => {
+                tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale_id, why = %why, "not resent");
+                summary.not_resent.insert(sale_id.to_string(), why);
+            }
+            Ok(Ok(())) => {}
+            Err(SaleError::Stop(why)) => summary.outcome = Outcome::Aborted(why),
+        }
+        let calls = self.ctx.dear.stats();
+        summary.dear_calls = calls.calls - calls_before.calls;
+        summary.throttled = calls.throttled - calls_before.throttled;
+        summary
+    }
+
+    /// [`OrderDownload::resend`]; `Ok(Err(why))` when it was not resent.
+    async fn resend_sale(
+        &self,
+        sale_id: Uuid,
+        summary: &mut RunSummary,
+    ) -> Result<Result<(), String>, SaleError> {
+        let record = self.ctx.store.record(&self.key(sale_id)).await?;
+        summary.fetched += 1;
+        let sale = match self.ctx.dear.sale(sale_id).await {
+            Ok(sale) => sale,
+            Err(e) if e.is_transient() => return Err(dear_stop(e)),
+            Err(e) => return Ok(Err(format!("GET sale {sale_id} failed: {e}"))),
+        };
+        if !self.selects(&sale) {
+            return Ok(Err(format!(
+                "the sale no longer matches the filters (status {}, sale_status filter {})",
+                sale.status, self.settings.sale_status
+            )));
+        }
+        let mut order = map_sale(&sale, &self.settings, None);
+        if let Err(skip) = validate(&order) {
+            return Ok(Err(format!("not a valid order: {}", skip.detail)));
+        }
+        let previous = record.as_ref().map(SaleDetail::of).unwrap_or_default();
+        let sequence = previous.delivery_sequence + 1;
+        order.delivery_id = delivery_id_for(&order.sale_id, &order.version, sequence);
+        order.resend_of = previous.delivered_id.clone().or_else(|| {
+            // Records from before the id was kept: the first delivery of that version's id.
+            let v = previous.delivered_version.as_deref()?;
+            let same = record.as_ref().is_some_and(|r| r.input_hash == v);
+            let n = if same { previous.delivery_sequence } else { 1 };
+            Some(delivery_id_for(&order.sale_id, v, n.max(1)))
+        });
+        let same_content = previous.delivered_version.as_deref() == Some(order.version.as_str());
+        let detail = SaleDetail {
+            updated: sale.last_modified_on.map(|d| millis(d.to_utc())),
+            order_number: Some(order.order_number.clone()),
+            claimed_by: Some("resend".to_owned()),
+            claimed_sink: self.sink.sole_deliverer(),
+            delivery_sequence: sequence,
+            resends: previous.resends + 1,
+            delivered_id: previous.delivered_id.clone(),
+            delivered_version: previous.delivered_version.clone(),
+            // The same content keeps when the warehouse first took it (Inventory Sync's
+            // subtraction); new content is new facts.
+            delivery: if same_content {
+                previous.delivery.clone()
+            } else {
+                DeliveryFacts::new(
+                    order.location.clone(),
+                    order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
+                )
+            },
+        };
+        let Some(claimed) = self
+            .claim_delivery(sale_id, record, &order, &detail)
+            .await?
+        else {
+            return Ok(Err(
+                "another delivery of it is in flight; resend it again later".into(),
+            ));
+        };
+        let delivered_before = summary.delivered;
+        self.deliver_claimed(claimed, &order, detail, summary)
+            .await?;
+        summary.resent += summary.delivered - delivered_before;
+        Ok(Ok(()))
+    }
+
     async fn fetch_and_deliver(
         &self,
         sale_id: Uuid,
@@ -873,12 +984,15 @@ impl OrderDownload {
             return Ok(());
         }
 
+        let kept = record.as_ref().map(SaleDetail::of).unwrap_or_default();
         let detail = SaleDetail {
             updated: updated.map(millis),
             order_number: Some(order.order_number.clone()),
             claimed_by: Some(claimant.to_owned()),
             claimed_sink: self.sink.sole_deliverer(),
             delivery_sequence: sequence,
+            resends: kept.resends,
+            delivered_id: kept.delivered_id,
             delivered_version: record.as_ref().and_then(last_delivered_version),
             delivery: DeliveryFacts::new(
                 order.location.clone(),
@@ -983,9 +1097,13 @@ impl OrderDownload {
         match self.sink.deliver(order).await {
             Ok(()) => {
                 let mut detail = detail;
-                detail.delivery.delivered(self.ctx.clock.now());
+                // A resend of what the warehouse had keeps when it first took it.
+                if detail.delivery.delivered_at.is_none() {
+                    detail.delivery.delivered(self.ctx.clock.now());
+                }
                 detail.claimed_by = None;
                 detail.delivered_version = Some(order.version.clone());
+                detail.delivered_id = Some(order.delivery_id.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 self.ctx.store.transition(&claimed, change).await?;
                 summary.delivered += 1;
