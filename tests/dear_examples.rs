@@ -304,6 +304,32 @@ fn every_sale_webhook_delivery_names_its_sale() {
     }
 }
 
+#[test]
+fn the_order_source_setting_reads_the_fields_of_deals_published_sales() {
+    let Some(dir) = corpus() else { return };
+    let sales = files(&dir, "sale__get.response");
+    assert!(!sales.is_empty(), "sale examples");
+    for (name, body) in sales {
+        let sale: dear_client::Sale =
+            serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (setting, field) in [
+            ("source_channel", "SourceChannel"),
+            ("account", "DefaultAccount"),
+            ("sales_rep", "SalesRepresentative"),
+        ] {
+            let settings = dearsync_core::TenantSettings::from_toml(&format!(
+                "[order_download]\norder_source = \"{setting}\"\n"
+            ))
+            .unwrap()
+            .order_download;
+            let order = dearsync_order_download::map_sale(&sale, &settings, None);
+            let want = body[field].as_str().map(str::trim).filter(|v| !v.is_empty());
+            assert!(want.is_some(), "{name}: the example has a {field}");
+            assert_eq!(order.source_channel.as_deref(), want, "{name}: {setting}");
+        }
+    }
+}
+
 /// Where `ours` has a key the example lacks, or a value of another JSON type (numbers written as
 /// strings or the reverse): the paths. Nulls in either are not compared; arrays by their first item.
 fn shape_mismatches(ours: &Value, example: &Value, path: &str, out: &mut Vec<String>) {

@@ -948,6 +948,45 @@ async fn notes_come_from_the_memo_the_setting_names() {
     }
 }
 
+// ---- order_source ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_order_source_comes_from_the_field_the_setting_names() {
+    let dear = dear().await;
+    let id = dear.add_sale(|s| {
+        s.source_channel = Some("Shopify".into());
+        s.default_account = "4000".into();
+        s.sales_representative = "  Ann Rep ".into();
+    });
+    let mut versions = Vec::new();
+    for (setting, want) in [
+        ("", Some("Shopify")),
+        ("order_source = \"source_channel\"\n", Some("Shopify")),
+        ("order_source = \"account\"\n", Some("4000")),
+        ("order_source = \"sales_rep\"\n", Some("Ann Rep")),
+    ] {
+        let order = dear
+            .download(&format!("sale_status = \"Any\"\n{setting}"), id)
+            .await;
+        assert_eq!(order.source_channel.as_deref(), want, "{setting:?}");
+        versions.push(order.version);
+    }
+    assert_eq!(versions[0], versions[1], "the default is DEAR's source channel");
+    // A sale without the chosen field has no source rather than another field's.
+    let bare = dear.add_sale(|s| {
+        s.source_channel = Some("Shopify".into());
+        s.sales_representative = String::new();
+    });
+    let order = dear
+        .download("sale_status = \"Any\"\norder_source = \"sales_rep\"\n", bare)
+        .await;
+    assert_eq!(order.source_channel, None);
+    let refused = TenantSettings::from_toml("[order_download]\norder_source = \"channel\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("order_source"), "{refused}");
+}
+
 // ---- split_names -------------------------------------------------------------------------------
 
 /// The documented split: the first word is the first name, the rest the last name.

@@ -415,6 +415,19 @@ pub enum ShipMethodSelection {
     None,
 }
 
+/// What fills the canonical order's `source_channel` ("Override Order Source").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderSource {
+    /// DEAR's `SourceChannel` (e.g. `Amazon_US`).
+    #[default]
+    SourceChannel,
+    /// The sale's `DefaultAccount` (its account code).
+    Account,
+    /// The sale's `SalesRepresentative`.
+    SalesRep,
+}
+
 /// Which memo becomes the order's notes ("Notes Field").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -576,6 +589,8 @@ pub struct OrderDownloadSettings {
     pub ship_code_attribute: u8,
     /// Which memo becomes the notes; default the order memo.
     pub notes_field: NotesField,
+    /// What fills the order's `source_channel`; default DEAR's source channel.
+    pub order_source: OrderSource,
     /// Split the ship-to name into first and last name; default yes.
     pub split_names: bool,
     /// The first run looks back to this; absent = 30 days before the first run.
@@ -607,6 +622,7 @@ impl Default for OrderDownloadSettings {
             shipping_accounts: Vec::new(),
             ship_code_attribute: 1,
             notes_field: NotesField::Order,
+            order_source: OrderSource::SourceChannel,
             split_names: true,
             earliest_order_date: None,
             overlap_minutes: 10,

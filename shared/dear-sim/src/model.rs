@@ -325,6 +325,12 @@ pub struct SimSale {
     pub customer_reference: String,
     /// Sales channel.
     pub source_channel: Option<String>,
+    /// The sale's sales representative (a contact name).
+    #[serde(default)]
+    pub sales_representative: String,
+    /// The sale's default revenue account code.
+    #[serde(default)]
+    pub default_account: String,
     /// External ID.
     pub external_id: Option<String>,
     /// Carrier / shipping method name.

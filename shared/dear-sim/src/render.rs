@@ -260,7 +260,8 @@ pub fn sale(
         "CombinedShippingStatus": c.shipping, "FulFilmentStatus": c.fulfilment,
         "CombinedInvoiceStatus": c.invoice, "CombinedPaymentStatus": c.payment,
         "CombinedTrackingNumbers": c.tracking, "Carrier": sale.carrier, "CurrencyRate": 1,
-        "SalesRepresentative": "", "ServiceOnly": false, "Type": sale_type(sale),
+        "SalesRepresentative": sale.sales_representative, "ServiceOnly": false,
+        "DefaultAccount": sale.default_account, "Type": sale_type(sale),
         "SourceChannel": sale.source_channel, "ExternalID": sale.external_id,
         "Quote": {
             "Memo": sale.quote_memo, "Status": sale.quote_status.as_str(),

@@ -338,6 +338,8 @@ fn new_sale(
         } else {
             None
         },
+        sales_representative: "DEFAULT billing contact".into(),
+        default_account: "200".into(),
         external_id: None,
         carrier: g.pick(&SHIP_METHODS).into(),
         ship_by: Some(order_date + Duration::days(3)),

@@ -6,7 +6,9 @@
 
 use chrono::SecondsFormat;
 use dear_client::{Address as DearAddress, Sale, SaleLine, StageStatus};
-use dearsync_core::settings::{LineSource, NotesField, OrderDownloadSettings, ShipMethodSelection};
+use dearsync_core::settings::{
+    LineSource, NotesField, OrderDownloadSettings, OrderSource, ShipMethodSelection,
+};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -396,7 +398,11 @@ pub fn map_sale(
         currency: clean(sale.customer_currency.as_deref()),
         total: sale.order.as_ref().map(|o| o.total).unwrap_or_default(),
         customer_reference: clean(sale.customer_reference.as_deref()),
-        source_channel: clean(sale.source_channel.as_deref()),
+        source_channel: clean(match settings.order_source {
+            OrderSource::SourceChannel => sale.source_channel.as_deref(),
+            OrderSource::Account => sale.default_account.as_deref(),
+            OrderSource::SalesRep => sale.sales_representative.as_deref(),
+        }),
         updated: sale
             .last_modified_on
             .map(|d| d.to_utc())
