@@ -323,7 +323,10 @@ fn the_order_source_setting_reads_the_fields_of_deals_published_sales() {
             .unwrap()
             .order_download;
             let order = dearsync_order_download::map_sale(&sale, &settings, None);
-            let want = body[field].as_str().map(str::trim).filter(|v| !v.is_empty());
+            let want = body[field]
+                .as_str()
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
             assert!(want.is_some(), "{name}: the example has a {field}");
             assert_eq!(order.source_channel.as_deref(), want, "{name}: {setting}");
         }

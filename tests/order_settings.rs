@@ -23,7 +23,8 @@ use dear_sim::model::{
 };
 use dear_sim::seed::SeedSpec;
 use dear_sim::{SaleEdit, SimConfig, SimServer};
-use dearsync_core::{JobContext, MemoryStore, OffsetClock, TenantId, TenantSettings};
+use dearsync_core::state::{LedgerQuery, RecordState};
+use dearsync_core::{Job, JobContext, MemoryStore, OffsetClock, TenantId, TenantSettings};
 use dearsync_order_download::canonical::OrderLine;
 use dearsync_order_download::{CanonicalOrder, OrderDownload, Outcome, RunOptions};
 use rust_decimal::Decimal;
@@ -971,20 +972,85 @@ async fn the_order_source_comes_from_the_field_the_setting_names() {
         assert_eq!(order.source_channel.as_deref(), want, "{setting:?}");
         versions.push(order.version);
     }
-    assert_eq!(versions[0], versions[1], "the default is DEAR's source channel");
+    assert_eq!(
+        versions[0], versions[1],
+        "the default is DEAR's source channel"
+    );
     // A sale without the chosen field has no source rather than another field's.
     let bare = dear.add_sale(|s| {
         s.source_channel = Some("Shopify".into());
         s.sales_representative = String::new();
     });
     let order = dear
-        .download("sale_status = \"Any\"\norder_source = \"sales_rep\"\n", bare)
+        .download(
+            "sale_status = \"Any\"\norder_source = \"sales_rep\"\n",
+            bare,
+        )
         .await;
     assert_eq!(order.source_channel, None);
     let refused = TenantSettings::from_toml("[order_download]\norder_source = \"channel\"\n")
         .unwrap_err()
         .to_string();
     assert!(refused.contains("order_source"), "{refused}");
+}
+
+// ---- ship_method_map ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ship_methods_are_mapped_to_the_warehouses_codes_and_an_unmapped_one_is_held_back() {
+    let dear = dear().await;
+    let ground = dear.add_sale(|s| s.carrier = "Ground".into());
+    let overnight = dear.add_sale(|s| s.carrier = "Overnight Air".into());
+    let map =
+        "sale_status = \"Any\"\n[order_download.ship_method_map]\n\" ground \" = \"UPS_GND\"\n";
+    // Without a map the method goes as DEAR has it.
+    let order = dear.download("sale_status = \"Any\"\n", ground).await;
+    assert_eq!(order.shipping_method.as_deref(), Some("Ground"));
+    let order = dear.download(map, ground).await;
+    assert_eq!(
+        order.shipping_method.as_deref(),
+        Some("UPS_GND"),
+        "keys without case or spaces"
+    );
+    // A method the map lacks is skipped, naming it and what the map has.
+    let (job, sink) = dear.job(map);
+    let s = job.download_one(overnight).await;
+    assert_eq!(
+        (s.delivered, s.skipped.get("unmapped_ship_method")),
+        (0, Some(&1)),
+        "{s:?}"
+    );
+    assert!(sink.orders.lock().unwrap().is_empty());
+    let emf: serde_json::Value = serde_json::from_str(&s.emf(0)).unwrap();
+    assert_eq!(emf["UnmappedShipMethods"], 1, "alarmed: {emf}");
+    let records = job
+        .ctx
+        .store
+        .list(&LedgerQuery::new(
+            &TenantId::new("acme").unwrap(),
+            Job::OrderDownload,
+            RecordState::Skipped,
+        ))
+        .await
+        .unwrap()
+        .records;
+    let reason = records[0].reason.clone().unwrap();
+    assert!(
+        reason.contains("\"Overnight Air\"") && reason.contains("\" ground \""),
+        "{reason}"
+    );
+    // With a default it goes under the default's code.
+    let order = dear
+        .download(
+            &format!("ship_method_default = \"UPS_STD\"\n{map}"),
+            overnight,
+        )
+        .await;
+    assert_eq!(order.shipping_method.as_deref(), Some("UPS_STD"));
+    let blank = TenantSettings::from_toml("[order_download.ship_method_map]\n\"Ground\" = \" \"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(blank.contains("ship_method_map"), "{blank}");
 }
 
 // ---- split_names -------------------------------------------------------------------------------

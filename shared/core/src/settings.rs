@@ -134,6 +134,18 @@ impl OrderDownloadSettings {
             "order_download.location_name",
             self.location_name.as_deref(),
         )?;
+        non_blank(
+            "order_download.ship_method_default",
+            self.ship_method_default.as_deref(),
+        )?;
+        for (from, to) in &self.ship_method_map {
+            if from.trim().is_empty() || to.trim().is_empty() {
+                return Err(SettingsError::new(
+                    "order_download.ship_method_map",
+                    format!("{from:?} = {to:?}: neither a method nor its code may be blank"),
+                ));
+            }
+        }
         in_range(
             "order_download.overlap_minutes",
             self.overlap_minutes,
@@ -591,6 +603,12 @@ pub struct OrderDownloadSettings {
     pub notes_field: NotesField,
     /// What fills the order's `source_channel`; default DEAR's source channel.
     pub order_source: OrderSource,
+    /// DEAR's shipping method (as `ship_method_selection` picks it) → the warehouse's carrier /
+    /// service code. Set, an order whose method it lacks is skipped (`unmapped_ship_method`)
+    /// unless `ship_method_default` is set; empty (default), methods go as DEAR has them.
+    pub ship_method_map: BTreeMap<String, String>,
+    /// The code for a method `ship_method_map` lacks (or an order with none).
+    pub ship_method_default: Option<String>,
     /// Split the ship-to name into first and last name; default yes.
     pub split_names: bool,
     /// The first run looks back to this; absent = 30 days before the first run.
@@ -623,6 +641,8 @@ impl Default for OrderDownloadSettings {
             ship_code_attribute: 1,
             notes_field: NotesField::Order,
             order_source: OrderSource::SourceChannel,
+            ship_method_map: BTreeMap::new(),
+            ship_method_default: None,
             split_names: true,
             earliest_order_date: None,
             overlap_minutes: 10,

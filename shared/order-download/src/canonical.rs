@@ -328,6 +328,44 @@ pub fn shipping_method(sale: &Sale, settings: &OrderDownloadSettings) -> Option<
     }
 }
 
+/// The warehouse's code for DEAR's shipping `method`, by `ship_method_map` (keys compared without
+/// case or surrounding spaces), else `ship_method_default`. Without a map or a default, the
+/// method goes to the warehouse as DEAR has it. `Err` names a method the map does not take (an
+/// order without one included): the order is skipped rather than sent with a carrier the
+/// warehouse would have to guess.
+pub fn ship_method_code(
+    method: Option<&str>,
+    settings: &OrderDownloadSettings,
+) -> Result<Option<String>, SkipReason> {
+    if settings.ship_method_map.is_empty() && settings.ship_method_default.is_none() {
+        return Ok(method.map(str::to_owned));
+    }
+    let mapped = method.and_then(|m| {
+        settings
+            .ship_method_map
+            .iter()
+            .find(|(from, _)| from.trim().eq_ignore_ascii_case(m.trim()))
+            .map(|(_, to)| to.clone())
+    });
+    match mapped.or_else(|| settings.ship_method_default.clone()) {
+        Some(code) => Ok(Some(code)),
+        None => Err(SkipReason {
+            category: "unmapped_ship_method",
+            detail: format!(
+                "the ship method {} is not in order_download.ship_method_map (it maps {}) and no \
+                 ship_method_default is set: add it, then backfill",
+                method.map_or_else(|| "(none)".to_owned(), |m| format!("{m:?}")),
+                settings
+                    .ship_method_map
+                    .keys()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
 fn notes(sale: &Sale, field: NotesField) -> Option<String> {
     match field {
         NotesField::Order => sale.order.as_ref().and_then(|o| clean(o.memo.as_deref())),
@@ -392,7 +430,11 @@ pub fn map_sale(
             split,
         ),
         lines: order_lines(sale, settings.take_order_lines_from),
-        shipping_method: shipping_method(sale, settings),
+        // An unmapped method stays DEAR's here; the job skips such an order (`ship_method_code`).
+        shipping_method: {
+            let method = shipping_method(sale, settings);
+            ship_method_code(method.as_deref(), settings).unwrap_or(method)
+        },
         notes: notes(sale, settings.notes_field),
         shipping_notes: clean(sale.shipping_notes.as_deref()),
         currency: clean(sale.customer_currency.as_deref()),
@@ -439,7 +481,7 @@ pub fn content_version(order: &CanonicalOrder) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkipReason {
     /// `incomplete_ship_to`, `no_lines`, `line_without_sku`, `not_a_product`, `bad_quantity`,
-    /// `no_order_number`, `attribute_filter`, `already_shipped`.
+    /// `no_order_number`, `attribute_filter`, `already_shipped`, `unmapped_ship_method`.
     pub category: &'static str,
     /// What exactly is wrong, for the operator.
     pub detail: String,

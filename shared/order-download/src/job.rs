@@ -32,7 +32,9 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::canonical::{SkipReason, delivery_id_for, map_sale, validate};
+use crate::canonical::{
+    SkipReason, delivery_id_for, map_sale, ship_method_code, shipping_method, validate,
+};
 use crate::filter::{
     StatusView, matches_attributes, matches_status, selects_before_shipping, shipping_complete,
     status_queries,
@@ -211,6 +213,14 @@ impl RunSummary {
                 ("Fetched", self.fetched),
                 ("Delivered", self.delivered),
                 ("Skipped", self.skipped_total()),
+                // Alarmed at once: every order with such a method waits for the map.
+                (
+                    "UnmappedShipMethods",
+                    self.skipped
+                        .get("unmapped_ship_method")
+                        .copied()
+                        .unwrap_or(0),
+                ),
                 ("Failed", self.failed),
                 ("Retried", self.retried),
                 ("DearCalls", self.dear_calls),
@@ -325,6 +335,11 @@ fn cursor_after(rows: &[Listed], stopped_at: Option<usize>) -> Option<DateTime<U
                 .max()
         }
     }
+}
+
+/// `Err` when `ship_method_map` is set and takes neither the sale's method nor a default.
+fn ship_method_mapped(sale: &Sale, settings: &OrderDownloadSettings) -> Result<(), SkipReason> {
+    ship_method_code(shipping_method(sale, settings).as_deref(), settings).map(|_| ())
 }
 
 /// A run's end: an abort becomes the error that stops it.
@@ -867,7 +882,8 @@ impl OrderDownload {
             )));
         }
         let mut order = map_sale(&sale, &self.settings, None);
-        if let Err(skip) = validate(&order) {
+        if let Err(skip) = validate(&order).and_then(|()| ship_method_mapped(&sale, &self.settings))
+        {
             return Ok(Err(format!("not a valid order: {}", skip.detail)));
         }
         let previous = record.as_ref().map(SaleDetail::of).unwrap_or_default();
@@ -958,7 +974,8 @@ impl OrderDownload {
             category: "attribute_filter",
             detail: reason.to_string(),
         })
-        .and_then(|()| validate(&order));
+        .and_then(|()| validate(&order))
+        .and_then(|()| ship_method_mapped(&sale, &self.settings));
         if let Err(skip) = deliverable {
             return self
                 .record_skip(
