@@ -184,6 +184,7 @@ impl Dear {
                     country: "United Kingdom".into(),
                     company: "Blue Fin Retail".into(),
                     contact: "Ana Ortega".into(),
+                    display_lines: None,
                 };
                 s.billing = SimAddress {
                     company: String::new(),
@@ -1051,6 +1052,66 @@ async fn ship_methods_are_mapped_to_the_warehouses_codes_and_an_unmapped_one_is_
         .unwrap_err()
         .to_string();
     assert!(blank.contains("ship_method_map"), "{blank}");
+}
+
+// ---- address_mismatch --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_address_typed_over_on_the_order_is_held_until_it_is_fixed_in_dear() {
+    let dear = dear().await;
+    let id = dear.add_sale(|_| {});
+    // An admin types a new address over the order's display lines only (the address trap).
+    let typed_over = |lines: [&str; 2]| {
+        dear.server
+            .sim
+            .edit_sale(
+                ACCOUNT,
+                id,
+                &dear_sim::SaleEdit {
+                    shipping_display_lines: Some(lines.map(str::to_owned)),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+    };
+    typed_over(["12 New Road", "Leeds LS1 4AP United Kingdom"]);
+    let (job, sink) = dear.job("sale_status = \"Any\"\n");
+    let s = job.download_one(id).await;
+    assert_eq!(
+        (s.delivered, s.skipped.get("address_mismatch")),
+        (0, Some(&1)),
+        "{s:?}"
+    );
+    assert!(
+        sink.orders.lock().unwrap().is_empty(),
+        "not sent to the old address"
+    );
+    let reason = job
+        .ctx
+        .store
+        .record(&dearsync_core::state::RecordKey::new(
+            &TenantId::new("acme").unwrap(),
+            Job::OrderDownload,
+            id.to_string(),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .reason
+        .unwrap();
+    assert!(
+        reason.contains("12 New Road") && reason.contains("391 Park Street"),
+        "both versions named: {reason}"
+    );
+    // A merchant who only wants a warning gets the order sent as the fields say.
+    let order = dear
+        .download("sale_status = \"Any\"\naddress_mismatch = \"warn\"\n", id)
+        .await;
+    assert_eq!(order.ship_to.line1.as_deref(), Some("391 Park Street"));
+    // Fixed in DEAR (display and fields agree again): the held sale is sent by the next look.
+    typed_over(["391 Park Street", "London, Greater London SW1A 1AA"]);
+    let s = job.download_one(id).await;
+    assert_eq!(s.delivered, 1, "{s:?}");
 }
 
 // ---- split_names -------------------------------------------------------------------------------

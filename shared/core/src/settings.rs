@@ -440,6 +440,17 @@ pub enum OrderSource {
     SalesRep,
 }
 
+/// What becomes of a sale whose ship-to display lines disagree with its address fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressMismatch {
+    /// Held for a person: skipped `address_mismatch` until the address is fixed in DEAR.
+    #[default]
+    Hold,
+    /// Sent as the fields say, with a warning in the logs.
+    Warn,
+}
+
 /// Which memo becomes the order's notes ("Notes Field").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -609,6 +620,9 @@ pub struct OrderDownloadSettings {
     pub ship_method_map: BTreeMap<String, String>,
     /// The code for a method `ship_method_map` lacks (or an order with none).
     pub ship_method_default: Option<String>,
+    /// A ship-to address typed over on the order (display lines ≠ fields): held (default) or
+    /// sent with a warning.
+    pub address_mismatch: AddressMismatch,
     /// Split the ship-to name into first and last name; default yes.
     pub split_names: bool,
     /// The first run looks back to this; absent = 30 days before the first run.
@@ -643,6 +657,7 @@ impl Default for OrderDownloadSettings {
             order_source: OrderSource::SourceChannel,
             ship_method_map: BTreeMap::new(),
             ship_method_default: None,
+            address_mismatch: AddressMismatch::Hold,
             split_names: true,
             earliest_order_date: None,
             overlap_minutes: 10,

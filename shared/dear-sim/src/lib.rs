@@ -817,6 +817,9 @@ pub struct SaleEdit {
     pub order_memo: Option<String>,
     /// New customer reference.
     pub customer_reference: Option<String>,
+    /// New ship-to display lines only, as an admin typing over the address on the order does:
+    /// DEAR shows these, while the address fields keep the old address.
+    pub shipping_display_lines: Option<[String; 2]>,
     /// New quantity per SKU on the order lines (while the order is not authorised).
     pub quantities: BTreeMap<String, rust_decimal::Decimal>,
     /// Additional attribute N (1–10) → value.
@@ -845,6 +848,9 @@ impl Sim {
                     }
                     if let Some(r) = &edit.customer_reference {
                         s.customer_reference = r.clone();
+                    }
+                    if let Some(lines) = &edit.shipping_display_lines {
+                        s.shipping.display_lines = Some(lines.clone());
                     }
                     for (n, v) in &edit.attributes {
                         let slot = s

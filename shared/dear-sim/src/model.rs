@@ -140,6 +140,10 @@ pub struct SimAddress {
     pub company: String,
     /// Recipient (shipping only).
     pub contact: String,
+    /// The display lines as an admin overwrote them on the order (DEAR then shows these while the
+    /// fields keep the old address); `None`: made from the fields.
+    #[serde(default)]
+    pub display_lines: Option<[String; 2]>,
 }
 
 /// A product line of an order or invoice.

@@ -40,9 +40,17 @@ pub fn opt_date(d: Option<NaiveDateTime>) -> Value {
 }
 
 fn address(a: &SimAddress, shipping: bool) -> Value {
+    let [display1, display2] = a.display_lines.clone().unwrap_or_else(|| {
+        [
+            format!("{} {}", a.line1, a.line2).trim().to_string(),
+            format!("{} {} {} {}", a.city, a.state, a.postcode, a.country)
+                .trim()
+                .to_string(),
+        ]
+    });
     let mut v = json!({
-        "DisplayAddressLine1": format!("{} {}", a.line1, a.line2).trim().to_string(),
-        "DisplayAddressLine2": format!("{} {} {} {}", a.city, a.state, a.postcode, a.country).trim().to_string(),
+        "DisplayAddressLine1": display1,
+        "DisplayAddressLine2": display2,
         "Line1": a.line1, "Line2": a.line2, "City": a.city, "State": a.state,
         "Postcode": a.postcode, "Country": a.country,
     });

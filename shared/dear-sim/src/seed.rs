@@ -262,6 +262,7 @@ fn new_sale(
         country: country.into(),
         company: customer.into(),
         contact: contact.into(),
+        display_lines: None,
     };
     // A few incomplete ship-to addresses, as real data has.
     if g.chance(2) {

@@ -481,7 +481,8 @@ pub fn content_version(order: &CanonicalOrder) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkipReason {
     /// `incomplete_ship_to`, `no_lines`, `line_without_sku`, `not_a_product`, `bad_quantity`,
-    /// `no_order_number`, `attribute_filter`, `already_shipped`, `unmapped_ship_method`.
+    /// `no_order_number`, `attribute_filter`, `already_shipped`, `unmapped_ship_method`,
+    /// `address_mismatch`.
     pub category: &'static str,
     /// What exactly is wrong, for the operator.
     pub detail: String,

@@ -22,7 +22,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use dear_client::{DearDateTime, DearError, Sale};
 use dearsync_core::delivered::DeliveryFacts;
-use dearsync_core::settings::OrderDownloadSettings;
+use dearsync_core::settings::{AddressMismatch, OrderDownloadSettings};
 use dearsync_core::state::{
     CursorKey, DetailChange, LedgerQuery, LedgerRecord, NewRecord, RecordKey, RecordState,
     Transition,
@@ -32,6 +32,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::address::address_mismatch;
 use crate::canonical::{
     SkipReason, delivery_id_for, map_sale, ship_method_code, shipping_method, validate,
 };
@@ -882,7 +883,9 @@ impl OrderDownload {
             )));
         }
         let mut order = map_sale(&sale, &self.settings, None);
-        if let Err(skip) = validate(&order).and_then(|()| ship_method_mapped(&sale, &self.settings))
+        if let Err(skip) = validate(&order)
+            .and_then(|()| ship_method_mapped(&sale, &self.settings))
+            .and_then(|()| self.address_guard(&sale))
         {
             return Ok(Err(format!("not a valid order: {}", skip.detail)));
         }
@@ -975,7 +978,8 @@ impl OrderDownload {
             detail: reason.to_string(),
         })
         .and_then(|()| validate(&order))
-        .and_then(|()| ship_method_mapped(&sale, &self.settings));
+        .and_then(|()| ship_method_mapped(&sale, &self.settings))
+        .and_then(|()| self.address_guard(&sale));
         if let Err(skip) = deliverable {
             return self
                 .record_skip(
@@ -1025,6 +1029,25 @@ impl OrderDownload {
             return Ok(());
         };
         self.deliver_claimed(claimed, &order, detail, summary).await
+    }
+
+    /// `Err` for a ship-to address typed over on the order in DEAR, unless the settings only
+    /// warn about it.
+    fn address_guard(&self, sale: &Sale) -> Result<(), SkipReason> {
+        let Some(why) = sale.shipping_address.as_ref().and_then(address_mismatch) else {
+            return Ok(());
+        };
+        match self.settings.address_mismatch {
+            AddressMismatch::Hold => Err(SkipReason {
+                category: "address_mismatch",
+                detail: why,
+            }),
+            AddressMismatch::Warn => {
+                tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale.id, why = %why,
+                    "ship-to address typed over on the order; sent as its fields say (address_mismatch = warn)");
+                Ok(())
+            }
+        }
     }
 
     /// Reads the sale. A refusal of this one sale (deleted? a bad record?) is recorded as its
