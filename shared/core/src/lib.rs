@@ -21,6 +21,7 @@ pub mod push_signature;
 pub mod rate;
 pub mod run_lease;
 pub mod settings;
+pub mod sku;
 pub mod state;
 
 #[cfg(feature = "conformance")]

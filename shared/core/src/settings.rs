@@ -12,6 +12,8 @@ use dear_client::SaleStatus;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::sku::SkuAliases;
+
 /// A bad settings file: which key, and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("settings: {path}: {message}")]
@@ -23,7 +25,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(path: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: &str, message: impl Into<String>) -> Self {
         Self {
             path: path.to_owned(),
             message: message.into(),
@@ -54,6 +56,9 @@ pub struct TenantSettings {
     pub shipment_confirmation: ShipmentConfirmationSettings,
     /// Inventory Sync.
     pub inventory_sync: InventorySyncSettings,
+    /// `[sku_aliases]`: DEAR SKU = warehouse SKU, applied by every job (orders out, shipments and
+    /// snapshots in). Each job's section carries a copy.
+    pub sku_aliases: SkuAliases,
 }
 
 impl TenantSettings {
@@ -70,11 +75,20 @@ impl TenantSettings {
             )
         })?;
         settings.validate()?;
-        Ok(settings)
+        Ok(settings.with_aliases_in_each_job())
+    }
+
+    /// Copies `[sku_aliases]` into each job's section, where the jobs read it.
+    pub fn with_aliases_in_each_job(mut self) -> Self {
+        self.order_download.sku_aliases = self.sku_aliases.clone();
+        self.shipment_confirmation.sku_aliases = self.sku_aliases.clone();
+        self.inventory_sync.sku_aliases = self.sku_aliases.clone();
+        self
     }
 
     /// Checks the values serde cannot (ranges, non-empty names).
     pub fn validate(&self) -> Result<(), SettingsError> {
+        self.sku_aliases.validate()?;
         self.dear.validate()?;
         self.order_download.validate()?;
         self.shipment_confirmation.validate()?;
@@ -623,6 +637,13 @@ pub struct OrderDownloadSettings {
     /// A ship-to address typed over on the order (display lines ≠ fields): held (default) or
     /// sent with a warning.
     pub address_mismatch: AddressMismatch,
+    /// Only lines whose SKU matches one of these (exact, or a glob with `*` and `?`); empty: all.
+    pub include_skus: Vec<String>,
+    /// Lines whose SKU matches one of these are left out of the order.
+    pub exclude_skus: Vec<String>,
+    /// The tenant's `[sku_aliases]` (copied here when the settings are read).
+    #[serde(skip)]
+    pub sku_aliases: SkuAliases,
     /// Split the ship-to name into first and last name; default yes.
     pub split_names: bool,
     /// The first run looks back to this; absent = 30 days before the first run.
@@ -658,6 +679,9 @@ impl Default for OrderDownloadSettings {
             ship_method_map: BTreeMap::new(),
             ship_method_default: None,
             address_mismatch: AddressMismatch::Hold,
+            include_skus: Vec::new(),
+            exclude_skus: Vec::new(),
+            sku_aliases: SkuAliases::default(),
             split_names: true,
             earliest_order_date: None,
             overlap_minutes: 10,
@@ -695,6 +719,9 @@ pub struct ShipmentConfirmationSettings {
     /// The bin the warehouse's stock is kept in at a location with bins: pick and pack lines then
     /// name `"<location>: <bin>"`, as DEAR addresses a bin; absent = the bare location.
     pub pick_bin: Option<String>,
+    /// The tenant's `[sku_aliases]` (copied here when the settings are read).
+    #[serde(skip)]
+    pub sku_aliases: SkuAliases,
 }
 
 /// Whether the warehouse's quantity is on-hand or available stock.
@@ -787,6 +814,9 @@ pub struct InventorySyncSettings {
     /// What DEAR's `Bin: null` availability row holds when the data cannot tell; default
     /// remainder.
     pub bin_null_row: BinNullRow,
+    /// The tenant's `[sku_aliases]` (copied here when the settings are read).
+    #[serde(skip)]
+    pub sku_aliases: SkuAliases,
 }
 
 impl Default for InventorySyncSettings {
@@ -808,6 +838,7 @@ impl Default for InventorySyncSettings {
             snapshot_url: None,
             pull_interval_minutes: 60,
             bin_null_row: BinNullRow::Remainder,
+            sku_aliases: SkuAliases::default(),
         }
     }
 }

@@ -194,6 +194,15 @@ impl Snapshot {
         Ok(s)
     }
 
+    /// The same snapshot with the warehouse's SKUs renamed to DEAR's by the tenant's aliases.
+    pub fn with_dear_skus(&self, aliases: &dearsync_core::sku::SkuAliases) -> Snapshot {
+        let mut mapped = self.clone();
+        for line in &mut mapped.lines {
+            line.sku = aliases.to_dear(&line.sku).to_owned();
+        }
+        mapped
+    }
+
     /// Checks ids, SKUs and duplicates.
     pub fn check(&self) -> Result<(), SnapshotError> {
         check_id(&self.snapshot_id)?;

@@ -278,6 +278,10 @@ pub enum SyncError {
     /// The snapshot id was used before for other lines.
     #[error("snapshot id {0} was used before for other lines; a new snapshot needs a new id")]
     SnapshotIdReused(String),
+    /// Under the tenant's SKU aliases the snapshot lists a DEAR SKU twice (once by its warehouse
+    /// alias, once by DEAR's own SKU).
+    #[error("under sku_aliases the snapshot is not valid: {0}")]
+    Aliased(#[source] crate::snapshot::SnapshotError),
     /// DEAR failed or refused; [`SyncError::is_retryable`] tells which.
     #[error("DEAR: {0}")]
     Dear(#[source] DearError),
@@ -395,6 +399,15 @@ impl InventorySync {
     ) -> Result<SyncSummary, SyncError> {
         let dry_run = options.dry_run;
         let stats_before = self.ctx.dear.stats();
+        // The warehouse's SKUs become DEAR's (the tenant's aliases) before anything is compared.
+        let aliased;
+        let snapshot = if self.settings.sku_aliases.is_empty() {
+            snapshot
+        } else {
+            aliased = snapshot.with_dear_skus(&self.settings.sku_aliases);
+            aliased.check().map_err(SyncError::Aliased)?;
+            &aliased
+        };
         let location = self.target_location(snapshot)?;
         let mut summary = SyncSummary {
             tenant: self.ctx.tenant.to_string(),

@@ -9,6 +9,7 @@ use dear_client::{Address as DearAddress, Sale, SaleLine, StageStatus};
 use dearsync_core::settings::{
     LineSource, NotesField, OrderDownloadSettings, OrderSource, ShipMethodSelection,
 };
+use dearsync_core::sku::sku_matches;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -465,6 +466,37 @@ pub fn delivery_id_for(sale_id: &str, version: &str, sequence: u32) -> String {
     }
 }
 
+/// Applies `include_skus` / `exclude_skus` (matched on DEAR's SKUs) and then the tenant's SKU
+/// aliases (DEAR → warehouse) to the order's lines, and versions the result. `Err` when the rules
+/// leave no line: nothing of the sale is the warehouse's to ship.
+pub fn apply_sku_rules(
+    order: &mut CanonicalOrder,
+    settings: &OrderDownloadSettings,
+) -> Result<(), SkipReason> {
+    let (include, exclude) = (&settings.include_skus, &settings.exclude_skus);
+    if include.is_empty() && exclude.is_empty() && settings.sku_aliases.is_empty() {
+        return Ok(());
+    }
+    let before = order.lines.len();
+    order.lines.retain(|l| {
+        (include.is_empty() || include.iter().any(|p| sku_matches(p, &l.sku)))
+            && !exclude.iter().any(|p| sku_matches(p, &l.sku))
+    });
+    if order.lines.is_empty() && before > 0 {
+        return Err(SkipReason {
+            category: "no_lines_after_rules",
+            detail: format!(
+                "include_skus {include:?} / exclude_skus {exclude:?} leave none of its {before} lines"
+            ),
+        });
+    }
+    for line in &mut order.lines {
+        line.sku = settings.sku_aliases.to_warehouse(&line.sku).to_owned();
+    }
+    order.version = content_version(order);
+    Ok(())
+}
+
 /// The order's version: a hash of its content without `status`, `updated` and `version`.
 pub fn content_version(order: &CanonicalOrder) -> String {
     let mut content = order.clone();
@@ -482,7 +514,7 @@ pub fn content_version(order: &CanonicalOrder) -> String {
 pub struct SkipReason {
     /// `incomplete_ship_to`, `no_lines`, `line_without_sku`, `not_a_product`, `bad_quantity`,
     /// `no_order_number`, `attribute_filter`, `already_shipped`, `unmapped_ship_method`,
-    /// `address_mismatch`.
+    /// `address_mismatch`, `no_lines_after_rules`.
     pub category: &'static str,
     /// What exactly is wrong, for the operator.
     pub detail: String,

@@ -34,7 +34,8 @@ use uuid::Uuid;
 
 use crate::address::address_mismatch;
 use crate::canonical::{
-    SkipReason, delivery_id_for, map_sale, ship_method_code, shipping_method, validate,
+    SkipReason, apply_sku_rules, delivery_id_for, map_sale, ship_method_code, shipping_method,
+    validate,
 };
 use crate::filter::{
     StatusView, matches_attributes, matches_status, selects_before_shipping, shipping_complete,
@@ -883,7 +884,8 @@ impl OrderDownload {
             )));
         }
         let mut order = map_sale(&sale, &self.settings, None);
-        if let Err(skip) = validate(&order)
+        if let Err(skip) = apply_sku_rules(&mut order, &self.settings)
+            .and_then(|()| validate(&order))
             .and_then(|()| ship_method_mapped(&sale, &self.settings))
             .and_then(|()| self.address_guard(&sale))
         {
@@ -914,10 +916,7 @@ impl OrderDownload {
             delivery: if same_content {
                 previous.delivery.clone()
             } else {
-                DeliveryFacts::new(
-                    order.location.clone(),
-                    order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-                )
+                DeliveryFacts::new(order.location.clone(), self.dear_skus(&order.lines))
             },
         };
         let Some(claimed) = self
@@ -968,6 +967,7 @@ impl OrderDownload {
                 .await;
         }
         let mut order = map_sale(&sale, &self.settings, listed_updated);
+        let rules = apply_sku_rules(&mut order, &self.settings);
         let sequence = delivery_sequence(record.as_ref(), &order.version);
         order.delivery_id = delivery_id_for(&order.sale_id, &order.version, sequence);
         let deliverable = matches_attributes(&self.settings, |n| {
@@ -977,6 +977,7 @@ impl OrderDownload {
             category: "attribute_filter",
             detail: reason.to_string(),
         })
+        .and(rules)
         .and_then(|()| validate(&order))
         .and_then(|()| ship_method_mapped(&sale, &self.settings))
         .and_then(|()| self.address_guard(&sale));
@@ -1015,10 +1016,7 @@ impl OrderDownload {
             resends: kept.resends,
             delivered_id: kept.delivered_id,
             delivered_version: record.as_ref().and_then(last_delivered_version),
-            delivery: DeliveryFacts::new(
-                order.location.clone(),
-                order.lines.iter().map(|l| (l.sku.as_str(), l.quantity)),
-            ),
+            delivery: DeliveryFacts::new(order.location.clone(), self.dear_skus(&order.lines)),
         };
         // Another run or a webhook claimed it first: theirs to deliver.
         let Some(claimed) = self
@@ -1029,6 +1027,16 @@ impl OrderDownload {
             return Ok(());
         };
         self.deliver_claimed(claimed, &order, detail, summary).await
+    }
+
+    /// The order's lines under DEAR's SKUs (the aliases undone): what Inventory Sync subtracts.
+    fn dear_skus<'a>(
+        &'a self,
+        lines: &'a [crate::canonical::OrderLine],
+    ) -> impl Iterator<Item = (&'a str, rust_decimal::Decimal)> + 'a {
+        lines
+            .iter()
+            .map(|l| (self.settings.sku_aliases.to_dear(&l.sku), l.quantity))
     }
 
     /// `Err` for a ship-to address typed over on the order in DEAR, unless the settings only

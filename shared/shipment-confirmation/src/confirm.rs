@@ -542,8 +542,10 @@ impl ShipmentConfirmation {
 
     /// Confirms one shipment.
     pub async fn confirm(&self, shipment: &Shipment) -> Result<Confirmation, ConfirmError> {
-        // From here on the shipment is the checked one, its text trimmed once.
-        let facts = shipment.checked()?;
+        // From here on the shipment is the checked one, its text trimmed once and its SKUs
+        // DEAR's (the tenant's aliases undone).
+        let mut facts = shipment.checked()?;
+        facts.shipment.use_dear_skus(&self.settings.sku_aliases);
         let shipment = &facts.shipment;
         let id = facts.id.clone();
         let hash = facts.payload_hash.clone();

@@ -274,6 +274,16 @@ impl Shipment {
         s
     }
 
+    /// Renames warehouse SKUs to DEAR's by the tenant's alias table.
+    pub fn use_dear_skus(&mut self, aliases: &dearsync_core::sku::SkuAliases) {
+        if aliases.is_empty() {
+            return;
+        }
+        for line in self.packages.iter_mut().flat_map(|p| p.lines.iter_mut()) {
+            line.sku = aliases.to_dear(&line.sku).to_owned();
+        }
+    }
+
     /// The shipment as it is confirmed: every text trimmed once here, at the edge, and empty
     /// optional text read as absent, so the confirmation compares SKUs and boxes as they are.
     pub fn trimmed(&self) -> Shipment {
