@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dearsync_core::{Credentials, JobContext, SystemClock, TenantId, TenantSettings, connect};
-use dearsync_order_download::{CanonicalOrder, OrderDownload, OrderSink, RunOptions, SinkError};
+use dearsync_order_download::{
+    CanonicalOrder, OrderCancel, OrderDownload, OrderSink, RunOptions, SinkError,
+};
 use dearsync_store_sqlite::SqliteStore;
 
 use common::{Sim, cpu_and_peak, start_sim};
@@ -30,6 +32,11 @@ impl OrderSink for CountingSink {
         let bytes = serde_json::to_vec(order).map_err(SinkError::Encode)?;
         std::hint::black_box(bytes);
         self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
+        std::hint::black_box(serde_json::to_vec(cancel).map_err(SinkError::Encode)?);
         Ok(())
     }
 }

@@ -859,6 +859,179 @@ async fn a_resend_delivers_the_current_version_again_under_a_new_id_the_warehous
     assert_eq!(unknown.not_resent.len(), 1, "{unknown:?}");
 }
 
+fn void(server: &SimServer, id: Uuid) {
+    server
+        .sim
+        .edit_sale(
+            ACCOUNT,
+            id,
+            &SaleEdit {
+                void: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_sale_voided_after_delivery_is_cancelled_at_the_warehouse_exactly_once() {
+    let server = sim(150).await;
+    let (store, clock) = memory();
+    let h = harness(
+        server,
+        store,
+        clock,
+        settings("sale_status = \"ORDERED\"\n"),
+    );
+    run(&h).await;
+    // Delivered sales none of which began shipping (advanced sales stay ORDERED as they ship).
+    let unshipped: std::collections::HashSet<String> = all_rows(&h.server)
+        .await
+        .into_iter()
+        .filter(|r| r.combined_shipping_status.as_deref() == Some("NOT SHIPPED"))
+        .map(|r| r.sale_id.to_string())
+        .collect();
+    let delivered: Vec<_> = h
+        .sink
+        .orders
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| unshipped.contains(&o.sale_id))
+        .cloned()
+        .collect();
+    assert!(delivered.len() >= 3, "{}", delivered.len());
+    let (polled, hooked) = (&delivered[0], &delivered[1]);
+    // Voided in DEAR: the next poll sends one cancellation of the version the warehouse has.
+    void(&h.server, polled.sale_id.parse().unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let s = run(&h).await;
+    assert_eq!(s.cancelled, 1, "{s:?}");
+    let cancels = h.sink.cancels.lock().unwrap().clone();
+    assert_eq!(cancels.len(), 1);
+    let c = &cancels[0];
+    assert_eq!(
+        (c.schema.as_str(), c.sale_id.as_str(), c.version.as_str()),
+        (
+            "dear-sync.order-cancel/v1",
+            polled.sale_id.as_str(),
+            polled.version.as_str()
+        )
+    );
+    assert_eq!(
+        (c.reason, c.order_number.as_str()),
+        (
+            dearsync_order_download::CancelReason::Voided,
+            polled.order_number.as_str()
+        )
+    );
+    assert_eq!(c.cancel_id, format!("{}:cancel", polled.sale_id));
+    // Polled again (the sale still in the overlap window): nothing sent twice.
+    assert_eq!(run(&h).await.cancelled, 0);
+    assert_eq!(h.sink.cancels.lock().unwrap().len(), 1);
+    let key = RecordKey::new(
+        &TenantId::new("acme").unwrap(),
+        Job::OrderDownload,
+        polled.sale_id.clone(),
+    );
+    let rec = h.store.record(&key).await.unwrap().unwrap();
+    assert!(
+        rec.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("cancelled (voided)"),
+        "{rec:?}"
+    );
+    // Inventory Sync no longer subtracts it: the warehouse will not ship it.
+    let facts = dearsync_core::delivered::DeliveryFacts::of(&rec);
+    assert!(
+        facts.delivered_at.is_none() && facts.lines.is_empty(),
+        "{facts:?}"
+    );
+
+    // A DEAR webhook for the void (`Sale/Voided`): cancelled at once, by that one sale's download.
+    let hooked_id: Uuid = hooked.sale_id.parse().unwrap();
+    void(&h.server, hooked_id);
+    let s = h.job.download_one(hooked_id).await;
+    assert_eq!(s.cancelled, 1, "{s:?}");
+    assert_eq!(h.sink.cancels.lock().unwrap().len(), 2);
+
+    // A cancellation the warehouse refuses is retried by a later run, and sent once.
+    let third = &delivered[2];
+    h.sink
+        .fail_cancel_once
+        .lock()
+        .unwrap()
+        .insert(third.sale_id.clone());
+    void(&h.server, third.sale_id.parse().unwrap());
+    let s = h.job.download_one(third.sale_id.parse().unwrap()).await;
+    assert_eq!((s.cancelled, s.failed), (0, 1), "{s:?}");
+    h.clock.advance(chrono::Duration::minutes(5));
+    run(&h).await;
+    let sent: Vec<_> = h
+        .sink
+        .cancels
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.sale_id == third.sale_id)
+        .cloned()
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+
+    // A sale voided before it was ever delivered: no order, no cancellation.
+    let never = all_rows(&h.server)
+        .await
+        .into_iter()
+        .find(|r| {
+            r.status == SaleStatus::Ordered && !h.sink.sale_ids().contains(&r.sale_id.to_string())
+        })
+        .map(|r| r.sale_id);
+    if let Some(id) = never {
+        void(&h.server, id);
+        let s = h.job.download_one(id).await;
+        assert_eq!((s.delivered, s.cancelled), (0, 0), "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_sale_voided_after_the_warehouse_shipped_it_is_recorded_and_alarmed_not_sent() {
+    let server = sim(150).await;
+    let (store, clock) = memory();
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    run(&h).await;
+    // A delivered sale DEAR shows shipped, then voided.
+    let shipped = all_rows(&h.server)
+        .await
+        .into_iter()
+        .find(|r| {
+            r.combined_shipping_status.as_deref() == Some("SHIPPED")
+                && h.sink.sale_ids().contains(&r.sale_id.to_string())
+        })
+        .expect("a delivered, shipped sale");
+    void(&h.server, shipped.sale_id);
+    let s = h.job.download_one(shipped.sale_id).await;
+    assert_eq!((s.cancelled, s.cancelled_after_shipping), (0, 1), "{s:?}");
+    assert!(h.sink.cancels.lock().unwrap().is_empty(), "not sent");
+    let emf: serde_json::Value = serde_json::from_str(&s.emf(0)).unwrap();
+    assert_eq!(emf["CancelledAfterShipping"], 1);
+    let key = RecordKey::new(
+        &TenantId::new("acme").unwrap(),
+        Job::OrderDownload,
+        shipped.sale_id.to_string(),
+    );
+    let rec = h.store.record(&key).await.unwrap().unwrap();
+    assert!(rec.reason.unwrap().starts_with("cancelled_after_shipping"));
+    // Once recorded, it stays recorded: not alarmed again by every poll.
+    assert_eq!(
+        h.job
+            .download_one(shipped.sale_id)
+            .await
+            .cancelled_after_shipping,
+        0
+    );
+}
+
 #[tokio::test]
 async fn a_backfill_delivers_what_a_narrower_filter_left_out_and_nothing_twice() {
     let server = sim(150).await;

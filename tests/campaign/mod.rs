@@ -23,7 +23,8 @@ use dear_sim::{Fault, FaultRule, SaleEdit, SimConfig, SimServer};
 use dearsync_core::{Clock, JobContext, OffsetClock, TenantId, TenantSettings};
 use dearsync_inventory_sync::{InventorySync, Snapshot};
 use dearsync_order_download::{
-    CanonicalOrder, OrderDownload, OrderSink, RunOptions, SinkError, map_sale, validate,
+    CanonicalOrder, OrderCancel, OrderDownload, OrderSink, RunOptions, SinkError, map_sale,
+    validate,
 };
 use dearsync_shipment_confirmation::{Shipment, ShipmentConfirmation};
 use futures::TryStreamExt;
@@ -201,6 +202,7 @@ async fn maybe_killed<F: std::future::Future>(
 #[derive(Default)]
 struct Warehouse {
     orders: Mutex<Vec<CanonicalOrder>>,
+    cancels: Mutex<Vec<OrderCancel>>,
     refuse_percent: Mutex<u64>,
     draws: Mutex<u64>,
 }
@@ -219,6 +221,11 @@ impl OrderSink for Warehouse {
             return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
         }
         self.orders.lock().unwrap().push(order.clone());
+        Ok(())
+    }
+
+    async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
+        self.cancels.lock().unwrap().push(cancel.clone());
         Ok(())
     }
 }
@@ -318,8 +325,10 @@ pub async fn order_download(kind: StoreKind, seed: u64, rounds: usize) -> Tally 
         &server, &warehouse, &filter, first_run, &settings, &mut tally,
     )
     .await;
-    // A voided sale is never delivered after the void.
+    // A voided sale is never delivered after the void, and one the warehouse had is cancelled
+    // there exactly once (under its delivered version); one it never had is not.
     let orders = warehouse.orders.lock().unwrap().clone();
+    let cancels = warehouse.cancels.lock().unwrap().clone();
     for (id, at) in &voided {
         tally.checked += 1;
         let id = id.to_string();
@@ -328,6 +337,37 @@ pub async fn order_download(kind: StoreKind, seed: u64, rounds: usize) -> Tally 
                 "wrong",
                 format!("sale {id} was delivered after it was voided"),
             );
+        }
+        let had = orders[..*at].iter().rev().find(|o| o.sale_id == id);
+        let sent: Vec<_> = cancels.iter().filter(|c| c.sale_id == id).collect();
+        match (had, sent.as_slice()) {
+            // Never recorded delivered, but maybe in flight when a run was killed: a cancellation
+            // the warehouse can ignore.
+            (None, [] | [_]) => {}
+            (Some(o), [c]) if c.version == o.version => {}
+            (Some(_), []) => {
+                // Recorded, not sent, when the warehouse had begun shipping it.
+                let key = dearsync_core::state::RecordKey::new(
+                    &tenant(),
+                    dearsync_core::Job::OrderDownload,
+                    id.clone(),
+                );
+                let rec = store.record(&key).await.ok().flatten();
+                let reason = rec.and_then(|r| r.reason).unwrap_or_default();
+                if !reason.starts_with("cancelled_after_shipping") {
+                    tally.problem(
+                        "lost",
+                        format!("delivered sale {id} was voided and never cancelled ({reason})"),
+                    );
+                }
+            }
+            (_, more) => tally.problem(
+                "duplicated",
+                format!(
+                    "sale {id}: {} cancellations for what the warehouse had",
+                    more.len()
+                ),
+            ),
         }
     }
     tally

@@ -449,6 +449,43 @@ async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
     .unwrap();
     assert_eq!(status(&resp), 200);
     assert_eq!(orders(&w.received).len(), 1);
+    // Voided in DEAR: its Sale/Voided webhook sends the warehouse a signed cancellation, under
+    // its own Idempotency-Key, once (DEAR's retry sends nothing more).
+    w.sim
+        .sim
+        .edit_sale(
+            dear_sim::DEFAULT_ACCOUNT_ID,
+            picked,
+            &dear_sim::SaleEdit {
+                void: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let voided = json!({ "SaleID": picked.to_string(), "EventType": "Sale/Voided" }).to_string();
+    for _ in 0..2 {
+        let resp = handle(
+            &w.deps,
+            url_request("POST", "/dear/acme", Some(INBOUND), &voided),
+            "req",
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status(&resp), 200, "{resp}");
+    }
+    let got = w.received.0.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "the order, then one cancellation");
+    let (headers, body) = &got[1];
+    assert!(verify(headers, body), "signed with the tenant's key");
+    let cancel: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(cancel["schema"], "dear-sync.order-cancel/v1");
+    assert_eq!(cancel["sale_id"], picked.to_string());
+    assert_eq!(cancel["version"], orders(&w.received)[0]["version"]);
+    assert_eq!(
+        headers.get("idempotency-key").unwrap().to_str().unwrap(),
+        format!("{picked}:cancel")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,12 @@ pub fn matches_status(filter: &SaleStatusFilter, v: &StatusView<'_>) -> bool {
     }
 }
 
+/// True when the filter names exactly `status` (a tenant that downloads VOIDED sales wants them
+/// as orders, not as cancellations).
+pub fn selects_exactly(filter: &SaleStatusFilter, status: &SaleStatus) -> bool {
+    matches!(filter, SaleStatusFilter::Status(s) if s == status)
+}
+
 /// True if the filter selects sales before they ship (a status up to SHIPPING, or "Packed &
 /// Shipping"): such a sale must never reach the warehouse once DEAR shows it shipped.
 pub fn selects_before_shipping(filter: &SaleStatusFilter) -> bool {

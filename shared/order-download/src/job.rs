@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use dear_client::{DearDateTime, DearError, Sale};
+use dear_client::{DearDateTime, DearError, Sale, SaleListQuery, SaleStatus};
 use dearsync_core::delivered::DeliveryFacts;
-use dearsync_core::settings::{AddressMismatch, OrderDownloadSettings};
+use dearsync_core::settings::{AddressMismatch, OrderDownloadSettings, SaleStatusFilter};
 use dearsync_core::state::{
     CursorKey, DetailChange, LedgerQuery, LedgerRecord, NewRecord, RecordKey, RecordState,
     Transition,
@@ -33,13 +33,16 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::address::address_mismatch;
+use crate::cancel::{
+    CancelError, CancelFacts, CancelReason, Cancelled, cancel_of, cancellation, recorded,
+};
 use crate::canonical::{
     SkipReason, apply_sku_rules, delivery_id_for, map_sale, ship_method_code, shipping_method,
     validate,
 };
 use crate::filter::{
-    StatusView, matches_attributes, matches_status, selects_before_shipping, shipping_complete,
-    status_queries,
+    StatusView, matches_attributes, matches_status, selects_before_shipping, selects_exactly,
+    shipping_complete, status_queries,
 };
 use crate::sink::{OrderSink, delivery_id};
 
@@ -160,6 +163,12 @@ pub struct RunSummary {
     /// When such a first run found nothing: how many sales of the selected status changed before
     /// that instant (DEAR's total for the first status query).
     pub older_than_first_run: Option<u64>,
+    /// Delivered orders cancelled at the warehouse (voided, or credited before shipping).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub cancelled: u64,
+    /// Delivered orders cancelled in DEAR after the warehouse started shipping: not sent, alarmed.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub cancelled_after_shipping: u64,
     /// Of `delivered`, resends an operator asked for.
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub resent: u64,
@@ -215,6 +224,9 @@ impl RunSummary {
                 ("Fetched", self.fetched),
                 ("Delivered", self.delivered),
                 ("Skipped", self.skipped_total()),
+                ("Cancelled", self.cancelled),
+                // Alarmed at once: the goods are on their way to a cancelled order.
+                ("CancelledAfterShipping", self.cancelled_after_shipping),
                 // Alarmed at once: every order with such a method waits for the map.
                 (
                     "UnmappedShipMethods",
@@ -259,6 +271,9 @@ struct SaleDetail {
     /// kept): what a resend names in `resend_of`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     delivered_id: Option<String>,
+    /// The delivered order's cancellation, once handled (sent, or recorded after shipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cancelled: Option<CancelFacts>,
     /// The last version the warehouse took, whatever later attempts left the record in (a newer
     /// version skipped or failed, a failed read). Absent in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -500,7 +515,11 @@ impl OrderDownload {
         let since = self.listing_since(opts, cursor.as_ref(), run_start, summary)?;
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
 
-        // 3a. During a backlog, the sales changed since the last run began come first.
+        // 3a. Delivered orders voided (or credited) since: cancelled at the warehouse first.
+        self.cancel_changed(since - overlap, run_start, &mut handled, summary)
+            .await?;
+
+        // 3b. During a backlog, the sales changed since the last run began come first.
         let fresh_key = CursorKey::new(&self.ctx.tenant, Job::OrderDownload, FRESH_CURSOR_NAME);
         let fresh = self.ctx.store.cursor(&fresh_key).await?;
         let fresh_since = fresh
@@ -573,6 +592,45 @@ impl OrderDownload {
                 .await?;
         }
         ended(summary)
+    }
+
+    /// Looks at the sales voided or credited in `(since, until)` that the warehouse was sent:
+    /// each is cancelled there (`cancel_delivered`). A filter of "Any" lists them with the rest.
+    async fn cancel_changed(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        handled: &mut HashSet<Uuid>,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        if matches!(self.settings.sale_status, SaleStatusFilter::Any) {
+            return Ok(());
+        }
+        for status in [SaleStatus::Voided, SaleStatus::Credited] {
+            if selects_exactly(&self.settings.sale_status, &status) {
+                continue;
+            }
+            let query = SaleListQuery {
+                status: Some(status),
+                updated_since: Some(DearDateTime::from_utc(since)),
+                updated_until: Some(DearDateTime::from_utc(until)),
+                ..Default::default()
+            };
+            let mut pages = std::pin::pin!(self.ctx.dear.sale_list(&query, dear_client::MAX_LIMIT));
+            while let Some(page) = pages.try_next().await.map_err(dear_stop)? {
+                for item in page.items {
+                    let record = self.ctx.store.record(&self.key(item.sale_id)).await?;
+                    let open = record.as_ref().is_some_and(|r| {
+                        sent_version(r).is_some() && SaleDetail::of(r).cancelled.is_none()
+                    });
+                    if open && handled.insert(item.sale_id) {
+                        self.fetch_and_deliver(item.sale_id, None, record, "cancel", summary)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Lists every selected sale changed in `(since, until)`, de-duplicated across queries.
@@ -910,6 +968,7 @@ impl OrderDownload {
             delivery_sequence: sequence,
             resends: previous.resends + 1,
             delivered_id: previous.delivered_id.clone(),
+            cancelled: None,
             delivered_version: previous.delivered_version.clone(),
             // The same content keeps when the warehouse first took it (Inventory Sync's
             // subtraction); new content is new facts.
@@ -946,6 +1005,16 @@ impl OrderDownload {
             return Ok(());
         };
         let updated = sale.last_modified_on.map(|d| d.to_utc()).or(listed_updated);
+        // Voided (or credited before shipping) after the warehouse was sent it: a cancellation,
+        // unless the settings select exactly that status.
+        if let (Some(reason), Some(rec)) = (cancellation(&sale), &record)
+            && !selects_exactly(&self.settings.sale_status, &sale.status)
+            && let Some(version) = sent_version(rec)
+        {
+            return self
+                .cancel_delivered(rec, &sale, &version, reason, summary)
+                .await;
+        }
         if !self.selects(&sale) {
             summary.no_longer_matching += 1;
             // A pending or failed record of a sale that moved on is closed; done records stay done.
@@ -1015,6 +1084,7 @@ impl OrderDownload {
             delivery_sequence: sequence,
             resends: kept.resends,
             delivered_id: kept.delivered_id,
+            cancelled: None,
             delivered_version: record.as_ref().and_then(last_delivered_version),
             delivery: DeliveryFacts::new(order.location.clone(), self.dear_skus(&order.lines)),
         };
@@ -1027,6 +1097,63 @@ impl OrderDownload {
             return Ok(());
         };
         self.deliver_claimed(claimed, &order, detail, summary).await
+    }
+
+    /// Sends (or, once shipping began, records) the cancellation of the delivered `version`,
+    /// once: a record whose cancellation was handled is left as it is. The warehouse no longer
+    /// holds the order, so Inventory Sync stops subtracting it.
+    async fn cancel_delivered(
+        &self,
+        rec: &LedgerRecord,
+        sale: &Sale,
+        version: &str,
+        reason: CancelReason,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        let mut detail = SaleDetail::of(rec);
+        if detail.cancelled.is_some() && rec.state == RecordState::Done {
+            summary.same_version += 1;
+            return Ok(());
+        }
+        let cancel = cancel_of(sale, version, reason, self.ctx.clock.now());
+        let facts = match self.send_cancel(sale, &cancel).await {
+            Ok(Cancelled::Sent(facts)) => {
+                summary.cancelled += 1;
+                tracing::info!(tenant = %self.ctx.tenant, sale_id = %sale.id, order_number = %cancel.order_number,
+                    reason = reason.as_str(), "order cancelled at the warehouse");
+                facts
+            }
+            Ok(Cancelled::AfterShipping(facts)) => {
+                summary.cancelled_after_shipping += 1;
+                tracing::error!(tenant = %self.ctx.tenant, sale_id = %sale.id, order_number = %cancel.order_number,
+                    reason = reason.as_str(), "cancelled in DEAR after the warehouse started shipping: not sent, for a person");
+                facts
+            }
+            Ok(Cancelled::InProgress) => {
+                summary.unchanged += 1;
+                return Ok(());
+            }
+            Err(CancelError::Store(e)) => return Err(e.into()),
+            Err(e @ CancelError::Sink(_)) => {
+                summary.failed += 1;
+                let change = Transition::to(RecordState::Failed)
+                    .reason(e.to_string())
+                    .due_at(self.ctx.clock.now() + retry_delay(rec.attempts.max(1)));
+                StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
+                tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale.id, error = %e, "cancellation not delivered; it will be retried");
+                return Ok(());
+            }
+        };
+        detail.delivery = DeliveryFacts::default();
+        let change = recorded(&facts).detail(
+            SaleDetail {
+                cancelled: Some(facts),
+                ..detail
+            }
+            .to_json(),
+        );
+        StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
+        Ok(())
     }
 
     /// The order's lines under DEAR's SKUs (the aliases undone): what Inventory Sync subtracts.
@@ -1335,6 +1462,17 @@ impl OrderDownload {
 
 /// The last version of the sale the warehouse took, if any: kept in the detail, or (records
 /// written before it was kept) the version of a done record.
+/// The version the warehouse may hold: the last delivered, else one whose delivery was claimed
+/// and may have arrived (in flight, or failed after it was sent: a timeout can hide an arrival).
+/// A cancellation for an order the warehouse never got is one it can ignore; a missed one ships.
+fn sent_version(rec: &LedgerRecord) -> Option<String> {
+    let claimed = SaleDetail::of(rec).delivery_sequence > 0;
+    last_delivered_version(rec).or_else(|| {
+        (claimed && matches!(rec.state, RecordState::InFlight | RecordState::Failed))
+            .then(|| rec.input_hash.clone())
+    })
+}
+
 fn last_delivered_version(rec: &LedgerRecord) -> Option<String> {
     SaleDetail::of(rec)
         .delivered_version

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::cancel::OrderCancel;
 use crate::canonical::CanonicalOrder;
 
 /// A delivery that did not happen, or a sink that could not be set up.
@@ -78,6 +79,9 @@ pub fn delivery_id(order: &CanonicalOrder) -> String {
 pub trait OrderSink: Send + Sync {
     /// Delivers one order; an error leaves it to be retried later.
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError>;
+
+    /// Tells the warehouse an order it was sent is cancelled; an error leaves it to be retried.
+    async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError>;
 
     /// Whether the delivery `id` ([`delivery_id`]) already arrived, if the sink can tell
     /// (`None`: it cannot). Used after a crash between delivering and recording it.
@@ -188,30 +192,11 @@ fn end_a_torn_line(file: &mut std::fs::File, path: &Path) -> Result<(), SinkOpen
 #[async_trait]
 impl OrderSink for NdjsonSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(order).map_err(SinkError::Encode)?;
-        line.push(b'\n');
-        match &self.target {
-            Target::Stdout(out) => {
-                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-                out.write_all(&line)
-                    .and_then(|_| out.flush())
-                    .map_err(|source| SinkError::Write {
-                        target: "stdout".into(),
-                        source,
-                    })
-            }
-            Target::File(path, file, _) => {
-                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
-                // Synced before the ledger says "done", so a crash can only leave it delivered
-                // and not yet recorded — which `was_delivered` then finds.
-                file.write_all(&line)
-                    .and_then(|_| file.sync_data())
-                    .map_err(|source| SinkError::Write {
-                        target: path.display().to_string(),
-                        source,
-                    })
-            }
-        }
+        self.write_line(serde_json::to_vec(order).map_err(SinkError::Encode)?)
+    }
+
+    async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
+        self.write_line(serde_json::to_vec(cancel).map_err(SinkError::Encode)?)
     }
 
     fn sole_deliverer(&self) -> Option<String> {
@@ -253,6 +238,35 @@ impl OrderSink for NdjsonSink {
             }
         }
         Ok(Some(false))
+    }
+}
+
+impl NdjsonSink {
+    /// Appends one JSON line.
+    fn write_line(&self, mut line: Vec<u8>) -> Result<(), SinkError> {
+        line.push(b'\n');
+        match &self.target {
+            Target::Stdout(out) => {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                out.write_all(&line)
+                    .and_then(|_| out.flush())
+                    .map_err(|source| SinkError::Write {
+                        target: "stdout".into(),
+                        source,
+                    })
+            }
+            Target::File(path, file, _) => {
+                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                // Synced before the ledger says "done", so a crash can only leave it delivered
+                // and not yet recorded — which `was_delivered` then finds.
+                file.write_all(&line)
+                    .and_then(|_| file.sync_data())
+                    .map_err(|source| SinkError::Write {
+                        target: path.display().to_string(),
+                        source,
+                    })
+            }
+        }
     }
 }
 
@@ -302,10 +316,21 @@ impl WebhookSink {
 #[async_trait]
 impl OrderSink for WebhookSink {
     async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        use backon::{ExponentialBuilder, Retryable};
         let body = serde_json::to_vec(order).map_err(SinkError::Encode)?;
-        let sig = signature(&self.secret, &body);
-        let id = delivery_id(order);
+        self.post(&body, &delivery_id(order)).await
+    }
+
+    async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
+        let body = serde_json::to_vec(cancel).map_err(SinkError::Encode)?;
+        self.post(&body, &cancel.cancel_id).await
+    }
+}
+
+impl WebhookSink {
+    /// POSTs `body` under the delivery `id`, signed, retried as far as retrying can help.
+    async fn post(&self, body: &[u8], id: &str) -> Result<(), SinkError> {
+        use backon::{ExponentialBuilder, Retryable};
+        let sig = signature(&self.secret, body);
         // Up to `attempts` posts, 0.5 s, 1 s, 2 s … (at most 8 s) apart, each wait plus a random
         // jitter of up to as much again (backon's `std` feature seeds it randomly), so many tenants'
         // retries to one warehouse do not arrive in step; an answer or a refusal that retrying
@@ -315,7 +340,7 @@ impl OrderSink for WebhookSink {
             .with_max_delay(Duration::from_secs(8))
             .with_max_times(self.attempts.saturating_sub(1) as usize)
             .with_jitter();
-        (|| self.post_once(&body, &sig, &id))
+        (|| self.post_once(body, &sig, id))
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|failed: &FailedPost| failed.retryable)

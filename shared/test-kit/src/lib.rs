@@ -11,7 +11,7 @@ use dear_client::{
 };
 use dear_sim::SimServer;
 use dearsync_core::{Clock, MemoryStore, StateStore};
-use dearsync_order_download::{CanonicalOrder, OrderSink, SinkError};
+use dearsync_order_download::{CanonicalOrder, OrderCancel, OrderSink, SinkError};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -74,6 +74,10 @@ pub struct CollectingSink {
     pub orders: Mutex<Vec<CanonicalOrder>>,
     /// Sales whose next delivery fails (once) with a warehouse's 503.
     pub fail_once: Mutex<HashSet<String>>,
+    /// Cancellations received, in order.
+    pub cancels: Mutex<Vec<OrderCancel>>,
+    /// Sales whose next cancellation fails (once) with a warehouse's 503.
+    pub fail_cancel_once: Mutex<HashSet<String>>,
 }
 
 #[async_trait]
@@ -83,6 +87,19 @@ impl OrderSink for CollectingSink {
             return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
         }
         self.orders.lock().unwrap().push(order.clone());
+        Ok(())
+    }
+
+    async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
+        if self
+            .fail_cancel_once
+            .lock()
+            .unwrap()
+            .remove(&cancel.sale_id)
+        {
+            return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
+        }
+        self.cancels.lock().unwrap().push(cancel.clone());
         Ok(())
     }
 }

@@ -1,0 +1,200 @@
+//! Cancellations: a sale delivered to the warehouse and then voided (or credited before it
+//! shipped) in DEAR sends the warehouse one `dear-sync.order-cancel/v1`, exactly once, on the same
+//! sink. One the warehouse already started shipping is recorded as `cancelled_after_shipping` and
+//! alarmed instead: the goods are on their way, a person decides.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use dear_client::{Sale, SaleStatus, StageStatus};
+use dearsync_core::state::{Claim, ClaimTerms, IdempotencyKey, RecordState, Transition};
+use dearsync_core::{HeldClaim, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// The `schema` of every cancellation.
+pub const CANCEL_SCHEMA: &str = "dear-sync.order-cancel/v1";
+
+/// What the warehouse is told when an order it was sent is cancelled in DEAR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancel {
+    /// Always [`CANCEL_SCHEMA`].
+    pub schema: String,
+    /// DEAR's SaleID.
+    pub sale_id: String,
+    /// DEAR's order number.
+    pub order_number: String,
+    /// The `version` of the order the warehouse was sent, now cancelled.
+    pub version: String,
+    /// This cancellation's id (the webhook's `Idempotency-Key`): `<sale_id>:cancel`.
+    pub cancel_id: String,
+    /// Why: `voided` or `credited`.
+    pub reason: CancelReason,
+    /// When dear-sync saw it (UTC, milliseconds).
+    pub at: String,
+}
+
+/// Why a delivered order is cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// Voided in DEAR.
+    Voided,
+    /// Credited in DEAR before it shipped.
+    Credited,
+}
+
+impl CancelReason {
+    /// The reason's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Voided => "voided",
+            CancelReason::Credited => "credited",
+        }
+    }
+}
+
+/// Whether DEAR's sale, as it is now, cancels the order: voided, or credited before any of it
+/// shipped (credited after shipping is a return, the warehouse's business no more).
+pub fn cancellation(sale: &Sale) -> Option<CancelReason> {
+    match sale.status {
+        SaleStatus::Voided => Some(CancelReason::Voided),
+        SaleStatus::Credited if !shipping_started(sale) => Some(CancelReason::Credited),
+        _ => None,
+    }
+}
+
+/// Whether shipping began: a fulfilment's shipment authorised (in part or whole), or DEAR's
+/// combined shipping status says so.
+pub fn shipping_started(sale: &Sale) -> bool {
+    let combined = sale
+        .combined_shipping_status
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or("");
+    combined.eq_ignore_ascii_case("SHIPPED")
+        || combined.eq_ignore_ascii_case("PARTIALLY SHIPPED")
+        || sale.fulfilments.iter().any(|f| {
+            matches!(
+                f.ship.status,
+                StageStatus::Authorised | StageStatus::PartiallyAuthorised
+            )
+        })
+}
+
+/// What the ledger keeps of a cancellation, in the sale's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CancelFacts {
+    /// `voided` or `credited`.
+    pub(crate) reason: String,
+    /// The version cancelled.
+    pub(crate) version: String,
+    /// When it was seen.
+    pub(crate) at: String,
+    /// False when the warehouse had started shipping: recorded, not sent.
+    pub(crate) sent: bool,
+}
+
+/// The idempotency scope of cancellations.
+const SCOPE: &str = "order-cancel";
+
+/// A cancellation's claim lapses two minutes after its last renewal; its result is kept 90 days.
+fn claim_terms() -> ClaimTerms {
+    ClaimTerms {
+        in_progress_for: Duration::minutes(2),
+        keep_for: Duration::days(90),
+    }
+}
+
+/// How one cancellation ended.
+pub(crate) enum Cancelled {
+    /// Sent to the warehouse now (or found sent before).
+    Sent(CancelFacts),
+    /// Not sent: the warehouse had started shipping.
+    AfterShipping(CancelFacts),
+    /// Another worker is sending it.
+    InProgress,
+}
+
+/// The cancellation the warehouse is sent for `record`'s delivered `version` of `sale`.
+pub(crate) fn cancel_of(
+    sale: &Sale,
+    version: &str,
+    reason: CancelReason,
+    now: DateTime<Utc>,
+) -> OrderCancel {
+    OrderCancel {
+        schema: CANCEL_SCHEMA.to_owned(),
+        sale_id: sale.id.to_string(),
+        order_number: sale.order_number().unwrap_or("").to_owned(),
+        version: version.to_owned(),
+        cancel_id: format!("{}:cancel", sale.id),
+        reason,
+        at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
+    }
+}
+
+impl crate::job::OrderDownload {
+    /// Sends the cancellation once (a claim keeps two workers from both sending it); one the
+    /// warehouse started shipping is only recorded.
+    pub(crate) async fn send_cancel(
+        &self,
+        sale: &Sale,
+        cancel: &OrderCancel,
+    ) -> Result<Cancelled, CancelError> {
+        let facts = |sent| CancelFacts {
+            reason: cancel.reason.as_str().to_owned(),
+            version: cancel.version.clone(),
+            at: cancel.at.clone(),
+            sent,
+        };
+        if shipping_started(sale) {
+            return Ok(Cancelled::AfterShipping(facts(false)));
+        }
+        let key = IdempotencyKey::new(&self.ctx.tenant, SCOPE, &cancel.sale_id);
+        let terms = claim_terms();
+        let token = match self.ctx.store.claim(&key, &cancel.version, terms).await {
+            Ok(Claim::Acquired { token }) => token,
+            Ok(Claim::Completed { .. }) => return Ok(Cancelled::Sent(facts(true))),
+            Ok(Claim::InProgress { .. }) => return Ok(Cancelled::InProgress),
+            // A later version was cancelled under the same sale: that one is the warehouse's.
+            Err(StoreError::PayloadMismatch { .. }) => return Ok(Cancelled::Sent(facts(true))),
+            Err(e) => return Err(CancelError::Store(e)),
+        };
+        let held = HeldClaim::new(self.ctx.store.as_ref(), &key, &token, terms.in_progress_for);
+        let sent = match held.keep_while(self.sink.cancel(cancel)).await {
+            Ok(sent) => sent,
+            Err(_) => return Ok(Cancelled::InProgress),
+        };
+        let result = sent.as_ref().ok().map(|()| "sent");
+        held.finish(result, terms.keep_for)
+            .await
+            .map_err(CancelError::Store)?;
+        sent.map(|()| Cancelled::Sent(facts(true)))
+            .map_err(CancelError::Sink)
+    }
+}
+
+/// Why a cancellation was not sent now (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CancelError {
+    /// The warehouse did not take it.
+    #[error("the cancellation was not delivered: {0}")]
+    Sink(#[source] crate::SinkError),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[source] StoreError),
+}
+
+/// The transition recording a handled cancellation.
+pub(crate) fn recorded(facts: &CancelFacts) -> Transition {
+    let reason = if facts.sent {
+        format!(
+            "cancelled ({}): the warehouse was sent the cancellation of version {}",
+            facts.reason, facts.version
+        )
+    } else {
+        format!(
+            "cancelled_after_shipping ({}): the warehouse had started shipping version {}; not sent, for a person to settle",
+            facts.reason, facts.version
+        )
+    };
+    Transition::to(RecordState::Done).reason(reason)
+}
