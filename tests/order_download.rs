@@ -925,7 +925,8 @@ async fn a_sale_voided_after_delivery_is_cancelled_at_the_warehouse_exactly_once
             polled.order_number.as_str()
         )
     );
-    assert_eq!(c.cancel_id, format!("{}:cancel", polled.sale_id));
+    assert_eq!(c.cancel_id, format!("{}:cancel", polled.delivery_id));
+    assert_eq!(c.delivery_id, polled.delivery_id);
     // Polled again (the sale still in the overlap window): nothing sent twice.
     assert_eq!(run(&h).await.cancelled, 0);
     assert_eq!(h.sink.cancels.lock().unwrap().len(), 1);
@@ -991,6 +992,95 @@ async fn a_sale_voided_after_delivery_is_cancelled_at_the_warehouse_exactly_once
         void(&h.server, id);
         let s = h.job.download_one(id).await;
         assert_eq!((s.delivered, s.cancelled), (0, 0), "{s:?}");
+    }
+}
+
+/// Sets the pick of `id`'s first fulfilment to `stage`, as a DEAR user undoing (or redoing) it.
+fn set_pick(server: &SimServer, id: Uuid, stage: dear_sim::model::Stage) {
+    server
+        .sim
+        .with_data_mut(ACCOUNT, |d| {
+            let s = d.sales.get_mut(&id).unwrap();
+            s.fulfilments[0].pick_status = stage;
+            s.updated = chrono::Utc::now().naive_utc();
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_undone_pick_cancels_the_order_and_a_new_pick_sends_it_again_as_a_new_delivery() {
+    let server = sim(150).await;
+    let (store, clock) = memory();
+    // The default filter: PICKED.
+    let h = harness(server, store, clock, settings(""));
+    run(&h).await;
+    let picked = all_rows(&h.server)
+        .await
+        .into_iter()
+        .find(|r| {
+            r.status == SaleStatus::Picked
+                && r.sale_type == SaleType::Simple
+                && h.sink.sale_ids().contains(&r.sale_id.to_string())
+        })
+        .expect("a delivered simple PICKED sale");
+    let id = picked.sale_id;
+    let first = h
+        .sink
+        .orders
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|o| o.sale_id == id.to_string())
+        .cloned()
+        .unwrap();
+    // The merchant undoes the pick in DEAR (PICKED → PICKING): the warehouse is told to stop.
+    set_pick(&h.server, id, dear_sim::model::Stage::Draft);
+    let s = h.job.download_one(id).await;
+    assert_eq!(s.cancelled, 1, "{s:?}");
+    let cancel = h.sink.cancels.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (cancel.reason, cancel.delivery_id.as_str()),
+        (
+            dearsync_order_download::CancelReason::Undone,
+            first.delivery_id.as_str()
+        )
+    );
+    // Picked again: delivered again, under a new id (the warehouse cancelled the first one).
+    set_pick(&h.server, id, dear_sim::model::Stage::Authorised);
+    let s = h.job.download_one(id).await;
+    assert_eq!(s.delivered, 1, "{s:?}");
+    let again = h.sink.orders.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (again.sale_id.as_str(), again.version.as_str()),
+        (first.sale_id.as_str(), first.version.as_str())
+    );
+    assert_ne!(again.delivery_id, first.delivery_id);
+    // And that delivery can be cancelled in its turn.
+    void(&h.server, id);
+    assert_eq!(h.job.download_one(id).await.cancelled, 1);
+    let last = h.sink.cancels.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.cancel_id, format!("{}:cancel", again.delivery_id));
+    // Moving on is not undoing: a delivered sale packed in DEAR is no cancellation.
+    let packed = all_rows(&h.server)
+        .await
+        .into_iter()
+        .find(|r| {
+            r.status == SaleStatus::Picked
+                && r.sale_type == SaleType::Simple
+                && r.sale_id != id
+                && h.sink.sale_ids().contains(&r.sale_id.to_string())
+        })
+        .map(|r| r.sale_id);
+    if let Some(other) = packed {
+        h.server
+            .sim
+            .with_data_mut(ACCOUNT, |d| {
+                let s = d.sales.get_mut(&other).unwrap();
+                s.fulfilments[0].pack_status = dear_sim::model::Stage::Draft;
+                s.updated = chrono::Utc::now().naive_utc();
+            })
+            .unwrap();
+        assert_eq!(h.job.download_one(other).await.cancelled, 0);
     }
 }
 

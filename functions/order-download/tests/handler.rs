@@ -484,7 +484,10 @@ async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
     assert_eq!(cancel["version"], orders(&w.received)[0]["version"]);
     assert_eq!(
         headers.get("idempotency-key").unwrap().to_str().unwrap(),
-        format!("{picked}:cancel")
+        format!(
+            "{}:cancel",
+            orders(&w.received)[0]["delivery_id"].as_str().unwrap()
+        )
     );
 }
 

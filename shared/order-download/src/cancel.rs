@@ -4,7 +4,8 @@
 //! alarmed instead: the goods are on their way, a person decides.
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use dear_client::{Sale, SaleStatus, StageStatus};
+use dear_client::{Sale, SaleStatus, SaleType, StageStatus};
+use dearsync_core::settings::SaleStatusFilter;
 use dearsync_core::state::{Claim, ClaimTerms, IdempotencyKey, RecordState, Transition};
 use dearsync_core::{HeldClaim, StoreError};
 use serde::{Deserialize, Serialize};
@@ -23,9 +24,12 @@ pub struct OrderCancel {
     pub order_number: String,
     /// The `version` of the order the warehouse was sent, now cancelled.
     pub version: String,
-    /// This cancellation's id (the webhook's `Idempotency-Key`): `<sale_id>:cancel`.
+    /// This cancellation's id (the webhook's `Idempotency-Key`): the cancelled delivery's id and
+    /// `:cancel` (`<sale_id>:<version>:cancel`).
     pub cancel_id: String,
-    /// Why: `voided` or `credited`.
+    /// The `delivery_id` of the order cancelled.
+    pub delivery_id: String,
+    /// Why: `voided`, `credited` or `undone`.
     pub reason: CancelReason,
     /// When dear-sync saw it (UTC, milliseconds).
     pub at: String,
@@ -39,6 +43,8 @@ pub enum CancelReason {
     Voided,
     /// Credited in DEAR before it shipped.
     Credited,
+    /// Undone in DEAR back before the selected status (a pick or pack undone) before it shipped.
+    Undone,
 }
 
 impl CancelReason {
@@ -47,18 +53,54 @@ impl CancelReason {
         match self {
             CancelReason::Voided => "voided",
             CancelReason::Credited => "credited",
+            CancelReason::Undone => "undone",
         }
     }
 }
 
-/// Whether DEAR's sale, as it is now, cancels the order: voided, or credited before any of it
-/// shipped (credited after shipping is a return, the warehouse's business no more).
-pub fn cancellation(sale: &Sale) -> Option<CancelReason> {
+/// Whether DEAR's sale, as it is now, cancels the order the `filter` selected: voided; credited
+/// before any of it shipped (credited after shipping is a return, the warehouse's business no
+/// more); or, for a simple sale, undone back before the status the filter selects and not shipped.
+pub fn cancellation(sale: &Sale, filter: &SaleStatusFilter) -> Option<CancelReason> {
     match sale.status {
         SaleStatus::Voided => Some(CancelReason::Voided),
         SaleStatus::Credited if !shipping_started(sale) => Some(CancelReason::Credited),
+        _ if undone(sale, filter) => Some(CancelReason::Undone),
         _ => None,
     }
+}
+
+/// Where a status stands on the way from a draft to a shipment; `None` for the statuses off that
+/// way (invoicing, credited, completed, voided), which a sale reaches by moving on, not back.
+fn pipeline(status: &SaleStatus) -> Option<u8> {
+    Some(match status {
+        SaleStatus::Draft => 0,
+        SaleStatus::Estimating => 1,
+        SaleStatus::Estimated => 2,
+        SaleStatus::Ordering => 3,
+        SaleStatus::Ordered | SaleStatus::Backordered => 4,
+        SaleStatus::Picking => 5,
+        SaleStatus::Picked => 6,
+        SaleStatus::Packing => 7,
+        SaleStatus::Packed => 8,
+        SaleStatus::Shipping => 9,
+        _ => return None,
+    })
+}
+
+/// A simple sale DEAR now shows before the (pipeline) status the filter selects, nothing shipped:
+/// its pick or pack was undone. Advanced sales keep `ORDERED` whatever their fulfilments do, so
+/// theirs are not read as undone.
+fn undone(sale: &Sale, filter: &SaleStatusFilter) -> bool {
+    let selected = match filter {
+        SaleStatusFilter::Status(s) => s.clone(),
+        SaleStatusFilter::PackedAndShipping => SaleStatus::Packed,
+        SaleStatusFilter::Any => return false,
+    };
+    let (Some(now), Some(wanted)) = (pipeline(&sale.status), pipeline(&selected)) else {
+        return false;
+    };
+    sale.sale_type != SaleType::Advanced && now < wanted && !shipping_started(sale)
 }
 
 /// Whether shipping began: a fulfilment's shipment authorised (in part or whole), or DEAR's
@@ -113,10 +155,11 @@ pub(crate) enum Cancelled {
     InProgress,
 }
 
-/// The cancellation the warehouse is sent for `record`'s delivered `version` of `sale`.
+/// The cancellation the warehouse is sent for the delivery `delivery_id` of `version` of `sale`.
 pub(crate) fn cancel_of(
     sale: &Sale,
     version: &str,
+    delivery_id: &str,
     reason: CancelReason,
     now: DateTime<Utc>,
 ) -> OrderCancel {
@@ -125,7 +168,8 @@ pub(crate) fn cancel_of(
         sale_id: sale.id.to_string(),
         order_number: sale.order_number().unwrap_or("").to_owned(),
         version: version.to_owned(),
-        cancel_id: format!("{}:cancel", sale.id),
+        cancel_id: format!("{delivery_id}:cancel"),
+        delivery_id: delivery_id.to_owned(),
         reason,
         at: now.to_rfc3339_opts(SecondsFormat::Millis, true),
     }
@@ -148,7 +192,9 @@ impl crate::job::OrderDownload {
         if shipping_started(sale) {
             return Ok(Cancelled::AfterShipping(facts(false)));
         }
-        let key = IdempotencyKey::new(&self.ctx.tenant, SCOPE, &cancel.sale_id);
+        // One claim per delivery cancelled: a sale delivered again after an undo can be
+        // cancelled again.
+        let key = IdempotencyKey::new(&self.ctx.tenant, SCOPE, &cancel.cancel_id);
         let terms = claim_terms();
         let token = match self.ctx.store.claim(&key, &cancel.version, terms).await {
             Ok(Claim::Acquired { token }) => token,

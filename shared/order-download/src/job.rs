@@ -307,8 +307,11 @@ fn is_zero(n: &u32) -> bool {
 /// is the same content (a retry), the next one when the content changed.
 fn delivery_sequence(record: Option<&LedgerRecord>, version: &str) -> u32 {
     let Some(rec) = record else { return 1 };
-    let last = SaleDetail::of(rec).delivery_sequence;
-    if rec.input_hash == version {
+    let detail = SaleDetail::of(rec);
+    let last = detail.delivery_sequence;
+    // Delivered again after its cancellation: a new delivery, which the warehouse must not
+    // take for the one it cancelled.
+    if rec.input_hash == version && detail.cancelled.is_none() {
         last.max(1)
     } else {
         last + 1
@@ -1007,7 +1010,8 @@ impl OrderDownload {
         let updated = sale.last_modified_on.map(|d| d.to_utc()).or(listed_updated);
         // Voided (or credited before shipping) after the warehouse was sent it: a cancellation,
         // unless the settings select exactly that status.
-        if let (Some(reason), Some(rec)) = (cancellation(&sale), &record)
+        if let (Some(reason), Some(rec)) =
+            (cancellation(&sale, &self.settings.sale_status), &record)
             && !selects_exactly(&self.settings.sale_status, &sale.status)
             && let Some(version) = sent_version(rec)
         {
@@ -1068,6 +1072,7 @@ impl OrderDownload {
         if let Some(rec) = &record
             && rec.state != RecordState::InFlight
             && last_delivered_version(rec).as_deref() == Some(order.version.as_str())
+            && SaleDetail::of(rec).cancelled.is_none()
         {
             summary.same_version += 1;
             self.settle(rec, RecordState::Done, None, Some(&order.version), updated)
@@ -1115,7 +1120,14 @@ impl OrderDownload {
             summary.same_version += 1;
             return Ok(());
         }
-        let cancel = cancel_of(sale, version, reason, self.ctx.clock.now());
+        let delivered_id = detail.delivered_id.clone().unwrap_or_else(|| {
+            delivery_id_for(
+                &sale.id.to_string(),
+                version,
+                detail.delivery_sequence.max(1),
+            )
+        });
+        let cancel = cancel_of(sale, version, &delivered_id, reason, self.ctx.clock.now());
         let facts = match self.send_cancel(sale, &cancel).await {
             Ok(Cancelled::Sent(facts)) => {
                 summary.cancelled += 1;
