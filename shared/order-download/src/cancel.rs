@@ -61,11 +61,19 @@ impl CancelReason {
 /// Whether DEAR's sale, as it is now, cancels the order the `filter` selected: voided; credited
 /// before any of it shipped (credited after shipping is a return, the warehouse's business no
 /// more); or, for a simple sale, undone back before the status the filter selects and not shipped.
-pub fn cancellation(sale: &Sale, filter: &SaleStatusFilter) -> Option<CancelReason> {
+///
+/// `delivered_status` is DEAR's status when the warehouse was sent it: a sale counts as undone only
+/// when it is now before both that status and the filter's (a changed filter never makes a sale
+/// that moved forward look undone); unknown, it never does.
+pub fn cancellation(
+    sale: &Sale,
+    filter: &SaleStatusFilter,
+    delivered_status: Option<&str>,
+) -> Option<CancelReason> {
     match sale.status {
         SaleStatus::Voided => Some(CancelReason::Voided),
         SaleStatus::Credited if !shipping_started(sale) => Some(CancelReason::Credited),
-        _ if undone(sale, filter) => Some(CancelReason::Undone),
+        _ if undone(sale, filter, delivered_status) => Some(CancelReason::Undone),
         _ => None,
     }
 }
@@ -91,16 +99,24 @@ fn pipeline(status: &SaleStatus) -> Option<u8> {
 /// A simple sale DEAR now shows before the (pipeline) status the filter selects, nothing shipped:
 /// its pick or pack was undone. Advanced sales keep `ORDERED` whatever their fulfilments do, so
 /// theirs are not read as undone.
-fn undone(sale: &Sale, filter: &SaleStatusFilter) -> bool {
+fn undone(sale: &Sale, filter: &SaleStatusFilter, delivered_status: Option<&str>) -> bool {
     let selected = match filter {
         SaleStatusFilter::Status(s) => s.clone(),
         SaleStatusFilter::PackedAndShipping => SaleStatus::Packed,
         SaleStatusFilter::Any => return false,
     };
-    let (Some(now), Some(wanted)) = (pipeline(&sale.status), pipeline(&selected)) else {
+    let delivered = delivered_status
+        .and_then(|s| s.parse::<SaleStatus>().ok())
+        .and_then(|s| pipeline(&s));
+    let (Some(now), Some(wanted), Some(delivered)) =
+        (pipeline(&sale.status), pipeline(&selected), delivered)
+    else {
         return false;
     };
-    sale.sale_type != SaleType::Advanced && now < wanted && !shipping_started(sale)
+    sale.sale_type != SaleType::Advanced
+        && now < wanted
+        && now < delivered
+        && !shipping_started(sale)
 }
 
 /// Whether shipping began: a fulfilment's shipment authorised (in part or whole), or DEAR's
@@ -243,4 +259,56 @@ pub(crate) fn recorded(facts: &CancelFacts) -> Transition {
         )
     };
     Transition::to(RecordState::Done).reason(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale(status: SaleStatus, sale_type: SaleType) -> Sale {
+        Sale {
+            status,
+            sale_type,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_sale_moved_back_from_where_it_was_delivered_is_undone() {
+        let picked = SaleStatusFilter::Status(SaleStatus::Picked);
+        let picking = sale(SaleStatus::Picking, SaleType::Simple);
+        assert_eq!(
+            cancellation(&picking, &picked, Some("PICKED")),
+            Some(CancelReason::Undone)
+        );
+        // Delivered at ORDERED under an older filter: PICKING is forward from there.
+        assert_eq!(cancellation(&picking, &picked, Some("ORDERED")), None);
+        // Unknown delivery status (records from before it was kept): never read as undone.
+        assert_eq!(cancellation(&picking, &picked, None), None);
+        // Advanced sales keep ORDERED whatever their fulfilments do.
+        let advanced = sale(SaleStatus::Ordered, SaleType::Advanced);
+        assert_eq!(cancellation(&advanced, &picked, Some("PICKED")), None);
+        // Moving on (packed, invoiced) is no cancellation; "Any" never undoes.
+        let packed = sale(SaleStatus::Packed, SaleType::Simple);
+        assert_eq!(cancellation(&packed, &picked, Some("PICKED")), None);
+        let invoiced = sale(SaleStatus::Invoiced, SaleType::Simple);
+        assert_eq!(cancellation(&invoiced, &picked, Some("PICKED")), None);
+        assert_eq!(
+            cancellation(&picking, &SaleStatusFilter::Any, Some("PICKED")),
+            None
+        );
+        // Voided always cancels; credited only before shipping.
+        let voided = sale(SaleStatus::Voided, SaleType::Advanced);
+        assert_eq!(
+            cancellation(&voided, &SaleStatusFilter::Any, None),
+            Some(CancelReason::Voided)
+        );
+        let mut credited = sale(SaleStatus::Credited, SaleType::Simple);
+        assert_eq!(
+            cancellation(&credited, &picked, None),
+            Some(CancelReason::Credited)
+        );
+        credited.combined_shipping_status = Some("SHIPPED".into());
+        assert_eq!(cancellation(&credited, &picked, None), None, "a return");
+    }
 }

@@ -274,6 +274,9 @@ struct SaleDetail {
     /// The delivered order's cancellation, once handled (sent, or recorded after shipping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cancelled: Option<CancelFacts>,
+    /// DEAR's sale status when it was last delivered: a sale back before it was undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivered_status: Option<String>,
     /// The last version the warehouse took, whatever later attempts left the record in (a newer
     /// version skipped or failed, a failed read). Absent in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -624,7 +627,9 @@ impl OrderDownload {
                 for item in page.items {
                     let record = self.ctx.store.record(&self.key(item.sale_id)).await?;
                     let open = record.as_ref().is_some_and(|r| {
-                        sent_version(r).is_some() && SaleDetail::of(r).cancelled.is_none()
+                        sent_version(r).is_some()
+                            && SaleDetail::of(r).cancelled.is_none()
+                            && !self.is_live_claim(r)
                     });
                     if open && handled.insert(item.sale_id) {
                         self.fetch_and_deliver(item.sale_id, None, record, "cancel", summary)
@@ -852,6 +857,7 @@ impl OrderDownload {
                 detail.delivery.delivered(self.ctx.clock.now());
                 detail.claimed_by = None;
                 detail.delivered_version = Some(rec.input_hash.clone());
+                detail.delivered_id = Some(id.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 match self.ctx.store.transition(rec, change).await {
                     Ok(_) => {
@@ -972,6 +978,7 @@ impl OrderDownload {
             resends: previous.resends + 1,
             delivered_id: previous.delivered_id.clone(),
             cancelled: None,
+            delivered_status: previous.delivered_status.clone(),
             delivered_version: previous.delivered_version.clone(),
             // The same content keeps when the warehouse first took it (Inventory Sync's
             // subtraction); new content is new facts.
@@ -1010,11 +1017,23 @@ impl OrderDownload {
         let updated = sale.last_modified_on.map(|d| d.to_utc()).or(listed_updated);
         // Voided (or credited before shipping) after the warehouse was sent it: a cancellation,
         // unless the settings select exactly that status.
-        if let (Some(reason), Some(rec)) =
-            (cancellation(&sale, &self.settings.sale_status), &record)
+        let delivered_status = record
+            .as_ref()
+            .and_then(|r| SaleDetail::of(r).delivered_status);
+        let cancel = cancellation(
+            &sale,
+            &self.settings.sale_status,
+            delivered_status.as_deref(),
+        );
+        if let (Some(reason), Some(rec)) = (cancel, &record)
             && !selects_exactly(&self.settings.sale_status, &sale.status)
             && let Some(version) = sent_version(rec)
         {
+            // Another claimant may be delivering it right now: cancelled once its delivery ends.
+            if self.is_live_claim(rec) {
+                summary.unchanged += 1;
+                return Ok(());
+            }
             return self
                 .cancel_delivered(rec, &sale, &version, reason, summary)
                 .await;
@@ -1090,7 +1109,14 @@ impl OrderDownload {
             resends: kept.resends,
             delivered_id: kept.delivered_id,
             cancelled: None,
-            delivered_version: record.as_ref().and_then(last_delivered_version),
+            delivered_status: kept.delivered_status,
+            // Cancelled: what the warehouse had is void, so until this delivery lands it has none
+            // (a failed one is delivered again, not taken as delivered).
+            delivered_version: if kept.cancelled.is_some() {
+                None
+            } else {
+                record.as_ref().and_then(last_delivered_version)
+            },
             delivery: DeliveryFacts::new(order.location.clone(), self.dear_skus(&order.lines)),
         };
         // Another run or a webhook claimed it first: theirs to deliver.
@@ -1150,7 +1176,8 @@ impl OrderDownload {
                 summary.failed += 1;
                 let change = Transition::to(RecordState::Failed)
                     .reason(e.to_string())
-                    .due_at(self.ctx.clock.now() + retry_delay(rec.attempts.max(1)));
+                    .attempt()
+                    .due_at(self.ctx.clock.now() + retry_delay(rec.attempts + 1));
                 StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
                 tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale.id, error = %e, "cancellation not delivered; it will be retried");
                 return Ok(());
@@ -1166,6 +1193,11 @@ impl OrderDownload {
         );
         StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
         Ok(())
+    }
+
+    /// An in-flight claim whose holder may still be delivering.
+    fn is_live_claim(&self, rec: &LedgerRecord) -> bool {
+        rec.state == RecordState::InFlight && rec.due_at.is_some_and(|d| d > self.ctx.clock.now())
     }
 
     /// The order's lines under DEAR's SKUs (the aliases undone): what Inventory Sync subtracts.
@@ -1291,6 +1323,7 @@ impl OrderDownload {
                 detail.claimed_by = None;
                 detail.delivered_version = Some(order.version.clone());
                 detail.delivered_id = Some(order.delivery_id.clone());
+                detail.delivered_status = Some(order.status.clone());
                 let change = Transition::to(RecordState::Done).detail(detail.to_json());
                 self.ctx.store.transition(&claimed, change).await?;
                 summary.delivered += 1;

@@ -212,6 +212,8 @@ impl OrderSink for NdjsonSink {
         };
         #[derive(serde::Deserialize)]
         struct Ids {
+            /// Orders only: a cancellation line is no delivery.
+            schema: String,
             sale_id: String,
             version: String,
             /// Absent in lines written before deliveries had their own id.
@@ -229,6 +231,7 @@ impl OrderSink for NdjsonSink {
             })?;
             // A torn last line (the crash hit mid-write) is not a delivery.
             if let Ok(ids) = serde_json::from_str::<Ids>(&line)
+                && ids.schema == crate::canonical::SCHEMA
                 && ids
                     .delivery_id
                     .unwrap_or_else(|| format!("{}:{}", ids.sale_id, ids.version))
