@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use dearsync_core::dispatch::{RunQueue, TenantRun, dispatch};
+use dearsync_core::dispatch::{RunQueue, TenantRun};
 use dearsync_core::{Job, TenantId, TenantSettings};
 use dearsync_function_support::{Deps, HandlerError, TenantError};
 use dearsync_inventory_sync::SyncOptions;
@@ -75,36 +75,16 @@ pub(crate) async fn dispatch_pulls(
     deps: &Deps,
     queue: &dyn RunQueue,
 ) -> Result<Value, HandlerError> {
-    let summary = dispatch(
-        deps.store.as_ref(),
-        queue,
-        Job::InventorySync,
-        deps.clock.now(),
-        |s| {
+    let summary = deps
+        .dispatch(queue, Job::InventorySync, |s| {
             let every = i64::from(s.inventory_sync.pull_interval_minutes);
             s.inventory_sync
                 .snapshot_url
                 .as_ref()
                 .map(|_| chrono::Duration::minutes(every))
-        },
-    )
-    .await
-    .map_err(|e| {
-        let retryable = e.0.is_transient();
-        HandlerError::failed(e, retryable)
-    })?;
-    if summary.failed.is_empty() {
-        Ok(json!(summary))
-    } else {
-        Err(HandlerError::failed(
-            format!(
-                "{} tenants not dispatched: {:?}",
-                summary.failed.len(),
-                summary.failed
-            ),
-            true,
-        ))
-    }
+        })
+        .await?;
+    Ok(json!(summary))
 }
 
 /// A queued `{"tenant": "acme"}`: that tenant's pull.

@@ -2,7 +2,7 @@
 //! run queue), and each queued message runs one tenant, in parallel with the others.
 
 use chrono::{DateTime, Utc};
-use dearsync_core::dispatch::{DispatchSummary, RunQueue, TenantRun, dispatch};
+use dearsync_core::dispatch::{DispatchSummary, RunQueue, TenantRun};
 use dearsync_core::{Job, TenantId};
 use dearsync_function_support::{Deps, HandlerError, SqsBatchResponse, SqsEvent, sqs_batch};
 use dearsync_order_download::RunOptions;
@@ -16,40 +16,12 @@ pub(crate) async fn dispatch_runs(
     deps: &Deps,
     queue: &dyn RunQueue,
 ) -> Result<DispatchSummary, HandlerError> {
-    let summary = dispatch(
-        deps.store.as_ref(),
-        queue,
-        Job::OrderDownload,
-        deps.clock.now(),
-        |s| {
-            Some(chrono::Duration::minutes(i64::from(
-                s.order_download.poll_interval_minutes,
-            )))
-        },
-    )
+    deps.dispatch(queue, Job::OrderDownload, |s| {
+        Some(chrono::Duration::minutes(i64::from(
+            s.order_download.poll_interval_minutes,
+        )))
+    })
     .await
-    .map_err(|e| {
-        let retryable = e.0.is_transient();
-        HandlerError::failed(e, retryable)
-    })?;
-    tracing::info!(
-        enqueued = summary.enqueued.len(),
-        not_due = summary.not_due,
-        failed = summary.failed.len(),
-        "order download dispatched"
-    );
-    if summary.failed.is_empty() {
-        Ok(summary)
-    } else {
-        // Named in the error (and alarmed); the ones enqueued run anyway, the rest are due
-        // again at the next firing.
-        let text = format!(
-            "{} tenants not dispatched: {:?}",
-            summary.failed.len(),
-            summary.failed
-        );
-        Err(HandlerError::failed(NotRun::Failures(text), true))
-    }
 }
 
 /// Runs each queued tenant. A run that started is done with its message whatever it found (its

@@ -188,6 +188,50 @@ impl Deps {
     }
 }
 
+impl Deps {
+    /// A schedule's fan-out: enqueues `job` on `queue` for every enabled tenant due by `interval`
+    /// of its settings (`None`: the tenant does not take the job). Tenants left out (unreadable
+    /// settings, a store or queue failure) are named in a retryable error; the ones enqueued run
+    /// anyway, and the rest are due again at the next firing.
+    pub async fn dispatch(
+        &self,
+        queue: &dyn dearsync_core::dispatch::RunQueue,
+        job: dearsync_core::Job,
+        interval: impl Fn(&TenantSettings) -> Option<chrono::Duration>,
+    ) -> Result<dearsync_core::dispatch::DispatchSummary, HandlerError> {
+        let summary = dearsync_core::dispatch::dispatch(
+            self.store.as_ref(),
+            queue,
+            job,
+            self.clock.now(),
+            interval,
+        )
+        .await
+        .map_err(|e| {
+            let retryable = e.0.is_transient();
+            HandlerError::failed(e, retryable)
+        })?;
+        tracing::info!(
+            job = job.as_str(),
+            enqueued = summary.enqueued.len(),
+            not_due = summary.not_due,
+            failed = summary.failed.len(),
+            "dispatched"
+        );
+        if summary.failed.is_empty() {
+            return Ok(summary);
+        }
+        Err(HandlerError::failed(
+            format!(
+                "{} tenants not dispatched: {:?}",
+                summary.failed.len(),
+                summary.failed
+            ),
+            true,
+        ))
+    }
+}
+
 /// Why a function cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
