@@ -522,8 +522,20 @@ impl OrderDownload {
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
 
         // 3a. Delivered orders voided (or credited) since: cancelled at the warehouse first.
-        self.cancel_changed(since - overlap, run_start, &mut handled, summary)
-            .await?;
+        self.cancel_changed(
+            since - overlap,
+            run_start,
+            opts,
+            lease,
+            &mut handled,
+            summary,
+        )
+        .await?;
+        if summary.outcome == Outcome::StoppedAtDeadline {
+            // Out of time among the cancellations: the cursor stays, the next run lists them again.
+            summary.cursor_after = summary.cursor_before.clone();
+            return ended(summary);
+        }
 
         // 3b. During a backlog, the sales changed since the last run began come first.
         let fresh_key = CursorKey::new(&self.ctx.tenant, Job::OrderDownload, FRESH_CURSOR_NAME);
@@ -606,6 +618,8 @@ impl OrderDownload {
         &self,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
+        opts: &RunOptions,
+        lease: &mut RunLease,
         handled: &mut HashSet<Uuid>,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
@@ -631,10 +645,20 @@ impl OrderDownload {
                             && SaleDetail::of(r).cancelled.is_none()
                             && !self.is_live_claim(r)
                     });
-                    if open && handled.insert(item.sale_id) {
-                        self.fetch_and_deliver(item.sale_id, None, record, "cancel", summary)
-                            .await?;
+                    if !open || handled.contains(&item.sale_id) {
+                        continue;
                     }
+                    if self.out_of_time(opts) {
+                        summary.outcome = Outcome::StoppedAtDeadline;
+                        return Ok(());
+                    }
+                    lease
+                        .keep_alive(self.ctx.clock.now())
+                        .await
+                        .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
+                    handled.insert(item.sale_id);
+                    self.fetch_and_deliver(item.sale_id, None, record, "cancel", summary)
+                        .await?;
                 }
             }
         }
