@@ -393,6 +393,25 @@ impl OrderDownload {
         RecordKey::new(&self.ctx.tenant, Job::OrderDownload, sale_id.to_string())
     }
 
+    /// Before each sale: `false` (the outcome then says so) once the run is out of time; the run
+    /// lease renewed otherwise, and an error once it is lost.
+    async fn may_go_on(
+        &self,
+        opts: &RunOptions,
+        lease: &mut RunLease,
+        summary: &mut RunSummary,
+    ) -> Result<bool, SaleError> {
+        if self.out_of_time(opts) {
+            summary.outcome = Outcome::StoppedAtDeadline;
+            return Ok(false);
+        }
+        lease
+            .keep_alive(self.ctx.clock.now())
+            .await
+            .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
+        Ok(true)
+    }
+
     fn out_of_time(&self, opts: &RunOptions) -> bool {
         opts.deadline
             .is_some_and(|d| tokio::time::Instant::now() + opts.margin >= d)
@@ -481,14 +500,9 @@ impl OrderDownload {
             if handled.contains(&row.id) {
                 continue;
             }
-            if self.out_of_time(opts) {
-                summary.outcome = Outcome::StoppedAtDeadline;
+            if !self.may_go_on(opts, lease, summary).await? {
                 return Ok(Some(i));
             }
-            lease
-                .keep_alive(self.ctx.clock.now())
-                .await
-                .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
             if let Err(SaleError::Stop(why)) = self.handle_listed(row, opts, summary).await {
                 summary.outcome = Outcome::Aborted(why);
                 return Ok(Some(i));
@@ -648,14 +662,9 @@ impl OrderDownload {
                     if !open || handled.contains(&item.sale_id) {
                         continue;
                     }
-                    if self.out_of_time(opts) {
-                        summary.outcome = Outcome::StoppedAtDeadline;
+                    if !self.may_go_on(opts, lease, summary).await? {
                         return Ok(());
                     }
-                    lease
-                        .keep_alive(self.ctx.clock.now())
-                        .await
-                        .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
                     handled.insert(item.sale_id);
                     self.fetch_and_deliver(item.sale_id, None, record, "cancel", summary)
                         .await?;
@@ -791,14 +800,9 @@ impl OrderDownload {
             loop {
                 let page = self.ctx.store.list(&query).await?;
                 for listed in &page.records {
-                    if self.out_of_time(opts) {
-                        summary.outcome = Outcome::StoppedAtDeadline;
+                    if !self.may_go_on(opts, lease, summary).await? {
                         return Ok(());
                     }
-                    lease
-                        .keep_alive(self.ctx.clock.now())
-                        .await
-                        .map_err(|e| SaleError::Stop(format!("lost the run lease: {e}")))?;
                     let Ok(id) = listed.key.entity.parse::<Uuid>() else {
                         continue;
                     };
