@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use dear_client::{AvailabilityQuery, DearClient};
 use dear_sim::SimServer;
-use dearsync_core::state::{Ledger, LedgerQuery, RecordState};
+use dearsync_core::state::{LedgerQuery, RecordState};
 use dearsync_core::{Credentials, Job, JobContext, SystemClock, TenantId, TenantSettings, connect};
 use dearsync_inventory_sync::{Action, InventorySync, Snapshot};
 use dearsync_order_download::{NdjsonSink, OrderDownload, OrderSink, RunOptions};
@@ -128,10 +128,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
 /// The demo's DEAR (a seeded simulator), its tenant and the jobs' shared parts.
 struct Demo {
     sim: SimServer,
-    tenant: TenantId,
-    store: Arc<SqliteStore>,
-    dear: Arc<DearClient>,
-    clock: Arc<SystemClock>,
+    /// The tenant, DEAR, the SQLite store and the clock every job of the demo shares.
+    ctx: JobContext,
     settings: TenantSettings,
 }
 
@@ -199,10 +197,7 @@ impl Demo {
 
         Ok(Demo {
             sim,
-            tenant,
-            store,
-            dear,
-            clock,
+            ctx: JobContext::new(tenant, dear, store, clock),
             settings,
         })
     }
@@ -213,19 +208,12 @@ impl Demo {
         dir: &Path,
         meter: &mut CallMeter<'_>,
     ) -> Result<Vec<Value>, CliError> {
-        let Demo {
-            tenant,
-            store,
-            dear,
-            clock,
-            settings,
-            ..
-        } = self;
+        let Demo { ctx, settings, .. } = self;
         let orders_path = dir.join("orders.ndjson");
         let sink: Arc<dyn OrderSink> =
             Arc::new(NdjsonSink::file(&orders_path).map_err(|e| e.to_string())?);
         let download = OrderDownload {
-            ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
+            ctx: ctx.clone(),
             settings: settings.order_download.clone(),
             sink,
         };
@@ -257,9 +245,10 @@ impl Demo {
         if orders.len() > 5 {
             println!("   … and {} more", orders.len() - 5);
         }
-        let skipped = store
+        let skipped = ctx
+            .store
             .list(&LedgerQuery::new(
-                tenant,
+                &ctx.tenant,
                 Job::OrderDownload,
                 RecordState::Skipped,
             ))
@@ -288,18 +277,11 @@ impl Demo {
 
     /// 2. Shipment confirmation: the warehouse ships the orders; each is read back from DEAR.
     async fn ship(&self, orders: &[Value], meter: &mut CallMeter<'_>) -> Result<(), CliError> {
-        let Demo {
-            sim,
-            tenant,
-            store,
-            dear,
-            clock,
-            settings,
-        } = self;
+        let Demo { sim, ctx, settings } = self;
         println!();
         println!("2. Shipment confirmation (the warehouse reports what it shipped)");
         let confirm = ShipmentConfirmation {
-            ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
+            ctx: ctx.clone(),
             settings: settings.shipment_confirmation.clone(),
         };
         // The demo's warehouse ships simple sales of products without batches (a real one would
@@ -329,7 +311,7 @@ impl Demo {
                         .sale_id
                         .parse()
                         .map_err(|e| format!("sale id {}: {e}", c.sale_id))?;
-                    let sale = dear.sale(id).await.map_err(|e| e.to_string())?;
+                    let sale = ctx.dear.sale(id).await.map_err(|e| e.to_string())?;
                     println!(
                         "   {label:<18} {} {:<9} {:<9} fulfilment {} · {} {} → DEAR: {}",
                         c.shipment_id,
@@ -357,19 +339,12 @@ impl Demo {
 
     /// 3. Inventory sync: the warehouse's count becomes DEAR's stock, once.
     async fn count(&self, meter: &mut CallMeter<'_>) -> Result<(), CliError> {
-        let Demo {
-            tenant,
-            store,
-            dear,
-            clock,
-            settings,
-            ..
-        } = self;
+        let Demo { ctx, settings, .. } = self;
         println!();
         println!("3. Inventory sync ({LOCATION}: the warehouse's count becomes DEAR's stock)");
-        let snapshot = warehouse_count(dear).await?;
+        let snapshot = warehouse_count(&ctx.dear).await?;
         let sync = InventorySync {
-            ctx: JobContext::new(tenant.clone(), dear.clone(), store.clone(), clock.clone()),
+            ctx: ctx.clone(),
             settings: settings.inventory_sync.clone(),
         };
         let result = sync
