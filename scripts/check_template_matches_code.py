@@ -54,6 +54,15 @@ def main() -> int:
             problems.append(f"index {consts['GSI1']} keys {gkeys} != the store's")
         if gsi["Projection"]["ProjectionType"] != "ALL":
             problems.append("the gsi1 listing reads whole records: its projection must be ALL")
+    by_order = gsis.get(consts["GSI2"])
+    if by_order is None:
+        problems.append(f"StateTable has no index {consts['GSI2']}")
+    else:
+        gkeys = {k["KeyType"]: k["AttributeName"] for k in by_order["KeySchema"]}
+        if gkeys != {"HASH": consts["GSI2PK"], "RANGE": consts["GSI2SK"]}:
+            problems.append(f"index {consts['GSI2']} keys {gkeys} != the store's")
+        if by_order["Projection"]["ProjectionType"] != "KEYS_ONLY":
+            problems.append("the gsi2 order look-up reads records by key: its projection is KEYS_ONLY")
     ttl = table.get("TimeToLiveSpecification", {})
     if ttl.get("AttributeName") != consts["TTL"] or not ttl.get("Enabled"):
         problems.append(f"StateTable TTL must be enabled on {consts['TTL']}")

@@ -4,7 +4,9 @@
 use crate::exit::CliError;
 use std::path::PathBuf;
 
-use dearsync_shipment_confirmation::{ConfirmError, Shipment, ShipmentConfirmation};
+use dearsync_shipment_confirmation::{
+    ConfirmError, Shipment, ShipmentConfirmation, confirmations_report,
+};
 
 use crate::exit::Ended;
 use crate::local::LocalOptions;
@@ -36,7 +38,18 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, CliError> {
         ctx: local.ctx,
         settings: local.settings.shipment_confirmation,
     };
-    match job.confirm(&shipment).await {
+    let (started_at, before) = (job.ctx.clock.now(), job.ctx.dear.stats());
+    let outcome = job.confirm(&shipment).await;
+    let report = confirmations_report(
+        started_at,
+        job.ctx.clock.now(),
+        u64::from(outcome.is_ok()),
+        u64::from(outcome.is_err()),
+        job.ctx.dear.stats().throttled - before.throttled,
+    );
+    let (tenant, job_kind) = (&job.ctx.tenant, dearsync_core::Job::ShipmentConfirmation);
+    dearsync_core::run_log::record_or_warn(job.ctx.store.as_ref(), tenant, job_kind, &report).await;
+    match outcome {
         Ok(c) => {
             println!("{}", serde_json::to_string_pretty(&c).unwrap_or_default());
             Ok(Ended::Ok)

@@ -288,7 +288,7 @@ impl Demo {
         // report the batches it picked; the canonical shipment carries them).
         let plain = plain_sales(sim);
         let plan = plan_shipments(orders, &plain)?;
-        let mut applied = 0;
+        let (started_at, mut applied, mut refused) = (ctx.clock.now(), 0, 0);
         for (label, shipment) in &plan {
             let parsed = Shipment::from_json(&shipment.to_string())
                 .map_err(|e| format!("the demo built an invalid shipment: {e}"))?;
@@ -323,12 +323,24 @@ impl Demo {
                         sale.combined_shipping_status.unwrap_or_default()
                     );
                 }
-                Err(e) => println!(
-                    "   {label:<18} {} refused, nothing written: {e}",
-                    shipment["shipment_id"].as_str().unwrap_or("")
-                ),
+                Err(e) => {
+                    refused += 1;
+                    println!(
+                        "   {label:<18} {} refused, nothing written: {e}",
+                        shipment["shipment_id"].as_str().unwrap_or("")
+                    )
+                }
             }
         }
+        let report = dearsync_shipment_confirmation::confirmations_report(
+            started_at,
+            ctx.clock.now(),
+            plan.len() as u64 - refused,
+            refused,
+            0,
+        );
+        let job = dearsync_core::Job::ShipmentConfirmation;
+        dearsync_core::run_log::record_or_warn(ctx.store.as_ref(), &ctx.tenant, job, &report).await;
         println!(
             "   {applied} shipments applied; {} DEAR calls",
             meter.phase("shipments")
@@ -420,12 +432,9 @@ impl Demo {
         }
         println!();
         println!("Look closer (with --state-dir kept):");
-        println!(
-            "   dearsync records --state-dir <dir> --tenant {TENANT} --job order-download --state skipped"
-        );
-        println!(
-            "   dearsync records --state-dir <dir> --tenant {TENANT} --job shipment-confirmation --state done"
-        );
+        println!("   dearsync status --state-dir <dir> --tenant {TENANT}");
+        println!("   dearsync orders list --state-dir <dir> --tenant {TENANT}");
+        println!("   dearsync orders show --state-dir <dir> --tenant {TENANT} <order number>");
     }
 }
 

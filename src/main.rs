@@ -13,6 +13,8 @@ mod exit;
 mod inventory_sync;
 mod local;
 mod order_download;
+mod orders;
+mod status;
 mod tenants;
 mod webhooks;
 
@@ -45,7 +47,14 @@ enum Command {
     /// Manage DEAR's webhook subscriptions to the Order Download function.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
-    /// List ledger records of the local store: what happened to each order, shipment or stock line.
+    /// One order's story (`orders show SO-00123`), or the records that need looking at
+    /// (`orders list`).
+    #[command(subcommand)]
+    Orders(orders::OrdersCommand),
+    /// Per tenant and job: the last run, cursor lag, records in flight, failed, skipped and held,
+    /// inventory snapshots, queue depths.
+    Status(status::StatusArgs),
+    /// List the ledger records of one job in one state (the low-level view `orders list` builds on).
     Records(RecordsArgs),
 }
 
@@ -192,6 +201,8 @@ async fn main() -> std::process::ExitCode {
         Command::InventorySync(args) => inventory_sync::run(args).await,
         Command::Settings(opts) => show_settings(&opts).map(|()| exit::Ended::Ok),
         Command::Records(args) => list_records(&args).await.map(|()| exit::Ended::Ok),
+        Command::Orders(command) => orders::run(command).await,
+        Command::Status(args) => status::run(args).await,
         Command::Webhooks(command) => webhooks::run(command).await.map(|()| exit::Ended::Ok),
         Command::Tenants(command) => tenants::run(command).await.map(|()| exit::Ended::Ok),
     })
@@ -228,6 +239,14 @@ async fn list_records(args: &RecordsArgs) -> Result<(), CliError> {
         }
         left -= page.records.len().min(left);
         match page.next {
+            Some(_) if left == 0 => {
+                println!(
+                    "-- cut at --limit {}; more records follow (dearsync orders list --job {} \
+                     --state {} pages on)",
+                    args.limit, args.job, args.state
+                );
+                break;
+            }
             Some(next) => query.after = Some(next),
             None => break,
         }
@@ -235,14 +254,14 @@ async fn list_records(args: &RecordsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn parse_job(text: &str) -> Result<Job, CliError> {
+pub(crate) fn parse_job(text: &str) -> Result<Job, CliError> {
     Job::parse(text).ok_or_else(|| {
         format!("`{text}` is not a job: order-download, shipment-confirmation or inventory-sync")
             .into()
     })
 }
 
-fn parse_state(text: &str) -> Result<RecordState, CliError> {
+pub(crate) fn parse_state(text: &str) -> Result<RecordState, CliError> {
     RecordState::parse(text).ok_or_else(|| {
         format!("`{text}` is not a state: pending, in_flight, done, failed or skipped").into()
     })

@@ -29,10 +29,9 @@ pub(crate) async fn handle_http(deps: &Deps, event: &UrlRequest) -> Value {
         },
         Err(e) => return http_error(400, e.to_string()),
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(deps);
     let outcome = confirm(deps, &ctx, &shipment, &mut tally).await;
-    tally.count(outcome.is_ok());
-    tally.print(deps);
+    tally.finish(deps).await;
     match outcome {
         Ok(c) => http(202, json!(c)),
         Err(e @ ConfirmError::Invalid(_)) => http_error(400, e.to_string()),

@@ -38,10 +38,10 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
         return Ok(json!(handle_sqs(deps, batch?).await));
     }
     if let Some(detail) = event.get("detail") {
-        let mut tally = Tally::default();
+        let mut tally = Tally::new(deps);
         let outcome = confirm_envelope(deps, detail, &mut HashMap::new(), &mut tally).await;
-        tally.count(outcome.is_ok());
-        tally.print(deps);
+        tally.settle_failures(u64::from(outcome.is_err()));
+        tally.finish(deps).await;
         return Ok(json!(outcome?));
     }
     Err(HandlerError::BadEvent(format!(
@@ -54,7 +54,7 @@ pub async fn handle(deps: &Deps, event: Value) -> Result<Value, HandlerError> {
     )))
 }
 
-/// Confirms one shipment of a loaded tenant, counting DEAR's throttled answers.
+/// Confirms one shipment of a loaded tenant, counting it and DEAR's throttled answers.
 async fn confirm(
     deps: &Deps,
     ctx: &TenantContext,
@@ -67,7 +67,8 @@ async fn confirm(
     };
     let before = ctx.dear.stats().throttled;
     let outcome = job.confirm(shipment).await;
-    tally.dear_throttled += ctx.dear.stats().throttled - before;
+    let throttled = ctx.dear.stats().throttled - before;
+    tally.count(&ctx.tenant, outcome.is_ok(), throttled);
     outcome
 }
 
@@ -98,16 +99,16 @@ async fn confirm_envelope(
 
 /// Confirms each message's shipment; tenants loaded once per batch.
 async fn handle_sqs(deps: &Deps, batch: SqsEvent) -> dearsync_function_support::SqsBatchResponse {
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(deps);
     let mut tenants = HashMap::new();
     let response = sqs_batch(batch, "shipment-confirmation", async |body| {
         confirm_envelope(deps, &body, &mut tenants, &mut tally)
             .await
-            .map(|_| tally.confirmed += 1)
+            .map(|_| ())
     })
     .await;
     // Every message returned failed, the unreadable ones included.
-    tally.failed += response.batch_item_failures.len() as u64;
-    tally.print(deps);
+    tally.settle_failures(response.batch_item_failures.len() as u64);
+    tally.finish(deps).await;
     response
 }

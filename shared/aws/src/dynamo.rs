@@ -21,7 +21,7 @@ use chrono::{DateTime, Duration, Utc};
 use dearsync_core::clock::{Clock, from_millis, to_millis};
 use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, ledger_sort_start, new_token};
 use dearsync_core::state::*;
-use dearsync_core::{Job, StoreError, TenantId};
+use dearsync_core::{Job, RunHistory, RunLog, RunReport, StoreError, TenantId};
 
 use crate::sdk_error_text;
 
@@ -35,6 +35,11 @@ const SK: &str = "sk";
 const GSI1: &str = "gsi1";
 const GSI1PK: &str = "gsi1pk";
 const GSI1SK: &str = "gsi1sk";
+/// The ledger-by-order index and its keys: sparse (only records with an order number), keys only,
+/// so a transition that keeps the order number costs the index nothing.
+const GSI2: &str = "gsi2";
+const GSI2PK: &str = "gsi2pk";
+const GSI2SK: &str = "gsi2sk";
 /// DynamoDB's TTL attribute (epoch seconds) on transient items.
 const TTL: &str = "expires_at";
 /// Optimistic retries of a read-modify-write (token buckets) before giving up.
@@ -76,6 +81,17 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         )
         .build()
         .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let by_order = GlobalSecondaryIndex::builder()
+        .index_name(GSI2)
+        .key_schema(key(GSI2PK, KeyType::Hash)?)
+        .key_schema(key(GSI2SK, KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::KeysOnly)
+                .build(),
+        )
+        .build()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
     client
         .create_table()
         .table_name(table)
@@ -84,9 +100,12 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError
         .attribute_definitions(attr(SK)?)
         .attribute_definitions(attr(GSI1PK)?)
         .attribute_definitions(attr(GSI1SK)?)
+        .attribute_definitions(attr(GSI2PK)?)
+        .attribute_definitions(attr(GSI2SK)?)
         .key_schema(key(PK, KeyType::Hash)?)
         .key_schema(key(SK, KeyType::Range)?)
         .global_secondary_indexes(gsi)
+        .global_secondary_indexes(by_order)
         .send()
         .await
         .map_err(|e| unavailable("create the state table", &e))?;
@@ -205,6 +224,18 @@ fn ledger_gsi1pk(tenant: &TenantId, job: Job, state: RecordState) -> String {
     format!("T#{tenant}#J#{job}#S#{state}")
 }
 
+fn ledger_gsi2pk(tenant: &TenantId, order_number: &str) -> String {
+    format!("T#{tenant}#O#{order_number}")
+}
+
+fn ledger_gsi2sk(key: &RecordKey) -> String {
+    format!("{}#{}", key.job, key.entity)
+}
+
+fn run_sk(job: Job) -> String {
+    format!("RUN#{job}")
+}
+
 fn idempotency_pk(key: &IdempotencyKey) -> String {
     format!("T#{}#I#{}#{}", key.tenant, key.scope, key.key)
 }
@@ -259,6 +290,11 @@ fn record_item(rec: &LedgerRecord) -> Item {
     if let Some(detail) = &rec.detail {
         item.insert("detail".into(), s(detail));
     }
+    if let Some(number) = &rec.order_number {
+        item.insert("order_number".into(), s(number));
+        item.insert(GSI2PK.into(), s(ledger_gsi2pk(&rec.key.tenant, number)));
+        item.insert(GSI2SK.into(), s(ledger_gsi2sk(&rec.key)));
+    }
     item
 }
 
@@ -286,6 +322,7 @@ fn record_from(item: &Item) -> Result<LedgerRecord, StoreError> {
         updated_at: from_millis(r.n("updated_ms")?),
         due_at: r.opt_n("due_ms")?.map(from_millis),
         detail: r.opt_s("detail")?,
+        order_number: r.opt_s("order_number")?,
     })
 }
 
@@ -541,6 +578,84 @@ impl Ledger for DynamoStore {
             _ => None,
         };
         Ok(RecordPage { records, next })
+    }
+
+    async fn records_of_order(
+        &self,
+        tenant: &TenantId,
+        order_number: &str,
+        limit: usize,
+    ) -> Result<Vec<LedgerRecord>, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI2)
+            .key_condition_expression("gsi2pk = :p")
+            .expression_attribute_values(":p", s(ledger_gsi2pk(tenant, order_number)))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| unavailable(&format!("list the records of order {order_number}"), &e))?;
+        // The index holds keys only: the records themselves are read in batches of 100.
+        let keys: Vec<Item> = out
+            .items()
+            .iter()
+            .map(|item| {
+                [PK, SK]
+                    .iter()
+                    .filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+                    .collect()
+            })
+            .collect();
+        let mut records = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(100) {
+            for item in self.batch_get(batch.to_vec()).await? {
+                records.push(record_from(&item)?);
+            }
+        }
+        Ok(records)
+    }
+}
+
+impl DynamoStore {
+    /// Reads up to 100 items by key, asking again for any DynamoDB left unprocessed. Only the
+    /// operator's commands (`dearsync orders`) read this way, so the functions' roles do not grant
+    /// `dynamodb:BatchGetItem` (scripts/check_template_matches_code.py counts `.table_name` calls).
+    async fn batch_get(&self, mut keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        for attempt in 0..MAX_RETRIES {
+            if keys.is_empty() {
+                return Ok(items);
+            }
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| unavailable("read ledger records", &e))?;
+            if let Some(found) = out.responses.and_then(|mut r| r.remove(&self.table)) {
+                items.extend(found);
+            }
+            keys = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                Self::backoff(attempt).await;
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "DynamoDB left {} ledger records unread after {MAX_RETRIES} tries",
+            keys.len()
+        )))
     }
 }
 
@@ -971,5 +1086,64 @@ impl TenantDirectory for DynamoStore {
             .await
             .map_err(|e| unavailable(&format!("save tenant {}", entry.tenant), &e))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RunLog for DynamoStore {
+    async fn record_run(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        report: &RunReport,
+    ) -> Result<RunHistory, StoreError> {
+        let what = format!("the run log of {tenant}/{job}");
+        for attempt in 0..dearsync_core::run_log::RECORD_RUN_ATTEMPTS {
+            let previous = self.run_history(tenant, job).await?;
+            let next = RunHistory::after(previous.as_ref(), report);
+            let text = serde_json::to_string(&next).map_err(|e| StoreError::Corrupt {
+                key: what.clone(),
+                detail: e.to_string(),
+            })?;
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(PK, s(tenant_pk(tenant)))
+                .item(SK, s(run_sk(job)))
+                .item("history", s(text))
+                .item("revision", n(next.revision));
+            let put = match &previous {
+                None => put.condition_expression("attribute_not_exists(pk)"),
+                Some(p) => put
+                    .condition_expression("revision = :r")
+                    .expression_attribute_values(":r", n(p.revision)),
+            };
+            match put.send().await {
+                Ok(_) => return Ok(next),
+                // Another run of this tenant and job wrote in between: read again, add ours.
+                Err(e) if is_condition_failed(&e) => Self::backoff(attempt).await,
+                Err(e) => return Err(unavailable(&format!("write {what}"), &e)),
+            }
+        }
+        Err(StoreError::conflict(
+            what,
+            "other runs kept writing it; this run's report was not added",
+        ))
+    }
+
+    async fn run_history(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+    ) -> Result<Option<RunHistory>, StoreError> {
+        let what = format!("the run log of {tenant}/{job}");
+        let Some(item) = self.get(tenant_pk(tenant), &run_sk(job), &what).await? else {
+            return Ok(None);
+        };
+        let r = reader(&item, &what);
+        serde_json::from_str(&r.s("history")?)
+            .map(Some)
+            .map_err(|e| r.corrupt(e.to_string()))
     }
 }

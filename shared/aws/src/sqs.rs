@@ -85,3 +85,64 @@ impl RunQueue for SqsRunQueue {
         refused
     }
 }
+
+/// How many messages a queue holds (SQS's approximate counts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received, not yet deleted.
+    pub in_flight: u64,
+    /// Sent with a delay not yet over.
+    pub delayed: u64,
+    /// True when the queue is another queue's dead-letter queue (its messages need a person).
+    pub is_dead_letter_queue: bool,
+}
+
+/// Why a queue's depth could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("SQS: {detail}")]
+pub struct QueueDepthError {
+    detail: String,
+}
+
+/// Reads the depth of the queue at `url` (`sqs:GetQueueAttributes`; dead-letter queues are
+/// recognised by the queues that name them: `sqs:ListDeadLetterSourceQueues`).
+pub async fn queue_depth(
+    config: &aws_config::SdkConfig,
+    url: &str,
+) -> Result<QueueDepth, QueueDepthError> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let client = Client::new(config);
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .attribute_names(A::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .map_err(|e| QueueDepthError {
+            detail: sdk_error_text(&e),
+        })?;
+    let count = |name: A| {
+        out.attributes()
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let sources = client
+        .list_dead_letter_source_queues()
+        .queue_url(url)
+        .send()
+        .await
+        .map_err(|e| QueueDepthError {
+            detail: sdk_error_text(&e),
+        })?;
+    Ok(QueueDepth {
+        visible: count(A::ApproximateNumberOfMessages),
+        in_flight: count(A::ApproximateNumberOfMessagesNotVisible),
+        delayed: count(A::ApproximateNumberOfMessagesDelayed),
+        is_dead_letter_queue: !sources.queue_urls().is_empty(),
+    })
+}

@@ -14,7 +14,7 @@ use futures::future::join_all;
 
 use crate::clock::ManualClock;
 use crate::state::*;
-use crate::{Job, StateStore, StoreError, TenantId};
+use crate::{Job, RunOutcome, RunReport, StateStore, StoreError, TenantId};
 
 /// How many tasks race in the race checks.
 pub const RACERS: usize = 16;
@@ -53,6 +53,8 @@ macro_rules! conformance_suite {
             leases_exclude_and_expire, lease_race_has_one_winner,
             token_buckets_refill_and_pause, token_bucket_race_never_overdraws,
             tenants_are_listed_and_replaced,
+            ledger_finds_every_record_of_an_order, run_log_keeps_the_last_success_and_totals,
+            run_log_counts_every_concurrent_run,
         );
     };
     (@tests $factory:expr; $($check:ident),+ $(,)?) => {
@@ -954,4 +956,160 @@ impl ManualClock {
     pub fn now_for_tests(&self) -> chrono::DateTime<chrono::Utc> {
         crate::Clock::now(self)
     }
+}
+
+/// Every job's records of one order come back from one look-up, whichever job wrote them and
+/// whenever they learnt the order number; other orders and tenants do not.
+pub async fn ledger_finds_every_record_of_an_order(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let mut sale = new_record(&t, "SALE-1", RecordState::Done);
+    sale.order_number = Some("SO-00123".into());
+    f.store.insert(sale).await.unwrap();
+    // A shipment learns its order number when it reads the sale.
+    let shipment = f
+        .store
+        .insert(NewRecord::new(
+            RecordKey::new(&t, Job::ShipmentConfirmation, "SHIP-1"),
+            RecordState::InFlight,
+            "h",
+        ))
+        .await
+        .unwrap();
+    let shipment = f
+        .store
+        .transition(
+            &shipment,
+            Transition::to(RecordState::InFlight).order_number(Some(" SO-00123 ")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(shipment.order_number.as_deref(), Some("SO-00123"));
+    // A later transition that does not name it keeps it.
+    let shipment = f
+        .store
+        .transition(&shipment, Transition::to(RecordState::Done))
+        .await
+        .unwrap();
+    assert_eq!(shipment.order_number.as_deref(), Some("SO-00123"));
+    let mut other = new_record(&t, "SALE-2", RecordState::Done);
+    other.order_number = Some("SO-00124".into());
+    f.store.insert(other).await.unwrap();
+    let mut elsewhere = new_record(&tenant("beta"), "SALE-1", RecordState::Done);
+    elsewhere.order_number = Some("SO-00123".into());
+    f.store.insert(elsewhere).await.unwrap();
+
+    let mut found: Vec<_> = f
+        .peer
+        .records_of_order(&t, "SO-00123", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key.job, r.key.entity, r.state))
+        .collect();
+    found.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert_eq!(
+        found,
+        [
+            (Job::OrderDownload, "SALE-1".to_owned(), RecordState::Done),
+            (
+                Job::ShipmentConfirmation,
+                "SHIP-1".to_owned(),
+                RecordState::Done
+            ),
+        ]
+    );
+    assert_eq!(
+        f.store
+            .records_of_order(&t, "SO-00123", 1)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the limit holds"
+    );
+    assert!(
+        f.store
+            .records_of_order(&t, "SO-9", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn run_report(f: &Fixture, outcome: RunOutcome, delivered: u64) -> RunReport {
+    let now = f.clock.now_for_tests();
+    RunReport {
+        started_at: now - Duration::seconds(3),
+        ended_at: now,
+        outcome,
+        note: (outcome == RunOutcome::Aborted).then(|| "DEAR is unavailable".to_owned()),
+        counts: [("delivered".to_owned(), delivered)].into(),
+    }
+}
+
+/// The run log keeps the last run, the last success across failed runs, and the totals.
+pub async fn run_log_keeps_the_last_success_and_totals(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    assert_eq!(
+        f.store.run_history(&t, Job::OrderDownload).await.unwrap(),
+        None
+    );
+    let ok = run_report(&f, RunOutcome::Completed, 3);
+    f.store
+        .record_run(&t, Job::OrderDownload, &ok)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::minutes(5));
+    let failed = run_report(&f, RunOutcome::Aborted, 0);
+    f.peer
+        .record_run(&t, Job::OrderDownload, &failed)
+        .await
+        .unwrap();
+    let history = f
+        .store
+        .run_history(&t, Job::OrderDownload)
+        .await
+        .unwrap()
+        .expect("logged");
+    assert_eq!(history.last, failed);
+    assert_eq!(history.last_success_at, Some(ok.ended_at));
+    assert_eq!((history.runs, history.totals["delivered"]), (2, 3));
+    assert_eq!(
+        f.store.run_history(&t, Job::InventorySync).await.unwrap(),
+        None,
+        "kept per job"
+    );
+}
+
+/// Runs of one tenant and job that end together (a webhook beside a poll) are all counted.
+pub async fn run_log_counts_every_concurrent_run(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let report = run_report(&f, RunOutcome::Completed, 1);
+    let results = join_all((0..4).map(|i| {
+        let store = if i % 2 == 0 {
+            f.store.clone()
+        } else {
+            f.peer.clone()
+        };
+        let (t, report) = (t.clone(), report.clone());
+        tokio::spawn(async move {
+            store
+                .record_run(&t, Job::ShipmentConfirmation, &report)
+                .await
+        })
+    }))
+    .await;
+    for r in results {
+        r.expect("task").expect("recorded");
+    }
+    let history = f
+        .store
+        .run_history(&t, Job::ShipmentConfirmation)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((history.runs, history.totals["delivered"]), (4, 4));
 }

@@ -20,9 +20,11 @@ pub mod metrics;
 pub mod push_signature;
 pub mod rate;
 pub mod run_lease;
+pub mod run_log;
 pub mod settings;
 pub mod sku;
 pub mod state;
+pub mod story;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -37,6 +39,7 @@ pub use job_context::JobContext;
 pub use memory::MemoryStore;
 pub use rate::{BudgetStats, SharedBudgetConfig, SharedRateBudget};
 pub use run_lease::{RunLease, RunStart};
+pub use run_log::{RunHistory, RunLog, RunOutcome, RunReport};
 pub use settings::{SettingsError, TenantSettings};
 pub use state::StateStore;
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::clock::{Clock, to_millis};
 use crate::state::*;
-use crate::{StoreError, TenantId};
+use crate::{Job, RunHistory, RunLog, RunReport, StoreError, TenantId};
 
 #[derive(Default)]
 struct Inner {
@@ -19,6 +19,7 @@ struct Inner {
     leases: HashMap<LeaseKey, Lease>,
     buckets: HashMap<String, BucketState>,
     tenants: BTreeMap<TenantId, TenantEntry>,
+    runs: HashMap<(TenantId, Job), RunHistory>,
 }
 
 /// Every state port, in memory.
@@ -181,6 +182,22 @@ impl Ledger for MemoryStore {
             },
             records: rows.into_iter().map(|(_, r)| r.clone()).collect(),
         })
+    }
+
+    async fn records_of_order(
+        &self,
+        tenant: &TenantId,
+        order_number: &str,
+        limit: usize,
+    ) -> Result<Vec<LedgerRecord>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .records
+            .values()
+            .filter(|r| r.key.tenant == *tenant && r.order_number.as_deref() == Some(order_number))
+            .take(limit.clamp(1, 1000))
+            .cloned()
+            .collect())
     }
 }
 
@@ -377,5 +394,29 @@ impl TenantDirectory for MemoryStore {
             .tenants
             .insert(entry.tenant.clone(), entry.clone());
         Ok(())
+    }
+}
+
+#[async_trait]
+impl RunLog for MemoryStore {
+    async fn record_run(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        report: &RunReport,
+    ) -> Result<RunHistory, StoreError> {
+        let mut inner = self.lock();
+        let key = (tenant.clone(), job);
+        let next = RunHistory::after(inner.runs.get(&key), report);
+        inner.runs.insert(key, next.clone());
+        Ok(next)
+    }
+
+    async fn run_history(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+    ) -> Result<Option<RunHistory>, StoreError> {
+        Ok(self.lock().runs.get(&(tenant.clone(), job)).cloned())
     }
 }

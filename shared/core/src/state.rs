@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Job, StoreError, TenantId};
+use crate::{Job, RunLog, StoreError, TenantId};
 
 /// Largest `detail` / `result` text a store accepts (DynamoDB items are limited to 400 KB).
 pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
@@ -190,6 +190,9 @@ pub struct LedgerRecord {
     pub due_at: Option<DateTime<Utc>>,
     /// Job-specific data (JSON text): a result, a version, the DEAR ids written…
     pub detail: Option<String>,
+    /// DEAR's order number (`SO-00123`) of the sale the record is about, once known: indexed, so
+    /// every job's records of one order are one query ([`Ledger::records_of_order`]).
+    pub order_number: Option<String>,
 }
 
 impl LedgerRecord {
@@ -218,6 +221,10 @@ impl LedgerRecord {
                 DetailChange::Set(text) => Some(text.clone()),
                 DetailChange::Clear => None,
             },
+            order_number: change
+                .order_number
+                .clone()
+                .or_else(|| self.order_number.clone()),
         }
     }
 }
@@ -239,6 +246,8 @@ pub struct NewRecord {
     pub due_at: Option<DateTime<Utc>>,
     /// See [`LedgerRecord::detail`].
     pub detail: Option<String>,
+    /// See [`LedgerRecord::order_number`].
+    pub order_number: Option<String>,
 }
 
 impl NewRecord {
@@ -252,6 +261,7 @@ impl NewRecord {
             attempts: 0,
             due_at: None,
             detail: None,
+            order_number: None,
         }
     }
 
@@ -268,6 +278,7 @@ impl NewRecord {
             updated_at: now,
             due_at: self.due_at,
             detail: self.detail,
+            order_number: self.order_number,
         }
     }
 }
@@ -299,6 +310,8 @@ pub struct Transition {
     pub due_at: Option<DateTime<Utc>>,
     /// The new detail.
     pub detail: DetailChange,
+    /// The order number, when the transition learns it (`None`: unchanged; it is never cleared).
+    pub order_number: Option<String>,
 }
 
 impl Transition {
@@ -311,6 +324,7 @@ impl Transition {
             count_attempt: false,
             due_at: None,
             detail: DetailChange::Keep,
+            order_number: None,
         }
     }
 
@@ -341,6 +355,15 @@ impl Transition {
     /// Replaces the detail.
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = DetailChange::Set(detail.into());
+        self
+    }
+
+    /// Records the order number the record is about (an empty one is ignored).
+    pub fn order_number(mut self, number: Option<&str>) -> Self {
+        self.order_number = number
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned);
         self
     }
 }
@@ -426,6 +449,16 @@ pub trait Ledger: Send + Sync {
     /// Lists records in one state, oldest first, a page at a time. Listings may lag a write by
     /// a moment (an index); read a record before acting on it.
     async fn list(&self, query: &LedgerQuery) -> Result<RecordPage, StoreError>;
+
+    /// Every job's records of one order (by [`LedgerRecord::order_number`], exact), at most
+    /// `limit` (1–1000), in no set order: one indexed query. Like [`Ledger::list`], it may lag a
+    /// write by a moment.
+    async fn records_of_order(
+        &self,
+        tenant: &TenantId,
+        order_number: &str,
+        limit: usize,
+    ) -> Result<Vec<LedgerRecord>, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -825,12 +858,12 @@ pub trait TenantDirectory: Send + Sync {
 
 /// Every state port in one: what a store adapter implements.
 pub trait StateStore:
-    CursorStore + Ledger + Idempotency + Leases + TokenBuckets + TenantDirectory
+    CursorStore + Ledger + Idempotency + Leases + TokenBuckets + TenantDirectory + RunLog
 {
 }
 
 impl<T> StateStore for T where
-    T: CursorStore + Ledger + Idempotency + Leases + TokenBuckets + TenantDirectory
+    T: CursorStore + Ledger + Idempotency + Leases + TokenBuckets + TenantDirectory + RunLog
 {
 }
 

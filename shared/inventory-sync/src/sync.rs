@@ -9,7 +9,7 @@
 //! so what was applied matches and drops out) and skips the parts the ledger shows posted (a DRAFT
 //! does not move stock, so it would stay in the plan).
 
-use chrono::{DateTime, Duration, NaiveDate, SecondsFormat};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use dear_client::{
     AdjustmentStatus, AvailabilityQuery, DearDateTime, DearError, Product, ProductQuery,
     READ_BACK_ROUNDS, StockAdjustmentLineWrite, StockAdjustmentWrite,
@@ -18,7 +18,7 @@ use dearsync_core::settings::{
     AdjustmentStatusSetting, BinNullRow, InventorySyncSettings, QuantityIs, SnapshotScope,
 };
 use dearsync_core::state::{Claim, ClaimTerms, Cursor, CursorKey, IdempotencyKey};
-use dearsync_core::{HeldClaim, Job, JobContext, StoreError};
+use dearsync_core::{HeldClaim, Job, JobContext, RunOutcome, RunReport, StoreError};
 use futures::TryStreamExt;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -247,6 +247,39 @@ impl SyncSummary {
     }
 }
 
+/// The run log's report of a sync: snapshots applied and held, lines adjusted and held.
+fn run_report(
+    result: &Result<SyncSummary, SyncError>,
+    started_at: DateTime<Utc>,
+    ended_at: DateTime<Utc>,
+) -> RunReport {
+    match result {
+        Ok(summary) => RunReport::new(
+            started_at,
+            ended_at,
+            RunOutcome::Completed,
+            [
+                (
+                    "snapshots_applied",
+                    u64::from(summary.outcome == SyncOutcome::Applied),
+                ),
+                (
+                    "snapshots_held",
+                    u64::from(summary.outcome == SyncOutcome::Held),
+                ),
+                ("lines_read", summary.lines_read),
+                ("adjusted", summary.adjusted),
+                ("held_for_review", summary.held_for_review),
+                ("unknown_skus", summary.unknown_skus.len() as u64),
+                ("dear_calls", summary.dear_calls),
+                ("dear_throttled", summary.dear_throttled),
+            ],
+        ),
+        Err(e) => RunReport::new(started_at, ended_at, RunOutcome::Aborted, [("failed", 1)])
+            .note(e.to_string()),
+    }
+}
+
 /// Why a sync failed (nothing half-applied: a retry plans again).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -391,8 +424,30 @@ impl InventorySync {
         self.sync_with(snapshot, options).await
     }
 
-    /// Syncs one snapshot as `options` say.
+    /// Syncs one snapshot as `options` say; a sync that is not a dry run is logged
+    /// (`dearsync status`).
     pub async fn sync_with(
+        &self,
+        snapshot: &Snapshot,
+        options: SyncOptions,
+    ) -> Result<SyncSummary, SyncError> {
+        let started_at = self.ctx.clock.now();
+        let dry_run = options.dry_run;
+        let result = self.sync_unlogged(snapshot, options).await;
+        if !dry_run {
+            let report = run_report(&result, started_at, self.ctx.clock.now());
+            dearsync_core::run_log::record_or_warn(
+                self.ctx.store.as_ref(),
+                &self.ctx.tenant,
+                Job::InventorySync,
+                &report,
+            )
+            .await;
+        }
+        result
+    }
+
+    async fn sync_unlogged(
         &self,
         snapshot: &Snapshot,
         options: SyncOptions,

@@ -27,7 +27,7 @@ use dearsync_core::state::{
     CursorKey, DetailChange, LedgerQuery, LedgerRecord, NewRecord, RecordKey, RecordState,
     Transition,
 };
-use dearsync_core::{Job, JobContext, RunLease, RunStart, StoreError};
+use dearsync_core::{Job, JobContext, RunLease, RunOutcome, RunReport, RunStart, StoreError};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -211,6 +211,34 @@ impl RunSummary {
         self.skipped.values().sum()
     }
 
+    /// The run log's report of this run (`dearsync status`).
+    pub fn run_report(&self, started_at: DateTime<Utc>, ended_at: DateTime<Utc>) -> RunReport {
+        let outcome = match &self.outcome {
+            Outcome::Completed | Outcome::LeaseBusy(_) => RunOutcome::Completed,
+            Outcome::StoppedAtDeadline => RunOutcome::StoppedAtDeadline,
+            Outcome::Aborted(_) => RunOutcome::Aborted,
+        };
+        let report = RunReport::new(
+            started_at,
+            ended_at,
+            outcome,
+            [
+                ("listed", self.listed),
+                ("delivered", self.delivered),
+                ("skipped", self.skipped_total()),
+                ("failed", self.failed),
+                ("cancelled", self.cancelled),
+                ("cancelled_after_shipping", self.cancelled_after_shipping),
+                ("dear_calls", self.dear_calls),
+                ("dear_throttled", self.throttled),
+            ],
+        );
+        match &self.outcome {
+            Outcome::Aborted(why) => report.note(why.clone()),
+            _ => report,
+        }
+    }
+
     /// The summary as a CloudWatch EMF line.
     pub fn emf(&self, timestamp_ms: i64) -> String {
         dearsync_core::metrics::emf_line(
@@ -250,46 +278,46 @@ impl RunSummary {
 
 /// What the ledger keeps per sale, as the record's `detail`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct SaleDetail {
+pub(crate) struct SaleDetail {
     /// The `Updated` this record was last decided for.
-    updated: Option<String>,
-    order_number: Option<String>,
+    pub(crate) updated: Option<String>,
+    pub(crate) order_number: Option<String>,
     /// Who claimed the delivery: a run id (`run-…`), or `webhook`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    claimed_by: Option<String>,
+    pub(crate) claimed_by: Option<String>,
     /// The sink the claimant delivered to, when only one process at a time can hold it (the
     /// locked NDJSON file's identity, [`OrderSink::sole_deliverer`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    claimed_sink: Option<String>,
+    pub(crate) claimed_sink: Option<String>,
     /// How many contents of this sale were claimed for delivery (the last one's number).
     #[serde(default, skip_serializing_if = "is_zero")]
-    delivery_sequence: u32,
+    pub(crate) delivery_sequence: u32,
     /// How many times an operator had it resent.
     #[serde(default, skip_serializing_if = "is_zero")]
-    resends: u32,
+    pub(crate) resends: u32,
     /// The id of the last delivery the warehouse took (absent in records written before it was
     /// kept): what a resend names in `resend_of`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    delivered_id: Option<String>,
+    pub(crate) delivered_id: Option<String>,
     /// The delivered order's cancellation, once handled (sent, or recorded after shipping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    cancelled: Option<CancelFacts>,
+    pub(crate) cancelled: Option<CancelFacts>,
     /// DEAR's sale status when it was last delivered: a sale back before it was undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    delivered_status: Option<String>,
+    pub(crate) delivered_status: Option<String>,
     /// The last version the warehouse took, whatever later attempts left the record in (a newer
     /// version skipped or failed, a failed read). Absent in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    delivered_version: Option<String>,
+    pub(crate) delivered_version: Option<String>,
     /// Where the delivered order ships from, its quantity per SKU and when it was delivered: what
     /// Inventory Sync subtracts from a warehouse snapshot taken before the delivery (core's read
     /// model owns these keys).
     #[serde(flatten)]
-    delivery: DeliveryFacts,
+    pub(crate) delivery: DeliveryFacts,
 }
 
 impl SaleDetail {
-    fn of(record: &LedgerRecord) -> SaleDetail {
+    pub(crate) fn of(record: &LedgerRecord) -> SaleDetail {
         record
             .detail
             .as_deref()
@@ -419,6 +447,7 @@ impl OrderDownload {
 
     /// One scheduled run.
     pub async fn run(&self, opts: &RunOptions) -> RunSummary {
+        let started_at = self.ctx.clock.now();
         let calls_before = self.ctx.dear.stats();
         let mut summary = RunSummary {
             tenant: self.ctx.tenant.to_string(),
@@ -451,6 +480,14 @@ impl OrderDownload {
         let calls = self.ctx.dear.stats();
         summary.dear_calls = calls.calls - calls_before.calls;
         summary.throttled = calls.throttled - calls_before.throttled;
+        let report = summary.run_report(started_at, self.ctx.clock.now());
+        dearsync_core::run_log::record_or_warn(
+            self.ctx.store.as_ref(),
+            &self.ctx.tenant,
+            Job::OrderDownload,
+            &report,
+        )
+        .await;
         summary
     }
 
@@ -1318,6 +1355,7 @@ impl OrderDownload {
                 new.attempts = 1;
                 new.due_at = Some(due);
                 new.detail = Some(detail.to_json());
+                new.order_number = Some(order.order_number.clone());
                 self.ctx.store.insert(new).await
             }
             Some(rec) => {
@@ -1325,7 +1363,8 @@ impl OrderDownload {
                     .input_hash(&order.version)
                     .attempt()
                     .due_at(due)
-                    .detail(detail.to_json());
+                    .detail(detail.to_json())
+                    .order_number(Some(&order.order_number));
                 self.ctx.store.transition(&rec, change).await
             }
         };
@@ -1435,6 +1474,7 @@ impl OrderDownload {
         change.reason = reason;
         change.input_hash = input_hash.map(str::to_owned);
         change.detail = DetailChange::Set(detail.to_json());
+        let change = change.order_number(detail.order_number.as_deref());
         StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
         Ok(())
     }
@@ -1479,6 +1519,7 @@ impl OrderDownload {
             None => {
                 let mut new = NewRecord::new(self.key(sale_id), RecordState::Skipped, version);
                 new.reason = Some(reason);
+                new.order_number = sale.order_number().map(str::to_owned);
                 new.detail = Some(
                     SaleDetail {
                         updated: updated.map(millis),

@@ -7,9 +7,11 @@ pub mod canonical;
 pub mod filter;
 pub mod job;
 pub mod sink;
+pub mod story;
 
 pub use address::address_mismatch;
 pub use cancel::{CANCEL_SCHEMA, CancelReason, OrderCancel};
 pub use canonical::{CanonicalOrder, map_sale, validate};
 pub use job::{OrderDownload, Outcome, Progress, RunOptions, RunSummary};
 pub use sink::{NdjsonSink, OrderSink, SinkError, SinkOpenError, WebhookSink};
+pub use story::story;

@@ -444,16 +444,16 @@ fn dear_error(e: DearError) -> ConfirmError {
 
 /// What the ledger keeps per shipment (its `detail`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct ShipmentDetail {
-    sale_id: Option<String>,
-    task_id: Option<String>,
-    contents_hash: Option<String>,
-    payload_hash: Option<String>,
-    confirmation: Option<Confirmation>,
+pub(crate) struct ShipmentDetail {
+    pub(crate) sale_id: Option<String>,
+    pub(crate) task_id: Option<String>,
+    pub(crate) contents_hash: Option<String>,
+    pub(crate) payload_hash: Option<String>,
+    pub(crate) confirmation: Option<Confirmation>,
 }
 
 impl ShipmentDetail {
-    fn of(rec: &LedgerRecord) -> Self {
+    pub(crate) fn of(rec: &LedgerRecord) -> Self {
         rec.detail
             .as_deref()
             .and_then(|d| serde_json::from_str(d).ok())
@@ -462,6 +462,32 @@ impl ShipmentDetail {
     fn json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// The run log's report of shipments confirmed from `started_at` to `ended_at` (a batch, or one
+/// CLI run): aborted when every one failed (DEAR or the store down, most likely).
+pub fn confirmations_report(
+    started_at: chrono::DateTime<chrono::Utc>,
+    ended_at: chrono::DateTime<chrono::Utc>,
+    confirmed: u64,
+    failed: u64,
+    dear_throttled: u64,
+) -> dearsync_core::RunReport {
+    let outcome = if confirmed == 0 && failed > 0 {
+        dearsync_core::RunOutcome::Aborted
+    } else {
+        dearsync_core::RunOutcome::Completed
+    };
+    dearsync_core::RunReport::new(
+        started_at,
+        ended_at,
+        outcome,
+        [
+            ("confirmed", confirmed),
+            ("failed", failed),
+            ("dear_throttled", dear_throttled),
+        ],
+    )
 }
 
 /// Everything confirmation needs.
@@ -805,7 +831,7 @@ impl ShipmentConfirmation {
         let plan = match self.plan(shipment, &sale, resume_task) {
             Ok(p) => p,
             Err(e) => {
-                self.record_failure(&key, existing, &e.to_string(), hash)
+                self.record_failure(&key, existing, &e.to_string(), hash, sale.order_number())
                     .await?;
                 return Err(e.into());
             }
@@ -822,7 +848,9 @@ impl ShipmentConfirmation {
             payload_hash: Some(hash.to_owned()),
             confirmation: None,
         };
-        let in_flight = self.mark_in_flight(key, existing, &detail, hash).await?;
+        let in_flight = self
+            .mark_in_flight(key, existing, &detail, hash, sale.order_number())
+            .await?;
         let location = shipment
             .location
             .clone()
@@ -918,21 +946,22 @@ impl ShipmentConfirmation {
         existing: Option<LedgerRecord>,
         detail: &ShipmentDetail,
         hash: &str,
+        order_number: Option<&str>,
     ) -> Result<LedgerRecord, ConfirmError> {
+        let change = Transition::to(RecordState::InFlight)
+            .input_hash(hash)
+            .attempt()
+            .detail(detail.json())
+            .order_number(order_number);
         Ok(match existing {
             None => {
                 let mut new = NewRecord::new(key, RecordState::InFlight, hash);
                 new.attempts = 1;
                 new.detail = Some(detail.json());
+                new.order_number = change.order_number;
                 self.ctx.store.insert(new).await?
             }
-            Some(rec) => {
-                let change = Transition::to(RecordState::InFlight)
-                    .input_hash(hash)
-                    .attempt()
-                    .detail(detail.json());
-                self.ctx.store.transition(&rec, change).await?
-            }
+            Some(rec) => self.ctx.store.transition(&rec, change).await?,
         })
     }
 
@@ -942,13 +971,15 @@ impl ShipmentConfirmation {
         existing: Option<LedgerRecord>,
         reason: &str,
         hash: &str,
+        order_number: Option<&str>,
     ) -> Result<(), ConfirmError> {
+        let change = Transition::to(RecordState::Failed)
+            .reason(reason)
+            .input_hash(hash)
+            .attempt()
+            .order_number(order_number);
         let result = match existing {
             Some(rec) if rec.state != RecordState::Done => {
-                let change = Transition::to(RecordState::Failed)
-                    .reason(reason)
-                    .input_hash(hash)
-                    .attempt();
                 self.ctx.store.transition(&rec, change).await.map(|_| ())
             }
             Some(_) => Ok(()),
@@ -956,6 +987,7 @@ impl ShipmentConfirmation {
                 let mut new = NewRecord::new(key.clone(), RecordState::Failed, hash);
                 new.reason = Some(reason.to_owned());
                 new.attempts = 1;
+                new.order_number = change.order_number;
                 self.ctx.store.insert(new).await.map(|_| ())
             }
         };

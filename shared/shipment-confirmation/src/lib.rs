@@ -3,6 +3,10 @@
 
 pub mod confirm;
 pub mod shipment;
+pub mod story;
 
-pub use confirm::{BoxResult, ConfirmError, Confirmation, ShipmentConfirmation};
+pub use confirm::{
+    BoxResult, ConfirmError, Confirmation, ShipmentConfirmation, confirmations_report,
+};
 pub use shipment::{Checked, Invalid, Shipment};
+pub use story::story;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use dearsync_core::clock::{Clock, from_millis, to_millis};
 use dearsync_core::memory::{ledger_sort_bound, ledger_sort_key, ledger_sort_start, new_token};
 use dearsync_core::state::*;
-use dearsync_core::{Job, StoreError, TenantId};
+use dearsync_core::{Job, RunHistory, RunLog, RunReport, StoreError, TenantId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 /// The default state directory of the CLI, relative to the working directory.
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     tenant TEXT NOT NULL, job TEXT NOT NULL, entity TEXT NOT NULL,
     state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL, input_hash TEXT NOT NULL,
     revision INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
-    due_ms INTEGER, detail TEXT, sort_key TEXT NOT NULL,
+    due_ms INTEGER, detail TEXT, sort_key TEXT NOT NULL, order_number TEXT,
     PRIMARY KEY (tenant, job, entity)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_by_state ON ledger (tenant, job, state, sort_key);
@@ -55,7 +55,26 @@ CREATE TABLE IF NOT EXISTS buckets (
 CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT PRIMARY KEY NOT NULL, enabled INTEGER NOT NULL, settings_toml TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (
+    tenant TEXT NOT NULL, job TEXT NOT NULL, history TEXT NOT NULL,
+    PRIMARY KEY (tenant, job)
+) WITHOUT ROWID;
 "#;
+
+/// Brings a store file made by an older version up to [`SCHEMA`]: columns added since, then the
+/// indexes on them.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_order_number = conn
+        .prepare("SELECT 1 FROM pragma_table_info('ledger') WHERE name = 'order_number'")?
+        .exists([])?;
+    if !has_order_number {
+        conn.execute_batch("ALTER TABLE ledger ADD COLUMN order_number TEXT")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS ledger_by_order ON ledger (tenant, order_number)
+         WHERE order_number IS NOT NULL",
+    )
+}
 
 /// Every state port over one SQLite file.
 #[derive(Clone)]
@@ -113,6 +132,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
+        migrate(&conn).map_err(open_error)?;
         // Lapsed transient items are dropped on open (DynamoDB's TTL does this in AWS).
         let now = to_millis(clock.now());
         conn.execute(
@@ -185,10 +205,11 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         updated_ms: row.get(9)?,
         due_ms: row.get(10)?,
         detail: row.get(11)?,
+        order_number: row.get(12)?,
     })
 }
 
-const RECORD_COLUMNS: &str = "tenant, job, entity, state, reason, attempts, input_hash, revision, created_ms, updated_ms, due_ms, detail";
+const RECORD_COLUMNS: &str = "tenant, job, entity, state, reason, attempts, input_hash, revision, created_ms, updated_ms, due_ms, detail, order_number";
 
 struct RawRecord {
     tenant: String,
@@ -203,6 +224,7 @@ struct RawRecord {
     updated_ms: i64,
     due_ms: Option<i64>,
     detail: Option<String>,
+    order_number: Option<String>,
 }
 
 impl RawRecord {
@@ -226,6 +248,7 @@ impl RawRecord {
             updated_at: from_millis(self.updated_ms),
             due_at: self.due_ms.map(from_millis),
             detail: self.detail,
+            order_number: self.order_number,
         })
     }
 }
@@ -319,8 +342,8 @@ impl Ledger for SqliteStore {
             let rec = record.into_record(from_millis(now));
             let result = conn.execute(
                 "INSERT INTO ledger (tenant, job, entity, state, reason, attempts, input_hash, revision,
-                                     created_ms, updated_ms, due_ms, detail, sort_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                     created_ms, updated_ms, due_ms, detail, sort_key, order_number)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 params![
                     rec.key.tenant.as_str(),
                     rec.key.job.as_str(),
@@ -335,6 +358,7 @@ impl Ledger for SqliteStore {
                     rec.due_at.map(to_millis),
                     rec.detail,
                     ledger_sort_key(&rec),
+                    rec.order_number,
                 ],
             );
             match result {
@@ -362,7 +386,7 @@ impl Ledger for SqliteStore {
             let changed = conn
                 .execute(
                     "UPDATE ledger SET state = ?4, reason = ?5, attempts = ?6, input_hash = ?7, revision = ?8,
-                            updated_ms = ?9, due_ms = ?10, detail = ?11, sort_key = ?12
+                            updated_ms = ?9, due_ms = ?10, detail = ?11, sort_key = ?12, order_number = ?15
                      WHERE tenant = ?1 AND job = ?2 AND entity = ?3 AND state = ?13 AND revision = ?14",
                     params![
                         next.key.tenant.as_str(),
@@ -379,6 +403,7 @@ impl Ledger for SqliteStore {
                         ledger_sort_key(&next),
                         current.state.as_str(),
                         current.revision as i64,
+                        next.order_number,
                     ],
                 )
                 .map_err(db_error)?;
@@ -425,7 +450,7 @@ impl Ledger for SqliteStore {
                         bound,
                         (limit + 1) as i64
                     ],
-                    |row| Ok((read_record(row)?, row.get::<_, String>(12)?)),
+                    |row| Ok((read_record(row)?, row.get::<_, String>(13)?)),
                 )
                 .map_err(db_error)?;
             let mut records = Vec::new();
@@ -451,6 +476,97 @@ impl Ledger for SqliteStore {
         })
         .await
     }
+
+    async fn records_of_order(
+        &self,
+        tenant: &TenantId,
+        order_number: &str,
+        limit: usize,
+    ) -> Result<Vec<LedgerRecord>, StoreError> {
+        let tenant = tenant.clone();
+        let order_number = order_number.to_owned();
+        self.with(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM ledger WHERE tenant = ?1 AND order_number = ?2 LIMIT ?3"
+                ))
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![tenant.as_str(), order_number, limit.clamp(1, 1000) as i64],
+                    read_record,
+                )
+                .map_err(db_error)?;
+            rows.map(|row| row.map_err(db_error)?.into_record())
+                .collect()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RunLog for SqliteStore {
+    async fn record_run(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        report: &RunReport,
+    ) -> Result<RunHistory, StoreError> {
+        let tenant = tenant.clone();
+        let report = report.clone();
+        // An IMMEDIATE transaction: another process's read-and-write cannot come in between.
+        self.with(move |conn, _| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_error)?;
+            let previous = read_run_history(&tx, &tenant, job)?;
+            let next = RunHistory::after(previous.as_ref(), &report);
+            let text = serde_json::to_string(&next)
+                .map_err(|e| corrupt(run_name(&tenant, job), e.to_string()))?;
+            tx.execute(
+                "INSERT INTO runs (tenant, job, history) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tenant, job) DO UPDATE SET history = excluded.history",
+                params![tenant.as_str(), job.as_str(), text],
+            )
+            .map_err(db_error)?;
+            tx.commit().map_err(db_error)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn run_history(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+    ) -> Result<Option<RunHistory>, StoreError> {
+        let tenant = tenant.clone();
+        self.with(move |conn, _| read_run_history(conn, &tenant, job))
+            .await
+    }
+}
+
+fn run_name(tenant: &TenantId, job: Job) -> String {
+    format!("run log {tenant}/{job}")
+}
+
+fn read_run_history(
+    conn: &Connection,
+    tenant: &TenantId,
+    job: Job,
+) -> Result<Option<RunHistory>, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT history FROM runs WHERE tenant = ?1 AND job = ?2",
+            params![tenant.as_str(), job.as_str()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db_error)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| corrupt(run_name(tenant, job), e.to_string()))
+    })
+    .transpose()
 }
 
 fn read_claim(
@@ -845,5 +961,51 @@ impl TenantDirectory for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store file written before records carried an order number opens, keeps its records and
+    /// indexes the new ones.
+    #[tokio::test]
+    async fn a_store_file_from_before_order_numbers_is_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE ledger (
+                    tenant TEXT NOT NULL, job TEXT NOT NULL, entity TEXT NOT NULL,
+                    state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL,
+                    input_hash TEXT NOT NULL, revision INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+                    updated_ms INTEGER NOT NULL, due_ms INTEGER, detail TEXT,
+                    sort_key TEXT NOT NULL, PRIMARY KEY (tenant, job, entity)
+                 ) WITHOUT ROWID;
+                 INSERT INTO ledger VALUES ('acme', 'order-download', 'SALE-0', 'done', NULL, 1,
+                    'h', 2, 0, 0, NULL, NULL, '000000000000000#SALE-0');",
+            )
+            .unwrap();
+        }
+        let clock: Arc<dyn Clock> = Arc::new(dearsync_core::ManualClock::fixed());
+        let store = SqliteStore::open(&path, clock).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let old = RecordKey::new(&tenant, Job::OrderDownload, "SALE-0");
+        let kept = store.record(&old).await.unwrap().expect("kept");
+        assert_eq!(kept.order_number, None);
+        let mut new = NewRecord::new(
+            RecordKey::new(&tenant, Job::OrderDownload, "SALE-1"),
+            RecordState::Done,
+            "h",
+        );
+        new.order_number = Some("SO-1".into());
+        store.insert(new).await.unwrap();
+        let found = store.records_of_order(&tenant, "SO-1", 10).await.unwrap();
+        assert_eq!(found.len(), 1);
+        drop(store);
+        // Opening again does not add the column twice.
+        SqliteStore::open(&path, Arc::new(dearsync_core::ManualClock::fixed())).unwrap();
     }
 }
