@@ -143,10 +143,65 @@ def main() -> int:
                 problems.append(f"{name}.{st.get('Sid')}: a service grant without an aws:SourceAccount condition")
     if seen_bins != bins:
         problems.append(f"functions without a template entry: {sorted(bins - seen_bins)}")
+    problems.extend(check_metrics(resources))
 
     for p in problems:
         print(f"template.yaml: {p}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def emitted_metrics() -> set:
+    """Every name the code puts in an EMF line: the metric and dimension names of each
+    `emf_line(` call's literal ("Name", value) pairs."""
+    names = set()
+    for path in list((ROOT / "shared").rglob("*.rs")) + list((ROOT / "functions").rglob("*.rs")):
+        text = path.read_text()
+        for call in re.finditer(r"emf_line\(", text):
+            window = text[call.end(): call.end() + 3000]
+            names.update(re.findall(r'\(\s*"([A-Z][A-Za-z]+)",', window))
+    return names
+
+
+def referenced_metrics(value, found: set) -> None:
+    """DearSync metric names an alarm or the dashboard reads: MetricName next to the DearSync
+    namespace, Metrics Insights queries, and dashboard metric arrays."""
+    if isinstance(value, dict):
+        if value.get("Namespace") == "DearSync" and "MetricName" in value:
+            found.add(value["MetricName"])
+        for v in value.values():
+            referenced_metrics(v, found)
+    elif isinstance(value, list):
+        if len(value) >= 2 and value[0] == "DearSync" and isinstance(value[1], str):
+            found.add(value[1])
+        for v in value:
+            referenced_metrics(v, found)
+    elif isinstance(value, str):
+        for m in re.finditer(r'SELECT\s+\w+\((\w+)\)\s+FROM\s+SCHEMA\("DearSync"', value):
+            found.add(m.group(1))
+
+
+def check_metrics(resources) -> list:
+    """Alarms and the dashboard read only metrics the code emits (a typo would alarm never)."""
+    problems = []
+    emitted = emitted_metrics()
+    if not emitted:
+        return ["found no emf_line calls in shared/ or functions/ (has the code moved?)"]
+    for name, res in resources.items():
+        found = set()
+        if res.get("Type") == "AWS::CloudWatch::Alarm":
+            referenced_metrics(res["Properties"], found)
+        elif res.get("Type") == "AWS::CloudWatch::Dashboard":
+            body = res["Properties"]["DashboardBody"]
+            text = body["Fn::Sub"] if isinstance(body, dict) else body
+            try:
+                referenced_metrics(json.loads(text), found)
+            except json.JSONDecodeError as e:
+                problems.append(f"{name}: the dashboard body is not JSON: {e}")
+        for metric in sorted(found - emitted):
+            problems.append(f"{name} reads DearSync metric {metric}, which no emf_line emits")
+    if not any(r.get("Type") == "AWS::CloudWatch::Dashboard" for r in resources.values()):
+        problems.append("the template has no AWS::CloudWatch::Dashboard")
+    return problems
 
 
 if __name__ == "__main__":

@@ -177,6 +177,22 @@ pub(crate) async fn run_tenant(
     tenant: &TenantId,
     opts: &RunOptions,
 ) -> Result<RunSummary, NotRun> {
-    let job = job_for(deps, tenant).await?;
-    Ok(job.run(opts).await)
+    let started_at = deps.clock.now();
+    match job_for(deps, tenant).await {
+        Ok(job) => Ok(job.run(opts).await),
+        Err(not_run) => {
+            // A run that cannot even start is a failed poll too: `dearsync status` shows why, and
+            // the heartbeat counts it.
+            let report = dearsync_core::RunReport::new(
+                started_at,
+                deps.clock.now(),
+                dearsync_core::RunOutcome::Aborted,
+                [],
+            )
+            .note(not_run.to_string());
+            let job = dearsync_core::Job::OrderDownload;
+            dearsync_core::run_log::record_or_warn(deps.store.as_ref(), tenant, job, &report).await;
+            Err(not_run)
+        }
+    }
 }

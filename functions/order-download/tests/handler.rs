@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use dear_sim::SimServer;
-use dearsync_core::TenantId;
 use dearsync_core::state::TenantEntry;
+use dearsync_core::{Job, TenantId};
 use hmac::{Hmac, KeyInit, Mac};
 use order_download::{Deps, HandlerError, NotRun, TenantError, handle};
 use serde_json::{Value, json};
@@ -250,6 +250,11 @@ async fn a_schedule_fans_out_one_queued_run_per_due_tenant_and_each_runs_on_its_
         "{dispatched}"
     );
     assert_eq!(dispatched["disabled"], 1);
+    assert_eq!(
+        dispatched["periods_missed"],
+        json!({ "acme": 0, "broken": 0 }),
+        "the heartbeat starts at a tenant's first run"
+    );
     assert!(
         orders(&w.received).is_empty(),
         "the dispatcher runs no tenant itself"
@@ -285,6 +290,30 @@ async fn a_schedule_fans_out_one_queued_run_per_due_tenant_and_each_runs_on_its_
         "not due within its interval: {soon}"
     );
     assert_eq!(soon["not_due"], 2);
+    // The heartbeat: acme's run succeeded just now; broken's could not start, which counts.
+    assert_eq!(
+        soon["periods_missed"],
+        json!({ "acme": 0, "broken": 1 }),
+        "{soon}"
+    );
+    let broken = w
+        .deps
+        .store
+        .run_history(&TenantId::new("broken").unwrap(), Job::OrderDownload)
+        .await
+        .unwrap()
+        .expect("a run that could not start is logged");
+    assert_eq!(broken.last.outcome, dearsync_core::RunOutcome::Aborted);
+    assert!(
+        broken
+            .last
+            .note
+            .as_deref()
+            .unwrap_or("")
+            .contains("webhook"),
+        "{:?}",
+        broken.last.note
+    );
     // A message that is not a run request is returned, naming what it lacks.
     let odd = json!({ "Records": [{ "messageId": "m-odd", "body": "{\"tenants\": [\"acme\"]}", "eventSource": "aws:sqs" }] });
     let refused = handle(&w.deps, odd, "req-w2", None).await.unwrap();

@@ -65,10 +65,15 @@ async fn confirm(
         ctx: ctx.job_context(deps),
         settings: ctx.settings.shipment_confirmation.clone(),
     };
-    let before = ctx.dear.stats().throttled;
+    let before = ctx.dear.stats();
     let outcome = job.confirm(shipment).await;
-    let throttled = ctx.dear.stats().throttled - before;
-    tally.count(&ctx.tenant, outcome.is_ok(), throttled);
+    let after = ctx.dear.stats();
+    tally.count(
+        &ctx.tenant,
+        outcome.is_ok(),
+        after.calls - before.calls,
+        after.throttled - before.throttled,
+    );
     outcome
 }
 

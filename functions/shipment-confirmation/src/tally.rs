@@ -19,6 +19,7 @@ pub(crate) struct Tally {
 struct Counts {
     confirmed: u64,
     failed: u64,
+    dear_calls: u64,
     dear_throttled: u64,
 }
 
@@ -33,13 +34,20 @@ impl Tally {
     }
 
     /// Counts one of `tenant`'s shipments.
-    pub(crate) fn count(&mut self, tenant: &TenantId, confirmed: bool, dear_throttled: u64) {
+    pub(crate) fn count(
+        &mut self,
+        tenant: &TenantId,
+        confirmed: bool,
+        dear_calls: u64,
+        dear_throttled: u64,
+    ) {
         let counts = self.tenants.entry(tenant.clone()).or_default();
         if confirmed {
             counts.confirmed += 1;
         } else {
             counts.failed += 1;
         }
+        counts.dear_calls += dear_calls;
         counts.dear_throttled += dear_throttled;
     }
 
@@ -53,10 +61,7 @@ impl Tally {
     pub(crate) async fn finish(self, deps: &Deps) {
         let now = deps.clock.now();
         for (tenant, c) in &self.tenants {
-            println!(
-                "{}",
-                emf(now, Some(tenant), c.confirmed, c.failed, c.dear_throttled)
-            );
+            println!("{}", emf(now, Some(tenant), c));
             let report = confirmations_report(
                 self.started_at,
                 now,
@@ -73,18 +78,16 @@ impl Tally {
             .await;
         }
         if self.unattributed_failed > 0 {
-            println!("{}", emf(now, None, 0, self.unattributed_failed, 0));
+            let unattributed = Counts {
+                failed: self.unattributed_failed,
+                ..Counts::default()
+            };
+            println!("{}", emf(now, None, &unattributed));
         }
     }
 }
 
-fn emf(
-    now: DateTime<Utc>,
-    tenant: Option<&TenantId>,
-    confirmed: u64,
-    failed: u64,
-    dear_throttled: u64,
-) -> String {
+fn emf(now: DateTime<Utc>, tenant: Option<&TenantId>, c: &Counts) -> String {
     let job = ("Job", Job::ShipmentConfirmation.as_str());
     let dimensions = match tenant {
         Some(t) => vec![("Tenant", t.as_str()), job],
@@ -94,9 +97,10 @@ fn emf(
         now.timestamp_millis(),
         &dimensions,
         &[
-            ("Confirmed", confirmed),
-            ("Failed", failed),
-            ("DearThrottled", dear_throttled),
+            ("Confirmed", c.confirmed),
+            ("Failed", c.failed),
+            ("DearCalls", c.dear_calls),
+            ("DearThrottled", c.dear_throttled),
         ],
     )
 }
@@ -108,12 +112,22 @@ mod tests {
     #[test]
     fn a_tenants_line_carries_its_tenant_and_an_unattributed_one_only_the_job() {
         let t = TenantId::new("acme").unwrap();
+        let counts = Counts {
+            confirmed: 2,
+            failed: 1,
+            dear_calls: 8,
+            dear_throttled: 0,
+        };
         let line: serde_json::Value =
-            serde_json::from_str(&emf(Utc::now(), Some(&t), 2, 1, 0)).unwrap();
+            serde_json::from_str(&emf(Utc::now(), Some(&t), &counts)).unwrap();
         assert_eq!(line["Tenant"], "acme");
         assert_eq!(line["Confirmed"], 2);
+        let unattributed = Counts {
+            failed: 3,
+            ..Counts::default()
+        };
         let line: serde_json::Value =
-            serde_json::from_str(&emf(Utc::now(), None, 0, 3, 0)).unwrap();
+            serde_json::from_str(&emf(Utc::now(), None, &unattributed)).unwrap();
         assert!(line.get("Tenant").is_none());
         assert_eq!(line["Failed"], 3);
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::TenantSettings;
 use crate::state::{CursorKey, StateStore};
-use crate::{Job, StoreError, TenantId};
+use crate::{Job, RunHistory, StoreError, TenantId};
 
 /// The cursor recording a job's last dispatch for a tenant.
 pub const DISPATCHED_CURSOR: &str = "dispatched";
@@ -66,6 +66,49 @@ pub struct DispatchSummary {
     pub disabled: u64,
     /// Tenants left out, with why: unreadable settings, a store or queue failure.
     pub failed: BTreeMap<String, String>,
+    /// The heartbeat: per enabled tenant, how many of its intervals have passed since its last
+    /// successful run of the job ([`periods_missed`]).
+    pub periods_missed: BTreeMap<String, u64>,
+}
+
+impl DispatchSummary {
+    /// The dispatch as CloudWatch EMF lines: one `<job>-dispatch` line (its presence is the
+    /// dispatcher's own heartbeat) and one `PollPeriodsMissed` line per tenant.
+    pub fn emf_lines(&self, timestamp_ms: i64) -> Vec<String> {
+        let dispatcher = format!("{}-dispatch", self.job);
+        let mut lines = vec![crate::metrics::emf_line(
+            timestamp_ms,
+            &[("Job", &dispatcher)],
+            &[
+                ("TenantsDue", self.enqueued.len() as u64),
+                ("TenantsNotDue", self.not_due),
+                ("TenantsFailed", self.failed.len() as u64),
+            ],
+        )];
+        for (tenant, missed) in &self.periods_missed {
+            lines.push(crate::metrics::emf_line(
+                timestamp_ms,
+                &[("Tenant", tenant), ("Job", &self.job)],
+                &[("PollPeriodsMissed", *missed)],
+            ));
+        }
+        lines
+    }
+}
+
+/// How many `every` intervals have passed since `history`'s last successful run: 0 before a
+/// first run (nothing to miss yet); every run so far when none succeeded.
+pub fn periods_missed(history: Option<&RunHistory>, every: Duration, now: DateTime<Utc>) -> u64 {
+    let Some(history) = history else {
+        return 0;
+    };
+    match history.last_success_at {
+        Some(at) => {
+            let gone = (now - at).num_seconds().max(0);
+            u64::try_from(gone / every.num_seconds().max(1)).unwrap_or(0)
+        }
+        None => history.runs,
+    }
 }
 
 /// Why a dispatch could not run at all.
@@ -110,6 +153,17 @@ pub async fn dispatch(
                 continue;
             }
         };
+        match store.run_history(&entry.tenant, job).await {
+            Ok(history) => {
+                let missed = periods_missed(history.as_ref(), every, now);
+                summary
+                    .periods_missed
+                    .insert(entry.tenant.to_string(), missed);
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %entry.tenant, error = %e, "cannot read the run log for the heartbeat");
+            }
+        }
         match claim_period(store, &entry.tenant, job, every, now).await {
             Ok(Some(claimed)) => {
                 runs.push(TenantRun {
@@ -228,6 +282,25 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn periods_missed_count_from_the_last_success_and_start_at_the_first_run() {
+        use crate::{RunOutcome, RunReport};
+        let at = |m: i64| DateTime::from_timestamp(1_800_000_000 + m * 60, 0).unwrap();
+        let every = Duration::minutes(5);
+        assert_eq!(
+            periods_missed(None, every, at(100)),
+            0,
+            "never run: nothing missed yet"
+        );
+        let ok = RunReport::new(at(0), at(0), RunOutcome::Completed, []);
+        let history = RunHistory::after(None, &ok);
+        assert_eq!(periods_missed(Some(&history), every, at(4)), 0);
+        assert_eq!(periods_missed(Some(&history), every, at(15)), 3);
+        let failed = RunReport::new(at(0), at(0), RunOutcome::Aborted, []);
+        let never_ok = RunHistory::after(Some(&RunHistory::after(None, &failed)), &failed);
+        assert_eq!(periods_missed(Some(&never_ok), every, at(10)), 2);
+    }
     use crate::state::{TenantDirectory, TenantEntry};
     use crate::{ManualClock, MemoryStore};
 

@@ -211,6 +211,9 @@ impl Deps {
             let retryable = e.0.is_transient();
             HandlerError::failed(e, retryable)
         })?;
+        for line in summary.emf_lines(self.clock.now().timestamp_millis()) {
+            println!("{line}");
+        }
         tracing::info!(
             job = job.as_str(),
             enqueued = summary.enqueued.len(),

@@ -263,6 +263,11 @@ impl RunSummary {
                         .copied()
                         .unwrap_or(0),
                 ),
+                // Alarmed at once: a person decides which address is right.
+                (
+                    "AddressMismatches",
+                    self.skipped.get("address_mismatch").copied().unwrap_or(0),
+                ),
                 ("Failed", self.failed),
                 ("Retried", self.retried),
                 ("DearCalls", self.dear_calls),
