@@ -22,6 +22,8 @@ struct Operator<'a> {
     dir: &'a Path,
     store: Store,
     sim: &'a SimServer,
+    /// Queues `status --queue-url` reports on (on the AWS emulator).
+    queues: Vec<String>,
 }
 
 impl Operator<'_> {
@@ -121,10 +123,15 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
         "[order_download]\nsale_status = \"Any\"\nearliest_order_date = \"2020-01-01\"\n",
     )
     .unwrap();
+    let queues = match &store {
+        Store::Sqlite => Vec::new(),
+        Store::Dynamo { .. } => vec![dearsync_aws::testing::fresh_queue().await],
+    };
     let op = Operator {
         dir: d,
         store,
         sim: &sim,
+        queues,
     };
 
     // The jobs, as a user runs them: a download, one good shipment and one the sale refuses.
@@ -207,7 +214,20 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
     );
 
     // "What is stuck right now?": one command.
-    let (code, status) = op.json(&["status"]);
+    let mut status_args = vec!["status"];
+    for q in &op.queues {
+        status_args.extend(["--queue-url", q.as_str()]);
+    }
+    let (code, status) = op.json(&status_args);
+    for (q, depth) in op.queues.iter().zip(status["queues"].as_array().unwrap()) {
+        assert_eq!(depth["url"], q.as_str());
+        assert_eq!(
+            (depth["visible"].as_u64(), depth["dead_letter"].as_bool()),
+            (Some(0), Some(false)),
+            "{depth}"
+        );
+    }
+    assert_eq!(status["queues"].as_array().unwrap().len(), op.queues.len());
     assert_eq!(code, Some(2), "{status}");
     let tenant = &status["tenants"][0];
     assert_eq!(tenant["tenant"], "acme");

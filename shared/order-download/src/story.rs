@@ -114,3 +114,74 @@ fn next_try(record: &LedgerRecord) -> String {
         None => "retried by the next run".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration};
+    use dearsync_core::TenantId;
+    use dearsync_core::state::{NewRecord, RecordKey};
+
+    use super::*;
+
+    fn record(state: RecordState, detail: serde_json::Value) -> LedgerRecord {
+        let t = TenantId::new("acme").unwrap();
+        let mut new = NewRecord::new(
+            RecordKey::new(&t, Job::OrderDownload, "sale-1"),
+            state,
+            "v2",
+        );
+        new.detail = Some(detail.to_string());
+        new.reason = Some("webhook answered 503".into());
+        new.attempts = 3;
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        new.due_at = Some(at + Duration::minutes(20));
+        new.into_record(at)
+    }
+
+    fn names(events: &[StoryEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.event).collect()
+    }
+
+    #[test]
+    fn a_failed_redelivery_tells_the_delivery_then_the_failure_and_its_retry() {
+        let rec = record(
+            RecordState::Failed,
+            serde_json::json!({"delivered_at": "2026-12-01T10:00:00.000Z", "delivered_version": "v1",
+                "delivered_id": "sale-1:v1"}),
+        );
+        let events = story(&rec);
+        assert_eq!(names(&events), ["listed", "delivered", "failed"]);
+        assert!(
+            events[1].text.contains("version v1 as delivery sale-1:v1"),
+            "{}",
+            events[1].text
+        );
+        assert!(events[2].text.contains("attempt 3"), "{}", events[2].text);
+        assert!(events[2].text.contains("webhook answered 503"));
+        assert!(
+            events[2].text.contains("retried from"),
+            "{}",
+            events[2].text
+        );
+    }
+
+    #[test]
+    fn a_cancellation_says_whether_it_was_sent() {
+        let sent = story(&record(
+            RecordState::Done,
+            serde_json::json!({"delivered_at": "2026-12-01T10:00:00.000Z",
+                "cancelled": {"reason": "voided", "version": "v1", "at": "2026-12-01T11:00:00.000Z", "sent": true}}),
+        ));
+        assert_eq!(names(&sent), ["listed", "delivered", "cancelled"]);
+        let late = story(&record(
+            RecordState::Done,
+            serde_json::json!({"delivered_at": "2026-12-01T10:00:00.000Z",
+                "cancelled": {"reason": "voided", "version": "v1", "at": "2026-12-01T11:00:00.000Z", "sent": false}}),
+        ));
+        assert_eq!(
+            names(&late),
+            ["listed", "delivered", "cancelled_after_shipping"]
+        );
+        assert!(late[2].text.contains("not sent"));
+    }
+}
