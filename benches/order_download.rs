@@ -27,12 +27,15 @@ struct CountingSink(AtomicU64);
 
 #[async_trait]
 impl OrderSink for CountingSink {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+    async fn deliver(
+        &self,
+        order: &CanonicalOrder,
+    ) -> Result<dearsync_order_download::Receipt, SinkError> {
         // Serialise as a real sink would, then drop it.
         let bytes = serde_json::to_vec(order).map_err(SinkError::Encode)?;
         std::hint::black_box(bytes);
         self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(dearsync_order_download::Receipt::default())
     }
 
     async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {

@@ -23,7 +23,8 @@ pub struct StatusArgs {
     #[arg(long)]
     all: bool,
     /// An SQS queue to report the depth of (repeatable): the stack's `TenantRunQueueUrl`,
-    /// `ShipmentQueueUrl`… outputs and their dead-letter queues.
+    /// `ShipmentQueueUrl`… outputs and their dead-letter queues. Default with `--table`: every
+    /// queue of the table's stack (`<stack>-…`).
     #[arg(long = "queue-url", env = "DEARSYNC_QUEUE_URLS", value_delimiter = ',')]
     queue_urls: Vec<String>,
     /// Print JSON instead of text.
@@ -50,7 +51,7 @@ pub async fn run(args: StatusArgs) -> Result<Ended, CliError> {
     for tenant in tenants_to_show(&ctx, &args).await? {
         tenants.push(tenant_status(&ctx, &tenant, now).await?);
     }
-    let queues = queue_depths(&args.queue_urls).await?;
+    let queues = queue_depths(&queue_urls(&args).await?).await?;
     let attention = tenants.iter().any(|t| t["needs_attention"] == true)
         || queues
             .iter()
@@ -220,6 +221,28 @@ async fn count_records(
         out.insert(state.as_str(), entry);
     }
     Ok(out)
+}
+
+/// The queues to report: those named, else (with `--table`) the stack's own, found by name.
+async fn queue_urls(args: &StatusArgs) -> Result<Vec<String>, CliError> {
+    let Some(table) = args.local.table.as_deref() else {
+        return Ok(args.queue_urls.clone());
+    };
+    if !args.queue_urls.is_empty() {
+        return Ok(args.queue_urls.clone());
+    }
+    let config = dearsync_aws::load_sdk_config().await;
+    match dearsync_aws::stack_queue_urls(&config, table).await {
+        Ok(Some(urls)) => Ok(urls),
+        Ok(None) => {
+            eprintln!(
+                "note: the table {table} is not named as the stack names it (<stack>-StateTable-…): \
+                 name the queues with --queue-url to see their depths"
+            );
+            Ok(Vec::new())
+        }
+        Err(e) => Err(CliError::with("cannot list the stack's queues", e)),
+    }
 }
 
 async fn queue_depths(urls: &[String]) -> Result<Vec<Value>, CliError> {

@@ -15,14 +15,18 @@ enum Store {
     /// The embedded store in the working directory's `.dearsync`.
     Sqlite,
     /// A table on the AWS emulator.
-    Dynamo { endpoint: String, table: String },
+    Dynamo {
+        endpoint: String,
+        table: String,
+        queue: String,
+    },
 }
 
 struct Operator<'a> {
     dir: &'a Path,
     store: Store,
     sim: &'a SimServer,
-    /// Queues `status --queue-url` reports on (on the AWS emulator).
+    /// The stack's queues `status` finds beside its table (on the AWS emulator).
     queues: Vec<String>,
 }
 
@@ -40,7 +44,10 @@ impl Operator<'_> {
             .env_remove("DEARSYNC_CONFIG")
             .env_remove("DEARSYNC_SECRET_PREFIX")
             .env_remove("DEARSYNC_QUEUE_URLS");
-        if let Store::Dynamo { endpoint, table } = &self.store {
+        if let Store::Dynamo {
+            endpoint, table, ..
+        } = &self.store
+        {
             cmd.args(["--table", table])
                 .env("AWS_ENDPOINT_URL", endpoint)
                 .env("AWS_REGION", "us-east-1")
@@ -125,7 +132,7 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
     .unwrap();
     let queues = match &store {
         Store::Sqlite => Vec::new(),
-        Store::Dynamo { .. } => vec![dearsync_aws::testing::fresh_queue().await],
+        Store::Dynamo { queue, .. } => vec![queue.clone()],
     };
     let op = Operator {
         dir: d,
@@ -182,6 +189,8 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
     for want in [
         "listed",
         "delivered",
+        // The warehouse side's answer (here the orders file).
+        "it answered appended to",
         "shipment_applied",
         "1Z-WMS-1",
         "UPS",
@@ -214,11 +223,8 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
     );
 
     // "What is stuck right now?": one command.
-    let mut status_args = vec!["status"];
-    for q in &op.queues {
-        status_args.extend(["--queue-url", q.as_str()]);
-    }
-    let (code, status) = op.json(&status_args);
+    // With --table, the stack's queues are found beside its table.
+    let (code, status) = op.json(&["status"]);
     for (q, depth) in op.queues.iter().zip(status["queues"].as_array().unwrap()) {
         assert_eq!(depth["url"], q.as_str());
         assert_eq!(
@@ -300,6 +306,11 @@ async fn the_operator_answers_both_questions_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_answers_both_questions_on_the_stack_table() {
     let endpoint = dearsync_aws::testing::endpoint().to_owned();
-    let table = dearsync_aws::testing::fresh_table().await;
-    operator_answers_both_questions_with_one_command_each(Store::Dynamo { endpoint, table }).await;
+    let (table, queue) = dearsync_aws::testing::fresh_stack().await;
+    operator_answers_both_questions_with_one_command_each(Store::Dynamo {
+        endpoint,
+        table,
+        queue,
+    })
+    .await;
 }

@@ -209,7 +209,10 @@ struct Warehouse {
 
 #[async_trait]
 impl OrderSink for Warehouse {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+    async fn deliver(
+        &self,
+        order: &CanonicalOrder,
+    ) -> Result<dearsync_order_download::Receipt, SinkError> {
         let refuse = {
             let mut n = self.draws.lock().unwrap();
             *n += 1;
@@ -221,7 +224,7 @@ impl OrderSink for Warehouse {
             return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
         }
         self.orders.lock().unwrap().push(order.clone());
-        Ok(())
+        Ok(dearsync_order_download::Receipt::default())
     }
 
     async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {

@@ -12,7 +12,7 @@ mod sqs;
 
 pub use dynamo::{DynamoStore, create_table};
 pub use secrets::SecretsManagerCredentials;
-pub use sqs::{QueueDepth, QueueDepthError, SqsRunQueue, queue_depth};
+pub use sqs::{QueueDepth, QueueDepthError, SqsRunQueue, queue_depth, stack_queue_urls};
 
 /// Loads the AWS SDK configuration from the environment (region, credentials, endpoint overrides).
 pub async fn load_sdk_config() -> aws_config::SdkConfig {

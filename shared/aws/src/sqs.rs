@@ -146,3 +146,37 @@ pub async fn queue_depth(
         is_dead_letter_queue: !sources.queue_urls().is_empty(),
     })
 }
+
+/// The queues of the stack whose state table is `table`: CloudFormation names a stack's
+/// resources `<stack>-<LogicalId>-<suffix>`, so the table `dear-sync-StateTable-1A2B` belongs to
+/// the stack `dear-sync`, whose queues start `dear-sync-`. `None` for a table named otherwise.
+/// (`sqs:ListQueues`.)
+pub async fn stack_queue_urls(
+    config: &aws_config::SdkConfig,
+    table: &str,
+) -> Result<Option<Vec<String>>, QueueDepthError> {
+    let Some((stack, _)) = table.split_once("-StateTable-") else {
+        return Ok(None);
+    };
+    let client = Client::new(config);
+    let mut urls = Vec::new();
+    let mut next = None;
+    loop {
+        let out = client
+            .list_queues()
+            .queue_name_prefix(format!("{stack}-"))
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| QueueDepthError {
+                detail: sdk_error_text(&e),
+            })?;
+        urls.extend(out.queue_urls().iter().cloned());
+        match out.next_token() {
+            Some(token) => next = Some(token.to_owned()),
+            None => break,
+        }
+    }
+    urls.sort();
+    Ok(Some(urls))
+}

@@ -117,6 +117,26 @@ pub async fn fresh_table() -> String {
     name
 }
 
+/// A state table and one queue named as CloudFormation names a stack's resources
+/// (`<stack>-StateTable-…`, `<stack>-TenantRunQueue-…`): the table's name, the queue's URL.
+pub async fn fresh_stack() -> (String, String) {
+    let stack = format!("dearsync-stack-{}", dearsync_core::memory::new_token());
+    let table = format!("{stack}-StateTable-T1");
+    crate::create_table(&dynamodb(), &table)
+        .await
+        .expect("create a state table on the emulator");
+    let url = sqs()
+        .create_queue()
+        .queue_name(format!("{stack}-TenantRunQueue-Q1"))
+        .send()
+        .await
+        .expect("create a queue on the emulator")
+        .queue_url()
+        .expect("the emulator answers the queue's URL")
+        .to_owned();
+    (table, url)
+}
+
 /// An SQS client on the emulator.
 pub fn sqs() -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(&sdk_config())

@@ -314,6 +314,9 @@ pub(crate) struct SaleDetail {
     /// version skipped or failed, a failed read). Absent in records written before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) delivered_version: Option<String>,
+    /// What the warehouse side answered the last delivery, briefly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) warehouse_answer: Option<String>,
     /// Where the delivered order ships from, its quantity per SKU and when it was delivered: what
     /// Inventory Sync subtracts from a warehouse snapshot taken before the delivery (core's read
     /// model owns these keys).
@@ -1050,6 +1053,7 @@ impl OrderDownload {
             cancelled: None,
             delivered_status: previous.delivered_status.clone(),
             delivered_version: previous.delivered_version.clone(),
+            warehouse_answer: previous.warehouse_answer.clone(),
             // The same content keeps when the warehouse first took it (Inventory Sync's
             // subtraction); new content is new facts.
             delivery: if same_content {
@@ -1187,6 +1191,7 @@ impl OrderDownload {
             } else {
                 record.as_ref().and_then(last_delivered_version)
             },
+            warehouse_answer: kept.warehouse_answer,
             delivery: DeliveryFacts::new(order.location.clone(), self.dear_skus(&order.lines)),
         };
         // Another run or a webhook claimed it first: theirs to deliver.
@@ -1386,8 +1391,9 @@ impl OrderDownload {
     ) -> Result<(), SaleError> {
         let sale_id = &order.sale_id;
         match self.sink.deliver(order).await {
-            Ok(()) => {
+            Ok(receipt) => {
                 let mut detail = detail;
+                detail.warehouse_answer = receipt.answer;
                 // A resend of what the warehouse had keeps when it first took it.
                 if detail.delivery.delivered_at.is_none() {
                     detail.delivery.delivered(self.ctx.clock.now());

@@ -13,5 +13,5 @@ pub use address::address_mismatch;
 pub use cancel::{CANCEL_SCHEMA, CancelReason, OrderCancel};
 pub use canonical::{CanonicalOrder, map_sale, validate};
 pub use job::{OrderDownload, Outcome, Progress, RunOptions, RunSummary};
-pub use sink::{NdjsonSink, OrderSink, SinkError, SinkOpenError, WebhookSink};
+pub use sink::{NdjsonSink, OrderSink, Receipt, SinkError, SinkOpenError, WebhookSink};
 pub use story::story;

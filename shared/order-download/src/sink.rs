@@ -74,11 +74,27 @@ pub fn delivery_id(order: &CanonicalOrder) -> String {
     order.delivery_id.clone()
 }
 
+/// What the warehouse side answered a delivery: kept in the ledger, shown by `orders show`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The answer, briefly (`HTTP 202 Accepted: {"id":"W-1"}`, `appended to orders.ndjson`).
+    pub answer: Option<String>,
+}
+
+impl Receipt {
+    /// A receipt saying `answer`.
+    pub fn says(answer: impl Into<String>) -> Receipt {
+        Receipt {
+            answer: Some(answer.into()),
+        }
+    }
+}
+
 /// Receives orders.
 #[async_trait]
 pub trait OrderSink: Send + Sync {
     /// Delivers one order; an error leaves it to be retried later.
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError>;
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<Receipt, SinkError>;
 
     /// Tells the warehouse an order it was sent is cancelled; an error leaves it to be retried.
     async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError>;
@@ -191,8 +207,12 @@ fn end_a_torn_line(file: &mut std::fs::File, path: &Path) -> Result<(), SinkOpen
 
 #[async_trait]
 impl OrderSink for NdjsonSink {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
-        self.write_line(serde_json::to_vec(order).map_err(SinkError::Encode)?)
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<Receipt, SinkError> {
+        self.write_line(serde_json::to_vec(order).map_err(SinkError::Encode)?)?;
+        Ok(Receipt::says(match &self.target {
+            Target::File(path, _, _) => format!("appended to {}", path.display()),
+            Target::Stdout(_) => "written to standard output".to_owned(),
+        }))
     }
 
     async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
@@ -318,20 +338,23 @@ impl WebhookSink {
 
 #[async_trait]
 impl OrderSink for WebhookSink {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+    async fn deliver(&self, order: &CanonicalOrder) -> Result<Receipt, SinkError> {
         let body = serde_json::to_vec(order).map_err(SinkError::Encode)?;
-        self.post(&body, &delivery_id(order)).await
+        self.post(&body, &delivery_id(order))
+            .await
+            .map(Receipt::says)
     }
 
     async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
         let body = serde_json::to_vec(cancel).map_err(SinkError::Encode)?;
-        self.post(&body, &cancel.cancel_id).await
+        self.post(&body, &cancel.cancel_id).await.map(|_| ())
     }
 }
 
 impl WebhookSink {
-    /// POSTs `body` under the delivery `id`, signed, retried as far as retrying can help.
-    async fn post(&self, body: &[u8], id: &str) -> Result<(), SinkError> {
+    /// POSTs `body` under the delivery `id`, signed, retried as far as retrying can help;
+    /// answers the warehouse's answer, briefly.
+    async fn post(&self, body: &[u8], id: &str) -> Result<String, SinkError> {
         use backon::{ExponentialBuilder, Retryable};
         let sig = signature(&self.secret, body);
         // Up to `attempts` posts, 0.5 s, 1 s, 2 s … (at most 8 s) apart, each wait plus a random
@@ -359,8 +382,8 @@ struct FailedPost {
 }
 
 impl WebhookSink {
-    /// Posts the order once.
-    async fn post_once(&self, body: &[u8], sig: &str, id: &str) -> Result<(), FailedPost> {
+    /// Posts the order once; answers the status and the start of the answer's body.
+    async fn post_once(&self, body: &[u8], sig: &str, id: &str) -> Result<String, FailedPost> {
         let result = self
             .http
             .post(self.url.clone())
@@ -372,7 +395,15 @@ impl WebhookSink {
             .send()
             .await;
         match result {
-            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) if resp.status().is_success() => {
+                let status = resp.status();
+                let page = dearsync_outbound::read_prefix(resp, 1024).await;
+                let text: String = String::from_utf8_lossy(&page).chars().take(200).collect();
+                Ok(match text.trim() {
+                    "" => format!("HTTP {status}"),
+                    text => format!("HTTP {status}: {text}"),
+                })
+            }
             Ok(resp) => {
                 let status = resp.status();
                 // Only the start of an error page is read.

@@ -63,6 +63,9 @@ fn delivered_text(detail: &SaleDetail, record: &LedgerRecord) -> String {
     if let Some(status) = &detail.delivered_status {
         text.push_str(&format!(" (DEAR status {status})"));
     }
+    if let Some(answer) = &detail.warehouse_answer {
+        text.push_str(&format!("; it answered {answer}"));
+    }
     if detail.resends > 0 {
         text.push_str(&format!("; resent {} time(s) on request", detail.resends));
     }
@@ -147,10 +150,15 @@ mod tests {
         let rec = record(
             RecordState::Failed,
             serde_json::json!({"delivered_at": "2026-12-01T10:00:00.000Z", "delivered_version": "v1",
-                "delivered_id": "sale-1:v1"}),
+                "delivered_id": "sale-1:v1", "warehouse_answer": "HTTP 202 Accepted: {\"id\":\"W-1\"}"}),
         );
         let events = story(&rec);
         assert_eq!(names(&events), ["listed", "delivered", "failed"]);
+        assert!(
+            events[1].text.contains("answered HTTP 202 Accepted"),
+            "{}",
+            events[1].text
+        );
         assert!(
             events[1].text.contains("version v1 as delivery sale-1:v1"),
             "{}",

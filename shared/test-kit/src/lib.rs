@@ -82,12 +82,15 @@ pub struct CollectingSink {
 
 #[async_trait]
 impl OrderSink for CollectingSink {
-    async fn deliver(&self, order: &CanonicalOrder) -> Result<(), SinkError> {
+    async fn deliver(
+        &self,
+        order: &CanonicalOrder,
+    ) -> Result<dearsync_order_download::Receipt, SinkError> {
         if self.fail_once.lock().unwrap().remove(&order.sale_id) {
             return Err(SinkError::NotTaken("HTTP 503 from the warehouse".into()));
         }
         self.orders.lock().unwrap().push(order.clone());
-        Ok(())
+        Ok(dearsync_order_download::Receipt::default())
     }
 
     async fn cancel(&self, cancel: &OrderCancel) -> Result<(), SinkError> {
