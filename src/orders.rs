@@ -50,7 +50,7 @@ pub struct ListArgs {
     /// At most this many records.
     #[arg(long, default_value_t = 50)]
     limit: usize,
-    /// Go on from where a cut listing stopped (the token it printed; needs --job and one --state).
+    /// Go on from where a cut list stopped (the token it printed, with the same filters).
     #[arg(long)]
     after: Option<String>,
     /// Print JSON instead of text.
@@ -191,62 +191,107 @@ const LIST_ORDER: [RecordState; 5] = [
     RecordState::Done,
 ];
 
-/// Where a cut listing goes on.
+/// Where a cut list goes on: the listing (job and state) it stopped in and the position in it.
+/// Printed as one `--after` token, `<job>/<state>/<position>`, that resumes the whole list there
+/// (the listings after it included), whatever `--job` and `--state` narrow it to.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Cut {
     job: Job,
     state: RecordState,
     after: Option<PageToken>,
 }
 
-async fn list(args: &ListArgs) -> Result<Ended, CliError> {
-    if args.after.is_some() && (args.job.is_none() || args.state.len() != 1) {
-        return Err(
-            "--after goes on with one listing: give the --job and the --state it \
-                    printed too"
-                .into(),
-        );
+impl Cut {
+    fn token(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.job,
+            self.state,
+            self.after.as_ref().map_or("", PageToken::position)
+        )
     }
-    let ctx = args.local.open_existing().await?;
+
+    fn parse(text: &str) -> Result<Cut, CliError> {
+        let bad = || -> CliError {
+            format!("--after `{text}` is not a token a cut list printed (<job>/<state>/<position>)")
+                .into()
+        };
+        let mut parts = text.splitn(3, '/');
+        let job = parts.next().and_then(Job::parse).ok_or_else(bad)?;
+        let state = parts.next().and_then(RecordState::parse).ok_or_else(bad)?;
+        let position = parts.next().ok_or_else(bad)?;
+        Ok(Cut {
+            job,
+            state,
+            after: (!position.is_empty()).then(|| PageToken::from_store(position)),
+        })
+    }
+}
+
+/// The listings a list walks, in order: each job, and in it each state, problems first.
+fn listings(args: &ListArgs) -> Vec<(Job, RecordState)> {
     let jobs = args.job.map_or(Job::ALL.to_vec(), |j| vec![j]);
     let states: Vec<RecordState> = LIST_ORDER
         .into_iter()
         .filter(|s| args.state.is_empty() || args.state.contains(s))
         .collect();
+    jobs.into_iter()
+        .flat_map(|j| states.iter().map(move |s| (j, *s)))
+        .collect()
+}
+
+async fn list(args: &ListArgs) -> Result<Ended, CliError> {
+    let resume = args.after.as_deref().map(Cut::parse).transpose()?;
+    let ctx = args.local.open_existing().await?;
+    let mut walk = listings(args);
+    if let Some(r) = &resume {
+        let at = walk
+            .iter()
+            .position(|l| *l == (r.job, r.state))
+            .ok_or_else(|| -> CliError {
+                format!(
+                    "--after points into {} {} records, which this --job / --state leave out",
+                    r.job, r.state
+                )
+                .into()
+            })?;
+        walk.drain(..at);
+    }
     let limit = args.limit.max(1);
     let mut rows = Vec::new();
     let mut cut = None;
-    'listings: for job in jobs {
-        for &state in &states {
-            let mut query = LedgerQuery::new(&ctx.tenant, job, state);
-            query.changed_since = args.since;
-            query.after = args.after.clone().map(PageToken::from_store);
-            loop {
-                if rows.len() >= limit {
-                    cut = Some(Cut {
-                        job,
-                        state,
-                        after: query.after.clone(),
-                    });
-                    break 'listings;
+    'listings: for (i, &(job, state)) in walk.iter().enumerate() {
+        let mut query = LedgerQuery::new(&ctx.tenant, job, state);
+        query.changed_since = args.since;
+        if i == 0 {
+            query.after = resume.as_ref().and_then(|r| r.after.clone());
+        }
+        loop {
+            if rows.len() >= limit {
+                let here = Cut {
+                    job,
+                    state,
+                    after: query.after.clone(),
+                };
+                // Cut where nothing follows (a page that ended exactly at the limit): not cut.
+                if let Some(next) = next_record_from(&ctx, args, &walk[i..], here).await? {
+                    cut = Some(next);
                 }
-                query.limit = (limit - rows.len()).min(1000);
-                let page =
-                    ctx.store.list(&query).await.map_err(|e| {
-                        CliError::with(format!("cannot list {job} {state} records"), e)
-                    })?;
-                rows.extend(page.records);
-                match page.next {
-                    Some(next) => query.after = Some(next),
-                    None => break,
-                }
+                break 'listings;
+            }
+            query.limit = (limit - rows.len()).min(1000);
+            let page = ctx
+                .store
+                .list(&query)
+                .await
+                .map_err(|e| CliError::with(format!("cannot list {job} {state} records"), e))?;
+            rows.extend(page.records);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
             }
         }
     }
-    // A cut exactly at the end of the last listing has nothing after it.
-    let cut = match cut {
-        Some(c) if c.after.is_none() && !has_more(&ctx, args, &c).await? => None,
-        other => other,
-    };
     if args.json {
         print_list_json(&rows, cut.as_ref(), args);
     } else {
@@ -255,31 +300,55 @@ async fn list(args: &ListArgs) -> Result<Ended, CliError> {
     Ok(Ended::Ok)
 }
 
-/// True if the listing where the cut fell, started afresh, has any record (the cut came between
-/// two listings, before this one began).
-async fn has_more(ctx: &LocalContext, args: &ListArgs, cut: &Cut) -> Result<bool, CliError> {
-    let mut query = LedgerQuery::new(&ctx.tenant, cut.job, cut.state);
-    query.changed_since = args.since;
-    query.limit = 1;
-    let page = ctx
-        .store
-        .list(&query)
-        .await
-        .map_err(|e| CliError::with("cannot list records", e))?;
-    Ok(!page.records.is_empty())
+/// Where the next record after `from` is, looking through `rest` of the listings (the first of
+/// which is `from`'s): `from` itself, or the start of a later listing that has any; `None` when
+/// nothing follows.
+async fn next_record_from(
+    ctx: &LocalContext,
+    args: &ListArgs,
+    rest: &[(Job, RecordState)],
+    from: Cut,
+) -> Result<Option<Cut>, CliError> {
+    for (i, &(job, state)) in rest.iter().enumerate() {
+        let mut query = LedgerQuery::new(&ctx.tenant, job, state);
+        query.changed_since = args.since;
+        query.limit = 1;
+        if i == 0 {
+            query.after = from.after.clone();
+        }
+        let page = ctx
+            .store
+            .list(&query)
+            .await
+            .map_err(|e| CliError::with("cannot list records", e))?;
+        if !page.records.is_empty() {
+            return Ok(Some(Cut {
+                job,
+                state,
+                after: query.after,
+            }));
+        }
+    }
+    Ok(None)
 }
 
+/// The command that goes on from `cut`, quoted for a POSIX shell.
 fn page_on_command(cut: &Cut, args: &ListArgs) -> String {
-    let mut command = format!(
-        "dearsync orders list --job {} --state {}",
-        cut.job, cut.state
-    );
+    let mut command = "dearsync orders list".to_owned();
+    if let Some(job) = args.job {
+        command.push_str(&format!(" --job {job}"));
+    }
+    for state in &args.state {
+        command.push_str(&format!(" --state {state}"));
+    }
     if let Some(since) = args.since {
         command.push_str(&format!(" --since {}", time(since)));
     }
-    if let Some(after) = &cut.after {
-        command.push_str(&format!(" --after '{}'", after.position()));
-    }
+    command.push_str(&format!(" --limit {}", args.limit));
+    command.push_str(&format!(
+        " --after '{}'",
+        cut.token().replace('\'', "'\\''")
+    ));
     command
 }
 
@@ -315,9 +384,7 @@ fn print_list_json(rows: &[LedgerRecord], cut: Option<&Cut>, args: &ListArgs) {
         "records": rows.iter().map(record_json).collect::<Vec<_>>(),
         "cut": cut.is_some(),
         "next": cut.map(|c| json!({
-            "job": c.job,
-            "state": c.state,
-            "after": c.after.as_ref().map(PageToken::position),
+            "after": c.token(),
             "command": page_on_command(c, args),
         })),
     });

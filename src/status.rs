@@ -154,7 +154,8 @@ fn job_status(
                 .copied()
                 .unwrap_or(0)
         };
-        out["snapshots"] = json!({
+        // Totals since the first logged run (a held snapshot applied later stays counted).
+        out["snapshots_since_first_run"] = json!({
             "applied": total("snapshots_applied"),
             "held": total("snapshots_held"),
             "lines_held_for_review": total("held_for_review"),
@@ -346,9 +347,10 @@ fn print_job(j: &Value) {
             human_duration(lag)
         );
     }
-    if let Some(s) = j.get("snapshots") {
+    if let Some(s) = j.get("snapshots_since_first_run") {
         println!(
-            "  {:<21} snapshots: {} applied, {} held for a person; {} lines held for review",
+            "  {:<21} snapshots since the first run: {} applied, {} held for a person; {} lines \
+             held for review",
             "", s["applied"], s["held"], s["lines_held_for_review"]
         );
     }

@@ -265,22 +265,17 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
     // Lists say when they are cut and how to go on; going on repeats nothing.
     let (_, first) = op.json(&["orders", "list", "--job", "order-download", "--limit", "2"]);
     assert_eq!(first["cut"], true, "{first}");
-    let next = &first["next"];
-    let after = next["after"].as_str().map(str::to_owned);
-    let mut args = vec![
-        "orders".to_owned(),
-        "list".to_owned(),
-        "--job".to_owned(),
-        next["job"].as_str().unwrap().to_owned(),
-        "--state".to_owned(),
-        next["state"].as_str().unwrap().to_owned(),
-        "--limit".to_owned(),
-        "1000".to_owned(),
+    let after = first["next"]["after"].as_str().unwrap().to_owned();
+    let args = [
+        "orders",
+        "list",
+        "--job",
+        "order-download",
+        "--limit",
+        "1000",
+        "--after",
+        &after,
     ];
-    if let Some(after) = &after {
-        args.extend(["--after".to_owned(), after.clone()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_, rest) = op.json(&args);
     assert_eq!(rest["cut"], false);
     let entities = |v: &Value| -> BTreeSet<String> {
@@ -293,6 +288,26 @@ async fn operator_answers_both_questions_with_one_command_each(store: Store) {
     };
     assert!(entities(&first).is_disjoint(&entities(&rest)));
     assert!(!entities(&rest).is_empty());
+    // A cut right at the end of one listing still says what follows in the next.
+    let narrow = [
+        "orders",
+        "list",
+        "--job",
+        "shipment-confirmation",
+        "--state",
+        "failed",
+        "--state",
+        "done",
+        "--limit",
+        "1",
+    ];
+    let (_, one) = op.json(&narrow);
+    assert_eq!(one["records"][0]["entity"], "WMS-2", "{one}");
+    assert_eq!(one["cut"], true, "the done shipment follows: {one}");
+    let token = one["next"]["after"].as_str().unwrap().to_owned();
+    let (_, on) = op.json(&[&narrow[..], &["--after", &token]].concat());
+    assert_eq!(on["records"][0]["entity"], "WMS-1", "{on}");
+    assert_eq!(on["cut"], false, "{on}");
     let (_, failed) = op.json(&["orders", "list", "--state", "failed"]);
     assert_eq!(failed["records"][0]["entity"], "WMS-2", "{failed}");
     assert_eq!(failed["records"][0]["order_number"], number);

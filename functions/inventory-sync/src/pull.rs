@@ -11,20 +11,46 @@ use serde_json::{Value, json};
 
 use crate::{NotSynced, job, run};
 
-/// GETs the tenant's snapshot and syncs it.
+/// GETs the tenant's snapshot and syncs it. A pull that fails before its sync (the tenant, the
+/// snapshot URL) is logged as an aborted run: `dearsync status` shows why, the heartbeat counts it.
 pub(crate) async fn pull(
     deps: &Deps,
     tenant: &TenantId,
     options: SyncOptions,
 ) -> Result<Value, NotSynced> {
-    let job = job(deps, deps.tenant(tenant).await?);
-    let snapshot = job
-        .pull(deps.outbound)
-        .await
-        .map_err(|source| NotSynced::Pull {
-            tenant: tenant.clone(),
-            source,
-        })?;
+    let started_at = deps.clock.now();
+    let pulled = async {
+        let job = job(deps, deps.tenant(tenant).await?);
+        let snapshot = job
+            .pull(deps.outbound)
+            .await
+            .map_err(|source| NotSynced::Pull {
+                tenant: tenant.clone(),
+                source,
+            })?;
+        Ok::<_, NotSynced>((job, snapshot))
+    }
+    .await;
+    let (job, snapshot) = match pulled {
+        Ok(pulled) => pulled,
+        Err(e) => {
+            let report = dearsync_core::RunReport::new(
+                started_at,
+                deps.clock.now(),
+                dearsync_core::RunOutcome::Aborted,
+                [("failed", 1)],
+            )
+            .note(e.to_string());
+            dearsync_core::run_log::record_or_warn(
+                deps.store.as_ref(),
+                tenant,
+                Job::InventorySync,
+                &report,
+            )
+            .await;
+            return Err(e);
+        }
+    };
     run(deps, &job, &snapshot, options)
         .await
         .map(|s| s.to_json())

@@ -648,9 +648,10 @@ impl DynamoStore {
                 .and_then(|mut u| u.remove(&self.table))
                 .map(|k| k.keys)
                 .unwrap_or_default();
-            if !keys.is_empty() {
-                Self::backoff(attempt).await;
+            if keys.is_empty() {
+                return Ok(items);
             }
+            Self::backoff(attempt).await;
         }
         Err(StoreError::Unavailable(format!(
             "DynamoDB left {} ledger records unread after {MAX_RETRIES} tries",
@@ -1121,8 +1122,9 @@ impl RunLog for DynamoStore {
             };
             match put.send().await {
                 Ok(_) => return Ok(next),
-                // Another run of this tenant and job wrote in between: read again, add ours.
-                Err(e) if is_condition_failed(&e) => Self::backoff(attempt).await,
+                // Another run of this tenant and job wrote in between: read again, add ours
+                // (jittered from the first retry on, so racing writers spread apart).
+                Err(e) if is_condition_failed(&e) => Self::backoff(attempt + 1).await,
                 Err(e) => return Err(unavailable(&format!("write {what}"), &e)),
             }
         }

@@ -75,11 +75,12 @@ impl RunHistory {
         }
         RunHistory {
             last: report.clone(),
-            last_success_at: if report.outcome.succeeded() {
-                Some(report.ended_at)
-            } else {
-                previous.and_then(|p| p.last_success_at)
-            },
+            // The latest success, whatever order two runs' reports arrive in.
+            last_success_at: previous
+                .and_then(|p| p.last_success_at)
+                .into_iter()
+                .chain(report.outcome.succeeded().then_some(report.ended_at))
+                .max(),
             runs: previous.map_or(0, |p| p.runs) + 1,
             totals,
             revision: previous.map_or(0, |p| p.revision) + 1,

@@ -278,7 +278,10 @@ impl NewRecord {
             updated_at: now,
             due_at: self.due_at,
             detail: self.detail,
-            order_number: self.order_number,
+            order_number: self
+                .order_number
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty()),
         }
     }
 }

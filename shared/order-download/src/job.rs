@@ -1122,8 +1122,16 @@ impl OrderDownload {
                     "the sale no longer matches the filters (status {}, sale_status filter {})",
                     sale.status, self.settings.sale_status
                 );
-                self.settle(&rec, RecordState::Skipped, Some(reason), None, updated)
-                    .await?;
+                let number = sale.order_number();
+                self.settle(
+                    &rec,
+                    RecordState::Skipped,
+                    Some(reason),
+                    None,
+                    updated,
+                    number,
+                )
+                .await?;
             }
             return Ok(());
         }
@@ -1168,8 +1176,16 @@ impl OrderDownload {
             && SaleDetail::of(rec).cancelled.is_none()
         {
             summary.same_version += 1;
-            self.settle(rec, RecordState::Done, None, Some(&order.version), updated)
-                .await?;
+            let number = Some(order.order_number.as_str());
+            self.settle(
+                rec,
+                RecordState::Done,
+                None,
+                Some(&order.version),
+                updated,
+                number,
+            )
+            .await?;
             return Ok(());
         }
 
@@ -1436,7 +1452,14 @@ impl OrderDownload {
         {
             summary.same_version += 1;
             return self
-                .settle(rec, RecordState::Done, None, None, updated)
+                .settle(
+                    rec,
+                    RecordState::Done,
+                    None,
+                    None,
+                    updated,
+                    sale.order_number(),
+                )
                 .await;
         }
         let skip = SkipReason {
@@ -1471,6 +1494,7 @@ impl OrderDownload {
     }
 
     /// Moves a record to a final state for `updated` (no attempt counted).
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         rec: &LedgerRecord,
@@ -1478,9 +1502,14 @@ impl OrderDownload {
         reason: Option<String>,
         input_hash: Option<&str>,
         updated: Option<DateTime<Utc>>,
+        order_number: Option<&str>,
     ) -> Result<(), SaleError> {
         let mut detail = SaleDetail::of(rec);
         detail.updated = updated.map(millis);
+        // The sale's number as DEAR shows it now (a record first written without one learns it).
+        if let Some(number) = order_number {
+            detail.order_number = Some(number.to_owned());
+        }
         let mut change = Transition::to(state);
         change.reason = reason;
         change.input_hash = input_hash.map(str::to_owned);
@@ -1514,6 +1543,7 @@ impl OrderDownload {
                     Some(reason),
                     Some(version),
                     updated,
+                    sale.order_number(),
                 )
                 .await
             }
@@ -1524,6 +1554,7 @@ impl OrderDownload {
                     Some(reason),
                     Some(version),
                     updated,
+                    sale.order_number(),
                 )
                 .await
             }

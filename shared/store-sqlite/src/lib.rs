@@ -61,19 +61,29 @@ CREATE TABLE IF NOT EXISTS runs (
 ) WITHOUT ROWID;
 "#;
 
-/// Brings a store file made by an older version up to [`SCHEMA`]: columns added since, then the
-/// indexes on them.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_order_number = conn
+/// Brings a store file made by an older version up to [`SCHEMA`]: columns added since (filled
+/// from what the records' details already say), then the indexes on them. In one IMMEDIATE
+/// transaction, so two processes opening an old file at once migrate it once.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let has_order_number = tx
         .prepare("SELECT 1 FROM pragma_table_info('ledger') WHERE name = 'order_number'")?
         .exists([])?;
     if !has_order_number {
-        conn.execute_batch("ALTER TABLE ledger ADD COLUMN order_number TEXT")?;
+        tx.execute_batch(
+            "ALTER TABLE ledger ADD COLUMN order_number TEXT;
+             UPDATE ledger SET order_number = NULLIF(TRIM(json_extract(detail, '$.order_number')), '')
+              WHERE job = 'order-download' AND json_valid(detail);
+             UPDATE ledger
+                SET order_number = NULLIF(TRIM(json_extract(detail, '$.confirmation.order_number')), '')
+              WHERE job = 'shipment-confirmation' AND json_valid(detail);",
+        )?;
     }
-    conn.execute_batch(
+    tx.execute_batch(
         "CREATE INDEX IF NOT EXISTS ledger_by_order ON ledger (tenant, order_number)
          WHERE order_number IS NOT NULL",
-    )
+    )?;
+    tx.commit()
 }
 
 /// Every state port over one SQLite file.
@@ -124,7 +134,7 @@ impl SqliteStore {
                 path.display()
             ))
         };
-        let conn = Connection::open(&path).map_err(open_error)?;
+        let mut conn = Connection::open(&path).map_err(open_error)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -132,7 +142,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
-        migrate(&conn).map_err(open_error)?;
+        migrate(&mut conn).map_err(open_error)?;
         // Lapsed transient items are dropped on open (DynamoDB's TTL does this in AWS).
         let now = to_millis(clock.now());
         conn.execute(
@@ -985,7 +995,12 @@ mod tests {
                     sort_key TEXT NOT NULL, PRIMARY KEY (tenant, job, entity)
                  ) WITHOUT ROWID;
                  INSERT INTO ledger VALUES ('acme', 'order-download', 'SALE-0', 'done', NULL, 1,
-                    'h', 2, 0, 0, NULL, NULL, '000000000000000#SALE-0');",
+                    'h', 2, 0, 0, NULL, NULL, '000000000000000#SALE-0');
+                 INSERT INTO ledger VALUES ('acme', 'order-download', 'SALE-9', 'done', NULL, 1,
+                    'h', 2, 0, 0, NULL, '{\"order_number\":\"SO-9\"}', '000000000000000#SALE-9');
+                 INSERT INTO ledger VALUES ('acme', 'shipment-confirmation', 'WMS-9', 'done', NULL,
+                    1, 'h', 2, 0, 0, NULL, '{\"confirmation\":{\"order_number\":\"SO-9\"}}',
+                    '000000000000000#WMS-9');",
             )
             .unwrap();
         }
@@ -1004,6 +1019,9 @@ mod tests {
         store.insert(new).await.unwrap();
         let found = store.records_of_order(&tenant, "SO-1", 10).await.unwrap();
         assert_eq!(found.len(), 1);
+        // Records written before the column have their order number from their detail.
+        let old_ones = store.records_of_order(&tenant, "SO-9", 10).await.unwrap();
+        assert_eq!(old_ones.len(), 2, "{old_ones:?}");
         drop(store);
         // Opening again does not add the column twice.
         SqliteStore::open(&path, Arc::new(dearsync_core::ManualClock::fixed())).unwrap();
