@@ -14,9 +14,19 @@ pub enum TenantsCommand {
     /// Create or replace a tenant (`--tenant`) with the settings of `--config`.
     Put(PutArgs),
     /// List the tenants: enabled or not, and what each downloads and where it sends it.
-    List(LocalOptions),
+    List(ListArgs),
     /// Print a tenant's stored settings (TOML).
     Show(LocalOptions),
+}
+
+/// Options of `dearsync tenants list`.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    local: LocalOptions,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options of `dearsync tenants put`.
@@ -33,7 +43,7 @@ pub struct PutArgs {
 pub async fn run(command: TenantsCommand) -> Result<(), CliError> {
     match command {
         TenantsCommand::Put(args) => put(args).await,
-        TenantsCommand::List(local) => list(local).await,
+        TenantsCommand::List(args) => list(args).await,
         TenantsCommand::Show(local) => show(local).await,
     }
 }
@@ -68,9 +78,31 @@ async fn put(args: PutArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn list(local: LocalOptions) -> Result<(), CliError> {
-    let ctx = local.open_existing().await?;
+async fn list(args: ListArgs) -> Result<(), CliError> {
+    let ctx = args.local.open_existing().await?;
     let tenants = ctx.store.tenants().await.map_err(|e| e.to_string())?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = tenants
+            .iter()
+            .map(|t| match TenantSettings::from_toml(&t.settings_toml) {
+                Ok(s) => serde_json::json!({
+                    "tenant": t.tenant.as_str(), "enabled": t.enabled,
+                    "sale_status": s.order_download.sale_status.to_string(),
+                    "webhook": s.order_download.webhook_url.is_some(),
+                    "inventory_pull": s.inventory_sync.snapshot_url.is_some(),
+                }),
+                Err(e) => serde_json::json!({
+                    "tenant": t.tenant.as_str(), "enabled": t.enabled,
+                    "invalid_settings": e.to_string(),
+                }),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(());
+    }
     println!(
         "{:<24} {:<8} {:<20} {:<8} inventory pull",
         "tenant", "enabled", "sale status", "webhook"

@@ -117,6 +117,11 @@ async fn tenants_are_validated_stored_listed_and_shown_in_the_stack_table() {
         ],
         "{listing}"
     );
+    let out = dearsync(endpoint, d, &["tenants", "list", "--table", t, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["tenant"], "acme");
+    assert_eq!(json[1]["enabled"], false);
+    assert_eq!(json[0]["sale_status"], "ORDERED");
 
     let out = dearsync(
         endpoint,
