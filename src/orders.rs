@@ -335,6 +335,18 @@ async fn next_record_from(
 /// The command that goes on from `cut`, quoted for a POSIX shell.
 fn page_on_command(cut: &Cut, args: &ListArgs) -> String {
     let mut command = "dearsync orders list".to_owned();
+    // The same store and tenant, or the command would read another.
+    let local = &args.local;
+    match &local.table {
+        Some(table) => command.push_str(&format!(" --table {}", shell_quoted(table))),
+        None => command.push_str(&format!(
+            " --state-dir {}",
+            shell_quoted(&local.state_dir.display().to_string())
+        )),
+    }
+    if let Some(tenant) = &local.tenant {
+        command.push_str(&format!(" --tenant {}", shell_quoted(tenant)));
+    }
     if let Some(job) = args.job {
         command.push_str(&format!(" --job {job}"));
     }
@@ -342,14 +354,17 @@ fn page_on_command(cut: &Cut, args: &ListArgs) -> String {
         command.push_str(&format!(" --state {state}"));
     }
     if let Some(since) = args.since {
-        command.push_str(&format!(" --since {}", time(since)));
+        let exact = since.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        command.push_str(&format!(" --since {exact}"));
     }
     command.push_str(&format!(" --limit {}", args.limit));
-    command.push_str(&format!(
-        " --after '{}'",
-        cut.token().replace('\'', "'\\''")
-    ));
+    command.push_str(&format!(" --after {}", shell_quoted(&cut.token())));
     command
+}
+
+/// `text` in single quotes for a POSIX shell.
+fn shell_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 fn print_list(rows: &[LedgerRecord], cut: Option<&Cut>, args: &ListArgs) {

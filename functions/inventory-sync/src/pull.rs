@@ -33,6 +33,10 @@ pub(crate) async fn pull(
     .await;
     let (job, snapshot) = match pulled {
         Ok(pulled) => pulled,
+        // An unknown or disabled tenant has no runs to log (any id a message names would get one).
+        Err(e @ NotSynced::Tenant(TenantError::NotConfigured(_) | TenantError::Disabled(_))) => {
+            return Err(e);
+        }
         Err(e) => {
             let report = dearsync_core::RunReport::new(
                 started_at,

@@ -171,7 +171,15 @@ pub async fn stack_queue_urls(
             .map_err(|e| QueueDepthError {
                 detail: sdk_error_text(&e),
             })?;
-        urls.extend(out.queue_urls().iter().cloned());
+        // `<stack>-<LogicalId>-<suffix>`, neither of which has a `-`: another stack whose name
+        // only starts with this one's (`dear-sync-staging`) has more.
+        let own = |url: &&String| {
+            url.rsplit('/')
+                .next()
+                .and_then(|name| name.strip_prefix(&format!("{stack}-")))
+                .is_some_and(|rest| rest.matches('-').count() == 1)
+        };
+        urls.extend(out.queue_urls().iter().filter(own).cloned());
         match out.next_token() {
             Some(token) => next = Some(token.to_owned()),
             None => break,

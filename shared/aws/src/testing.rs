@@ -118,7 +118,8 @@ pub async fn fresh_table() -> String {
 }
 
 /// A state table and one queue named as CloudFormation names a stack's resources
-/// (`<stack>-StateTable-…`, `<stack>-TenantRunQueue-…`): the table's name, the queue's URL.
+/// (`<stack>-StateTable-…`, `<stack>-TenantRunQueue-…`), and a queue of another stack whose name
+/// starts with this one's: the table's name, the stack's queue's URL.
 pub async fn fresh_stack() -> (String, String) {
     let stack = format!("dearsync-stack-{}", dearsync_core::memory::new_token());
     let table = format!("{stack}-StateTable-T1");
@@ -134,6 +135,13 @@ pub async fn fresh_stack() -> (String, String) {
         .queue_url()
         .expect("the emulator answers the queue's URL")
         .to_owned();
+    // Another stack whose name only starts with this one's: not this stack's queue.
+    sqs()
+        .create_queue()
+        .queue_name(format!("{stack}-staging-TenantRunQueue-Q2"))
+        .send()
+        .await
+        .expect("create a queue on the emulator");
     (table, url)
 }
 

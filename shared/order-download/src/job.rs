@@ -1409,7 +1409,9 @@ impl OrderDownload {
         match self.sink.deliver(order).await {
             Ok(receipt) => {
                 let mut detail = detail;
-                detail.warehouse_answer = receipt.answer;
+                if receipt.answer.is_some() {
+                    detail.warehouse_answer = receipt.answer;
+                }
                 // A resend of what the warehouse had keeps when it first took it.
                 if detail.delivery.delivered_at.is_none() {
                     detail.delivery.delivered(self.ctx.clock.now());

@@ -397,8 +397,18 @@ impl WebhookSink {
         match result {
             Ok(resp) if resp.status().is_success() => {
                 let status = resp.status();
-                let page = dearsync_outbound::read_prefix(resp, 1024).await;
-                let text: String = String::from_utf8_lossy(&page).chars().take(200).collect();
+                // Taken: the answer's start is only noted, and never waited on for long.
+                let page = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    dearsync_outbound::read_prefix(resp, 1024),
+                )
+                .await
+                .unwrap_or_default();
+                let text: String = String::from_utf8_lossy(&page)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect();
                 Ok(match text.trim() {
                     "" => format!("HTTP {status}"),
                     text => format!("HTTP {status}: {text}"),

@@ -62,28 +62,41 @@ CREATE TABLE IF NOT EXISTS runs (
 "#;
 
 /// Brings a store file made by an older version up to [`SCHEMA`]: columns added since (filled
-/// from what the records' details already say), then the indexes on them. In one IMMEDIATE
-/// transaction, so two processes opening an old file at once migrate it once.
+/// from what the records' details already say), then the indexes on them. The change runs in one
+/// IMMEDIATE transaction (two processes opening an old file at once migrate it once); a file that
+/// needs none is only read.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let has_order_number = tx
-        .prepare("SELECT 1 FROM pragma_table_info('ledger') WHERE name = 'order_number'")?
-        .exists([])?;
-    if !has_order_number {
-        tx.execute_batch(
-            "ALTER TABLE ledger ADD COLUMN order_number TEXT;
-             UPDATE ledger SET order_number = NULLIF(TRIM(json_extract(detail, '$.order_number')), '')
-              WHERE job = 'order-download' AND json_valid(detail);
-             UPDATE ledger
-                SET order_number = NULLIF(TRIM(json_extract(detail, '$.confirmation.order_number')), '')
-              WHERE job = 'shipment-confirmation' AND json_valid(detail);",
-        )?;
+    let has_order_number = |c: &Connection| -> rusqlite::Result<bool> {
+        c.prepare("SELECT 1 FROM pragma_table_info('ledger') WHERE name = 'order_number'")?
+            .exists([])
+    };
+    if !has_order_number(conn)? {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !has_order_number(&tx)? {
+            tx.execute_batch(
+                "ALTER TABLE ledger ADD COLUMN order_number TEXT;
+                 UPDATE ledger
+                    SET order_number = NULLIF(TRIM(json_extract(detail, '$.order_number')), '')
+                  WHERE job = 'order-download' AND json_valid(detail);
+                 UPDATE ledger
+                    SET order_number =
+                        NULLIF(TRIM(json_extract(detail, '$.confirmation.order_number')), '')
+                  WHERE job = 'shipment-confirmation' AND json_valid(detail);
+                 UPDATE ledger AS s
+                    SET order_number = (
+                        SELECT o.order_number FROM ledger AS o
+                         WHERE o.tenant = s.tenant AND o.job = 'order-download'
+                           AND o.entity = json_extract(s.detail, '$.sale_id'))
+                  WHERE s.job = 'shipment-confirmation' AND s.order_number IS NULL
+                    AND json_valid(s.detail);",
+            )?;
+        }
+        tx.commit()?;
     }
-    tx.execute_batch(
+    conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS ledger_by_order ON ledger (tenant, order_number)
          WHERE order_number IS NOT NULL",
-    )?;
-    tx.commit()
+    )
 }
 
 /// Every state port over one SQLite file.
@@ -1000,7 +1013,10 @@ mod tests {
                     'h', 2, 0, 0, NULL, '{\"order_number\":\"SO-9\"}', '000000000000000#SALE-9');
                  INSERT INTO ledger VALUES ('acme', 'shipment-confirmation', 'WMS-9', 'done', NULL,
                     1, 'h', 2, 0, 0, NULL, '{\"confirmation\":{\"order_number\":\"SO-9\"}}',
-                    '000000000000000#WMS-9');",
+                    '000000000000000#WMS-9');
+                 INSERT INTO ledger VALUES ('acme', 'shipment-confirmation', 'WMS-8', 'failed',
+                    'refused', 1, 'h', 2, 0, 0, NULL, '{\"sale_id\":\"SALE-9\"}',
+                    '000000000000000#WMS-8');",
             )
             .unwrap();
         }
@@ -1021,7 +1037,11 @@ mod tests {
         assert_eq!(found.len(), 1);
         // Records written before the column have their order number from their detail.
         let old_ones = store.records_of_order(&tenant, "SO-9", 10).await.unwrap();
-        assert_eq!(old_ones.len(), 2, "{old_ones:?}");
+        assert_eq!(
+            old_ones.len(),
+            3,
+            "a failed shipment by its sale: {old_ones:?}"
+        );
         drop(store);
         // Opening again does not add the column twice.
         SqliteStore::open(&path, Arc::new(dearsync_core::ManualClock::fixed())).unwrap();
