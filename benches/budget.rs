@@ -72,23 +72,43 @@ async fn run(store: Arc<dyn TokenBuckets>, base_url: &str, secs: u64, adaptive: 
         config.calls_per_minute = settings.calls_per_minute;
         let dear = DearClient::with_budget(config, budget.clone()).unwrap();
         tasks.push(tokio::spawn(async move {
+            // Each call's time, request to answer: the simulator answers in a millisecond or two,
+            // so this is the wait for the budget (what a priority lane would shorten).
+            let mut waits = Vec::new();
             while Instant::now() < until {
                 for _ in 0..lane.burst {
+                    let asked = Instant::now();
                     if dear.me().await.is_err() {
                         break;
                     }
+                    waits.push(asked.elapsed().as_secs_f64());
                 }
                 tokio::time::sleep(lane.pause).await;
             }
-            (lane.name, dear.stats(), budget.stats())
+            waits.sort_by(f64::total_cmp);
+            (lane.name, dear.stats(), budget.stats(), waits)
         }));
     }
     let (mut calls, mut throttled, mut dropped, mut granted) = (0, 0, 0, 0);
     for t in tasks {
-        let (name, dear, budget) = t.await.unwrap();
+        let (name, dear, budget, waits) = t.await.unwrap();
+        let at = |q: f64| {
+            waits
+                .get(((waits.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
         println!(
-            "  {name:<15} calls {:>4}  throttled {:>2}  tokens granted {:>4} used {:>4} dropped {:>3}",
-            dear.calls, dear.throttled, budget.granted, budget.used, budget.dropped
+            "  {name:<15} calls {:>4}  throttled {:>2}  tokens granted {:>4} used {:>4} dropped {:>3}  \
+             wait p50 {:.2} s, p90 {:.2} s, max {:.2} s",
+            dear.calls,
+            dear.throttled,
+            budget.granted,
+            budget.used,
+            budget.dropped,
+            at(0.5),
+            at(0.9),
+            at(1.0)
         );
         calls += dear.calls;
         throttled += dear.throttled;
