@@ -81,6 +81,18 @@ struct TenantRun {
     delivered: u64,
 }
 
+/// Orders the run log says `tenant`'s runs delivered so far.
+async fn delivered_so_far(deps: &Deps, tenant: &str) -> u64 {
+    let tenant = TenantId::new(tenant).expect("a tenant id the bench made");
+    deps.store
+        .run_history(&tenant, dearsync_core::Job::OrderDownload)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|h| h.totals.get("delivered").copied())
+        .unwrap_or(0)
+}
+
 /// Takes one message at a time until the queue stays empty, as a Lambda worker with BatchSize 1.
 async fn worker(deps: Arc<Deps>, queue: String, fired: Instant) -> Vec<(String, TenantRun)> {
     let sqs = testing::sqs();
@@ -112,30 +124,10 @@ async fn worker(deps: Arc<Deps>, queue: String, fired: Instant) -> Vec<(String, 
             "body": body, "eventSource": "aws:sqs", "awsRegion": "us-east-1",
         }]});
         let started = Instant::now();
-        let before = deps
-            .store
-            .run_history(
-                &TenantId::new(&tenant).unwrap(),
-                dearsync_core::Job::OrderDownload,
-            )
-            .await
-            .ok()
-            .flatten()
-            .and_then(|h| h.totals.get("delivered").copied())
-            .unwrap_or(0);
+        let before = delivered_so_far(&deps, &tenant).await;
         let out = handle(&deps, event, "fleet", None).await.expect("handled");
         assert_eq!(out["batchItemFailures"], json!([]), "{tenant}: {out}");
-        let after = deps
-            .store
-            .run_history(
-                &TenantId::new(&tenant).unwrap(),
-                dearsync_core::Job::OrderDownload,
-            )
-            .await
-            .ok()
-            .flatten()
-            .and_then(|h| h.totals.get("delivered").copied())
-            .unwrap_or(0);
+        let after = delivered_so_far(&deps, &tenant).await;
         sqs.delete_message()
             .queue_url(&queue)
             .receipt_handle(&receipt)

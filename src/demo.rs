@@ -462,21 +462,10 @@ fn read_orders(path: &Path) -> Result<Vec<Value>, CliError> {
 /// The simulated account's simple (not advanced) sales whose products all go without batches.
 fn plain_sales(sim: &SimServer) -> std::collections::BTreeSet<String> {
     sim.sim
-        .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
-            let batched: std::collections::BTreeSet<&str> = d
-                .products
-                .values()
-                .filter(|p| p.batch_tracked())
-                .map(|p| p.sku.as_str())
-                .collect();
-            d.sales
-                .values()
-                .filter(|s| {
-                    !s.advanced && s.lines.iter().all(|l| !batched.contains(l.sku.as_str()))
-                })
-                .map(|s| s.id.to_string())
-                .collect()
-        })
+        .with_data(
+            dear_sim::DEFAULT_ACCOUNT_ID,
+            dear_sim::model::Dataset::plain_sale_ids,
+        )
         .unwrap_or_default()
 }
 

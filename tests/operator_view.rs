@@ -78,21 +78,10 @@ fn text(out: &Output) -> String {
 /// Simple sales whose products carry no batches: the ones a warehouse ships without naming batches.
 fn plain_sales(sim: &SimServer) -> BTreeSet<String> {
     sim.sim
-        .with_data(dear_sim::DEFAULT_ACCOUNT_ID, |d| {
-            let batched: BTreeSet<&str> = d
-                .products
-                .values()
-                .filter(|p| p.batch_tracked())
-                .map(|p| p.sku.as_str())
-                .collect();
-            d.sales
-                .values()
-                .filter(|s| {
-                    !s.advanced && s.lines.iter().all(|l| !batched.contains(l.sku.as_str()))
-                })
-                .map(|s| s.id.to_string())
-                .collect()
-        })
+        .with_data(
+            dear_sim::DEFAULT_ACCOUNT_ID,
+            dear_sim::model::Dataset::plain_sale_ids,
+        )
         .unwrap_or_default()
 }
 

@@ -505,6 +505,22 @@ impl StockKey {
 }
 
 impl Dataset {
+    /// The SaleIDs of simple sales whose products carry no batches: the ones a warehouse ships
+    /// without naming batches (the demo's and the tests' shipments).
+    pub fn plain_sale_ids(&self) -> std::collections::BTreeSet<String> {
+        let batched: std::collections::BTreeSet<&str> = self
+            .products
+            .values()
+            .filter(|p| p.batch_tracked())
+            .map(|p| p.sku.as_str())
+            .collect();
+        self.sales
+            .values()
+            .filter(|s| !s.advanced && s.lines.iter().all(|l| !batched.contains(l.sku.as_str())))
+            .map(|s| s.id.to_string())
+            .collect()
+    }
+
     /// The key of a product's batch in [`Dataset::batch_expiry`].
     pub fn batch_key(product_id: Uuid, batch: &str) -> String {
         format!("{product_id}/{}", batch.trim().to_lowercase())
