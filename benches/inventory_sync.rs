@@ -52,6 +52,11 @@ fn job(sim: &Sim, dir: &std::path::Path, unlimited: bool) -> InventorySync {
 
 /// A snapshot of everything stocked at Main, with every 33rd SKU different (a 3 % drift).
 async fn snapshot_of(sim: &Sim, id: &str) -> (String, usize) {
+    snapshot_differing(sim, id, "2026-11-20T06:00:00Z", 33).await
+}
+
+/// A snapshot of everything stocked at Main as of `as_of`, with every `every`th row 5 higher.
+async fn snapshot_differing(sim: &Sim, id: &str, as_of: &str, every: usize) -> (String, usize) {
     let creds = Credentials::new(
         dear_sim::DEFAULT_ACCOUNT_ID.into(),
         dear_sim::DEFAULT_API_KEY.into(),
@@ -73,7 +78,7 @@ async fn snapshot_of(sim: &Sim, id: &str) -> (String, usize) {
     let mut n = 0;
     for (i, r) in pages.iter().flat_map(|p| &p.items).enumerate() {
         let q = r.on_hand.max(Decimal::ZERO)
-            + if i % 33 == 0 {
+            + if i % every == 0 {
                 Decimal::from(5)
             } else {
                 Decimal::ZERO
@@ -93,9 +98,7 @@ async fn snapshot_of(sim: &Sim, id: &str) -> (String, usize) {
         n += 1;
     }
     (
-        format!(
-            "{{\"snapshot_id\":\"{id}\",\"as_of\":\"2026-11-20T06:00:00Z\",\"lines\":[{lines}]}}"
-        ),
+        format!("{{\"snapshot_id\":\"{id}\",\"as_of\":\"{as_of}\",\"lines\":[{lines}]}}"),
         n,
     )
 }
@@ -123,6 +126,22 @@ async fn calls(skus: usize) {
     );
     println!(
         "  DEAR calls {} (availability + product pages, price tiers, {} POST); wall {:.1} s",
+        s.dear_calls,
+        s.adjustments.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // The next count: DEAR now holds the first one; four SKUs moved since.
+    let (json, _) = snapshot_differing(&sim, "BENCH-2", "2026-11-20T07:00:00Z", 2_500).await;
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    let snapshot = Snapshot::from_json_reader(json.as_bytes()).unwrap();
+    let started = Instant::now();
+    let s = j.sync(&snapshot, false).await.unwrap();
+    println!(
+        "  next count, {} SKUs different: unchanged {}, adjusted {}; DEAR calls {} (availability pages, \
+         one product read per changed SKU, price tiers, {} POST); wall {:.1} s",
+        s.adjusted,
+        s.unchanged,
+        s.adjusted,
         s.dear_calls,
         s.adjustments.len(),
         started.elapsed().as_secs_f64()

@@ -207,6 +207,72 @@ async fn ten_thousand_skus_with_three_percent_different_change_exactly_those() {
     assert!(old.note.unwrap().contains("older than the last applied"));
 }
 
+/// The calls made to one `METHOD route` of the simulated account so far.
+fn calls_to(server: &SimServer, route: &str) -> u64 {
+    let stats = server.sim.calls(ACCOUNT).unwrap();
+    stats.by_route.get(route).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_where_nothing_differs_reads_only_availability_and_a_few_changes_read_only_their_products()
+ {
+    let server = sim(10_000).await;
+    let before = on_hand(&server).await;
+    let batches = batches(&server);
+    // DEAR can be negative; a warehouse count never is: bring DEAR to the count first.
+    let counted: Vec<_> = raised(&before, &batches, before.len(), Decimal::ZERO);
+    let j = job(&server, memory(), "");
+    let first = j
+        .sync(&snapshot("INV-1", "2026-11-20T06:00:00Z", &counted), false)
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, "applied");
+    let pages = (counted.len() as u64).div_ceil(1_000);
+    assert!(pages >= 8, "{pages} availability pages");
+
+    // Everything agrees: the availability pages, nothing else (no catalogue, no price tiers).
+    let (availability, products, tiers) = (
+        calls_to(&server, "GET ref/productavailability"),
+        calls_to(&server, "GET product"),
+        calls_to(&server, "GET ref/pricetier"),
+    );
+    let same = j
+        .sync(&snapshot("INV-2", "2026-11-20T07:00:00Z", &counted), false)
+        .await
+        .unwrap();
+    assert_eq!((same.outcome.as_str(), same.adjusted), ("applied", 0));
+    assert_eq!(same.unchanged as usize, counted.len());
+    assert_eq!(calls_to(&server, "GET product"), products);
+    assert_eq!(calls_to(&server, "GET ref/pricetier"), tiers);
+    let read = calls_to(&server, "GET ref/productavailability") - availability;
+    assert!(read <= pages + 1, "{read} availability pages for {pages}");
+    assert_eq!(same.dear_calls, read, "only availability pages");
+
+    // Five counts differ: their five products are read (for the unit cost), then one write.
+    let mut five = counted.clone();
+    for line in five.iter_mut().step_by(1_000).take(5) {
+        line.1 += Decimal::from(3);
+    }
+    let products = calls_to(&server, "GET product");
+    let changed = j
+        .sync(&snapshot("INV-3", "2026-11-20T08:00:00Z", &five), false)
+        .await
+        .unwrap();
+    assert_eq!(changed.adjusted, 5, "{:?}", changed.skipped);
+    assert_eq!(changed.unchanged as usize, counted.len() - 5);
+    assert_eq!(calls_to(&server, "GET product") - products, 5);
+    assert!(
+        changed.dear_calls <= pages + 1 + 1 + 5 + 1,
+        "{} DEAR calls",
+        changed.dear_calls
+    );
+    let after = on_hand(&server).await;
+    for (sku, q, _) in &five {
+        let now = after.get(sku).copied().unwrap_or_default();
+        assert_eq!(now, *q, "{sku}");
+    }
+}
+
 #[tokio::test]
 async fn zero_stock_skus_get_the_tier_cost_and_unknown_skus_are_reported() {
     let server = sim(300).await;

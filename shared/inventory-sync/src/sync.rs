@@ -26,7 +26,9 @@ use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 use crate::progress::{PartId, ProgressLog, progress_key};
+mod settled;
 use crate::snapshot::Snapshot;
+use settled::RowSkus;
 
 /// What happens to one SKU (and batch).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -653,15 +655,12 @@ impl InventorySync {
         summary: &mut SyncSummary,
     ) -> Result<Option<String>, SyncError> {
         let s = &self.settings;
-        // The price tier first: it decides the one cost kept per product.
-        let tier = self.price_tier_code().await?;
-        let levels = self.levels_at(location).await?;
+        let (levels, row_skus) = self.levels_at(location).await?;
         // DEAR lists nothing there: an empty location, or a name DEAR does not know (which it
         // would only refuse when the adjustment is posted). Asked only in this case.
         if levels.is_empty() {
             self.check_location_exists(location).await?;
         }
-        let by_sku = self.catalogue(tier).await?;
         let orders = if s.subtract_orders_since_snapshot {
             dearsync_core::delivered::delivered_since(
                 self.ctx.store.as_ref(),
@@ -673,12 +672,22 @@ impl InventorySync {
         } else {
             BTreeMap::new()
         };
-        let mut wanted = Wanted::of(snapshot, &by_sku, &levels, &orders, summary);
-        if s.snapshot == SnapshotScope::Full {
+        let full = s.snapshot == SnapshotScope::Full;
+        let settled = settled::settle(snapshot, &levels, &row_skus, &orders, s, full);
+        let mut by_sku = self.items(&settled, snapshot, levels.len()).await?;
+        for (sku, item) in settled.items {
+            by_sku.entry(sku).or_insert(item);
+        }
+        let known = Known {
+            by_sku: &by_sku,
+            absent_zero: &settled.absent_zero,
+        };
+        let mut wanted = Wanted::of(snapshot, known, &levels, &orders, summary);
+        if full {
             wanted.zero_unlisted(&levels, &by_sku);
         }
         let held = hold_reason(&GuardInput {
-            stocked: &stocked_products(&levels, &by_sku),
+            stocked: &stocked_products(&levels, &row_skus, &by_sku),
             targets: &wanted.targets,
             minimum_level: s.minimum_level,
             unknown: &summary.unknown_skus,
@@ -744,13 +753,15 @@ impl InventorySync {
             })
     }
 
-    /// DEAR's levels at the location, per product and batch (bins summed), a page at a time.
-    async fn levels_at(&self, location: &str) -> Result<Levels, SyncError> {
+    /// DEAR's levels at the location, per product and batch (bins summed), and the SKU its rows
+    /// give each product, a page at a time.
+    async fn levels_at(&self, location: &str) -> Result<(Levels, RowSkus), SyncError> {
         let query = AvailabilityQuery {
             location: Some(location.to_owned()),
             ..Default::default()
         };
         let mut levels = Levels::new();
+        let mut skus = RowSkus::new();
         let mut pages = std::pin::pin!(
             self.ctx
                 .dear
@@ -762,21 +773,60 @@ impl InventorySync {
                     .as_deref()
                     .is_some_and(|l| l.trim().eq_ignore_ascii_case(location.trim()))
             }) {
+                if let Some(sku) = row.sku.as_deref().filter(|s| !s.trim().is_empty()) {
+                    skus.entry(row.id).or_insert_with(|| sku.trim().to_owned());
+                }
                 add_row(&mut levels, row);
             }
         }
         resolve_bins(&mut levels, self.settings.bin_null_row);
-        Ok(levels)
+        Ok((levels, skus))
     }
 
-    /// The catalogue, reduced to what the plan needs, a page at a time: lower-cased SKU → item.
-    async fn catalogue(&self, tier: Option<u8>) -> Result<HashMap<String, Item>, SyncError> {
+    /// The catalogue entries the plan needs (lower-cased SKU → item): none when every SKU is
+    /// settled; each needed SKU on its own (`GET product?Sku=`, which matches SKUs containing
+    /// it: the exact one is kept) when that takes fewer calls than the whole catalogue's pages,
+    /// estimated from the larger of the location's products and the snapshot's lines.
+    async fn items(
+        &self,
+        settled: &settled::Settled,
+        snapshot: &Snapshot,
+        products_at_location: usize,
+    ) -> Result<HashMap<String, Item>, SyncError> {
+        if settled.needed.is_empty() && !settled.needs_catalogue {
+            return Ok(HashMap::new());
+        }
+        // The price tier first: it decides the one cost kept per product.
+        let tier = self.price_tier_code().await?;
+        let catalogue_pages = products_at_location
+            .max(snapshot.lines.len())
+            .div_ceil(dear_client::MAX_LIMIT as usize)
+            .max(1);
+        if settled.needs_catalogue || settled.needed.len() > catalogue_pages {
+            return self.catalogue(tier, &ProductQuery::default()).await;
+        }
         let mut by_sku = HashMap::new();
-        let mut pages = std::pin::pin!(
-            self.ctx
-                .dear
-                .products(&ProductQuery::default(), dear_client::MAX_LIMIT)
-        );
+        for sku in &settled.needed {
+            let query = ProductQuery {
+                sku: Some(sku.clone()),
+                ..ProductQuery::default()
+            };
+            let wanted = sku.to_ascii_lowercase();
+            let found = self.catalogue(tier, &query).await?;
+            by_sku.extend(found.into_iter().filter(|(s, _)| *s == wanted));
+        }
+        Ok(by_sku)
+    }
+
+    /// The catalogue's products matching `query`, reduced to what the plan needs, a page at a
+    /// time: lower-cased SKU → item.
+    async fn catalogue(
+        &self,
+        tier: Option<u8>,
+        query: &ProductQuery,
+    ) -> Result<HashMap<String, Item>, SyncError> {
+        let mut by_sku = HashMap::new();
+        let mut pages = std::pin::pin!(self.ctx.dear.products(query, dear_client::MAX_LIMIT));
         while let Some(page) = pages.try_next().await? {
             for p in page.items {
                 let Some(sku) = p.sku.clone() else { continue };
@@ -1137,6 +1187,16 @@ fn add_row(levels: &mut Levels, row: dear_client::models::ProductAvailability) {
     }
 }
 
+/// What the plan knows of the snapshot's SKUs.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    /// Lower-cased SKU → its catalogue entry (or, for a settled SKU, what its rows tell).
+    by_sku: &'a HashMap<String, Item>,
+    /// Lower-cased SKUs counted zero that DEAR lists nowhere at the location: unchanged without
+    /// asking the catalogue whether DEAR knows them.
+    absent_zero: &'a std::collections::HashSet<String>,
+}
+
 /// What the snapshot asks for: a target per (SKU, batch) with the product id, and the expiry
 /// dates it gives.
 struct Wanted {
@@ -1150,7 +1210,7 @@ impl Wanted {
     /// delivered since the snapshot are taken off, and lines of one (SKU, batch) are summed.
     fn of(
         snapshot: &Snapshot,
-        by_sku: &HashMap<String, Item>,
+        known: Known<'_>,
         levels: &Levels,
         orders: &BTreeMap<String, Decimal>,
         summary: &mut SyncSummary,
@@ -1163,8 +1223,13 @@ impl Wanted {
         let mut unsubtracted = orders.clone();
         for line in &snapshot.lines {
             let sku = line.sku.trim();
-            let Some(product) = by_sku.get(&sku.to_ascii_lowercase()) else {
-                unknown.push(sku.to_owned());
+            let lower = sku.to_ascii_lowercase();
+            let Some(product) = known.by_sku.get(&lower) else {
+                if known.absent_zero.contains(&lower) {
+                    summary.unchanged += 1; // none there, none counted: known or not, no change
+                } else {
+                    unknown.push(sku.to_owned());
+                }
                 continue;
             };
             let psku = product.sku.clone();
@@ -1420,13 +1485,24 @@ fn resolve_bins(levels: &mut Levels, setting: BinNullRow) {
     }
 }
 
-/// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU.
-fn stocked_products(levels: &Levels, by_sku: &HashMap<String, Item>) -> BTreeMap<Uuid, String> {
+/// DEAR's stocked products at the location (on hand above zero, any batch): id → SKU, as the
+/// availability rows name it, else the catalogue.
+fn stocked_products(
+    levels: &Levels,
+    row_skus: &RowSkus,
+    by_sku: &HashMap<String, Item>,
+) -> BTreeMap<Uuid, String> {
     let sku_of: HashMap<Uuid, &str> = by_sku.values().map(|p| (p.id, p.sku.as_str())).collect();
     levels
         .iter()
         .filter(|(_, rows)| rows.iter().map(|(_, l)| l.on_hand).sum::<Decimal>() > Decimal::ZERO)
-        .filter_map(|(id, _)| sku_of.get(id).map(|sku| (*id, (*sku).to_owned())))
+        .filter_map(|(id, _)| {
+            let sku = row_skus
+                .get(id)
+                .map(String::as_str)
+                .or(sku_of.get(id).copied());
+            sku.map(|sku| (*id, sku.to_owned()))
+        })
         .collect()
 }
 
@@ -1732,7 +1808,12 @@ mod tests {
         };
         let orders = BTreeMap::from([("A".to_owned(), Decimal::from(2))]);
         let mut summary = SyncSummary::default();
-        let wanted = Wanted::of(&snapshot, &by_sku, &Levels::new(), &orders, &mut summary);
+        let absent_zero = std::collections::HashSet::new();
+        let known = Known {
+            by_sku: &by_sku,
+            absent_zero: &absent_zero,
+        };
+        let wanted = Wanted::of(&snapshot, known, &Levels::new(), &orders, &mut summary);
         assert_eq!(
             wanted.targets.get(&("A".to_owned(), None)).map(|t| t.0),
             Some(Decimal::from(5)),
