@@ -35,7 +35,7 @@ pub async fn run(args: ConfirmShipmentArgs) -> Result<Ended, CliError> {
         .map_err(|e| format!("{}: invalid shipment: {e}", args.file.display()))?;
     let local = args.local.job(args.no_rate_limit).await?;
     let job = ShipmentConfirmation {
-        ctx: local.ctx,
+        ctx: local.ctx.in_lane(dearsync_core::Lane::Shipments),
         settings: local.settings.shipment_confirmation,
     };
     let (started_at, before) = (job.ctx.clock.now(), job.ctx.dear.stats());

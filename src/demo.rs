@@ -281,7 +281,7 @@ impl Demo {
         println!();
         println!("2. Shipment confirmation (the warehouse reports what it shipped)");
         let confirm = ShipmentConfirmation {
-            ctx: ctx.clone(),
+            ctx: ctx.clone().in_lane(dearsync_core::Lane::Shipments),
             settings: settings.shipment_confirmation.clone(),
         };
         // The demo's warehouse ships simple sales of products without batches (a real one would
@@ -356,7 +356,7 @@ impl Demo {
         println!("3. Inventory sync ({LOCATION}: the warehouse's count becomes DEAR's stock)");
         let snapshot = warehouse_count(&ctx.dear).await?;
         let sync = InventorySync {
-            ctx: ctx.clone(),
+            ctx: ctx.clone().in_lane(dearsync_core::Lane::Inventory),
             settings: settings.inventory_sync.clone(),
         };
         let result = sync

@@ -74,7 +74,7 @@ pub async fn run(args: InventorySyncArgs) -> Result<Ended, CliError> {
     .map_err(|e| format!("{}: {e}", args.file.display()))?;
     let local = args.local.job(args.no_rate_limit).await?;
     let job = InventorySync {
-        ctx: local.ctx,
+        ctx: local.ctx.in_lane(dearsync_core::Lane::Inventory),
         settings: local.settings.inventory_sync,
     };
     let options = SyncOptions {

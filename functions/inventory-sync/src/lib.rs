@@ -87,7 +87,9 @@ async fn pushed(deps: &Deps, value: &Value) -> Result<Value, NotSynced> {
 
 fn job(deps: &Deps, ctx: TenantContext) -> InventorySync {
     InventorySync {
-        ctx: ctx.job_context(deps),
+        ctx: ctx
+            .job_context(deps)
+            .in_lane(dearsync_core::Lane::Inventory),
         settings: ctx.settings.inventory_sync,
     }
 }

@@ -37,7 +37,7 @@ pub(crate) async fn handle_http(deps: &Deps, event: &UrlRequest) -> Value {
             ),
         );
     };
-    let job = match job_from(deps, ctx) {
+    let job = match job_from(deps, ctx, dearsync_core::Lane::Webhook) {
         Ok(j) => j,
         Err(e) => {
             tracing::error!(error = %e, "webhook cannot be handled");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dearsync_core::TenantId;
+use dearsync_core::{Lane, TenantId};
 use dearsync_function_support::{Deps, TenantContext};
 use dearsync_order_download::{OrderDownload, OrderSink, WebhookSink};
 
@@ -11,11 +11,16 @@ use crate::NotRun;
 
 /// Builds the tenant's job from its stored settings and secret.
 pub(crate) async fn job_for(deps: &Deps, tenant: &TenantId) -> Result<OrderDownload, NotRun> {
-    job_from(deps, deps.tenant(tenant).await?)
+    job_from(deps, deps.tenant(tenant).await?, Lane::Poll)
 }
 
 /// Builds the job from a loaded tenant: its webhook sink and DEAR client.
-pub(crate) fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload, NotRun> {
+/// Its DEAR calls are for work of `lane`: polls, or the one sale a webhook named.
+pub(crate) fn job_from(
+    deps: &Deps,
+    ctx: TenantContext,
+    lane: Lane,
+) -> Result<OrderDownload, NotRun> {
     let tenant = &ctx.tenant;
     let fail = |why: &'static str| NotRun::NoSink {
         tenant: tenant.clone(),
@@ -47,7 +52,7 @@ pub(crate) fn job_from(deps: &Deps, ctx: TenantContext) -> Result<OrderDownload,
         })?,
     );
     Ok(OrderDownload {
-        ctx: ctx.job_context(deps),
+        ctx: ctx.job_context(deps).in_lane(lane),
         settings: ctx.settings.order_download,
         sink,
     })

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use dear_sim::SimServer;
 use dearsync_core::state::TenantEntry;
-use dearsync_core::{Job, TenantId};
+use dearsync_core::{Job, Lane, TenantId};
 use hmac::{Hmac, KeyInit, Mac};
 use order_download::{Deps, HandlerError, NotRun, TenantError, handle};
 use serde_json::{Value, json};
@@ -58,6 +58,8 @@ struct World {
     deps: Deps,
     received: Received,
     webhook_url: String,
+    /// The state table (the account's rate bucket is read from it).
+    table: String,
 }
 
 async fn world() -> World {
@@ -76,12 +78,12 @@ async fn world() -> World {
         )
         .await;
     }
-    let deps = emu.deps;
     World {
         sim,
-        deps,
+        deps: emu.deps,
         received,
         webhook_url,
+        table: emu.table,
     }
 }
 
@@ -118,6 +120,10 @@ async fn a_scheduled_event_delivers_signed_orders_once() {
         .unwrap();
     let delivered = out["tenants"][0]["delivered"].as_u64().unwrap();
     assert!(delivered > 0, "{out}");
+    // A scheduled run's DEAR calls are in the poll lane of the account's bucket.
+    let lanes = dearsync_aws::testing::bucket_lanes(&w.table, dear_sim::DEFAULT_ACCOUNT_ID).await;
+    assert!(lanes.recent[Lane::Poll.index()] > 0, "{lanes:?}");
+    assert_eq!(lanes.recent[Lane::Webhook.index()], 0, "{lanes:?}");
     let got = w.received.0.lock().unwrap().clone();
     assert_eq!(got.len() as u64, delivered);
     for (headers, body) in &got {
@@ -467,6 +473,10 @@ async fn a_dear_webhook_through_the_function_url_downloads_that_sale() {
     let got = orders(&w.received);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["sale_id"], picked.to_string());
+    // A webhook's sale is read in the webhook lane (ahead of polls), and only there.
+    let lanes = dearsync_aws::testing::bucket_lanes(&w.table, dear_sim::DEFAULT_ACCOUNT_ID).await;
+    assert!(lanes.recent[Lane::Webhook.index()] > 0, "{lanes:?}");
+    assert_eq!(lanes.recent[Lane::Poll.index()], 0, "{lanes:?}");
     // DEAR retries its webhooks: a repeat delivers nothing new.
     let resp = handle(
         &w.deps,

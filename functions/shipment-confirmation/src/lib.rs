@@ -62,7 +62,9 @@ async fn confirm(
     tally: &mut Tally,
 ) -> Result<Confirmation, ConfirmError> {
     let job = ShipmentConfirmation {
-        ctx: ctx.job_context(deps),
+        ctx: ctx
+            .job_context(deps)
+            .in_lane(dearsync_core::Lane::Shipments),
         settings: ctx.settings.shipment_confirmation.clone(),
     };
     let before = ctx.dear.stats();

@@ -4,24 +4,26 @@
 //! tenant, for which nothing is written by any entry.
 
 use dear_sim::SimServer;
+use dearsync_core::Lane;
+use dearsync_function_support::testing::EmulatorDeps;
 use serde_json::{Value, json};
 use shipment_confirmation::{Deps, HandlerError, handle};
 
 const INBOUND: &str = "warehouse-shared-secret";
 
 async fn world() -> (SimServer, Deps) {
-    world_with(true).await
+    let (sim, emu) = world_with(true).await;
+    (sim, emu.deps)
 }
 
 /// The merchant's default settings: an empty settings file.
-async fn world_with(enabled: bool) -> (SimServer, Deps) {
+async fn world_with(enabled: bool) -> (SimServer, EmulatorDeps) {
     let sim = dearsync_test_kit::seeded_sim(21, 120, 40).await;
     let emu = dearsync_function_support::testing::emulator_deps(&sim.base_url()).await;
     emu.put_secret("acme", &dearsync_test_kit::sim_secret(INBOUND, json!({})))
         .await;
     emu.put_tenant("acme", enabled, "").await;
-    let deps = emu.deps;
-    (sim, deps)
+    (sim, emu)
 }
 
 /// Two ORDERED simple sales with their order lines.
@@ -86,30 +88,42 @@ async fn ship_status(deps: &Deps, sale: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqs_batch_reports_only_the_bad_message_as_failed() {
-    let (sim, deps) = world().await;
+    let (sim, emu) = world_with(true).await;
+    let deps = &emu.deps;
     let sales = ordered_sales(&sim);
     let good = json!({ "tenant": "acme", "shipment": shipment("SQS-1", &sales[0]) }).to_string();
     let mut bad_shipment = shipment("SQS-2", &sales[1]);
     bad_shipment["packages"][0]["lines"][0]["sku"] = json!("NOT-ON-THE-SALE");
     let bad = json!({ "tenant": "acme", "shipment": bad_shipment }).to_string();
     let event = json!({ "Records": [sqs_record("m-good", &good), sqs_record("m-bad", &bad), sqs_record("m-junk", "{oops")] });
-    let out = handle(&deps, event).await.unwrap();
+    let out = handle(deps, event).await.unwrap();
     assert_eq!(
         out,
         json!({ "batchItemFailures": [{ "itemIdentifier": "m-bad" }, { "itemIdentifier": "m-junk" }] })
     );
+    // Its DEAR calls went through the account's bucket in the shipments lane, and only there.
+    let lanes = dearsync_aws::testing::bucket_lanes(&emu.table, dear_sim::DEFAULT_ACCOUNT_ID).await;
+    let recent = lanes.recent;
+    assert!(recent[Lane::Shipments.index()] >= 4, "{lanes:?}");
     assert_eq!(
-        ship_status(&deps, &sales[0].0).await,
+        recent[Lane::Webhook.index()]
+            + recent[Lane::Poll.index()]
+            + recent[Lane::Inventory.index()],
+        0,
+        "{lanes:?}"
+    );
+    assert_eq!(
+        ship_status(deps, &sales[0].0).await,
         "AUTHORISED",
         "the good shipment is applied"
     );
     assert_eq!(
-        ship_status(&deps, &sales[1].0).await,
+        ship_status(deps, &sales[1].0).await,
         "NOT AVAILABLE",
         "the bad one wrote nothing"
     );
     // SQS redelivers the batch item: the applied one is a no-op.
-    let again = handle(&deps, json!({ "Records": [sqs_record("m-good-2", &good)] }))
+    let again = handle(deps, json!({ "Records": [sqs_record("m-good-2", &good)] }))
         .await
         .unwrap();
     assert_eq!(again, json!({ "batchItemFailures": [] }));
@@ -176,7 +190,8 @@ async fn an_eventbridge_event_and_a_function_url_push_are_confirmed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_tenant_gets_nothing_written_by_any_entry() {
-    let (sim, deps) = world_with(false).await;
+    let (sim, emu) = world_with(false).await;
+    let deps = emu.deps;
     let sales = ordered_sales(&sim);
     let envelope = json!({ "tenant": "acme", "shipment": shipment("OFF-1", &sales[0]) });
     let out = handle(

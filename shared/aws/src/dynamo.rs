@@ -352,6 +352,10 @@ fn bucket_from(account: &str, item: &Item) -> Result<BucketState, StoreError> {
         paused_until_ms: r.n("paused_ms")?,
         revision: u64::try_from(r.n("revision")?)
             .map_err(|_| r.corrupt("revision out of range".into()))?,
+        lanes: {
+            let text = r.opt_s("lanes")?.unwrap_or_default();
+            LaneState::decode(&text).ok_or_else(|| r.corrupt(format!("lanes {text:?}")))?
+        },
     })
 }
 
@@ -975,7 +979,8 @@ impl DynamoStore {
             .item("milli_tokens", n(next.milli_tokens))
             .item("refilled_ms", n(next.refilled_at_ms))
             .item("paused_ms", n(next.paused_until_ms))
-            .item("revision", n(next.revision));
+            .item("revision", n(next.revision))
+            .item("lanes", s(next.lanes.encode()));
         put = if prev_revision == 0 {
             put.condition_expression("attribute_not_exists(pk)")
         } else {
@@ -1005,13 +1010,47 @@ fn uuid_nibble() -> u8 {
 
 #[async_trait]
 impl TokenBuckets for DynamoStore {
-    async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError> {
+    async fn take(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        want: u32,
+        lane: Lane,
+    ) -> Result<Grant, StoreError> {
         for attempt in 0..MAX_RETRIES {
             let state = self.read_bucket(account).await?;
-            let (next, grant) = state.take(spec, want, self.now_ms());
-            // Nothing granted changes nothing worth writing: a read is enough.
-            if grant.granted == 0 || self.write_bucket(account, state.revision, &next).await? {
-                return Ok(grant);
+            let taken = state.take(spec, want, self.now_ms(), lane);
+            // Nothing granted and no new waiting mark changes nothing worth writing: a read is
+            // enough.
+            if !taken.write
+                || self
+                    .write_bucket(account, state.revision, &taken.next)
+                    .await?
+            {
+                return Ok(taken.grant);
+            }
+            Self::backoff(attempt + 1).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "the rate bucket of {account} kept changing under {MAX_RETRIES} attempts"
+        )))
+    }
+
+    async fn give_back(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        tokens: u32,
+        lane: Lane,
+    ) -> Result<(), StoreError> {
+        for attempt in 0..MAX_RETRIES {
+            let state = self.read_bucket(account).await?;
+            if state.revision == 0 {
+                return Ok(()); // nothing was ever taken from it
+            }
+            let next = state.give_back(spec, tokens, self.now_ms(), lane);
+            if self.write_bucket(account, state.revision, &next).await? {
+                return Ok(());
             }
             Self::backoff(attempt + 1).await;
         }

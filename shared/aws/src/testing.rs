@@ -186,3 +186,25 @@ pub async fn receive_as_event(url: &str) -> serde_json::Value {
         .collect();
     serde_json::json!({ "Records": records })
 }
+
+/// The lanes of `account`'s rate bucket in `table`, as stored (none when it was never written):
+/// which lanes have been served lately.
+pub async fn bucket_lanes(table: &str, account: &str) -> dearsync_core::state::LaneState {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let out = dynamodb()
+        .get_item()
+        .table_name(table)
+        .key("pk", AttributeValue::S(format!("A#{account}")))
+        .key("sk", AttributeValue::S("BUCKET".to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("read the rate bucket");
+    let text = out
+        .item()
+        .and_then(|item| item.get("lanes"))
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .unwrap_or_default();
+    dearsync_core::state::LaneState::decode(&text).expect("a readable lanes attribute")
+}

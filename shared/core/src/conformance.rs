@@ -52,6 +52,7 @@ macro_rules! conformance_suite {
             idempotency_claim_race_has_one_winner, idempotency_claims_renew_until_lost,
             leases_exclude_and_expire, lease_race_has_one_winner,
             token_buckets_refill_and_pause, token_bucket_race_never_overdraws,
+            token_buckets_serve_a_waiting_shipment_first,
             tenants_are_listed_and_replaced,
             ledger_finds_every_record_of_an_order, run_log_keeps_the_last_success_and_totals,
             run_log_counts_every_concurrent_run,
@@ -831,40 +832,106 @@ const SPEC: BucketSpec = BucketSpec {
     per_minute: 60,
 };
 
-/// Buckets: start full, refill at the rate up to capacity, grant nothing while paused.
+/// Buckets: start full, refill at the rate up to capacity, take back what was not spent, grant
+/// nothing while paused.
 pub async fn token_buckets_refill_and_pause(factory: &dyn Factory) {
     let f = factory.fixture().await;
-    let g = f.store.take("acct-1", SPEC, 3).await.unwrap();
-    assert_eq!(g.granted, 3);
-    let g = f.peer.take("acct-1", SPEC, 3).await.unwrap();
+    let take = |store: &Arc<dyn StateStore>, want: u32| {
+        let store = store.clone();
+        async move { store.take("acct-1", SPEC, want, Lane::Poll).await.unwrap() }
+    };
+    assert_eq!(take(&f.store, 3).await.granted, 3);
+    assert_eq!(take(&f.peer, 3).await.granted, 2, "as many as there are");
+    let g = take(&f.store, 3).await;
     assert_eq!(
         (g.granted, g.retry_after.as_millis()),
         (0, 1000),
-        "all or nothing"
+        "until one is there"
     );
-    assert_eq!(f.peer.take("acct-1", SPEC, 2).await.unwrap().granted, 2);
-    let g = f.store.take("acct-1", SPEC, 3).await.unwrap();
-    assert_eq!((g.granted, g.retry_after.as_millis()), (0, 3000));
     f.clock.advance(Duration::milliseconds(2500));
-    assert_eq!(f.store.take("acct-1", SPEC, 3).await.unwrap().granted, 0);
-    assert_eq!(f.store.take("acct-1", SPEC, 2).await.unwrap().granted, 2);
+    assert_eq!(take(&f.store, 3).await.granted, 2);
+    assert_eq!(take(&f.store, 1).await.granted, 0);
+    // Tokens given back are there again.
+    f.peer
+        .give_back("acct-1", SPEC, 2, Lane::Poll)
+        .await
+        .unwrap();
+    assert_eq!(take(&f.store, 2).await.granted, 2);
     f.clock.advance(Duration::hours(1));
     assert_eq!(
-        f.store.take("acct-1", SPEC, 9).await.unwrap().granted,
+        f.store
+            .take("acct-1", SPEC, 9, Lane::Poll)
+            .await
+            .unwrap()
+            .granted,
         5,
         "capped at capacity"
     );
     // Another account has its own bucket.
-    assert_eq!(f.store.take("acct-2", SPEC, 1).await.unwrap().granted, 1);
+    assert_eq!(
+        f.store
+            .take("acct-2", SPEC, 1, Lane::Poll)
+            .await
+            .unwrap()
+            .granted,
+        1
+    );
     // DEAR throttled acct-2: nothing for 30 s, whatever was in the bucket.
     f.peer
         .pause("acct-2", f.clock.now_for_tests() + Duration::seconds(30))
         .await
         .unwrap();
-    let g = f.store.take("acct-2", SPEC, 1).await.unwrap();
+    let g = f.store.take("acct-2", SPEC, 1, Lane::Poll).await.unwrap();
     assert_eq!((g.granted, g.retry_after.as_secs()), (0, 30));
     f.clock.advance(Duration::seconds(31));
-    assert_eq!(f.store.take("acct-2", SPEC, 1).await.unwrap().granted, 1);
+    assert_eq!(
+        f.store
+            .take("acct-2", SPEC, 1, Lane::Poll)
+            .await
+            .unwrap()
+            .granted,
+        1
+    );
+}
+
+/// Lanes across processes: a shipment refused in one process is marked waiting in the store, so a
+/// poll in another yields the next token to it.
+pub async fn token_buckets_serve_a_waiting_shipment_first(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    assert_eq!(
+        f.store
+            .take("acct-l", SPEC, 5, Lane::Poll)
+            .await
+            .unwrap()
+            .granted,
+        5
+    );
+    let g = f
+        .peer
+        .take("acct-l", SPEC, 1, Lane::Shipments)
+        .await
+        .unwrap();
+    assert_eq!((g.granted, g.retry_after.as_millis()), (0, 1000));
+    f.clock.advance(Duration::milliseconds(1000));
+    let g = f.store.take("acct-l", SPEC, 1, Lane::Poll).await.unwrap();
+    assert_eq!(g.granted, 0, "the poll yields to the waiting shipment");
+    assert_eq!(
+        f.peer
+            .take("acct-l", SPEC, 1, Lane::Shipments)
+            .await
+            .unwrap()
+            .granted,
+        1
+    );
+    f.clock.advance(Duration::milliseconds(1000));
+    assert_eq!(
+        f.store
+            .take("acct-l", SPEC, 1, Lane::Poll)
+            .await
+            .unwrap()
+            .granted,
+        1
+    );
 }
 
 /// Many processes take from one bucket at once: together they never get more than it holds.
@@ -876,7 +943,7 @@ pub async fn token_bucket_race_never_overdraws(factory: &dyn Factory) {
         } else {
             f.peer.clone()
         };
-        tokio::spawn(async move { store.take("acct-race", SPEC, 1).await })
+        tokio::spawn(async move { store.take("acct-race", SPEC, 1, Lane::Poll).await })
     }))
     .await;
     let granted: u32 = results

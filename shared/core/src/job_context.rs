@@ -37,6 +37,15 @@ impl JobContext {
     }
 }
 
+impl JobContext {
+    /// The same context whose DEAR calls are for work of `lane` (the account's shared budget
+    /// serves shipments first, every lane keeping its share).
+    pub fn in_lane(mut self, lane: dear_client::Lane) -> Self {
+        self.dear = Arc::new(self.dear.in_lane(lane));
+        self
+    }
+}
+
 impl std::fmt::Debug for JobContext {
     // The client and store are not printed: they hold connections, and the client credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

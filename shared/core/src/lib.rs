@@ -31,6 +31,7 @@ pub mod conformance;
 
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use credentials::{Caller, CredentialSource, Credentials, CredentialsError, EnvCredentials};
+pub use dear_client::Lane;
 pub use error::StoreError;
 pub use held_claim::{ClaimLost, HeldClaim};
 pub use ids::{Job, TenantId};

@@ -359,13 +359,37 @@ impl Leases for MemoryStore {
 
 #[async_trait]
 impl TokenBuckets for MemoryStore {
-    async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError> {
+    async fn take(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        want: u32,
+        lane: Lane,
+    ) -> Result<Grant, StoreError> {
         let now = to_millis(self.clock.now());
         let mut inner = self.lock();
         let state = inner.buckets.get(account).copied().unwrap_or_default();
-        let (next, grant) = state.take(spec, want, now);
-        inner.buckets.insert(account.to_owned(), next);
-        Ok(grant)
+        let taken = state.take(spec, want, now, lane);
+        if taken.write {
+            inner.buckets.insert(account.to_owned(), taken.next);
+        }
+        Ok(taken.grant)
+    }
+
+    async fn give_back(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        tokens: u32,
+        lane: Lane,
+    ) -> Result<(), StoreError> {
+        let now = to_millis(self.clock.now());
+        let mut inner = self.lock();
+        if let Some(state) = inner.buckets.get(account).copied() {
+            let next = state.give_back(spec, tokens, now, lane);
+            inner.buckets.insert(account.to_owned(), next);
+        }
+        Ok(())
     }
 
     async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError> {

@@ -2,9 +2,11 @@
 //!
 //! DEAR allows 60 calls in any sliding minute per account, and the three functions share that.
 //! Tokens are taken from the shared bucket a few at a time (one store write per batch, not per
-//! call), and a token not used within `hold` is dropped, so that held tokens cannot pile up into a
-//! burst. A caller that comes back slower than `hold` takes one token at a time, so none of its
-//! tokens is dropped: the budget is spent on calls, not on tokens nobody used. In any 60 s window an account then makes at most
+//! call), and a token not used within `hold` is given back to the bucket (held tokens cannot pile
+//! up into a burst, and none is wasted: another process spends it). A caller that comes back
+//! slower than `hold` takes one token at a time, so it has none to give back. Each call is for a
+//! [`Lane`]; the bucket serves a waiting lane that outranks the asking one first
+//! ([`crate::state::LaneState`]). In any 60 s window an account then makes at most
 //! `capacity + per_minute × (60 s + hold) / 60 s` calls: 2 + 57 × 61/60 ≈ 59.95 with the defaults.
 
 use std::collections::HashMap;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dear_client::{DearError, RateBudget};
+use dear_client::{DearError, Lane, RateBudget};
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -83,7 +85,9 @@ pub struct BudgetStats {
     pub granted: u64,
     /// Of those, tokens spent on a call.
     pub used: u64,
-    /// Of those, tokens dropped unspent after `hold`.
+    /// Of those, tokens not spent within `hold` and given back to the shared bucket.
+    pub returned: u64,
+    /// Of those, tokens lost unspent (the bucket could not take them back, or DEAR throttled).
     pub dropped: u64,
 }
 
@@ -91,7 +95,77 @@ pub struct BudgetStats {
 struct Counters {
     granted: std::sync::atomic::AtomicU64,
     used: std::sync::atomic::AtomicU64,
+    returned: std::sync::atomic::AtomicU64,
     dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, counter: &std::sync::atomic::AtomicU64, n: u32) {
+        counter.fetch_add(u64::from(n), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Held tokens per account and lane.
+type HeldTokens = Arc<tokio::sync::Mutex<HashMap<(String, Lane), Held>>>;
+
+/// Gives a batch's unspent tokens back to the shared bucket once `hold` has passed since it was
+/// taken, unless the process spent them or gave them back first.
+struct GiveBack {
+    store: Arc<dyn TokenBuckets>,
+    held: HeldTokens,
+    counters: Arc<Counters>,
+    spec: crate::state::BucketSpec,
+    hold: Duration,
+    key: (String, Lane),
+    taken_at: Instant,
+}
+
+impl GiveBack {
+    async fn after(self) {
+        tokio::time::sleep(self.hold).await;
+        let unspent = {
+            let mut held = self.held.lock().await;
+            match held.get_mut(&self.key) {
+                Some(h) if h.taken_at == self.taken_at && h.tokens > 0 => {
+                    std::mem::take(&mut h.tokens)
+                }
+                _ => return,
+            }
+        };
+        let terms = (self.spec, self.hold);
+        give_back(
+            &*self.store,
+            &self.counters,
+            terms,
+            &self.key,
+            (unspent, self.taken_at),
+        )
+        .await;
+    }
+}
+
+/// Puts `unspent` tokens taken at `taken_at` back in the shared bucket (counted returned), or
+/// counts them dropped: also when they are older than twice the hold (a process thawed after a
+/// pause — Lambda freezes between invocations — must not add old tokens to a busy minute: DEAR's
+/// limit holds only for tokens given back about when they would have been spent).
+async fn give_back(
+    store: &dyn TokenBuckets,
+    counters: &Counters,
+    (spec, hold): (crate::state::BucketSpec, Duration),
+    (account, lane): &(String, Lane),
+    (unspent, taken_at): (u32, Instant),
+) {
+    if taken_at.elapsed() > hold * 2 {
+        counters.add(&counters.dropped, unspent);
+        return;
+    }
+    match store.give_back(account, spec, unspent, *lane).await {
+        Ok(()) => counters.add(&counters.returned, unspent),
+        Err(e) => {
+            tracing::warn!(error = %e, unspent, "could not give unspent DEAR tokens back; they lapse");
+            counters.add(&counters.dropped, unspent);
+        }
+    }
 }
 
 /// A [`RateBudget`] over a shared [`TokenBuckets`] store.
@@ -99,9 +173,10 @@ pub struct SharedRateBudget {
     store: Arc<dyn TokenBuckets>,
     clock: Arc<dyn Clock>,
     config: SharedBudgetConfig,
-    // Serialises store takes within a process (one batch at a time) and holds the unspent tokens.
-    held: tokio::sync::Mutex<HashMap<String, Held>>,
-    counters: Counters,
+    // Serialises store takes within a process (one batch at a time) and holds the unspent tokens,
+    // per account and lane (a lane's tokens are not spent on another's calls).
+    held: HeldTokens,
+    counters: Arc<Counters>,
 }
 
 impl SharedRateBudget {
@@ -116,8 +191,8 @@ impl SharedRateBudget {
             store,
             clock,
             config: SharedBudgetConfig { batch, ..config },
-            held: tokio::sync::Mutex::new(HashMap::new()),
-            counters: Counters::default(),
+            held: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -127,6 +202,7 @@ impl SharedRateBudget {
         BudgetStats {
             granted: self.counters.granted.load(Relaxed),
             used: self.counters.used.load(Relaxed),
+            returned: self.counters.returned.load(Relaxed),
             dropped: self.counters.dropped.load(Relaxed),
         }
     }
@@ -152,14 +228,15 @@ impl SharedRateBudget {
 
 #[async_trait]
 impl RateBudget for SharedRateBudget {
-    async fn acquire(&self, account: &str) -> Result<(), DearError> {
+    async fn acquire(&self, account: &str, lane: Lane) -> Result<(), DearError> {
         let mut store_errors = 0u32;
         let asked_at = Instant::now();
+        let key = (account.to_owned(), lane);
         loop {
             let wait = {
                 let mut held = self.held.lock().await;
                 let now = Instant::now();
-                if let Some(h) = held.get_mut(account) {
+                if let Some(h) = held.get_mut(&key) {
                     if h.tokens > 0 && h.taken_at.elapsed() < self.config.hold {
                         h.tokens -= 1;
                         h.served_at = Some(now);
@@ -167,8 +244,10 @@ impl RateBudget for SharedRateBudget {
                         return Ok(());
                     }
                     if h.tokens > 0 {
-                        self.count(&self.counters.dropped, h.tokens);
-                        h.tokens = 0;
+                        // Not spent within the hold (its timer has not run yet): back they go.
+                        let unspent = (std::mem::take(&mut h.tokens), h.taken_at);
+                        let terms = (self.config.spec, self.config.hold);
+                        give_back(&*self.store, &self.counters, terms, &key, unspent).await;
                     }
                     if let Some(at) = h.next_poll
                         && at > now
@@ -179,18 +258,38 @@ impl RateBudget for SharedRateBudget {
                         continue;
                     }
                 }
-                let batch = self.batch_for(held.get(account), asked_at);
-                let served_at = held.get(account).and_then(|h| h.served_at);
-                match self.store.take(account, self.config.spec, batch).await {
+                let batch = self.batch_for(held.get(&key), asked_at);
+                let served_at = held.get(&key).and_then(|h| h.served_at);
+                match self
+                    .store
+                    .take(account, self.config.spec, batch, lane)
+                    .await
+                {
                     Ok(grant) if grant.granted > 0 => {
                         self.count(&self.counters.granted, grant.granted);
                         self.count(&self.counters.used, 1);
+                        if grant.granted > 1 {
+                            let timer = GiveBack {
+                                store: self.store.clone(),
+                                held: self.held.clone(),
+                                counters: self.counters.clone(),
+                                spec: self.config.spec,
+                                hold: self.config.hold,
+                                key: key.clone(),
+                                taken_at: now,
+                            };
+                            tokio::spawn(timer.after());
+                        }
+                        // The bucket is empty until `retry_after`: this process's next caller
+                        // waits for that rather than asking in vain.
+                        let next_poll =
+                            (!grant.retry_after.is_zero()).then(|| now + grant.retry_after);
                         held.insert(
-                            account.to_owned(),
+                            key.clone(),
                             Held {
                                 tokens: grant.granted - 1,
                                 taken_at: now,
-                                next_poll: None,
+                                next_poll,
                                 served_at: Some(Instant::now()),
                             },
                         );
@@ -199,7 +298,7 @@ impl RateBudget for SharedRateBudget {
                     Ok(grant) => {
                         let wait = grant.retry_after.max(Duration::from_millis(50));
                         held.insert(
-                            account.to_owned(),
+                            key.clone(),
                             Held {
                                 tokens: 0,
                                 taken_at: now,
@@ -226,9 +325,14 @@ impl RateBudget for SharedRateBudget {
     }
 
     async fn throttled(&self, account: &str, pause: Duration) {
-        if let Some(h) = self.held.lock().await.remove(account) {
-            self.count(&self.counters.dropped, h.tokens);
+        let mut held = self.held.lock().await;
+        let lanes: Vec<_> = held.keys().filter(|(a, _)| a == account).cloned().collect();
+        for key in lanes {
+            if let Some(h) = held.remove(&key) {
+                self.count(&self.counters.dropped, h.tokens);
+            }
         }
+        drop(held);
         let until = self.clock.now()
             + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::seconds(60));
         if let Err(e) = self.store.pause(account, until).await {
@@ -275,18 +379,108 @@ mod tests {
             account: &str,
             spec: BucketSpec,
             want: u32,
+            lane: Lane,
         ) -> Result<Grant, StoreError> {
             self.takes.fetch_add(1, Ordering::Relaxed);
-            let grant = self.inner.take(account, spec, want).await?;
+            let grant = self.inner.take(account, spec, want, lane).await?;
             if grant.granted > 0 {
                 self.grants.fetch_add(1, Ordering::Relaxed);
                 self.tokens.fetch_add(grant.granted, Ordering::Relaxed);
             }
             Ok(grant)
         }
+        async fn give_back(
+            &self,
+            account: &str,
+            spec: BucketSpec,
+            tokens: u32,
+            lane: Lane,
+        ) -> Result<(), StoreError> {
+            self.inner.give_back(account, spec, tokens, lane).await
+        }
         async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
             self.inner.pause(account, until).await
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokens_held_across_a_freeze_are_dropped_not_given_back() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock {
+            start: Instant::now(),
+            base: Utc::now(),
+        });
+        let store = MemoryStore::new(clock);
+        let spec = BucketSpec {
+            capacity: 2,
+            per_minute: 1,
+        };
+        assert_eq!(
+            store
+                .take("acct", spec, 2, Lane::Poll)
+                .await
+                .unwrap()
+                .granted,
+            2
+        );
+        let taken_at = Instant::now();
+        // Lambda froze the process for a while after its invocation; it thaws in a busy minute.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let counters = Counters::default();
+        let key = ("acct".to_owned(), Lane::Poll);
+        let hold = Duration::from_secs(1);
+        give_back(&store, &counters, (spec, hold), &key, (1, taken_at)).await;
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            (
+                counters.returned.load(Relaxed),
+                counters.dropped.load(Relaxed)
+            ),
+            (0, 1)
+        );
+        let g = store.take("acct", spec, 1, Lane::Poll).await.unwrap();
+        assert_eq!(g.granted, 0, "the bucket did not get the old token");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_left_unspent_goes_back_to_the_bucket_for_another_process() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock {
+            start: Instant::now(),
+            base: Utc::now(),
+        });
+        let store = Arc::new(MemoryStore::new(clock.clone()));
+        let config = SharedBudgetConfig {
+            spec: BucketSpec {
+                capacity: 2,
+                per_minute: 1,
+            },
+            ..SharedBudgetConfig::default()
+        };
+        let a = SharedRateBudget::new(store.clone(), clock.clone(), config);
+        let one_at_a_time = SharedBudgetConfig { batch: 1, ..config };
+        let b = SharedRateBudget::new(store.clone(), clock.clone(), one_at_a_time);
+        // A takes a pair for one call and stops; B then finds the bucket empty...
+        a.acquire("acct", Lane::Shipments).await.unwrap();
+        let spec = config.spec;
+        let g = store.take("acct", spec, 1, Lane::Poll).await.unwrap();
+        assert_eq!(g.granted, 0);
+        // ...until A's hold passes and its unspent token is back (the refill is 1 a minute).
+        tokio::time::sleep(config.hold + Duration::from_millis(10)).await;
+        let started = Instant::now();
+        b.acquire("acct", Lane::Poll).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (
+                a.stats().granted,
+                a.stats().used,
+                a.stats().returned,
+                a.stats().dropped
+            ),
+            (2, 1, 1, 0)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,7 +508,7 @@ mod tests {
                 tasks.push(tokio::spawn(async move {
                     let mut at = Vec::new();
                     for _ in 0..50 {
-                        budget.acquire("acct").await.unwrap();
+                        budget.acquire("acct", Lane::Poll).await.unwrap();
                         at.push(Instant::now() - start);
                         // A DEAR call takes a little while.
                         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -345,12 +539,10 @@ mod tests {
             worst >= 57,
             "the budget is used: {worst} calls in the busiest minute"
         );
+        // Saturated, the bucket trickles single tokens and each is taken as it comes (waiting for
+        // a pair would keep the bucket full, where its refill is lost): one write per call.
         let writes = store.grants.load(Ordering::Relaxed);
-        let batch = SharedBudgetConfig::default().batch;
-        assert!(
-            writes <= 300 / batch + 2,
-            "{writes} store writes for 300 calls: tokens come in batches of {batch}"
-        );
+        assert!(writes <= 300, "{writes} store writes for 300 calls");
         let takes = store.takes.load(Ordering::Relaxed);
         // Two saturated processes poll for each batch: at most two round trips (reads) per call.
         assert!(takes <= 600, "{takes} store round trips for 300 calls");
@@ -365,10 +557,10 @@ mod tests {
         let store = Arc::new(MemoryStore::new(clock.clone()));
         let a = SharedRateBudget::new(store.clone(), clock.clone(), SharedBudgetConfig::default());
         let b = SharedRateBudget::new(store, clock, SharedBudgetConfig::default());
-        a.acquire("acct").await.unwrap();
+        a.acquire("acct", Lane::Poll).await.unwrap();
         let start = Instant::now();
         a.throttled("acct", Duration::from_secs(30)).await;
-        b.acquire("acct").await.unwrap();
+        b.acquire("acct", Lane::Poll).await.unwrap();
         assert!(
             start.elapsed() >= Duration::from_secs(30),
             "{:?}",
@@ -382,9 +574,15 @@ mod tests {
             start: Instant::now(),
             base: Utc::now(),
         });
-        for (think, most_writes) in [
-            (Duration::from_millis(1500), 40),
-            (Duration::from_millis(200), 21),
+        let roomy = SharedBudgetConfig::per_minute(600);
+        for (think, config, most_writes) in [
+            (
+                Duration::from_millis(1500),
+                SharedBudgetConfig::default(),
+                40,
+            ),
+            // Five calls a second where the bucket refills ten: pairs, one write per two calls.
+            (Duration::from_millis(200), roomy, 21),
         ] {
             let store = Arc::new(Counting {
                 inner: MemoryStore::new(clock.clone()),
@@ -392,10 +590,9 @@ mod tests {
                 grants: AtomicU32::new(0),
                 tokens: AtomicU32::new(0),
             });
-            let budget =
-                SharedRateBudget::new(store.clone(), clock.clone(), SharedBudgetConfig::default());
+            let budget = SharedRateBudget::new(store.clone(), clock.clone(), config);
             for _ in 0..40 {
-                budget.acquire("acct").await.unwrap();
+                budget.acquire("acct", Lane::Poll).await.unwrap();
                 // The call, then whatever the job does before its next one (a webhook, a sink).
                 tokio::time::sleep(think).await;
             }
@@ -410,7 +607,9 @@ mod tests {
                 writes <= most_writes,
                 "think {think:?}: {writes} store writes for 40 calls"
             );
-            assert_eq!(budget.stats().dropped, u64::from(granted - 40));
+            let stats = budget.stats();
+            assert_eq!(stats.returned + stats.dropped, u64::from(granted - 40));
+            assert_eq!(stats.dropped, 0, "every unspent token is given back");
         }
     }
 }

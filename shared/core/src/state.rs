@@ -10,6 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{Job, RunLog, StoreError, TenantId};
+pub use dear_client::Lane;
 
 /// Largest `detail` / `result` text a store accepts (DynamoDB items are limited to 400 KB).
 pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
@@ -747,21 +748,148 @@ pub struct BucketState {
     pub paused_until_ms: i64,
     /// +1 per write; the write condition. 0 = not stored yet.
     pub revision: u64,
+    /// Who waits for a token and who had which share: the lanes' priority across processes.
+    pub lanes: LaneState,
+}
+
+/// The lanes' part of a shared bucket: which lanes have a caller waiting, and each lane's recent
+/// share of the grants. A take yields to a waiting lane that outranks its own: one below its
+/// guaranteed share ([`Lane::guaranteed_percent`]) outranks one above it; otherwise the higher
+/// priority does. So shipments go first while every lane keeps its share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneState {
+    /// Per lane ([`Lane::index`]): until when a caller of it waits for a token (ms since epoch).
+    pub waiting_until_ms: [i64; 4],
+    /// Per lane: tokens granted lately, halved every [`LaneState::HALF_LIFE_MS`].
+    pub recent: [u32; 4],
+    /// When `recent` was last halved (ms since epoch).
+    pub recent_since_ms: i64,
+}
+
+impl LaneState {
+    /// How fast the recent shares forget: half every 20 s (a minute's grants weigh most).
+    pub const HALF_LIFE_MS: i64 = 20_000;
+    /// A waiting mark outlives the wait it was made for by this much, so that a waiter asking
+    /// again every second rewrites it only every few seconds (a write each); a waiter that died
+    /// holds the lanes it outranks back for at most this long.
+    pub const WAIT_GRACE_MS: i64 = 4_000;
+    /// A mark is rewritten only when it would lapse this much sooner than wanted.
+    pub const REMARK_MS: i64 = 2_000;
+    /// How soon a take that yielded asks again.
+    pub const YIELD_RETRY_MS: u64 = 250;
+
+    /// The stored text: `w0,w1,w2,w3;r0,r1,r2,r3;since` (empty for a bucket without lanes).
+    pub fn encode(&self) -> String {
+        let join = |v: &[String]| v.join(",");
+        format!(
+            "{};{};{}",
+            join(&self.waiting_until_ms.map(|v| v.to_string())),
+            join(&self.recent.map(|v| v.to_string())),
+            self.recent_since_ms
+        )
+    }
+
+    /// Reads [`LaneState::encode`]'s text; empty text (a bucket stored before lanes) is none.
+    pub fn decode(text: &str) -> Option<LaneState> {
+        if text.is_empty() {
+            return Some(LaneState::default());
+        }
+        let mut parts = text.split(';');
+        let waiting = four(parts.next()?)?;
+        let recent = four(parts.next()?)?;
+        let since = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(LaneState {
+            waiting_until_ms: waiting,
+            recent,
+            recent_since_ms: since,
+        })
+    }
+
+    /// Forgets half the recent grants per half-life passed.
+    fn decay(&mut self, now_ms: i64) {
+        if self.recent_since_ms == 0 {
+            self.recent_since_ms = now_ms;
+        }
+        let halvings = (now_ms - self.recent_since_ms) / Self::HALF_LIFE_MS;
+        if halvings > 0 {
+            let shift = halvings.min(31) as u32;
+            self.recent = self.recent.map(|r| r >> shift);
+            self.recent_since_ms += halvings * Self::HALF_LIFE_MS;
+        }
+    }
+
+    /// Whether `lane` has had less than its guaranteed share lately.
+    fn below_share(&self, lane: Lane) -> bool {
+        let total: u64 = self.recent.iter().map(|r| u64::from(*r)).sum();
+        u64::from(self.recent[lane.index()]) * 100 < u64::from(lane.guaranteed_percent()) * total
+    }
+
+    /// Whether a waiting `other` goes before `lane`.
+    fn outranks(&self, other: Lane, lane: Lane) -> bool {
+        match (self.below_share(other), self.below_share(lane)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => other < lane,
+        }
+    }
+
+    /// A lane other than `lane` with a caller waiting now that goes before it.
+    fn yields_to(&self, lane: Lane, now_ms: i64) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|other| {
+            *other != lane
+                && self.waiting_until_ms[other.index()] > now_ms
+                && self.outranks(*other, lane)
+        })
+    }
+
+    /// Marks `lane` waiting until `until_ms`; `true` when that changes the stored mark enough to
+    /// be worth a write (not for every retry of a caller already marked).
+    fn mark_waiting(&mut self, lane: Lane, until_ms: i64) -> bool {
+        let mark = &mut self.waiting_until_ms[lane.index()];
+        if *mark >= until_ms - Self::REMARK_MS {
+            return false;
+        }
+        *mark = until_ms;
+        true
+    }
+}
+
+/// Four comma-separated numbers.
+fn four<T: std::str::FromStr + Copy + Default>(text: &str) -> Option<[T; 4]> {
+    let mut out = [T::default(); 4];
+    let mut values = text.split(',');
+    for slot in &mut out {
+        *slot = values.next()?.parse().ok()?;
+    }
+    values.next().is_none().then_some(out)
+}
+
+/// A take's result: the state to store (when `write`), and the grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// The bucket after the take.
+    pub next: BucketState,
+    /// What the caller got.
+    pub grant: Grant,
+    /// Whether `next` must be stored: tokens were granted, or a lane's waiting mark changed.
+    pub write: bool,
 }
 
 /// The answer to a take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
-    /// Tokens granted now: all that were wanted, or 0.
+    /// Tokens granted now: up to the number wanted, as many as the bucket held, or 0.
     pub granted: u32,
-    /// When none were granted: how long until one will be.
+    /// How long until the bucket holds a token again (after this grant, when some were granted):
+    /// a caller of the same process need not ask before.
     pub retry_after: std::time::Duration,
 }
 
 impl BucketState {
-    /// Takes `want` whole tokens (clamped to 1..=capacity) at `now_ms`, all or none; a fresh bucket
-    /// starts full. Returns the new state (revision +1) and the grant.
-    pub fn take(self, spec: BucketSpec, want: u32, now_ms: i64) -> (BucketState, Grant) {
+    /// Takes up to `want` whole tokens (clamped to 1..=capacity; as many as the bucket holds) at
+    /// `now_ms` for a call of `lane`; a fresh bucket starts full. Nothing is granted while a waiting lane outranks
+    /// `lane` (see [`LaneState`]); a lane refused is marked waiting.
+    pub fn take(self, spec: BucketSpec, want: u32, now_ms: i64, lane: Lane) -> Taken {
         let capacity = i64::from(spec.capacity.max(1)) * 1000;
         let (mut milli, from) = if self.revision == 0 {
             (capacity, now_ms)
@@ -776,38 +904,81 @@ impl BucketState {
             refilled_at_ms: now_ms,
             paused_until_ms: self.paused_until_ms,
             revision: self.revision + 1,
+            lanes: self.lanes,
+        };
+        next.lanes.decay(now_ms);
+        let refused = |next: BucketState, retry_after: std::time::Duration, write: bool| Taken {
+            next,
+            grant: Grant {
+                granted: 0,
+                retry_after,
+            },
+            write,
         };
         if now_ms < self.paused_until_ms {
             let wait = (self.paused_until_ms - now_ms) as u64;
-            return (
-                next,
-                Grant {
-                    granted: 0,
-                    retry_after: std::time::Duration::from_millis(wait),
-                },
-            );
+            return refused(next, std::time::Duration::from_millis(wait), false);
         }
-        // All or nothing: a batch is granted whole, so that a busy account still pays one store
-        // write per batch rather than one per token as they trickle in.
+        // Up to `want` whole tokens, as many as there are: a batch saves store writes while tokens
+        // are plentiful, and no caller waits for a second token while one is there (waiting for a
+        // whole batch keeps the bucket near full, where its refill is cut off).
         let want = want.clamp(1, spec.capacity.max(1));
-        let needed = i64::from(want) * 1000;
-        let granted = if milli >= needed { want } else { 0 };
-        next.milli_tokens = milli - i64::from(granted) * 1000;
-        let retry_after = if granted > 0 || spec.per_minute == 0 {
-            std::time::Duration::ZERO
-        } else {
-            // Time until the bucket holds the whole batch.
-            let missing = (needed - milli).max(1) as u64;
-            let ms = (missing * 60).div_ceil(u64::from(spec.per_minute)).max(1);
-            std::time::Duration::from_millis(ms)
+        let available = u32::try_from(milli / 1000).unwrap_or(0).min(want);
+        let until_one = |milli: i64| {
+            if milli >= 1000 || spec.per_minute == 0 {
+                return std::time::Duration::ZERO;
+            }
+            let missing = (1000 - milli).max(1) as u64;
+            std::time::Duration::from_millis((missing * 60).div_ceil(u64::from(spec.per_minute)))
         };
-        (
-            next,
-            Grant {
-                granted,
-                retry_after,
-            },
-        )
+        if available > 0 && next.lanes.yields_to(lane, now_ms).is_none() {
+            next.milli_tokens = milli - i64::from(available) * 1000;
+            let l = &mut next.lanes;
+            l.recent[lane.index()] = l.recent[lane.index()].saturating_add(available);
+            l.waiting_until_ms[lane.index()] = 0;
+            return Taken {
+                next,
+                grant: Grant {
+                    granted: available,
+                    retry_after: until_one(next.milli_tokens),
+                },
+                write: true,
+            };
+        }
+        let retry_after = if available > 0 {
+            // Tokens are there, for a lane that goes first: ask again shortly.
+            std::time::Duration::from_millis(LaneState::YIELD_RETRY_MS)
+        } else {
+            until_one(milli).max(std::time::Duration::from_millis(1))
+        };
+        let until = now_ms + retry_after.as_millis() as i64 + LaneState::WAIT_GRACE_MS;
+        let write = next.lanes.mark_waiting(lane, until);
+        refused(next, retry_after, write)
+    }
+
+    /// The state after a process gives back `tokens` it took for `lane` and did not spend (the
+    /// caller's burst ended): the bucket holds them again (up to its capacity), and the lane's
+    /// share no longer counts them. Calls never exceed the tokens taken and kept, so DEAR's limit
+    /// holds as if they had never been taken.
+    pub fn give_back(self, spec: BucketSpec, tokens: u32, now_ms: i64, lane: Lane) -> BucketState {
+        if now_ms < self.paused_until_ms {
+            return self; // DEAR throttled the account: the bucket stays empty until the pause ends
+        }
+        let capacity = i64::from(spec.capacity.max(1)) * 1000;
+        let elapsed = (now_ms - self.refilled_at_ms).max(0);
+        let refilled =
+            (self.milli_tokens + elapsed * i64::from(spec.per_minute) / 60).min(capacity);
+        let mut lanes = self.lanes;
+        lanes.decay(now_ms);
+        let recent = &mut lanes.recent[lane.index()];
+        *recent = recent.saturating_sub(tokens);
+        BucketState {
+            milli_tokens: (refilled + i64::from(tokens) * 1000).min(capacity),
+            refilled_at_ms: now_ms.max(self.refilled_at_ms),
+            paused_until_ms: self.paused_until_ms,
+            revision: self.revision + 1,
+            lanes,
+        }
     }
 
     /// The state after DEAR throttled the account: empty, and nothing granted before `until_ms`.
@@ -817,6 +988,7 @@ impl BucketState {
             refilled_at_ms: now_ms.max(until_ms),
             paused_until_ms: self.paused_until_ms.max(until_ms),
             revision: self.revision + 1,
+            lanes: self.lanes,
         }
     }
 }
@@ -824,8 +996,24 @@ impl BucketState {
 /// Token buckets shared by every process that calls one DEAR account.
 #[async_trait]
 pub trait TokenBuckets: Send + Sync {
-    /// Takes `want` tokens (at most the capacity) from `account`'s bucket, all or none.
-    async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError>;
+    /// Takes up to `want` tokens (at most the capacity; as many as it holds, or none) from
+    /// `account`'s bucket for a call of `lane` ([`BucketState::take`]).
+    async fn take(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        want: u32,
+        lane: Lane,
+    ) -> Result<Grant, StoreError>;
+
+    /// Puts back `tokens` taken for `lane` and not spent ([`BucketState::give_back`]).
+    async fn give_back(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        tokens: u32,
+        lane: Lane,
+    ) -> Result<(), StoreError>;
 
     /// Empties `account`'s bucket and grants nothing before `until`.
     async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
@@ -879,34 +1067,103 @@ mod tests {
         per_minute: 60,
     };
 
+    /// A poll's take (the lanes aside).
+    fn take(state: BucketState, want: u32, now_ms: i64) -> (BucketState, Grant) {
+        let t = state.take(SPEC, want, now_ms, Lane::Poll);
+        (t.next, t.grant)
+    }
+
     #[test]
     fn a_fresh_bucket_is_full_and_refills_at_the_rate() {
-        let (s, g) = BucketState::default().take(SPEC, 5, 0);
+        let (s, g) = take(BucketState::default(), 5, 0);
         assert_eq!(g.granted, 3, "clamped to the capacity");
-        let (s, g) = s.take(SPEC, 1, 500);
+        let (s, g) = take(s, 1, 500);
         assert_eq!(g.granted, 0);
         assert_eq!(g.retry_after, std::time::Duration::from_millis(500));
-        let (s, g) = s.take(SPEC, 2, 1000);
-        assert_eq!(
-            (g.granted, g.retry_after.as_millis()),
-            (0, 1000),
-            "all or nothing"
-        );
-        let (s, g) = s.take(SPEC, 2, 2000);
+        let (s, g) = take(s, 2, 1000);
+        assert_eq!(g.granted, 1, "as many as there are");
+        let (s, g) = take(s, 2, 3000);
         assert_eq!(g.granted, 2);
         // Capacity caps the refill.
-        let (_, g) = s.take(SPEC, 10, 1_000_000);
+        let (_, g) = take(s, 10, 1_000_000);
         assert_eq!(g.granted, 3);
     }
 
     #[test]
     fn a_paused_bucket_grants_nothing_until_the_pause_ends() {
-        let (s, _) = BucketState::default().take(SPEC, 1, 0);
+        let (s, _) = take(BucketState::default(), 1, 0);
         let s = s.pause(30_000, 0);
-        let (s, g) = s.take(SPEC, 1, 10_000);
+        let (s, g) = take(s, 1, 10_000);
         assert_eq!((g.granted, g.retry_after.as_millis()), (0, 20_000));
-        let (_, g) = s.take(SPEC, 1, 31_000);
+        let (_, g) = take(s, 1, 31_000);
         assert_eq!(g.granted, 1);
+    }
+
+    #[test]
+    fn a_lane_yields_to_a_waiting_shipment_and_a_lane_below_its_share_goes_first() {
+        // 60/min, capacity 3: empty it with polls, then a shipment finds none and waits.
+        let (s, _) = take(BucketState::default(), 3, 0);
+        let t = s.take(SPEC, 1, 10, Lane::Shipments);
+        assert!(
+            t.write && t.grant.granted == 0,
+            "a refused shipment is marked waiting"
+        );
+        // A token later, a poll (well above its share) yields to it; the shipment gets it.
+        let t = t.next.take(SPEC, 1, 1_010, Lane::Poll);
+        assert_eq!(t.grant.granted, 0);
+        assert_eq!(
+            t.grant.retry_after.as_millis(),
+            u128::from(LaneState::YIELD_RETRY_MS)
+        );
+        let t = t.next.take(SPEC, 1, 1_020, Lane::Shipments);
+        assert_eq!(t.grant.granted, 1);
+        assert_eq!(t.next.lanes.waiting_until_ms[Lane::Shipments.index()], 0);
+        // Nobody waits: the poll is served.
+        let t = t.next.take(SPEC, 1, 2_100, Lane::Poll);
+        assert_eq!(t.grant.granted, 1);
+
+        // Shipments took everything lately: a waiting inventory sync (below its 15 %) goes
+        // before another shipment.
+        let mut state = t.next;
+        state.lanes.recent = [40, 0, 0, 0];
+        let t = state.take(SPEC, 1, 2_200, Lane::Inventory);
+        let t = t.next.take(SPEC, 1, 2_300, Lane::Inventory);
+        assert_eq!(t.grant.granted, 0, "none left");
+        let t = t.next.take(SPEC, 1, 3_400, Lane::Shipments);
+        assert_eq!(t.grant.granted, 0, "yields to inventory, below its share");
+        let t = t.next.take(SPEC, 1, 3_500, Lane::Inventory);
+        assert_eq!(t.grant.granted, 1);
+    }
+
+    #[test]
+    fn a_dead_waiters_mark_lapses_and_a_repeat_refusal_is_not_written_again() {
+        let (s, _) = take(BucketState::default(), 3, 0);
+        let t = s.take(SPEC, 1, 10, Lane::Shipments);
+        assert!(t.write);
+        let again = t.next.take(SPEC, 1, 20, Lane::Shipments);
+        assert!(!again.write, "already marked: no write");
+        // The shipment never comes back: after its mark lapses the poll is served.
+        let t = t.next.take(
+            SPEC,
+            1,
+            10 + 1_000 + LaneState::WAIT_GRACE_MS + 1,
+            Lane::Poll,
+        );
+        assert_eq!(t.grant.granted, 1);
+        // Shares halve every half-life.
+        let mut state = t.next;
+        state.lanes.recent = [8, 4, 2, 1];
+        state.lanes.recent_since_ms = 1;
+        let t = state.take(SPEC, 1, 2 * LaneState::HALF_LIFE_MS + 5, Lane::Inventory);
+        assert_eq!(t.next.lanes.recent, [2, 1, 0, 1]);
+        // Given back while DEAR's throttle pause lasts: nothing changes.
+        let paused = t.next.pause(60_000, 2 * LaneState::HALF_LIFE_MS + 5);
+        let back = paused.give_back(SPEC, 2, 2 * LaneState::HALF_LIFE_MS + 10, Lane::Poll);
+        assert_eq!(back, paused);
+        let text = t.next.lanes.encode();
+        assert_eq!(LaneState::decode(&text), Some(t.next.lanes));
+        assert_eq!(LaneState::decode(""), Some(LaneState::default()));
+        assert_eq!(LaneState::decode("1,2;3"), None);
     }
 
     #[test]

@@ -9,14 +9,61 @@ use tokio::time::Instant;
 
 use crate::DearError;
 
+/// Which kind of work a call is for: a budget shared by several jobs serves the lanes in this
+/// order of priority, each keeping a guaranteed share of the calls so that none starves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Shipment confirmations: a warehouse waits on each, and a carrier's tracking with it.
+    Shipments,
+    /// A single sale a webhook named: someone just changed it in DEAR.
+    Webhook,
+    /// Order polls, backfills and resends (the default).
+    #[default]
+    Poll,
+    /// Inventory sync: a count that can wait a minute.
+    Inventory,
+}
+
+impl Lane {
+    /// Every lane, highest priority first.
+    pub const ALL: [Lane; 4] = [Lane::Shipments, Lane::Webhook, Lane::Poll, Lane::Inventory];
+
+    /// The lane's place in [`Lane::ALL`] (0 = highest priority).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The share of an account's calls the lane keeps when every lane wants more (percent; the
+    /// four add up to 100): a lane below it is served before any lane above its own.
+    pub fn guaranteed_percent(self) -> u32 {
+        match self {
+            Lane::Shipments => 40,
+            Lane::Webhook => 20,
+            Lane::Poll => 25,
+            Lane::Inventory => 15,
+        }
+    }
+
+    /// Its name in logs and benchmarks.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Shipments => "shipments",
+            Lane::Webhook => "webhook",
+            Lane::Poll => "poll",
+            Lane::Inventory => "inventory",
+        }
+    }
+}
+
 /// Gates every call to DEAR for one account.
 ///
 /// The default is [`SlidingWindowBudget`], in process. A budget shared by several processes (all the
 /// Lambda functions of one DEAR account) implements this trait over a shared store.
 #[async_trait]
 pub trait RateBudget: Send + Sync {
-    /// Waits until one more call for `account` fits in the budget, and takes it.
-    async fn acquire(&self, account: &str) -> Result<(), DearError>;
+    /// Waits until one more call for `account`, for work of `lane`, fits in the budget, and
+    /// takes it.
+    async fn acquire(&self, account: &str, lane: Lane) -> Result<(), DearError>;
 
     /// DEAR answered "throttled": take no more calls for `account` until `pause` has passed.
     async fn throttled(&self, account: &str, pause: Duration);
@@ -87,7 +134,8 @@ impl SlidingWindowBudget {
 
 #[async_trait]
 impl RateBudget for SlidingWindowBudget {
-    async fn acquire(&self, account: &str) -> Result<(), DearError> {
+    /// One process, one kind of work: lanes are for budgets shared across processes.
+    async fn acquire(&self, account: &str, _lane: Lane) -> Result<(), DearError> {
         loop {
             match self.try_take(account, Instant::now()) {
                 Ok(()) => return Ok(()),
@@ -116,7 +164,7 @@ mod tests {
         let start = Instant::now();
         let mut times = Vec::new();
         for _ in 0..17 {
-            budget.acquire("a").await.unwrap();
+            budget.acquire("a", Lane::Poll).await.unwrap();
             times.push(Instant::now() - start);
         }
         for (i, t) in times.iter().enumerate() {
@@ -134,11 +182,11 @@ mod tests {
     async fn accounts_are_independent_and_throttle_pauses() {
         let budget = SlidingWindowBudget::new(1, Duration::from_secs(60));
         let start = Instant::now();
-        budget.acquire("a").await.unwrap();
-        budget.acquire("b").await.unwrap();
+        budget.acquire("a", Lane::Poll).await.unwrap();
+        budget.acquire("b", Lane::Poll).await.unwrap();
         assert_eq!(Instant::now(), start);
         budget.throttled("b", Duration::from_secs(90)).await;
-        budget.acquire("b").await.unwrap();
+        budget.acquire("b", Lane::Poll).await.unwrap();
         assert_eq!(Instant::now() - start, Duration::from_secs(90));
     }
 }

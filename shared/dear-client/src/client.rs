@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::budget::{RateBudget, SlidingWindowBudget};
+use crate::budget::{Lane, RateBudget, SlidingWindowBudget};
 use crate::config::DearConfig;
 use crate::error::DearError;
 use crate::models::*;
@@ -33,6 +33,7 @@ pub struct DearClient {
     config: Arc<DearConfig>,
     budget: Arc<dyn RateBudget>,
     counters: Arc<Counters>,
+    lane: Lane,
 }
 
 #[derive(Debug, Default)]
@@ -155,7 +156,21 @@ impl DearClient {
             config: Arc::new(config),
             budget,
             counters: Arc::default(),
+            lane: Lane::default(),
         })
+    }
+
+    /// The same client (connection pool, budget, counters) whose calls are for work of `lane`.
+    pub fn in_lane(&self, lane: Lane) -> Self {
+        Self {
+            lane,
+            ..self.clone()
+        }
+    }
+
+    /// The lane its calls are for.
+    pub fn lane(&self) -> Lane {
+        self.lane
     }
 
     /// Calls, throttled answers and failed attempts so far (shared by clones).
@@ -325,7 +340,7 @@ impl DearClient {
         let mut attempt_no = 0u32;
         loop {
             attempt_no += 1;
-            self.budget.acquire(account).await?;
+            self.budget.acquire(account, self.lane).await?;
             self.counters.calls.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let outcome =

@@ -29,7 +29,7 @@ pub mod models;
 pub mod page;
 pub mod serde_util;
 
-pub use budget::{RateBudget, SlidingWindowBudget};
+pub use budget::{Lane, RateBudget, SlidingWindowBudget};
 pub use client::{ClientStats, DearClient, error_chain};
 pub use config::{ApiKey, DEFAULT_BASE_URL, DearConfig, RetryPolicy};
 pub use date::DearDateTime;

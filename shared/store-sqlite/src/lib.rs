@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS leases (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS buckets (
     account TEXT PRIMARY KEY NOT NULL, milli_tokens INTEGER NOT NULL, refilled_ms INTEGER NOT NULL,
-    paused_ms INTEGER NOT NULL, revision INTEGER NOT NULL
+    paused_ms INTEGER NOT NULL, revision INTEGER NOT NULL, lanes TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tenants (
     tenant TEXT PRIMARY KEY NOT NULL, enabled INTEGER NOT NULL, settings_toml TEXT NOT NULL
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS runs (
 /// IMMEDIATE transaction (two processes opening an old file at once migrate it once); a file that
 /// needs none is only read.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    add_column(conn, "buckets", "lanes", "TEXT NOT NULL DEFAULT ''")?;
     let has_order_number = |c: &Connection| -> rusqlite::Result<bool> {
         c.prepare("SELECT 1 FROM pragma_table_info('ledger') WHERE name = 'order_number'")?
             .exists([])
@@ -97,6 +98,28 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         "CREATE INDEX IF NOT EXISTS ledger_by_order ON ledger (tenant, order_number)
          WHERE order_number IS NOT NULL",
     )
+}
+
+/// Adds `column` to `table` unless it is there (in one IMMEDIATE transaction, checked again
+/// inside it, so two processes opening an old file add it once).
+fn add_column(
+    conn: &mut Connection,
+    table: &str,
+    column: &str,
+    decl: &str,
+) -> rusqlite::Result<()> {
+    let has = |c: &Connection| -> rusqlite::Result<bool> {
+        c.prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+            .exists(params![table, column])
+    };
+    if has(conn)? {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if !has(&tx)? {
+        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    tx.commit()
 }
 
 /// Every state port over one SQLite file.
@@ -870,32 +893,41 @@ impl Leases for SqliteStore {
 fn select_bucket(conn: &Connection, account: &str) -> Result<BucketState, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT milli_tokens, refilled_ms, paused_ms, revision FROM buckets WHERE account = ?1",
+            "SELECT milli_tokens, refilled_ms, paused_ms, revision, lanes FROM buckets WHERE account = ?1",
             params![account],
             |row| {
-                Ok(BucketState {
+                let state = BucketState {
                     milli_tokens: row.get(0)?,
                     refilled_at_ms: row.get(1)?,
                     paused_until_ms: row.get(2)?,
                     revision: row.get::<_, i64>(3)? as u64,
-                })
+                    lanes: Default::default(),
+                };
+                Ok((state, row.get::<_, String>(4)?))
             },
         )
         .optional()
         .map_err(db_error)?
+        .map(|(state, lanes)| {
+            let lanes = LaneState::decode(&lanes)
+                .ok_or_else(|| corrupt(format!("bucket {account}"), format!("lanes {lanes:?}")))?;
+            Ok(BucketState { lanes, ..state })
+        })
+        .transpose()?
         .unwrap_or_default())
 }
 
 fn write_bucket(conn: &Connection, account: &str, s: &BucketState) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT OR REPLACE INTO buckets (account, milli_tokens, refilled_ms, paused_ms, revision)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR REPLACE INTO buckets (account, milli_tokens, refilled_ms, paused_ms, revision, lanes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             account,
             s.milli_tokens,
             s.refilled_at_ms,
             s.paused_until_ms,
-            s.revision as i64
+            s.revision as i64,
+            s.lanes.encode()
         ],
     )
     .map_err(db_error)?;
@@ -904,14 +936,38 @@ fn write_bucket(conn: &Connection, account: &str, s: &BucketState) -> Result<(),
 
 #[async_trait]
 impl TokenBuckets for SqliteStore {
-    async fn take(&self, account: &str, spec: BucketSpec, want: u32) -> Result<Grant, StoreError> {
+    async fn take(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        want: u32,
+        lane: Lane,
+    ) -> Result<Grant, StoreError> {
         let account = account.to_owned();
         self.with_tx(move |tx, now| {
-            let (next, grant) = select_bucket(tx, &account)?.take(spec, want, now);
-            if grant.granted > 0 {
-                write_bucket(tx, &account, &next)?;
+            let taken = select_bucket(tx, &account)?.take(spec, want, now, lane);
+            if taken.write {
+                write_bucket(tx, &account, &taken.next)?;
             }
-            Ok(grant)
+            Ok(taken.grant)
+        })
+        .await
+    }
+
+    async fn give_back(
+        &self,
+        account: &str,
+        spec: BucketSpec,
+        tokens: u32,
+        lane: Lane,
+    ) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.with_tx(move |tx, now| {
+            let state = select_bucket(tx, &account)?;
+            if state.revision == 0 {
+                return Ok(()); // nothing was ever taken from it
+            }
+            write_bucket(tx, &account, &state.give_back(spec, tokens, now, lane))
         })
         .await
     }
@@ -991,8 +1047,8 @@ impl TenantDirectory for SqliteStore {
 mod tests {
     use super::*;
 
-    /// A store file written before records carried an order number opens, keeps its records and
-    /// indexes the new ones.
+    /// A store file written before records carried an order number (and buckets their lanes)
+    /// opens, keeps its records and indexes the new ones.
     #[tokio::test]
     async fn a_store_file_from_before_order_numbers_is_migrated_on_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1016,7 +1072,13 @@ mod tests {
                     '000000000000000#WMS-9');
                  INSERT INTO ledger VALUES ('acme', 'shipment-confirmation', 'WMS-8', 'failed',
                     'refused', 1, 'h', 2, 0, 0, NULL, '{\"sale_id\":\"SALE-9\"}',
-                    '000000000000000#WMS-8');",
+                    '000000000000000#WMS-8');
+                 CREATE TABLE buckets (
+                    account TEXT PRIMARY KEY NOT NULL, milli_tokens INTEGER NOT NULL,
+                    refilled_ms INTEGER NOT NULL, paused_ms INTEGER NOT NULL,
+                    revision INTEGER NOT NULL
+                 ) WITHOUT ROWID;
+                 INSERT INTO buckets VALUES ('acct', 2000, 0, 0, 7);",
             )
             .unwrap();
         }
@@ -1042,8 +1104,15 @@ mod tests {
             3,
             "a failed shipment by its sale: {old_ones:?}"
         );
+        // A bucket from before lanes keeps its tokens and takes lanes from now on.
+        let spec = BucketSpec {
+            capacity: 2,
+            per_minute: 0,
+        };
+        let grant = store.take("acct", spec, 2, Lane::Shipments).await.unwrap();
+        assert_eq!(grant.granted, 2);
         drop(store);
-        // Opening again does not add the column twice.
+        // Opening again does not add the columns twice.
         SqliteStore::open(&path, Arc::new(dearsync_core::ManualClock::fixed())).unwrap();
     }
 }
