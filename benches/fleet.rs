@@ -3,14 +3,19 @@
 //! one message at a time (the template's BatchSize 1) and run that tenant's Order Download. Every
 //! tenant is its own simulated DEAR account (60 calls a minute each) with a backlog of sales, its
 //! own secret, the stack's DynamoDB table and its shared rate budget, all on the AWS emulator.
-//! Results: docs/benchmarks.md.
+//! The warehouse ships what it receives while the runs go on: each delivered order it can ship
+//! (a simple sale without batches, not yet fulfilled) becomes a shipment in one box, confirmed by
+//! the Shipment Confirmation handler (`workers` more workers, one message at a time) on the same
+//! accounts and budgets. Results: docs/benchmarks.md.
 //!
 //! cargo bench --bench fleet -- [tenants N] [workers W] [sales S]
 //!
 //! Defaults: 20 tenants, 20 workers, 10 sales each. It reports the time until every tenant's run
 //! ended, each tenant's lag from the schedule firing to its run's end (p50 / p99), DEAR calls a
 //! minute per account while it ran, throttled answers, and DynamoDB requests per order delivered
-//! (counted by an interceptor on the SDK client, the rate budget's included).
+//! (counted by an interceptor on the SDK client, the rate budget's included); for the shipments,
+//! their lag from the order reaching the warehouse to DEAR holding the shipment, calls and
+//! DynamoDB requests per shipment.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,24 +53,109 @@ impl Intercept for CountRequests {
     }
 }
 
-/// A warehouse on 127.0.0.1 that takes every order and counts them per tenant's account.
-async fn warehouse() -> (String, Arc<AtomicU64>) {
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
+/// What the warehouse received and has to ship.
+#[derive(Default)]
+struct Warehouse {
+    /// Orders taken.
+    received: AtomicU64,
+    /// Per tenant: the sales it can ship (simple, without batches, not yet fulfilled).
+    shippable: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Shipments waiting for a worker: tenant, its queue message body, when the order came.
+    to_confirm: std::sync::Mutex<std::collections::VecDeque<(String, Value, Instant)>>,
+}
+
+impl Warehouse {
+    /// Takes an order; one it can ship becomes a shipment of all its lines in one box.
+    fn take(&self, tenant: &str, order: &Value) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let sale = order["sale_id"].as_str().unwrap_or_default();
+        if !self.shippable.get(tenant).is_some_and(|s| s.contains(sale)) {
+            return;
+        }
+        let lines: Vec<Value> = order["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| json!({ "sku": l["sku"], "quantity": l["quantity"] }))
+            .collect();
+        let shipment = json!({
+            "shipment_id": format!("WMS-{sale}"),
+            "sale_id": sale,
+            "ship_date": chrono::Utc::now().date_naive().to_string(),
+            "carrier": "UPS",
+            "service": "Ground",
+            "packages": [{ "box": "CTN-1", "tracking_number": format!("1Z{}", &sale[..8]), "lines": lines }],
+        });
+        let body = json!({ "tenant": tenant, "shipment": shipment });
+        let mut queue = self.to_confirm.lock().unwrap();
+        queue.push_back((tenant.to_owned(), body, Instant::now()));
+    }
+
+    fn next(&self) -> Option<(String, Value, Instant)> {
+        self.to_confirm.lock().unwrap().pop_front()
+    }
+}
+
+/// A warehouse on 127.0.0.1 that takes every tenant's orders at `/orders/<tenant>`.
+async fn warehouse(warehouse: Arc<Warehouse>) -> String {
     let app = axum::Router::new().route(
-        "/orders",
-        axum::routing::post(move || {
-            let c = c.clone();
-            async move {
-                c.fetch_add(1, Ordering::Relaxed);
-                axum::http::StatusCode::ACCEPTED
-            }
-        }),
+        "/orders/{tenant}",
+        axum::routing::post(
+            move |axum::extract::Path(tenant): axum::extract::Path<String>, body: String| {
+                let w = warehouse.clone();
+                async move {
+                    match serde_json::from_str::<Value>(&body) {
+                        Ok(order) => {
+                            w.take(&tenant, &order);
+                            axum::http::StatusCode::ACCEPTED
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/orders"), count)
+    format!("http://{addr}/orders")
+}
+
+/// What one shipment worker saw of one shipment.
+struct Confirmed {
+    /// From the order reaching the warehouse to DEAR holding the shipment.
+    lag: Duration,
+    applied: bool,
+}
+
+/// Confirms the warehouse's shipments one at a time (an SQS batch of one each, as the template's
+/// shipment queue delivers them) until the order runs are over and none is left.
+async fn ship_worker(
+    deps: Arc<Deps>,
+    warehouse: Arc<Warehouse>,
+    orders_done: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<Confirmed> {
+    let mut confirmed = Vec::new();
+    loop {
+        let Some((tenant, body, received)) = warehouse.next() else {
+            if orders_done.load(Ordering::Relaxed) {
+                return confirmed;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let event = json!({ "Records": [{
+            "messageId": format!("ship-{tenant}-{}", confirmed.len()), "receiptHandle": "r",
+            "body": body.to_string(), "eventSource": "aws:sqs", "awsRegion": "us-east-1",
+        }]});
+        let out = shipment_confirmation::handle(&deps, event)
+            .await
+            .expect("handled");
+        confirmed.push(Confirmed {
+            lag: received.elapsed(),
+            applied: out["batchItemFailures"] == json!([]),
+        });
+    }
 }
 
 fn account(i: usize) -> String {
@@ -175,27 +265,50 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
     for i in 1..tenants {
         sim.add_account(&account(i), API_KEY, dear_sim::seed::generate(&spec(i)));
     }
+    let shippable = (0..tenants)
+        .map(|i| {
+            (
+                format!("t{i:04}"),
+                sim.with_data(&account(i), shippable).unwrap(),
+            )
+        })
+        .collect();
     let server = dear_sim::start(sim, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .unwrap();
-    let (webhook_url, received) = warehouse().await;
+    let goods = Arc::new(Warehouse {
+        shippable,
+        ..Warehouse::default()
+    });
+    let webhook_url = warehouse(goods.clone()).await;
 
     // The stack: its table (requests counted), secrets, run queue.
     let requests = Arc::new(AtomicU64::new(0));
-    let dynamo = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&testing::sdk_config())
-            .interceptor(CountRequests(requests.clone()))
-            .build(),
-    );
+    let ship_requests = Arc::new(AtomicU64::new(0));
+    let counted = |counter: &Arc<AtomicU64>| {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&testing::sdk_config())
+                .interceptor(CountRequests(counter.clone()))
+                .build(),
+        )
+    };
+    let dynamo = counted(&requests);
     let table = testing::fresh_table().await;
     let queue = testing::fresh_queue().await;
     let prefix = format!("fleet/{}/", dearsync_core::memory::new_token());
     let clock = Arc::new(SystemClock);
     let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(dynamo, &table, clock.clone()));
+    let ship_store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
+        counted(&ship_requests),
+        &table,
+        clock.clone(),
+    ));
     let secrets = testing::secrets_manager();
-    let settings = format!(
-        "[order_download]\nsale_status = \"Any\"\nearliest_order_date = \"2020-01-01\"\nwebhook_url = \"{webhook_url}\"\n"
-    );
+    let settings = |tenant: &str| {
+        format!(
+            "[order_download]\nsale_status = \"Any\"\nearliest_order_date = \"2020-01-01\"\nwebhook_url = \"{webhook_url}/{tenant}\"\n"
+        )
+    };
     for i in 0..tenants {
         let tenant = format!("t{i:04}");
         secrets
@@ -212,27 +325,30 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
             .put_tenant(&TenantEntry {
                 tenant: TenantId::new(&tenant).unwrap(),
                 enabled: true,
-                settings_toml: settings.clone(),
+                settings_toml: settings(&tenant),
             })
             .await
             .unwrap();
     }
-    let deps = Arc::new(
+    let deps_over = |store: Arc<dyn StateStore>| {
         Deps::new(
             store,
             Arc::new(SecretsManagerCredentials::new(
-                secrets,
+                secrets.clone(),
                 &prefix,
                 Duration::from_secs(600),
             )),
             server.base_url(),
-            clock,
+            clock.clone(),
             dearsync_outbound::OutboundPolicy {
                 allow_loopback: true,
             },
         )
-        .with_run_queue(Arc::new(SqsRunQueue::new(testing::sqs(), &queue))),
+    };
+    let deps = Arc::new(
+        deps_over(store).with_run_queue(Arc::new(SqsRunQueue::new(testing::sqs(), &queue))),
     );
+    let ship_deps = Arc::new(deps_over(ship_store));
     let setup_requests = requests.load(Ordering::Relaxed);
 
     // The schedule fires: the dispatcher enqueues every due tenant; the workers run them.
@@ -254,15 +370,26 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
     );
     // The workers interleave on this task (the handler's future is not `Send` for every
     // lifetime, as `tokio::spawn` wants); their waits are all I/O, as a Lambda worker's are.
-    let workers_done =
-        futures::future::join_all((0..workers).map(|_| worker(deps.clone(), queue.clone(), fired)))
-            .await;
+    let orders_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let order_runs = async {
+        let done = futures::future::join_all(
+            (0..workers).map(|_| worker(deps.clone(), queue.clone(), fired)),
+        )
+        .await;
+        orders_done.store(true, Ordering::Relaxed);
+        done
+    };
+    let shipping = futures::future::join_all(
+        (0..workers).map(|_| ship_worker(ship_deps.clone(), goods.clone(), orders_done.clone())),
+    );
+    let (workers_done, shipped) = futures::join!(order_runs, shipping);
     let mut runs: BTreeMap<String, TenantRun> = BTreeMap::new();
     for w in workers_done {
         runs.extend(w);
     }
     let all_done = fired.elapsed();
     let work_requests = requests.load(Ordering::Relaxed) - setup_requests - dispatch_requests;
+    let shipments: Vec<Confirmed> = shipped.into_iter().flatten().collect();
     report(&Report {
         tenants,
         workers,
@@ -272,8 +399,10 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
         dispatch_took,
         dispatch_requests,
         work_requests,
-        delivered_at_warehouse: received.load(Ordering::Relaxed),
+        delivered_at_warehouse: goods.received.load(Ordering::Relaxed),
         server: &server,
+        shipments: &shipments,
+        ship_requests: ship_requests.load(Ordering::Relaxed),
     });
 }
 
@@ -288,6 +417,8 @@ struct Report<'a> {
     work_requests: u64,
     delivered_at_warehouse: u64,
     server: &'a dear_sim::SimServer,
+    shipments: &'a [Confirmed],
+    ship_requests: u64,
 }
 
 fn report(r: &Report) {
@@ -347,6 +478,36 @@ fn report(r: &Report) {
         r.work_requests as f64 / delivered.max(1) as f64,
         r.work_requests as f64 / r.tenants as f64
     );
+    let mut ship_lags: Vec<f64> = r.shipments.iter().map(|c| c.lag.as_secs_f64()).collect();
+    ship_lags.sort_by(f64::total_cmp);
+    let applied = r.shipments.iter().filter(|c| c.applied).count();
+    assert_eq!(applied, r.shipments.len(), "every shipment confirmed");
+    println!(
+        "  shipments confirmed {applied} while the runs went on: lag (order at the warehouse → \
+         shipment in DEAR) p50 {:.1} s, p99 {:.1} s, max {:.1} s; DynamoDB requests {:.1} per shipment",
+        percentile(&ship_lags, 0.5),
+        percentile(&ship_lags, 0.99),
+        ship_lags.last().copied().unwrap_or(0.0),
+        r.ship_requests as f64 / applied.max(1) as f64
+    );
+}
+
+/// The sales a warehouse can ship at once: simple, without batches, authorised, not voided and
+/// with nothing fulfilled yet.
+fn shippable(data: &dear_sim::model::Dataset) -> std::collections::BTreeSet<String> {
+    let plain = data.plain_sale_ids();
+    data.sales
+        .values()
+        .filter(|s| plain.contains(&s.id.to_string()))
+        .filter(|s| {
+            s.order_status == dear_sim::model::Stage::Authorised
+                && !s.voided
+                && s.fulfilments.iter().all(|f| {
+                    f.pick.is_empty() && f.pick_status == dear_sim::model::Stage::NotAvailable
+                })
+        })
+        .map(|s| s.id.to_string())
+        .collect()
 }
 
 fn main() {
