@@ -832,6 +832,11 @@ const SPEC: BucketSpec = BucketSpec {
     per_minute: 60,
 };
 
+/// The tokens a take from `account`'s bucket got.
+async fn granted(store: &Arc<dyn StateStore>, account: &str, want: u32, lane: Lane) -> u32 {
+    store.take(account, SPEC, want, lane).await.unwrap().granted
+}
+
 /// Buckets: start full, refill at the rate up to capacity, take back what was not spent, grant
 /// nothing while paused.
 pub async fn token_buckets_refill_and_pause(factory: &dyn Factory) {
@@ -859,23 +864,12 @@ pub async fn token_buckets_refill_and_pause(factory: &dyn Factory) {
     assert_eq!(take(&f.store, 2).await.granted, 2);
     f.clock.advance(Duration::hours(1));
     assert_eq!(
-        f.store
-            .take("acct-1", SPEC, 9, Lane::Poll)
-            .await
-            .unwrap()
-            .granted,
+        granted(&f.store, "acct-1", 9, Lane::Poll).await,
         5,
         "capped at capacity"
     );
     // Another account has its own bucket.
-    assert_eq!(
-        f.store
-            .take("acct-2", SPEC, 1, Lane::Poll)
-            .await
-            .unwrap()
-            .granted,
-        1
-    );
+    assert_eq!(granted(&f.store, "acct-2", 1, Lane::Poll).await, 1);
     // DEAR throttled acct-2: nothing for 30 s, whatever was in the bucket.
     f.peer
         .pause("acct-2", f.clock.now_for_tests() + Duration::seconds(30))
@@ -884,28 +878,14 @@ pub async fn token_buckets_refill_and_pause(factory: &dyn Factory) {
     let g = f.store.take("acct-2", SPEC, 1, Lane::Poll).await.unwrap();
     assert_eq!((g.granted, g.retry_after.as_secs()), (0, 30));
     f.clock.advance(Duration::seconds(31));
-    assert_eq!(
-        f.store
-            .take("acct-2", SPEC, 1, Lane::Poll)
-            .await
-            .unwrap()
-            .granted,
-        1
-    );
+    assert_eq!(granted(&f.store, "acct-2", 1, Lane::Poll).await, 1);
 }
 
 /// Lanes across processes: a shipment refused in one process is marked waiting in the store, so a
 /// poll in another yields the next token to it.
 pub async fn token_buckets_serve_a_waiting_shipment_first(factory: &dyn Factory) {
     let f = factory.fixture().await;
-    assert_eq!(
-        f.store
-            .take("acct-l", SPEC, 5, Lane::Poll)
-            .await
-            .unwrap()
-            .granted,
-        5
-    );
+    assert_eq!(granted(&f.store, "acct-l", 5, Lane::Poll).await, 5);
     let g = f
         .peer
         .take("acct-l", SPEC, 1, Lane::Shipments)
@@ -915,23 +895,9 @@ pub async fn token_buckets_serve_a_waiting_shipment_first(factory: &dyn Factory)
     f.clock.advance(Duration::milliseconds(1000));
     let g = f.store.take("acct-l", SPEC, 1, Lane::Poll).await.unwrap();
     assert_eq!(g.granted, 0, "the poll yields to the waiting shipment");
-    assert_eq!(
-        f.peer
-            .take("acct-l", SPEC, 1, Lane::Shipments)
-            .await
-            .unwrap()
-            .granted,
-        1
-    );
+    assert_eq!(granted(&f.peer, "acct-l", 1, Lane::Shipments).await, 1);
     f.clock.advance(Duration::milliseconds(1000));
-    assert_eq!(
-        f.store
-            .take("acct-l", SPEC, 1, Lane::Poll)
-            .await
-            .unwrap()
-            .granted,
-        1
-    );
+    assert_eq!(granted(&f.store, "acct-l", 1, Lane::Poll).await, 1);
 }
 
 /// Many processes take from one bucket at once: together they never get more than it holds.
