@@ -963,6 +963,31 @@ impl DynamoStore {
             .map(Option::unwrap_or_default)
     }
 
+    /// Reads the bucket, lets `change` say what to store (`None`: nothing) and what to answer,
+    /// and writes it on the condition that nobody wrote in between, reading again (with a
+    /// spread-out pause) when someone did.
+    async fn update_bucket<R>(
+        &self,
+        account: &str,
+        change: impl Fn(BucketState, i64) -> (Option<BucketState>, R),
+    ) -> Result<R, StoreError> {
+        for attempt in 0..MAX_RETRIES {
+            let state = self.read_bucket(account).await?;
+            let (next, answer) = change(state, self.now_ms());
+            let written = match next {
+                None => true,
+                Some(next) => self.write_bucket(account, state.revision, &next).await?,
+            };
+            if written {
+                return Ok(answer);
+            }
+            Self::backoff(attempt + 1).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "the rate bucket of {account} kept changing under {MAX_RETRIES} attempts"
+        )))
+    }
+
     /// Writes `next` if the stored bucket is still at `prev_revision`; `false` if it moved.
     async fn write_bucket(
         &self,
@@ -1017,23 +1042,12 @@ impl TokenBuckets for DynamoStore {
         want: u32,
         lane: Lane,
     ) -> Result<Grant, StoreError> {
-        for attempt in 0..MAX_RETRIES {
-            let state = self.read_bucket(account).await?;
-            let taken = state.take(spec, want, self.now_ms(), lane);
-            // Nothing granted and no new waiting mark changes nothing worth writing: a read is
-            // enough.
-            if !taken.write
-                || self
-                    .write_bucket(account, state.revision, &taken.next)
-                    .await?
-            {
-                return Ok(taken.grant);
-            }
-            Self::backoff(attempt + 1).await;
-        }
-        Err(StoreError::Unavailable(format!(
-            "the rate bucket of {account} kept changing under {MAX_RETRIES} attempts"
-        )))
+        // Nothing granted and no new waiting mark changes nothing worth writing: a read is enough.
+        self.update_bucket(account, |state, now| {
+            let taken = state.take(spec, want, now, lane);
+            (taken.write.then_some(taken.next), taken.grant)
+        })
+        .await
     }
 
     async fn give_back(
@@ -1043,34 +1057,19 @@ impl TokenBuckets for DynamoStore {
         tokens: u32,
         lane: Lane,
     ) -> Result<(), StoreError> {
-        for attempt in 0..MAX_RETRIES {
-            let state = self.read_bucket(account).await?;
-            if state.revision == 0 {
-                return Ok(()); // nothing was ever taken from it
-            }
-            let next = state.give_back(spec, tokens, self.now_ms(), lane);
-            if self.write_bucket(account, state.revision, &next).await? {
-                return Ok(());
-            }
-            Self::backoff(attempt + 1).await;
-        }
-        Err(StoreError::Unavailable(format!(
-            "the rate bucket of {account} kept changing under {MAX_RETRIES} attempts"
-        )))
+        self.update_bucket(account, |state, now| {
+            // A bucket never written had nothing taken from it.
+            let next = (state.revision > 0).then(|| state.give_back(spec, tokens, now, lane));
+            (next, ())
+        })
+        .await
     }
 
     async fn pause(&self, account: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
-        for attempt in 0..MAX_RETRIES {
-            let state = self.read_bucket(account).await?;
-            let next = state.pause(to_millis(until), self.now_ms());
-            if self.write_bucket(account, state.revision, &next).await? {
-                return Ok(());
-            }
-            Self::backoff(attempt + 1).await;
-        }
-        Err(StoreError::Unavailable(format!(
-            "the rate bucket of {account} kept changing under {MAX_RETRIES} attempts"
-        )))
+        self.update_bucket(account, |state, now| {
+            (Some(state.pause(to_millis(until), now)), ())
+        })
+        .await
     }
 }
 
