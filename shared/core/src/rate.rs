@@ -220,10 +220,6 @@ impl SharedRateBudget {
             self.config.batch
         }
     }
-
-    fn count(&self, counter: &std::sync::atomic::AtomicU64, n: u32) {
-        counter.fetch_add(u64::from(n), std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 #[async_trait]
@@ -240,7 +236,7 @@ impl RateBudget for SharedRateBudget {
                     if h.tokens > 0 && h.taken_at.elapsed() < self.config.hold {
                         h.tokens -= 1;
                         h.served_at = Some(now);
-                        self.count(&self.counters.used, 1);
+                        self.counters.add(&self.counters.used, 1);
                         return Ok(());
                     }
                     if h.tokens > 0 {
@@ -266,8 +262,8 @@ impl RateBudget for SharedRateBudget {
                     .await
                 {
                     Ok(grant) if grant.granted > 0 => {
-                        self.count(&self.counters.granted, grant.granted);
-                        self.count(&self.counters.used, 1);
+                        self.counters.add(&self.counters.granted, grant.granted);
+                        self.counters.add(&self.counters.used, 1);
                         if grant.granted > 1 {
                             let timer = GiveBack {
                                 store: self.store.clone(),
@@ -329,7 +325,7 @@ impl RateBudget for SharedRateBudget {
         let lanes: Vec<_> = held.keys().filter(|(a, _)| a == account).cloned().collect();
         for key in lanes {
             if let Some(h) = held.remove(&key) {
-                self.count(&self.counters.dropped, h.tokens);
+                self.counters.add(&self.counters.dropped, h.tokens);
             }
         }
         drop(held);
