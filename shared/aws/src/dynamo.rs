@@ -267,11 +267,17 @@ fn record_item(rec: &LedgerRecord) -> Item {
     let mut item = Item::new();
     item.insert(PK.into(), s(ledger_pk(&rec.key.tenant, rec.key.job)));
     item.insert(SK.into(), s(ledger_sk(&rec.key.entity)));
-    item.insert(
-        GSI1PK.into(),
-        s(ledger_gsi1pk(&rec.key.tenant, rec.key.job, rec.state)),
-    );
-    item.insert(GSI1SK.into(), s(ledger_sort_key(rec)));
+    // An unlisted claim stays out of the state index: entering and leaving it would cost two
+    // of the delivery's writes.
+    if rec.is_listed() {
+        item.insert(
+            GSI1PK.into(),
+            s(ledger_gsi1pk(&rec.key.tenant, rec.key.job, rec.state)),
+        );
+        item.insert(GSI1SK.into(), s(ledger_sort_key(rec)));
+    } else {
+        item.insert("unlisted".into(), AttributeValue::Bool(true));
+    }
     item.insert("tenant".into(), s(rec.key.tenant.as_str()));
     item.insert("job".into(), s(rec.key.job.as_str()));
     item.insert("entity".into(), s(&rec.key.entity));
@@ -323,6 +329,7 @@ fn record_from(item: &Item) -> Result<LedgerRecord, StoreError> {
         due_at: r.opt_n("due_ms")?.map(from_millis),
         detail: r.opt_s("detail")?,
         order_number: r.opt_s("order_number")?,
+        unlisted: item.get("unlisted").is_some() && r.bool("unlisted")?,
     })
 }
 

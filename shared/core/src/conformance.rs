@@ -47,7 +47,7 @@ macro_rules! conformance_suite {
             ledger_insert_and_read_back, ledger_insert_race_has_one_winner,
             ledger_transitions_are_conditional, ledger_transition_race_has_one_winner,
             ledger_lists_by_state_in_due_order_and_pages, ledger_lists_changed_since_and_pages,
-            ledger_rejects_oversized_detail,
+            ledger_rejects_oversized_detail, ledger_leaves_unlisted_claims_out_of_listings,
             idempotency_follows_powertools, idempotency_lapses_and_takeover,
             idempotency_claim_race_has_one_winner, idempotency_claims_renew_until_lost,
             leases_exclude_and_expire, lease_race_has_one_winner,
@@ -418,6 +418,69 @@ pub async fn ledger_lists_by_state_in_due_order_and_pages(factory: &dyn Factory)
         .await
         .unwrap();
     assert_eq!(failed.records.len(), 24);
+}
+
+/// An unlisted claim is read back as one but not listed in flight; any next state is listed (a
+/// failed retry, a done delivery), and claiming it again unlisted leaves the listing again.
+pub async fn ledger_leaves_unlisted_claims_out_of_listings(factory: &dyn Factory) {
+    let f = factory.fixture().await;
+    let t = tenant("acme");
+    let in_flight = || LedgerQuery::new(&t, Job::OrderDownload, RecordState::InFlight);
+    let listed = |page: RecordPage| -> Vec<String> {
+        page.records.into_iter().map(|r| r.key.entity).collect()
+    };
+    let mut quiet = new_record(&t, "QUIET-1", RecordState::InFlight);
+    quiet.unlisted = true;
+    let quiet = f.store.insert(quiet).await.unwrap();
+    assert!(quiet.unlisted && !quiet.is_listed());
+    f.store
+        .insert(new_record(&t, "LOUD-1", RecordState::InFlight))
+        .await
+        .unwrap();
+    // Unlisted only in flight: the flag means nothing in another state.
+    let mut skipped = new_record(&t, "SKIP-1", RecordState::Skipped);
+    skipped.unlisted = true;
+    assert!(f.store.insert(skipped).await.unwrap().is_listed());
+
+    let read = f.peer.record(&quiet.key).await.unwrap().unwrap();
+    assert_eq!(read, quiet, "read back unlisted");
+    assert_eq!(
+        listed(f.store.list(&in_flight()).await.unwrap()),
+        ["LOUD-1"]
+    );
+
+    let failed = f
+        .store
+        .transition(&read, Transition::to(RecordState::Failed).unlisted())
+        .await
+        .unwrap();
+    assert!(failed.is_listed(), "only a claim is unlisted");
+    let failed_list = LedgerQuery::new(&t, Job::OrderDownload, RecordState::Failed);
+    assert_eq!(
+        listed(f.store.list(&failed_list).await.unwrap()),
+        ["QUIET-1"]
+    );
+
+    let again = f
+        .store
+        .transition(&failed, Transition::to(RecordState::InFlight).unlisted())
+        .await
+        .unwrap();
+    assert!(!again.is_listed());
+    assert!(f.store.list(&failed_list).await.unwrap().records.is_empty());
+    assert_eq!(
+        listed(f.store.list(&in_flight()).await.unwrap()),
+        ["LOUD-1"]
+    );
+    let done = f
+        .store
+        .transition(&again, Transition::to(RecordState::Done))
+        .await
+        .unwrap();
+    assert!(done.is_listed());
+    let done_list = LedgerQuery::new(&t, Job::OrderDownload, RecordState::Done);
+    assert_eq!(listed(f.store.list(&done_list).await.unwrap()), ["QUIET-1"]);
+    assert_eq!(f.peer.record(&done.key).await.unwrap().unwrap(), done);
 }
 
 /// A time bound: only records that changed at or after it, paged with the store's own tokens,

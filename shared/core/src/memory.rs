@@ -158,7 +158,10 @@ impl Ledger for MemoryStore {
             .records
             .values()
             .filter(|r| {
-                r.key.tenant == query.tenant && r.key.job == query.job && r.state == query.state
+                r.key.tenant == query.tenant
+                    && r.key.job == query.job
+                    && r.state == query.state
+                    && r.is_listed()
             })
             .map(|r| (ledger_sort_key(r), r))
             .filter(|(k, _)| {

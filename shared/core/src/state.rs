@@ -194,12 +194,22 @@ pub struct LedgerRecord {
     /// DEAR's order number (`SO-00123`) of the sale the record is about, once known: indexed, so
     /// every job's records of one order are one query ([`Ledger::records_of_order`]).
     pub order_number: Option<String>,
+    /// An `in_flight` claim that [`Ledger::list`] leaves out: its claimant finds it again after a
+    /// crash without a listing (Order Download's cursor never passes a sale it left in flight),
+    /// so the store skips the state index's entry and its removal — two of a delivery's writes.
+    /// Always false in any other state.
+    pub unlisted: bool,
 }
 
 impl LedgerRecord {
     /// The instant the record sorts by in state listings: `due_at`, else `updated_at`.
     pub fn sort_at(&self) -> DateTime<Utc> {
         self.due_at.unwrap_or(self.updated_at)
+    }
+
+    /// Whether [`Ledger::list`] lists it (in its state): every record but an unlisted claim.
+    pub fn is_listed(&self) -> bool {
+        !self.unlisted
     }
 
     /// The record after `change` at `now` (what every adapter writes).
@@ -226,6 +236,7 @@ impl LedgerRecord {
                 .order_number
                 .clone()
                 .or_else(|| self.order_number.clone()),
+            unlisted: change.unlisted && change.to == RecordState::InFlight,
         }
     }
 }
@@ -249,6 +260,8 @@ pub struct NewRecord {
     pub detail: Option<String>,
     /// See [`LedgerRecord::order_number`].
     pub order_number: Option<String>,
+    /// See [`LedgerRecord::unlisted`] (ignored unless `state` is `in_flight`).
+    pub unlisted: bool,
 }
 
 impl NewRecord {
@@ -263,6 +276,7 @@ impl NewRecord {
             due_at: None,
             detail: None,
             order_number: None,
+            unlisted: false,
         }
     }
 
@@ -283,6 +297,7 @@ impl NewRecord {
                 .order_number
                 .map(|n| n.trim().to_owned())
                 .filter(|n| !n.is_empty()),
+            unlisted: self.unlisted && self.state == RecordState::InFlight,
         }
     }
 }
@@ -316,6 +331,9 @@ pub struct Transition {
     pub detail: DetailChange,
     /// The order number, when the transition learns it (`None`: unchanged; it is never cleared).
     pub order_number: Option<String>,
+    /// The new record is an unlisted claim ([`LedgerRecord::unlisted`]; ignored unless `to` is
+    /// `in_flight`). Every other transition makes the record listed again.
+    pub unlisted: bool,
 }
 
 impl Transition {
@@ -329,7 +347,14 @@ impl Transition {
             due_at: None,
             detail: DetailChange::Keep,
             order_number: None,
+            unlisted: false,
         }
+    }
+
+    /// Makes the new record an unlisted claim (see [`LedgerRecord::unlisted`]).
+    pub fn unlisted(mut self) -> Self {
+        self.unlisted = true;
+        self
     }
 
     /// Sets the reason.
@@ -450,8 +475,9 @@ pub trait Ledger: Send + Sync {
         change: Transition,
     ) -> Result<LedgerRecord, StoreError>;
 
-    /// Lists records in one state, oldest first, a page at a time. Listings may lag a write by
-    /// a moment (an index); read a record before acting on it.
+    /// Lists records in one state, oldest first, a page at a time, but for unlisted claims
+    /// ([`LedgerRecord::unlisted`]). Listings may lag a write by a moment (an index); read a
+    /// record before acting on it.
     async fn list(&self, query: &LedgerQuery) -> Result<RecordPage, StoreError>;
 
     /// Every job's records of one order (by [`LedgerRecord::order_number`], exact), at most

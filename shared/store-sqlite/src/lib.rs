@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL, input_hash TEXT NOT NULL,
     revision INTEGER NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
     due_ms INTEGER, detail TEXT, sort_key TEXT NOT NULL, order_number TEXT,
+    unlisted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, job, entity)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_by_state ON ledger (tenant, job, state, sort_key);
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS runs (
 /// needs none is only read.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     add_column(conn, "buckets", "lanes", "TEXT NOT NULL DEFAULT ''")?;
+    add_column(conn, "ledger", "unlisted", "INTEGER NOT NULL DEFAULT 0")?;
     let has_order_number = |c: &Connection| -> rusqlite::Result<bool> {
         c.prepare("SELECT 1 FROM pragma_table_info('ledger') WHERE name = 'order_number'")?
             .exists([])
@@ -252,10 +254,11 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         due_ms: row.get(10)?,
         detail: row.get(11)?,
         order_number: row.get(12)?,
+        unlisted: row.get(13)?,
     })
 }
 
-const RECORD_COLUMNS: &str = "tenant, job, entity, state, reason, attempts, input_hash, revision, created_ms, updated_ms, due_ms, detail, order_number";
+const RECORD_COLUMNS: &str = "tenant, job, entity, state, reason, attempts, input_hash, revision, created_ms, updated_ms, due_ms, detail, order_number, unlisted";
 
 struct RawRecord {
     tenant: String,
@@ -271,6 +274,7 @@ struct RawRecord {
     due_ms: Option<i64>,
     detail: Option<String>,
     order_number: Option<String>,
+    unlisted: bool,
 }
 
 impl RawRecord {
@@ -295,6 +299,7 @@ impl RawRecord {
             due_at: self.due_ms.map(from_millis),
             detail: self.detail,
             order_number: self.order_number,
+            unlisted: self.unlisted,
         })
     }
 }
@@ -388,8 +393,8 @@ impl Ledger for SqliteStore {
             let rec = record.into_record(from_millis(now));
             let result = conn.execute(
                 "INSERT INTO ledger (tenant, job, entity, state, reason, attempts, input_hash, revision,
-                                     created_ms, updated_ms, due_ms, detail, sort_key, order_number)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                     created_ms, updated_ms, due_ms, detail, sort_key, order_number, unlisted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     rec.key.tenant.as_str(),
                     rec.key.job.as_str(),
@@ -405,6 +410,7 @@ impl Ledger for SqliteStore {
                     rec.detail,
                     ledger_sort_key(&rec),
                     rec.order_number,
+                    rec.unlisted,
                 ],
             );
             match result {
@@ -432,7 +438,8 @@ impl Ledger for SqliteStore {
             let changed = conn
                 .execute(
                     "UPDATE ledger SET state = ?4, reason = ?5, attempts = ?6, input_hash = ?7, revision = ?8,
-                            updated_ms = ?9, due_ms = ?10, detail = ?11, sort_key = ?12, order_number = ?15
+                            updated_ms = ?9, due_ms = ?10, detail = ?11, sort_key = ?12, order_number = ?15,
+                            unlisted = ?16
                      WHERE tenant = ?1 AND job = ?2 AND entity = ?3 AND state = ?13 AND revision = ?14",
                     params![
                         next.key.tenant.as_str(),
@@ -450,6 +457,7 @@ impl Ledger for SqliteStore {
                         current.state.as_str(),
                         current.revision as i64,
                         next.order_number,
+                        next.unlisted,
                     ],
                 )
                 .map_err(db_error)?;
@@ -481,7 +489,7 @@ impl Ledger for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {RECORD_COLUMNS}, sort_key FROM ledger
                      WHERE tenant = ?1 AND job = ?2 AND state = ?3 AND sort_key > ?4 AND sort_key >= ?5
-                       AND sort_key < ?6
+                       AND sort_key < ?6 AND unlisted = 0
                      ORDER BY sort_key LIMIT ?7"
                 ))
                 .map_err(db_error)?;
@@ -496,7 +504,7 @@ impl Ledger for SqliteStore {
                         bound,
                         (limit + 1) as i64
                     ],
-                    |row| Ok((read_record(row)?, row.get::<_, String>(13)?)),
+                    |row| Ok((read_record(row)?, row.get::<_, String>(14)?)),
                 )
                 .map_err(db_error)?;
             let mut records = Vec::new();
