@@ -1890,3 +1890,211 @@ async fn the_order_webhook_is_retried_on_5xx_and_never_on_4xx_counting_every_pos
         "every other delivery takes exactly 3 posts: {posts:?}"
     );
 }
+
+/// Hangs on one sale's delivery (a run that dies there); collects the rest.
+struct HangsOn {
+    sale: String,
+    rest: Arc<CollectingSink>,
+}
+
+#[async_trait::async_trait]
+impl dearsync_order_download::OrderSink for HangsOn {
+    async fn deliver(
+        &self,
+        order: &dearsync_order_download::CanonicalOrder,
+    ) -> Result<dearsync_order_download::Receipt, dearsync_order_download::SinkError> {
+        if order.sale_id == self.sale {
+            futures::future::pending::<()>().await;
+        }
+        self.rest.deliver(order).await
+    }
+
+    async fn cancel(
+        &self,
+        cancel: &dearsync_order_download::OrderCancel,
+    ) -> Result<(), dearsync_order_download::SinkError> {
+        self.rest.cancel(cancel).await
+    }
+}
+
+/// A run's claim is kept out of the ledger's listings (two writes fewer per order): the cursor's
+/// next listing is what finds it again. So a run that finds a claim still live — its claimant lost
+/// the lease mid-delivery and may yet finish — delivers what comes after it but saves the cursor
+/// before it, and a run after the claim lapsed delivers it, once.
+async fn a_live_claim_holds_the_cursor_until_it_is_taken_over(kind: common::StoreKind) {
+    let server = sim(40).await;
+    let clock = Arc::new(OffsetClock::default());
+    let store = common::store_of(kind, clock.clone() as Arc<dyn dearsync_core::Clock>).await;
+    let mut h = harness(
+        server,
+        store.store.clone(),
+        clock.clone(),
+        settings("sale_status = \"Any\"\n"),
+    );
+    run(&h).await;
+    let first = h.sink.sale_ids();
+    let (x, y): (Uuid, Uuid) = (first[0].parse().unwrap(), first[1].parse().unwrap());
+    // Both edited after the cursor, 19 minutes apart: more than the listing's 10-minute overlap.
+    let t0 = chrono::Utc::now().naive_utc();
+    for (id, minutes) in [(x, 1), (y, 20)] {
+        let edit = SaleEdit {
+            order_memo: Some(format!("edited at +{minutes} min")),
+            ..Default::default()
+        };
+        h.server.sim.edit_sale(ACCOUNT, id, &edit).unwrap();
+        h.server.sim.with_data_mut(ACCOUNT, |d| {
+            d.sales.get_mut(&id).unwrap().updated = t0 + chrono::Duration::minutes(minutes);
+        });
+    }
+    h.clock.advance(chrono::Duration::minutes(25));
+
+    // A run with a 10 s lease claims X's delivery and hangs there; it is killed.
+    let collecting = h.sink.clone();
+    h.job.sink = Arc::new(HangsOn {
+        sale: x.to_string(),
+        rest: collecting.clone(),
+    });
+    let short_lease = RunOptions {
+        lease_ttl: chrono::Duration::seconds(10),
+        ..Default::default()
+    };
+    let killed = tokio::time::timeout(Duration::from_secs(3), h.job.run(&short_lease)).await;
+    assert!(killed.is_err(), "{kind:?}: the run hangs on {x}");
+    h.job.sink = collecting.clone();
+    let key = RecordKey::new(
+        &TenantId::new("acme").unwrap(),
+        Job::OrderDownload,
+        x.to_string(),
+    );
+    let claim = h.store.record(&key).await.unwrap().unwrap();
+    assert_eq!(claim.state, RecordState::InFlight, "{kind:?}");
+    assert!(!claim.is_listed(), "{kind:?}: a run's claim is unlisted");
+    assert!(
+        !ledger_entities(&h.store, RecordState::InFlight)
+            .await
+            .contains(&x.to_string()),
+        "{kind:?}"
+    );
+
+    // 30 s on, its lease has lapsed but its delivery may still end (the longest one takes 90 s):
+    // X is left to it, Y is delivered, and the cursor stays before X.
+    h.clock.advance(chrono::Duration::seconds(30));
+    let held = run(&h).await;
+    assert_eq!(held.delivered, 1, "{kind:?}: {held:?}");
+    assert_eq!(collecting.sale_ids().last(), Some(&y.to_string()));
+    let cursor = held.cursor_after.as_deref().expect("a cursor");
+    let cursor = chrono::DateTime::parse_from_rfc3339(cursor).unwrap();
+    assert!(
+        cursor.naive_utc() < t0 + chrono::Duration::minutes(1),
+        "{kind:?}: the cursor {cursor} passed the sale in flight"
+    );
+
+    // Three minutes on, the claim is over: X's edit is delivered, once, and the cursor moves on.
+    h.clock.advance(chrono::Duration::minutes(3));
+    let taken = run(&h).await;
+    assert_eq!(
+        (taken.retried, taken.delivered),
+        (1, 1),
+        "{kind:?}: {taken:?}"
+    );
+    let all = collecting.sale_ids();
+    let count = |id: Uuid| all.iter().filter(|s| **s == id.to_string()).count();
+    assert_eq!((count(x), count(y)), (2, 2), "{kind:?}: {all:?}");
+    let done = h.store.record(&key).await.unwrap().unwrap();
+    assert_eq!(done.state, RecordState::Done, "{kind:?}");
+    assert!(done.is_listed(), "{kind:?}");
+    let again = run(&h).await;
+    assert_eq!(
+        (again.delivered, again.fetched),
+        (0, 0),
+        "{kind:?}: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_live_claim_holds_the_cursor_on_every_store() {
+    for kind in [
+        common::StoreKind::Memory,
+        common::StoreKind::Sqlite,
+        common::StoreKind::Dynamo,
+    ] {
+        a_live_claim_holds_the_cursor_until_it_is_taken_over(kind).await;
+    }
+}
+
+/// What a delivered order costs DynamoDB in write units, measured on the AWS emulator through the
+/// write model (moto reports none per index): a run's claim stays out of the state index, so a
+/// delivery costs 4 units of ledger — the claim (1) with its order-number entry (1), the outcome
+/// (1) entering the done listing (1) — where a listed claim, as a webhook's still is, costs 6 (its
+/// state entry added, then moved).
+#[tokio::test]
+async fn a_delivered_order_costs_four_write_units_of_ledger_a_webhooks_six() {
+    use dearsync_aws::testing;
+    use dearsync_aws::write_units::WriteMeter;
+    let server = sim(40).await;
+    let meter = WriteMeter::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&testing::sdk_config())
+            .interceptor(meter.clone())
+            .build(),
+    );
+    let table = testing::fresh_table().await;
+    let clock = Arc::new(OffsetClock::default());
+    let store: Arc<dyn StateStore> = Arc::new(dearsync_aws::DynamoStore::new(
+        client,
+        &table,
+        clock.clone(),
+    ));
+    let h = harness(server, store, clock, settings("sale_status = \"Any\"\n"));
+    let first = run(&h).await;
+    let after_first = meter.units();
+    // A first run from `earliest_order_date`: each delivered order 2 table writes and one entry
+    // in each index; each skipped one a record entering both.
+    let records = first.delivered + first.skipped_total();
+    assert!(first.delivered > 10, "{first:?}");
+    assert_eq!(
+        (
+            after_first.ledger_table,
+            after_first.ledger_gsi1,
+            after_first.ledger_gsi2
+        ),
+        (first.delivered + records, records, records),
+        "{first:?}"
+    );
+
+    let delivered = h.sink.sale_ids();
+    let edit = |id: &str, memo: &str| {
+        let edit = SaleEdit {
+            order_memo: Some(memo.into()),
+            ..Default::default()
+        };
+        h.server
+            .sim
+            .edit_sale(ACCOUNT, id.parse().unwrap(), &edit)
+            .unwrap();
+    };
+    // An edit the next run delivers again.
+    edit(&delivered[0], "polled edit");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    h.clock.advance(chrono::Duration::minutes(1));
+    let polled = run(&h).await;
+    assert_eq!(polled.delivered, 1, "{polled:?}");
+    let cost = meter.units().since(&after_first);
+    assert_eq!(
+        (cost.ledger_table, cost.ledger_gsi1, cost.ledger_gsi2),
+        (2, 2, 0),
+        "a polled delivery: {cost:?}"
+    );
+
+    // The same through the order webhook.
+    edit(&delivered[1], "webhook edit");
+    let before = meter.units();
+    let hooked = h.job.download_one(delivered[1].parse().unwrap()).await;
+    assert_eq!(hooked.delivered, 1, "{hooked:?}");
+    let cost = meter.units().since(&before);
+    assert_eq!(
+        (cost.ledger_table, cost.ledger_gsi1, cost.ledger_gsi2),
+        (2, 4, 0),
+        "a webhook's delivery: {cost:?}"
+    );
+}

@@ -368,6 +368,36 @@ struct Listed {
     updated: Option<DateTime<Utc>>,
 }
 
+/// How a delivery's claim is found again if its claimant dies before recording the outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refind {
+    /// By the next run's listing from the saved cursor, which never passes a sale left in flight
+    /// (the claim is unlisted: it skips the state index's entry and removal, two writes).
+    Cursor,
+    /// By the ledger's listing of in-flight records: retries, webhooks, resends, backfills,
+    /// cancellations and first runs that look back from the clock: a later listing may not cover them.
+    Ledger,
+}
+
+/// What a run has handled so far, and how its claims are found again.
+struct Seen {
+    /// Sales handled (a sale listed twice is handled once).
+    handled: HashSet<Uuid>,
+    /// Sales left in flight by another claimant: the cursor stops before the first of them.
+    held: HashSet<Uuid>,
+    /// How this run's claims are found again.
+    refind: Refind,
+}
+
+/// What handling a sale left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    /// Its record reached a state of its own (or none was needed).
+    Settled,
+    /// A claim is still in flight (another claimant's): the cursor must not pass the sale.
+    InFlight,
+}
+
 /// Why a single sale could not be handled (the run goes on or stops, by kind).
 enum SaleError {
     /// DEAR or the store is failing: stop the run, resume later.
@@ -380,9 +410,19 @@ impl From<StoreError> for SaleError {
     }
 }
 
-/// Where the cursor may move after a run over `rows` (oldest first) that stopped at `stopped_at`:
-/// every row updated before it is done; none when nothing was.
-fn cursor_after(rows: &[Listed], stopped_at: Option<usize>) -> Option<DateTime<Utc>> {
+/// Where the cursor may move after a run over `rows` (oldest first) that stopped at `stopped_at`
+/// and left the sales in `held` in flight: every row updated before it is done; none when
+/// nothing was.
+fn cursor_after(
+    rows: &[Listed],
+    stopped_at: Option<usize>,
+    held: &HashSet<Uuid>,
+) -> Option<DateTime<Utc>> {
+    let first_held = rows.iter().position(|r| held.contains(&r.id));
+    let stopped_at = match (stopped_at, first_held) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     match stopped_at {
         None => rows.iter().filter_map(|r| r.updated).max(),
         Some(i) => {
@@ -532,7 +572,7 @@ impl OrderDownload {
     async fn work_through(
         &self,
         rows: &[Listed],
-        handled: &mut HashSet<Uuid>,
+        seen: &mut Seen,
         opts: &RunOptions,
         lease: &mut RunLease,
         summary: &mut RunSummary,
@@ -542,18 +582,24 @@ impl OrderDownload {
             if let Some(p) = &opts.progress {
                 p.update(i as u64, total);
             }
-            if handled.contains(&row.id) {
+            if seen.handled.contains(&row.id) {
                 continue;
             }
             if !self.may_go_on(opts, lease, summary).await? {
                 return Ok(Some(i));
             }
-            if let Err(SaleError::Stop(why)) = self.handle_listed(row, opts, summary).await {
-                summary.outcome = Outcome::Aborted(why);
-                return Ok(Some(i));
+            match self.handle_listed(row, opts, seen.refind, summary).await {
+                Ok(Left::Settled) => {}
+                Ok(Left::InFlight) => {
+                    seen.held.insert(row.id);
+                }
+                Err(SaleError::Stop(why)) => {
+                    summary.outcome = Outcome::Aborted(why);
+                    return Ok(Some(i));
+                }
             }
             // A sale listed twice (it changed during the listing) is handled once.
-            handled.insert(row.id);
+            seen.handled.insert(row.id);
         }
         Ok(None)
     }
@@ -565,10 +611,15 @@ impl OrderDownload {
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
         let run_start = self.ctx.clock.now();
-        let mut handled: HashSet<Uuid> = HashSet::new();
+        let mut seen = Seen {
+            handled: HashSet::new(),
+            held: HashSet::new(),
+            refind: Refind::Ledger,
+        };
 
         // 2. Due retries first: they have waited longest.
-        self.retry_due(opts, lease, summary, &mut handled).await?;
+        self.retry_due(opts, lease, summary, &mut seen.handled)
+            .await?;
         if summary.outcome == Outcome::StoppedAtDeadline {
             return Ok(());
         }
@@ -578,6 +629,12 @@ impl OrderDownload {
         let cursor = self.ctx.store.cursor(&cursor_key).await?;
         summary.cursor_before = cursor.as_ref().map(|c| c.value.clone());
         let since = self.listing_since(opts, cursor.as_ref(), run_start, summary)?;
+        // A claim made from this listing is found again by the next run's, which starts at the
+        // same place: the saved cursor, or a first run's `earliest_order_date`. Not so a
+        // backfill's date, nor a first run's look-back, which moves with the clock.
+        if opts.since.is_none() && (cursor.is_some() || summary.first_run_since.is_none()) {
+            seen.refind = Refind::Cursor;
+        }
         let overlap = Duration::minutes(i64::from(self.settings.overlap_minutes));
 
         // 3a. Delivered orders voided (or credited) since: cancelled at the warehouse first.
@@ -586,7 +643,7 @@ impl OrderDownload {
             run_start,
             opts,
             lease,
-            &mut handled,
+            &mut seen.handled,
             summary,
         )
         .await?;
@@ -609,7 +666,7 @@ impl OrderDownload {
             tracing::info!(tenant = %self.ctx.tenant, backlog_since = %millis(since), fresh = newest.len(),
                 "a backlog is behind the cursor: the sales changed since the last run come first");
             if self
-                .work_through(&newest, &mut handled, opts, lease, summary)
+                .work_through(&newest, &mut seen, opts, lease, summary)
                 .await?
                 .is_some()
             {
@@ -630,19 +687,25 @@ impl OrderDownload {
         let total = rows.len() as u64;
 
         let stopped_at = self
-            .work_through(&rows, &mut handled, opts, lease, summary)
+            .work_through(&rows, &mut seen, opts, lease, summary)
             .await?;
         if let Some(p) = &opts.progress {
             p.update(stopped_at.map(|i| i as u64).unwrap_or(total), total);
         }
 
-        // 4. The cursor: every row with Updated below it is done.
-        let next = cursor_after(&rows, stopped_at);
+        // 4. The cursor: every row with Updated below it is done, none left in flight. A
+        // backfill that began after the cursor moves it not at all: it did not list what lies
+        // between, where a crashed run's claim may be waiting for the cursor's next listing.
+        let next = cursor_after(&rows, stopped_at, &seen.held);
         let previous = cursor
             .as_ref()
             .and_then(|c| DateTime::parse_from_rfc3339(&c.value).ok());
+        let covers_the_cursor = opts
+            .since
+            .is_none_or(|s| previous.is_none_or(|p| s <= p.to_utc()));
         if let Some(next) = next
             && previous.is_none_or(|p| next > p)
+            && covers_the_cursor
         {
             let value = millis(next);
             self.ctx
@@ -711,7 +774,8 @@ impl OrderDownload {
                         return Ok(());
                     }
                     handled.insert(item.sale_id);
-                    self.fetch_and_deliver(item.sale_id, None, record, "cancel", summary)
+                    let id = item.sale_id;
+                    self.fetch_and_deliver(id, None, record, "cancel", Refind::Ledger, summary)
                         .await?;
                 }
             }
@@ -802,13 +866,28 @@ impl OrderDownload {
         )))
     }
 
+    /// One listed sale: nothing when the ledger has its listed version settled, else fetched and
+    /// delivered. A claim left in flight is its claimant's until due, then taken over (asking the
+    /// sink first, as a retry does): the way an unlisted claim of a crashed run is found again.
     async fn handle_listed(
         &self,
         row: &Listed,
         opts: &RunOptions,
+        refind: Refind,
         summary: &mut RunSummary,
-    ) -> Result<(), SaleError> {
-        let record = self.ctx.store.record(&self.key(row.id)).await?;
+    ) -> Result<Left, SaleError> {
+        let key = self.key(row.id);
+        let mut record = self.ctx.store.record(&key).await?;
+        if let Some(rec) = record.as_ref().filter(|r| r.state == RecordState::InFlight) {
+            if !self.is_due(rec, &opts.run_id) {
+                summary.unchanged += 1;
+                return Ok(Left::InFlight);
+            }
+            summary.retried += 1;
+            if self.recover_in_flight(rec, summary).await? {
+                record = self.ctx.store.record(&key).await?;
+            }
+        }
         let now = self.ctx.clock.now();
         let listed_updated = row.updated.map(millis);
         if let Some(rec) = &record {
@@ -818,14 +897,13 @@ impl OrderDownload {
             // (a wider attribute filter) that a skip's reason may no longer hold under.
             let settled = rec.state == RecordState::Done
                 || (rec.state == RecordState::Skipped && opts.since.is_none());
-            let waiting = matches!(rec.state, RecordState::Failed | RecordState::InFlight)
-                && rec.due_at.is_some_and(|d| d > now);
+            let waiting = rec.state == RecordState::Failed && rec.due_at.is_some_and(|d| d > now);
             if (same_updated && settled) || waiting {
                 summary.unchanged += 1;
-                return Ok(());
+                return Ok(Left::Settled);
             }
         }
-        self.fetch_and_deliver(row.id, row.updated, record, &opts.run_id, summary)
+        self.fetch_and_deliver(row.id, row.updated, record, &opts.run_id, refind, summary)
             .await
     }
 
@@ -867,7 +945,8 @@ impl OrderDownload {
                         continue;
                     }
                     handled.insert(id);
-                    self.fetch_and_deliver(id, None, Some(rec), &opts.run_id, summary)
+                    let claimant = &opts.run_id;
+                    self.fetch_and_deliver(id, None, Some(rec), claimant, Refind::Ledger, summary)
                         .await?;
                 }
                 match page.next {
@@ -966,8 +1045,16 @@ impl OrderDownload {
                 summary.unchanged += 1;
                 return Ok(());
             }
-            self.fetch_and_deliver(sale_id, None, record, "webhook", &mut summary)
-                .await
+            self.fetch_and_deliver(
+                sale_id,
+                None,
+                record,
+                "webhook",
+                Refind::Ledger,
+                &mut summary,
+            )
+            .await
+            .map(|_| ())
         }
         .await;
         if let Err(SaleError::Stop(why)) = result {
@@ -1063,7 +1150,7 @@ impl OrderDownload {
             },
         };
         let Some(claimed) = self
-            .claim_delivery(sale_id, record, &order, &detail)
+            .claim_delivery(sale_id, record, &order, &detail, Refind::Ledger)
             .await?
         else {
             return Ok(Err(
@@ -1083,10 +1170,11 @@ impl OrderDownload {
         listed_updated: Option<DateTime<Utc>>,
         record: Option<LedgerRecord>,
         claimant: &str,
+        refind: Refind,
         summary: &mut RunSummary,
-    ) -> Result<(), SaleError> {
+    ) -> Result<Left, SaleError> {
         let Some(sale) = self.fetch_sale(sale_id, &record, summary).await? else {
-            return Ok(());
+            return Ok(Left::Settled);
         };
         let updated = sale.last_modified_on.map(|d| d.to_utc()).or(listed_updated);
         // Voided (or credited before shipping) after the warehouse was sent it: a cancellation,
@@ -1106,11 +1194,11 @@ impl OrderDownload {
             // Another claimant may be delivering it right now: cancelled once its delivery ends.
             if self.is_live_claim(rec) {
                 summary.unchanged += 1;
-                return Ok(());
+                return Ok(Left::InFlight);
             }
-            return self
-                .cancel_delivered(rec, &sale, &version, reason, summary)
-                .await;
+            self.cancel_delivered(rec, &sale, &version, reason, summary)
+                .await?;
+            return Ok(Left::Settled);
         }
         if !self.selects(&sale) {
             summary.no_longer_matching += 1;
@@ -1133,12 +1221,12 @@ impl OrderDownload {
                 )
                 .await?;
             }
-            return Ok(());
+            return Ok(Left::Settled);
         }
         if selects_before_shipping(&self.settings.sale_status) && shipping_complete(&sale) {
-            return self
-                .already_shipped(sale_id, record, &sale, updated, summary)
-                .await;
+            self.already_shipped(sale_id, record, &sale, updated, summary)
+                .await?;
+            return Ok(Left::Settled);
         }
         let mut order = map_sale(&sale, &self.settings, listed_updated);
         let rules = apply_sku_rules(&mut order, &self.settings);
@@ -1156,17 +1244,17 @@ impl OrderDownload {
         .and_then(|()| ship_method_mapped(&sale, &self.settings))
         .and_then(|()| self.address_guard(&sale));
         if let Err(skip) = deliverable {
-            return self
-                .record_skip(
-                    sale_id,
-                    record,
-                    &order.version,
-                    &sale,
-                    skip,
-                    updated,
-                    summary,
-                )
-                .await;
+            self.record_skip(
+                sale_id,
+                record,
+                &order.version,
+                &sale,
+                skip,
+                updated,
+                summary,
+            )
+            .await?;
+            return Ok(Left::Settled);
         }
         // The warehouse has this version already: only a status or timestamp changed, or the
         // content came back to what it took after a newer version was skipped or failed.
@@ -1186,7 +1274,7 @@ impl OrderDownload {
                 number,
             )
             .await?;
-            return Ok(());
+            return Ok(Left::Settled);
         }
 
         let kept = record.as_ref().map(SaleDetail::of).unwrap_or_default();
@@ -1212,13 +1300,15 @@ impl OrderDownload {
         };
         // Another run or a webhook claimed it first: theirs to deliver.
         let Some(claimed) = self
-            .claim_delivery(sale_id, record, &order, &detail)
+            .claim_delivery(sale_id, record, &order, &detail, refind)
             .await?
         else {
             summary.unchanged += 1;
-            return Ok(());
+            return Ok(Left::InFlight);
         };
-        self.deliver_claimed(claimed, &order, detail, summary).await
+        self.deliver_claimed(claimed, &order, detail, summary)
+            .await?;
+        Ok(Left::Settled)
     }
 
     /// Sends (or, once shipping began, records) the cancellation of the delivered `version`,
@@ -1372,8 +1462,10 @@ impl OrderDownload {
         record: Option<LedgerRecord>,
         order: &crate::CanonicalOrder,
         detail: &SaleDetail,
+        refind: Refind,
     ) -> Result<Option<LedgerRecord>, SaleError> {
         let due = self.ctx.clock.now() + Duration::minutes(IN_FLIGHT_FOR);
+        let unlisted = refind == Refind::Cursor;
         let claimed = match record {
             None => {
                 let mut new =
@@ -1382,15 +1474,17 @@ impl OrderDownload {
                 new.due_at = Some(due);
                 new.detail = Some(detail.to_json());
                 new.order_number = Some(order.order_number.clone());
+                new.unlisted = unlisted;
                 self.ctx.store.insert(new).await
             }
             Some(rec) => {
-                let change = Transition::to(RecordState::InFlight)
+                let mut change = Transition::to(RecordState::InFlight)
                     .input_hash(&order.version)
                     .attempt()
                     .due_at(due)
                     .detail(detail.to_json())
                     .order_number(Some(&order.order_number));
+                change.unlisted = unlisted;
                 self.ctx.store.transition(&rec, change).await
             }
         };
@@ -1657,11 +1751,32 @@ mod tests {
     #[test]
     fn the_cursor_moves_over_what_the_run_finished_and_no_further() {
         let rows = [listed(1), listed(2), listed(2), listed(5)];
-        assert_eq!(cursor_after(&rows, None), rows[3].updated, "all done");
+        let none = HashSet::new();
+        assert_eq!(
+            cursor_after(&rows, None, &none),
+            rows[3].updated,
+            "all done"
+        );
         // Stopped at the second row updated at :02: the first one at :02 may be done, but a
         // cursor at :02 would hide the unfinished one, so it stays at :01.
-        assert_eq!(cursor_after(&rows, Some(2)), rows[0].updated);
-        assert_eq!(cursor_after(&rows, Some(0)), None, "nothing finished");
-        assert_eq!(cursor_after(&[], None), None);
+        assert_eq!(cursor_after(&rows, Some(2), &none), rows[0].updated);
+        assert_eq!(
+            cursor_after(&rows, Some(0), &none),
+            None,
+            "nothing finished"
+        );
+        assert_eq!(cursor_after(&[], None, &none), None);
+    }
+
+    #[test]
+    fn the_cursor_stops_before_a_sale_left_in_flight() {
+        let rows = [listed(1), listed(2), listed(3), listed(5)];
+        let held = HashSet::from([rows[2].id]);
+        assert_eq!(cursor_after(&rows, None, &held), rows[1].updated);
+        // Whichever comes first: the stop or the held sale.
+        assert_eq!(cursor_after(&rows, Some(1), &held), rows[0].updated);
+        assert_eq!(cursor_after(&rows, Some(3), &held), rows[1].updated);
+        let first = HashSet::from([rows[0].id]);
+        assert_eq!(cursor_after(&rows, None, &first), None);
     }
 }
