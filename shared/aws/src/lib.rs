@@ -28,3 +28,5 @@ pub(crate) fn sdk_error_text<E: std::error::Error>(e: &E) -> String {
 
 #[cfg(feature = "test-support")]
 pub mod testing;
+#[cfg(feature = "test-support")]
+pub mod write_units;
