@@ -591,6 +591,46 @@ impl Ledger for DynamoStore {
         Ok(RecordPage { records, next })
     }
 
+    async fn unlisted_claims(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        after: Option<&PageToken>,
+    ) -> Result<RecordPage, StoreError> {
+        // One page of the job's partition (DynamoDB's 1 MB), only the unlisted claims kept; the
+        // token is the last key read, so the next page starts after it.
+        let pk = ledger_pk(tenant, job);
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :p")
+            .filter_expression("attribute_exists(unlisted)")
+            .expression_attribute_values(":p", s(&pk));
+        if let Some(token) = after {
+            request = request
+                .exclusive_start_key(PK, s(&pk))
+                .exclusive_start_key(SK, s(ledger_sk(token.position())));
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| unavailable("read the unlisted claims", &e))?;
+        let records = out
+            .items()
+            .iter()
+            .map(record_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match out.last_evaluated_key().and_then(|k| k.get(SK)) {
+            Some(AttributeValue::S(sk)) => Some(PageToken::from_store(
+                sk.strip_prefix("R#").unwrap_or(sk).to_owned(),
+            )),
+            _ => None,
+        };
+        Ok(RecordPage { records, next })
+    }
+
     async fn records_of_order(
         &self,
         tenant: &TenantId,
@@ -871,7 +911,8 @@ impl Leases for DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
-            .return_values(ReturnValue::AllNew)
+            // The item before: its generation, and whether its holder released it.
+            .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -879,12 +920,15 @@ impl Leases for DynamoStore {
             Ok(out) => {
                 let empty = Item::new();
                 let r = reader(out.attributes().unwrap_or(&empty), key);
+                let before = u64::try_from(r.opt_n("generation")?.unwrap_or(0))
+                    .map_err(|_| r.corrupt("generation out of range".into()))?;
                 Ok(LeaseOutcome::Acquired(Lease {
                     key: key.clone(),
                     holder: holder.to_owned(),
-                    generation: u64::try_from(r.n("generation")?)
-                        .map_err(|_| r.corrupt("generation out of range".into()))?,
+                    generation: before + 1,
                     expires_at: from_millis(expires_ms),
+                    // A released lease has no holder.
+                    took_over: r.opt_s("holder")?.is_some_and(|h| !h.is_empty()),
                 }))
             }
             Err(e) if is_condition_failed(&e) => {

@@ -444,6 +444,35 @@ pub async fn ledger_leaves_unlisted_claims_out_of_listings(factory: &dyn Factory
 
     let read = f.peer.record(&quiet.key).await.unwrap().unwrap();
     assert_eq!(read, quiet, "read back unlisted");
+    // Found by reading the records: every unlisted claim, page by page, and only those.
+    for i in 0..(UNLISTED_PAGE + 5) {
+        let mut claim = new_record(&t, &format!("QUIET-{:03}", i + 2), RecordState::InFlight);
+        claim.unlisted = true;
+        f.store.insert(claim).await.unwrap();
+    }
+    let other = tenant("other");
+    let mut theirs = new_record(&other, "QUIET-X", RecordState::InFlight);
+    theirs.unlisted = true;
+    f.store.insert(theirs).await.unwrap();
+    let mut found = Vec::new();
+    let mut after = None;
+    loop {
+        let page = f
+            .peer
+            .unlisted_claims(&t, Job::OrderDownload, after.as_ref())
+            .await
+            .unwrap();
+        assert!(page.records.iter().all(|r| !r.is_listed()));
+        found.extend(page.records.into_iter().map(|r| r.key.entity));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found.len(), UNLISTED_PAGE + 6, "{found:?}");
+    assert!(found.contains(&"QUIET-1".to_owned()) && !found.contains(&"LOUD-1".to_owned()));
+    let unique: HashSet<&String> = found.iter().collect();
+    assert_eq!(unique.len(), found.len(), "no claim twice");
     assert_eq!(
         listed(f.store.list(&in_flight()).await.unwrap()),
         ["LOUD-1"]
@@ -481,6 +510,15 @@ pub async fn ledger_leaves_unlisted_claims_out_of_listings(factory: &dyn Factory
     let done_list = LedgerQuery::new(&t, Job::OrderDownload, RecordState::Done);
     assert_eq!(listed(f.store.list(&done_list).await.unwrap()), ["QUIET-1"]);
     assert_eq!(f.peer.record(&done.key).await.unwrap().unwrap(), done);
+    let first = f
+        .store
+        .unlisted_claims(&t, Job::OrderDownload, None)
+        .await
+        .unwrap();
+    assert!(
+        first.records.iter().all(|r| r.key.entity != "QUIET-1"),
+        "done is listed"
+    );
 }
 
 /// A time bound: only records that changed at or after it, paged with the store's own tokens,
@@ -811,6 +849,7 @@ pub async fn leases_exclude_and_expire(factory: &dyn Factory) {
         panic!("first acquire")
     };
     assert_eq!(a.expires_at, f.clock.now_for_tests() + ttl);
+    assert!(!a.took_over, "a first lease takes over from no one");
     match f.peer.acquire(&key, "run-b", ttl).await.unwrap() {
         LeaseOutcome::Held { holder, expires_at } => {
             assert_eq!((holder.as_str(), expires_at), ("run-a", a.expires_at))
@@ -842,6 +881,11 @@ pub async fn leases_exclude_and_expire(factory: &dyn Factory) {
         panic!("takeover after expiry")
     };
     assert!(b.generation > a.generation);
+    assert!(b.took_over, "run-a never released it");
+    assert!(
+        f.peer.renew(&b, ttl).await.unwrap().took_over,
+        "kept by a renewal"
+    );
     assert_conflict(f.store.renew(&a, ttl).await, "the crashed holder renews");
     assert!(
         !f.store.release_lease(&a).await.unwrap(),
@@ -856,6 +900,8 @@ pub async fn leases_exclude_and_expire(factory: &dyn Factory) {
         panic!("acquire after release")
     };
     assert!(c.generation > b.generation);
+    assert!(!c.took_over, "run-b released it");
+    assert_eq!(c.generation, b.generation + 1);
 }
 
 /// Many runs start at once: exactly one gets the lease.

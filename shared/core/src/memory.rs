@@ -187,6 +187,34 @@ impl Ledger for MemoryStore {
         })
     }
 
+    async fn unlisted_claims(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        after: Option<&PageToken>,
+    ) -> Result<RecordPage, StoreError> {
+        let inner = self.lock();
+        let mut claims: Vec<&LedgerRecord> = inner
+            .records
+            .values()
+            .filter(|r| r.key.tenant == *tenant && r.key.job == job && !r.is_listed())
+            .filter(|r| after.is_none_or(|a| r.key.entity.as_str() > a.position()))
+            .collect();
+        claims.sort_by(|a, b| a.key.entity.cmp(&b.key.entity));
+        let more = claims.len() > UNLISTED_PAGE;
+        claims.truncate(UNLISTED_PAGE);
+        Ok(RecordPage {
+            next: more
+                .then(|| {
+                    claims
+                        .last()
+                        .map(|r| PageToken::from_store(r.key.entity.clone()))
+                })
+                .flatten(),
+            records: claims.into_iter().cloned().collect(),
+        })
+    }
+
     async fn records_of_order(
         &self,
         tenant: &TenantId,
@@ -308,21 +336,23 @@ impl Leases for MemoryStore {
     ) -> Result<LeaseOutcome, StoreError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let generation = match inner.leases.get(key) {
+        let (generation, took_over) = match inner.leases.get(key) {
             Some(l) if l.expires_at > now => {
                 return Ok(LeaseOutcome::Held {
                     holder: l.holder.clone(),
                     expires_at: l.expires_at,
                 });
             }
-            Some(l) => l.generation + 1,
-            None => 1,
+            // A released lease has no holder.
+            Some(l) => (l.generation + 1, !l.holder.is_empty()),
+            None => (1, false),
         };
         let lease = Lease {
             key: key.clone(),
             holder: holder.to_owned(),
             generation,
             expires_at: now + ttl,
+            took_over,
         };
         inner.leases.insert(key.clone(), lease.clone());
         Ok(LeaseOutcome::Acquired(lease))

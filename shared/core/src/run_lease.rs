@@ -79,6 +79,16 @@ impl RunLease {
     pub async fn finish(self) -> Result<bool, StoreError> {
         self.store.release_lease(&self.lease).await
     }
+
+    /// Whether this run took the lease over from a run that never released it (see
+    /// [`Lease::took_over`]).
+    pub fn took_over(&self) -> bool {
+        self.lease.took_over
+    }
+
+    /// Ends the run without releasing the lease: it lapses within its TTL, and the next run is
+    /// told it took over — for a run that leaves behind what only a successor's search finds.
+    pub fn abandon(self) {}
 }
 
 #[cfg(test)]

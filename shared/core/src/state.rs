@@ -15,6 +15,9 @@ pub use dear_client::Lane;
 /// Largest `detail` / `result` text a store accepts (DynamoDB items are limited to 400 KB).
 pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
 
+/// The most records a page of [`Ledger::unlisted_claims`] holds (where the store can tell).
+pub const UNLISTED_PAGE: usize = 100;
+
 /// Checks a stored text against [`MAX_DETAIL_BYTES`].
 pub fn check_detail_size(what: &str, text: Option<&str>) -> Result<(), StoreError> {
     match text {
@@ -480,6 +483,17 @@ pub trait Ledger: Send + Sync {
     /// record before acting on it.
     async fn list(&self, query: &LedgerQuery) -> Result<RecordPage, StoreError>;
 
+    /// The unlisted claims ([`LedgerRecord::unlisted`]) of `tenant`'s `job`, in key order, a
+    /// page at a time (a page may be empty while `next` says more follow). There is no index of
+    /// them: they are read from the records themselves (on DynamoDB, the job's whole partition),
+    /// so this is for a run that took over from one that died, not for every run.
+    async fn unlisted_claims(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        after: Option<&PageToken>,
+    ) -> Result<RecordPage, StoreError>;
+
     /// Every job's records of one order (by [`LedgerRecord::order_number`], exact), at most
     /// `limit` (1–1000), in no set order: one indexed query. Like [`Ledger::list`], it may lag a
     /// write by a moment.
@@ -717,6 +731,9 @@ pub struct Lease {
     pub generation: u64,
     /// It lapses at this time unless renewed.
     pub expires_at: DateTime<Utc>,
+    /// Acquired from a holder whose lease lapsed unreleased: it may have died mid-work, leaving
+    /// what only it knew of (an unlisted claim) for this holder to look for.
+    pub took_over: bool,
 }
 
 /// The answer to an acquisition.

@@ -531,6 +531,52 @@ impl Ledger for SqliteStore {
         .await
     }
 
+    async fn unlisted_claims(
+        &self,
+        tenant: &TenantId,
+        job: Job,
+        after: Option<&PageToken>,
+    ) -> Result<RecordPage, StoreError> {
+        let (tenant, after) = (tenant.clone(), after.map(|a| a.position().to_owned()));
+        self.with(move |conn, _| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM ledger
+                     WHERE tenant = ?1 AND job = ?2 AND unlisted = 1 AND entity > ?3
+                     ORDER BY entity LIMIT ?4"
+                ))
+                .map_err(db_error)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        tenant.as_str(),
+                        job.as_str(),
+                        after.unwrap_or_default(),
+                        (UNLISTED_PAGE + 1) as i64
+                    ],
+                    read_record,
+                )
+                .map_err(db_error)?;
+            let mut records = Vec::new();
+            for row in rows {
+                records.push(row.map_err(db_error)?.into_record()?);
+            }
+            let more = records.len() > UNLISTED_PAGE;
+            records.truncate(UNLISTED_PAGE);
+            Ok(RecordPage {
+                next: more
+                    .then(|| {
+                        records
+                            .last()
+                            .map(|r| PageToken::from_store(r.key.entity.clone()))
+                    })
+                    .flatten(),
+                records,
+            })
+        })
+        .await
+    }
+
     async fn records_of_order(
         &self,
         tenant: &TenantId,
@@ -815,15 +861,16 @@ impl Leases for SqliteStore {
                 )
                 .optional()
                 .map_err(db_error)?;
-            let generation = match current {
+            let (generation, took_over) = match current {
                 Some((holder, _, expires_ms)) if expires_ms > now => {
                     return Ok(LeaseOutcome::Held {
                         holder,
                         expires_at: from_millis(expires_ms),
                     });
                 }
-                Some((_, generation, _)) => generation + 1,
-                None => 1,
+                // A released lease has no holder.
+                Some((holder, generation, _)) => (generation + 1, !holder.is_empty()),
+                None => (1, false),
             };
             let expires_ms = now + ttl.num_milliseconds();
             tx.execute(
@@ -837,6 +884,7 @@ impl Leases for SqliteStore {
                 holder,
                 generation: generation as u64,
                 expires_at: from_millis(expires_ms),
+                took_over,
             }))
         })
         .await
