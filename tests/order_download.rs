@@ -2098,3 +2098,109 @@ async fn a_delivered_order_costs_four_write_units_of_ledger_a_webhooks_six() {
         "a webhook's delivery: {cost:?}"
     );
 }
+
+/// A run dies mid-delivery, and its sale then leaves the filters (here: voided), so no listing
+/// from the cursor finds its claim again. The next run, taking over the lapsed lease, searches
+/// the records for unlisted claims and settles it: the warehouse, which may hold the order, is
+/// told to cancel it.
+async fn a_dead_runs_claim_is_found_though_its_sale_left_the_filters(kind: common::StoreKind) {
+    let server = sim(150).await;
+    let clock = Arc::new(OffsetClock::default());
+    let store = common::store_of(kind, clock.clone() as Arc<dyn dearsync_core::Clock>).await;
+    // The default filter: PICKED.
+    let mut h = harness(server, store.store.clone(), clock.clone(), settings(""));
+    run(&h).await;
+    let delivered = h.sink.sale_ids();
+    let picked: Vec<Uuid> = all_rows(&h.server)
+        .await
+        .into_iter()
+        .filter(|r| {
+            r.status == SaleStatus::Picked
+                && r.sale_type == SaleType::Simple
+                && delivered.contains(&r.sale_id.to_string())
+        })
+        .map(|r| r.sale_id)
+        .take(2)
+        .collect();
+    let [x, y] = picked[..] else {
+        panic!("{kind:?}: two delivered PICKED sales")
+    };
+    let t0 = chrono::Utc::now().naive_utc();
+    let touch = |id: Uuid, memo: Option<&str>, void: bool, minutes: i64| {
+        let edit = SaleEdit {
+            order_memo: memo.map(str::to_owned),
+            void,
+            ..Default::default()
+        };
+        h.server.sim.edit_sale(ACCOUNT, id, &edit).unwrap();
+        h.server.sim.with_data_mut(ACCOUNT, |d| {
+            d.sales.get_mut(&id).unwrap().updated = t0 + chrono::Duration::minutes(minutes);
+        });
+    };
+    touch(x, Some("edited"), false, 1);
+    h.clock.advance(chrono::Duration::minutes(25));
+
+    // A run claims X's new version and dies delivering it.
+    let collecting = h.sink.clone();
+    h.job.sink = Arc::new(HangsOn {
+        sale: x.to_string(),
+        rest: collecting.clone(),
+    });
+    let killed =
+        tokio::time::timeout(Duration::from_secs(3), h.job.run(&RunOptions::default())).await;
+    assert!(killed.is_err(), "{kind:?}: the run hangs on {x}");
+    h.job.sink = collecting.clone();
+    // X is voided in DEAR (out of the PICKED filter); Y changes long after it.
+    touch(x, None, true, 2);
+    touch(y, Some("edited"), false, 20);
+
+    // Three minutes on: the next run takes over the lapsed lease and finds X's claim. A
+    // cancellation waits for the claim's own deadline, so X stays in flight; Y is delivered,
+    // and the cursor moves past X by more than the overlap.
+    h.clock.advance(chrono::Duration::minutes(3));
+    let next = run(&h).await;
+    assert_eq!(next.delivered, 1, "{kind:?}: {next:?}");
+    let key = RecordKey::new(
+        &TenantId::new("acme").unwrap(),
+        Job::OrderDownload,
+        x.to_string(),
+    );
+    assert_eq!(
+        h.store.record(&key).await.unwrap().unwrap().state,
+        RecordState::InFlight
+    );
+
+    // Past the claim's deadline: a run searches again and has the warehouse cancel X.
+    h.clock.advance(chrono::Duration::minutes(13));
+    let last = run(&h).await;
+    assert_eq!(last.cancelled, 1, "{kind:?}: {last:?}");
+    let cancels = collecting.cancels.lock().unwrap().clone();
+    assert!(
+        cancels.iter().any(|c| c.sale_id == x.to_string()),
+        "{kind:?}: {cancels:?}"
+    );
+    let settled = h.store.record(&key).await.unwrap().unwrap();
+    assert_ne!(
+        settled.state,
+        RecordState::InFlight,
+        "{kind:?}: {settled:?}"
+    );
+    // Nothing left to search for: the run released its lease.
+    let again = run(&h).await;
+    assert_eq!(
+        (again.delivered, again.cancelled),
+        (0, 0),
+        "{kind:?}: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_runs_claim_is_found_on_every_store_though_its_sale_left_the_filters() {
+    for kind in [
+        common::StoreKind::Memory,
+        common::StoreKind::Sqlite,
+        common::StoreKind::Dynamo,
+    ] {
+        a_dead_runs_claim_is_found_though_its_sale_left_the_filters(kind).await;
+    }
+}

@@ -387,6 +387,10 @@ struct Seen {
     held: HashSet<Uuid>,
     /// How this run's claims are found again.
     refind: Refind,
+    /// An unlisted claim may be left in flight (this run's, cut short; or another's, still
+    /// live): the run leaves its lease to lapse, so the next run searches for unlisted claims.
+    /// The cursor alone may not find one again: its sale may leave the filters meanwhile.
+    may_strand: bool,
 }
 
 /// What handling a sale left behind.
@@ -395,7 +399,8 @@ enum Left {
     /// Its record reached a state of its own (or none was needed).
     Settled,
     /// A claim is still in flight (another claimant's): the cursor must not pass the sale.
-    InFlight,
+    /// `unlisted`: the claim may be unlisted (only a search of the records finds it).
+    InFlight { unlisted: bool },
 }
 
 /// Why a single sale could not be handled (the run goes on or stops, by kind).
@@ -517,12 +522,25 @@ impl OrderDownload {
                     return summary;
                 }
             };
-        let result = self.run_leased(opts, &mut lease, &mut summary).await;
+        let mut seen = Seen {
+            handled: HashSet::new(),
+            held: HashSet::new(),
+            refind: Refind::Ledger,
+            // A run that took over from a dead one looks for its unlisted claims first.
+            may_strand: lease.took_over(),
+        };
+        let result = self
+            .run_leased(opts, &mut lease, &mut seen, &mut summary)
+            .await;
         if let Err(SaleError::Stop(why)) = result {
             tracing::error!(tenant = %self.ctx.tenant, error = %why, "order download stopped");
             summary.outcome = Outcome::Aborted(why);
         }
-        if let Err(e) = lease.finish().await {
+        if seen.may_strand {
+            tracing::info!(tenant = %self.ctx.tenant,
+                "an unlisted claim may be left in flight: the run lease is left to lapse, so the next run searches for it");
+            lease.abandon();
+        } else if let Err(e) = lease.finish().await {
             tracing::warn!(tenant = %self.ctx.tenant, error = %e, "could not release the run lease; it lapses by itself");
         }
         let calls = self.ctx.dear.stats();
@@ -590,10 +608,12 @@ impl OrderDownload {
             }
             match self.handle_listed(row, opts, seen.refind, summary).await {
                 Ok(Left::Settled) => {}
-                Ok(Left::InFlight) => {
+                Ok(Left::InFlight { unlisted }) => {
                     seen.held.insert(row.id);
+                    seen.may_strand |= unlisted;
                 }
                 Err(SaleError::Stop(why)) => {
+                    seen.may_strand |= self.left_own_claim(row.id, opts).await;
                     summary.outcome = Outcome::Aborted(why);
                     return Ok(Some(i));
                 }
@@ -604,20 +624,39 @@ impl OrderDownload {
         Ok(None)
     }
 
+    /// Whether a sale this run stopped at holds an unlisted claim of this run's (so when the
+    /// store cannot say).
+    async fn left_own_claim(&self, sale_id: Uuid, opts: &RunOptions) -> bool {
+        match self.ctx.store.record(&self.key(sale_id)).await {
+            Ok(Some(rec)) => {
+                rec.state == RecordState::InFlight
+                    && !rec.is_listed()
+                    && SaleDetail::of(&rec).claimed_by.as_deref() == Some(opts.run_id.as_str())
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     async fn run_leased(
         &self,
         opts: &RunOptions,
         lease: &mut RunLease,
+        seen: &mut Seen,
         summary: &mut RunSummary,
     ) -> Result<(), SaleError> {
         let run_start = self.ctx.clock.now();
-        let mut seen = Seen {
-            handled: HashSet::new(),
-            held: HashSet::new(),
-            refind: Refind::Ledger,
-        };
 
-        // 2. Due retries first: they have waited longest.
+        // 2. Due retries first: they have waited longest; after a run that died, its unlisted
+        // claims too.
+        if seen.may_strand {
+            // Cleared by a search that ends; it sets it again for what it leaves.
+            seen.may_strand = false;
+            if let Err(e) = self.search_unlisted(opts, lease, seen, summary).await {
+                seen.may_strand = true;
+                return Err(e);
+            }
+        }
         self.retry_due(opts, lease, summary, &mut seen.handled)
             .await?;
         if summary.outcome == Outcome::StoppedAtDeadline {
@@ -666,7 +705,7 @@ impl OrderDownload {
             tracing::info!(tenant = %self.ctx.tenant, backlog_since = %millis(since), fresh = newest.len(),
                 "a backlog is behind the cursor: the sales changed since the last run come first");
             if self
-                .work_through(&newest, &mut seen, opts, lease, summary)
+                .work_through(&newest, seen, opts, lease, summary)
                 .await?
                 .is_some()
             {
@@ -686,9 +725,7 @@ impl OrderDownload {
         summary.listed = rows.len() as u64;
         let total = rows.len() as u64;
 
-        let stopped_at = self
-            .work_through(&rows, &mut seen, opts, lease, summary)
-            .await?;
+        let stopped_at = self.work_through(&rows, seen, opts, lease, summary).await?;
         if let Some(p) = &opts.progress {
             p.update(stopped_at.map(|i| i as u64).unwrap_or(total), total);
         }
@@ -881,7 +918,9 @@ impl OrderDownload {
         if let Some(rec) = record.as_ref().filter(|r| r.state == RecordState::InFlight) {
             if !self.is_due(rec, &opts.run_id) {
                 summary.unchanged += 1;
-                return Ok(Left::InFlight);
+                return Ok(Left::InFlight {
+                    unlisted: !rec.is_listed(),
+                });
             }
             summary.retried += 1;
             if self.recover_in_flight(rec, summary).await? {
@@ -905,6 +944,55 @@ impl OrderDownload {
         }
         self.fetch_and_deliver(row.id, row.updated, record, &opts.run_id, refind, summary)
             .await
+    }
+
+    /// Takes over the unlisted claims a run that died may have left in flight (found by reading
+    /// the records, not a listing): each one due is settled as a crashed run's listed claim is;
+    /// one still live, or one not reached before the deadline, keeps the search for the next run.
+    async fn search_unlisted(
+        &self,
+        opts: &RunOptions,
+        lease: &mut RunLease,
+        seen: &mut Seen,
+        summary: &mut RunSummary,
+    ) -> Result<(), SaleError> {
+        let mut after = None;
+        loop {
+            let page = self
+                .ctx
+                .store
+                .unlisted_claims(&self.ctx.tenant, Job::OrderDownload, after.as_ref())
+                .await?;
+            for rec in &page.records {
+                if !self.may_go_on(opts, lease, summary).await? {
+                    seen.may_strand = true;
+                    return Ok(());
+                }
+                let Ok(id) = rec.key.entity.parse::<Uuid>() else {
+                    continue;
+                };
+                if !self.is_due(rec, &opts.run_id) {
+                    seen.may_strand = true;
+                    continue;
+                }
+                summary.retried += 1;
+                if self.recover_in_flight(rec, summary).await? {
+                    continue;
+                }
+                seen.handled.insert(id);
+                let claimant = &opts.run_id;
+                let rec = Some(rec.clone());
+                let left = self
+                    .fetch_and_deliver(id, None, rec, claimant, Refind::Ledger, summary)
+                    .await?;
+                // Still in flight (a cancellation waits for the claim to lapse): search again.
+                seen.may_strand |= matches!(left, Left::InFlight { .. });
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Retries due failed records and takes over deliveries a crashed run left in flight.
@@ -1194,7 +1282,9 @@ impl OrderDownload {
             // Another claimant may be delivering it right now: cancelled once its delivery ends.
             if self.is_live_claim(rec) {
                 summary.unchanged += 1;
-                return Ok(Left::InFlight);
+                return Ok(Left::InFlight {
+                    unlisted: !rec.is_listed(),
+                });
             }
             self.cancel_delivered(rec, &sale, &version, reason, summary)
                 .await?;
@@ -1303,8 +1393,9 @@ impl OrderDownload {
             .claim_delivery(sale_id, record, &order, &detail, refind)
             .await?
         else {
+            // Whoever claimed it may have claimed it unlisted.
             summary.unchanged += 1;
-            return Ok(Left::InFlight);
+            return Ok(Left::InFlight { unlisted: true });
         };
         self.deliver_claimed(claimed, &order, detail, summary)
             .await?;
