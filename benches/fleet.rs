@@ -13,7 +13,8 @@
 //! Defaults: 20 tenants, 20 workers, 10 sales each. It reports the time until every tenant's run
 //! ended, each tenant's lag from the schedule firing to its run's end (p50 / p99), DEAR calls a
 //! minute per account while it ran, throttled answers, and DynamoDB requests per order delivered
-//! (counted by an interceptor on the SDK client, the rate budget's included); for the shipments,
+//! (counted by an interceptor on the SDK client, the rate budget's included) and the write units
+//! they cost (`dearsync_aws::write_units`' model of DynamoDB's billing); for the shipments,
 //! their lag from the order reaching the warehouse to DEAR holding the shipment, calls and
 //! DynamoDB requests per shipment.
 
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept};
 use aws_sdk_dynamodb::error::BoxError;
+use dearsync_aws::write_units::{WriteMeter, WriteUnits};
 use dearsync_aws::{DynamoStore, SecretsManagerCredentials, SqsRunQueue, testing};
 use dearsync_core::state::{StateStore, TenantEntry};
 use dearsync_core::{SystemClock, TenantId};
@@ -285,21 +287,23 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
     // The stack: its table (requests counted), secrets, run queue.
     let requests = Arc::new(AtomicU64::new(0));
     let ship_requests = Arc::new(AtomicU64::new(0));
-    let counted = |counter: &Arc<AtomicU64>| {
+    let (meter, ship_meter) = (WriteMeter::default(), WriteMeter::default());
+    let counted = |counter: &Arc<AtomicU64>, meter: &WriteMeter| {
         aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&testing::sdk_config())
                 .interceptor(CountRequests(counter.clone()))
+                .interceptor(meter.clone())
                 .build(),
         )
     };
-    let dynamo = counted(&requests);
+    let dynamo = counted(&requests, &meter);
     let table = testing::fresh_table().await;
     let queue = testing::fresh_queue().await;
     let prefix = format!("fleet/{}/", dearsync_core::memory::new_token());
     let clock = Arc::new(SystemClock);
     let store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(dynamo, &table, clock.clone()));
     let ship_store: Arc<dyn StateStore> = Arc::new(DynamoStore::new(
-        counted(&ship_requests),
+        counted(&ship_requests, &ship_meter),
         &table,
         clock.clone(),
     ));
@@ -350,6 +354,7 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
     );
     let ship_deps = Arc::new(deps_over(ship_store));
     let setup_requests = requests.load(Ordering::Relaxed);
+    let setup_units = meter.units();
 
     // The schedule fires: the dispatcher enqueues every due tenant; the workers run them.
     let fired = Instant::now();
@@ -403,6 +408,8 @@ async fn run(tenants: usize, workers: usize, sales: usize) {
         server: &server,
         shipments: &shipments,
         ship_requests: ship_requests.load(Ordering::Relaxed),
+        units: meter.units().since(&setup_units),
+        ship_units: ship_meter.units(),
     });
 }
 
@@ -419,6 +426,10 @@ struct Report<'a> {
     server: &'a dear_sim::SimServer,
     shipments: &'a [Confirmed],
     ship_requests: u64,
+    /// Write units of the dispatcher and the order runs (modelled).
+    units: WriteUnits,
+    /// Write units of the shipments (modelled).
+    ship_units: WriteUnits,
 }
 
 fn report(r: &Report) {
@@ -478,6 +489,16 @@ fn report(r: &Report) {
         r.work_requests as f64 / delivered.max(1) as f64,
         r.work_requests as f64 / r.tenants as f64
     );
+    let per_order = |n: u64| n as f64 / delivered.max(1) as f64;
+    println!(
+        "  DynamoDB write units (modelled): ledger {:.2} per order (table {:.2}, gsi1 {:.2}, gsi2 \
+         {:.2}); every write {:.2} per order (rate buckets, leases, cursors, run logs included)",
+        per_order(r.units.ledger()),
+        per_order(r.units.ledger_table),
+        per_order(r.units.ledger_gsi1),
+        per_order(r.units.ledger_gsi2),
+        per_order(r.units.ledger() + r.units.other)
+    );
     let mut ship_lags: Vec<f64> = r.shipments.iter().map(|c| c.lag.as_secs_f64()).collect();
     ship_lags.sort_by(f64::total_cmp);
     let applied = r.shipments.iter().filter(|c| c.applied).count();
@@ -489,6 +510,11 @@ fn report(r: &Report) {
         percentile(&ship_lags, 0.99),
         ship_lags.last().copied().unwrap_or(0.0),
         r.ship_requests as f64 / applied.max(1) as f64
+    );
+    println!(
+        "  shipments' write units (modelled): ledger {:.2}, every write {:.2} per shipment",
+        r.ship_units.ledger() as f64 / applied.max(1) as f64,
+        (r.ship_units.ledger() + r.ship_units.other) as f64 / applied.max(1) as f64
     );
 }
 
