@@ -1622,6 +1622,14 @@ async fn content_that_goes_back_to_an_earlier_version_is_a_new_delivery() {
 #[tokio::test]
 async fn a_crashed_runs_delivery_is_taken_over_in_minutes_and_an_edit_made_meanwhile_is_delivered()
 {
+    // Its claim listed (a retry's) or unlisted (the listing's own): found by the in-flight
+    // listing, or by the next listing from the cursor.
+    for unlisted in [false, true] {
+        a_crashed_runs_delivery_is_taken_over(unlisted).await;
+    }
+}
+
+async fn a_crashed_runs_delivery_is_taken_over(unlisted: bool) {
     let server = sim(60).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("orders.ndjson");
@@ -1642,15 +1650,11 @@ async fn a_crashed_runs_delivery_is_taken_over_in_minutes_and_an_edit_made_meanw
     let mut detail: serde_json::Value =
         serde_json::from_str(done.detail.as_deref().unwrap()).unwrap();
     detail["claimed_by"] = serde_json::json!("run-that-died");
-    store
-        .transition(
-            &done,
-            dearsync_core::state::Transition::to(RecordState::InFlight)
-                .due_at(clock.now_plus(15 * 60))
-                .detail(detail.to_string()),
-        )
-        .await
-        .unwrap();
+    let mut claim = dearsync_core::state::Transition::to(RecordState::InFlight)
+        .due_at(clock.now_plus(15 * 60))
+        .detail(detail.to_string());
+    claim.unlisted = unlisted;
+    store.transition(&done, claim).await.unwrap();
     // Meanwhile the sale is edited in DEAR.
     h.server
         .sim
@@ -1669,7 +1673,11 @@ async fn a_crashed_runs_delivery_is_taken_over_in_minutes_and_an_edit_made_meanw
     // edit delivered.
     h.clock.advance(chrono::Duration::minutes(2));
     let s = run(&h).await;
-    assert_eq!((s.recovered, s.delivered), (1, 1), "{s:?}");
+    assert_eq!(
+        (s.recovered, s.delivered),
+        (1, 1),
+        "unlisted {unlisted}: {s:?}"
+    );
     let after = deliveries_in(&out);
     assert_eq!(after.len(), first.len() + 1, "the edit, once");
     assert!(after.last().unwrap().starts_with(sale), "{after:?}");

@@ -444,10 +444,12 @@ pub async fn ledger_leaves_unlisted_claims_out_of_listings(factory: &dyn Factory
 
     let read = f.peer.record(&quiet.key).await.unwrap().unwrap();
     assert_eq!(read, quiet, "read back unlisted");
-    // Found by reading the records: every unlisted claim, page by page, and only those.
+    // Found by reading the records: every unlisted claim, page by page, and only those (10 KB
+    // each: more than one of DynamoDB's 1 MB pages).
     for i in 0..(UNLISTED_PAGE + 5) {
         let mut claim = new_record(&t, &format!("QUIET-{:03}", i + 2), RecordState::InFlight);
         claim.unlisted = true;
+        claim.detail = Some(format!("{{\"pad\":\"{}\"}}", "x".repeat(10 * 1024)));
         f.store.insert(claim).await.unwrap();
     }
     let other = tenant("other");

@@ -624,6 +624,15 @@ impl OrderDownload {
         Ok(None)
     }
 
+    /// Whether the claim another claimant won on `sale_id` is unlisted (so when the store cannot
+    /// say; not so once it is settled).
+    async fn claimed_unlisted(&self, sale_id: Uuid) -> bool {
+        match self.ctx.store.record(&self.key(sale_id)).await {
+            Ok(rec) => rec.is_some_and(|r| r.state == RecordState::InFlight && !r.is_listed()),
+            Err(_) => true,
+        }
+    }
+
     /// Whether a sale this run stopped at holds an unlisted claim of this run's (so when the
     /// store cannot say).
     async fn left_own_claim(&self, sale_id: Uuid, opts: &RunOptions) -> bool {
@@ -924,7 +933,13 @@ impl OrderDownload {
             }
             summary.retried += 1;
             if self.recover_in_flight(rec, summary).await? {
+                // Settled, or (a lost race) claimed anew by someone else: theirs, then.
                 record = self.ctx.store.record(&key).await?;
+                if let Some(theirs) = record.as_ref().filter(|r| r.state == RecordState::InFlight) {
+                    return Ok(Left::InFlight {
+                        unlisted: !theirs.is_listed(),
+                    });
+                }
             }
         }
         let now = self.ctx.clock.now();
@@ -958,6 +973,10 @@ impl OrderDownload {
     ) -> Result<(), SaleError> {
         let mut after = None;
         loop {
+            if !self.may_go_on(opts, lease, summary).await? {
+                seen.may_strand = true;
+                return Ok(());
+            }
             let page = self
                 .ctx
                 .store
@@ -1286,9 +1305,9 @@ impl OrderDownload {
                     unlisted: !rec.is_listed(),
                 });
             }
-            self.cancel_delivered(rec, &sale, &version, reason, summary)
-                .await?;
-            return Ok(Left::Settled);
+            return self
+                .cancel_delivered(rec, &sale, &version, reason, summary)
+                .await;
         }
         if !self.selects(&sale) {
             summary.no_longer_matching += 1;
@@ -1393,9 +1412,10 @@ impl OrderDownload {
             .claim_delivery(sale_id, record, &order, &detail, refind)
             .await?
         else {
-            // Whoever claimed it may have claimed it unlisted.
             summary.unchanged += 1;
-            return Ok(Left::InFlight { unlisted: true });
+            return Ok(Left::InFlight {
+                unlisted: self.claimed_unlisted(sale_id).await,
+            });
         };
         self.deliver_claimed(claimed, &order, detail, summary)
             .await?;
@@ -1412,11 +1432,11 @@ impl OrderDownload {
         version: &str,
         reason: CancelReason,
         summary: &mut RunSummary,
-    ) -> Result<(), SaleError> {
+    ) -> Result<Left, SaleError> {
         let mut detail = SaleDetail::of(rec);
         if detail.cancelled.is_some() && rec.state == RecordState::Done {
             summary.same_version += 1;
-            return Ok(());
+            return Ok(Left::Settled);
         }
         let delivered_id = detail.delivered_id.clone().unwrap_or_else(|| {
             delivery_id_for(
@@ -1440,8 +1460,14 @@ impl OrderDownload {
                 facts
             }
             Ok(Cancelled::InProgress) => {
+                // Another worker is cancelling it; a claim still in flight stays in sight.
                 summary.unchanged += 1;
-                return Ok(());
+                return Ok(match rec.state {
+                    RecordState::InFlight => Left::InFlight {
+                        unlisted: !rec.is_listed(),
+                    },
+                    _ => Left::Settled,
+                });
             }
             Err(CancelError::Store(e)) => return Err(e.into()),
             Err(e @ CancelError::Sink(_)) => {
@@ -1452,7 +1478,7 @@ impl OrderDownload {
                     .due_at(self.ctx.clock.now() + retry_delay(rec.attempts + 1));
                 StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
                 tracing::warn!(tenant = %self.ctx.tenant, sale_id = %sale.id, error = %e, "cancellation not delivered; it will be retried");
-                return Ok(());
+                return Ok(Left::Settled);
             }
         };
         detail.delivery = DeliveryFacts::default();
@@ -1464,7 +1490,7 @@ impl OrderDownload {
             .to_json(),
         );
         StoreError::unless_raced(self.ctx.store.transition(rec, change).await)?;
-        Ok(())
+        Ok(Left::Settled)
     }
 
     /// An in-flight claim whose holder may still be delivering.
