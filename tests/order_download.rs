@@ -2212,3 +2212,53 @@ async fn a_dead_runs_claim_is_found_on_every_store_though_its_sale_left_the_filt
         a_dead_runs_claim_is_found_though_its_sale_left_the_filters(kind).await;
     }
 }
+
+/// A webhook URL may carry a secret (a token in its path or query): a failed delivery's reason,
+/// kept in the ledger and shown by `dearsync orders`, names only its host.
+#[tokio::test]
+async fn a_webhook_urls_secret_is_never_kept_in_a_failed_deliverys_reason() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/hooks/path-SECRET?token=query-SECRET");
+    let server = sim(4).await;
+    let sink = dearsync_order_download::WebhookSink::new(
+        &url,
+        b"order-signing-key",
+        Duration::from_secs(2),
+        1,
+        dearsync_outbound::OutboundPolicy {
+            allow_loopback: true,
+        },
+    )
+    .unwrap();
+    let (store, clock) = memory();
+    let job = OrderDownload {
+        ctx: JobContext::new(
+            TenantId::new("acme").unwrap(),
+            client(&server),
+            store.clone(),
+            clock,
+        ),
+        settings: settings("sale_status = \"Any\"\n"),
+        sink: Arc::new(sink),
+    };
+    let summary = job.run(&RunOptions::default()).await;
+    assert!(summary.failed >= 1, "{summary:?}");
+    let mut q = LedgerQuery::new(
+        &TenantId::new("acme").unwrap(),
+        Job::OrderDownload,
+        RecordState::Failed,
+    );
+    q.limit = 100;
+    let failed = store.list(&q).await.unwrap().records;
+    assert!(!failed.is_empty());
+    for rec in failed {
+        let reason = rec.reason.unwrap_or_default();
+        assert!(reason.contains("could not be reached"), "{reason}");
+        assert!(
+            !reason.contains("SECRET"),
+            "the URL's secret is in the reason: {reason}"
+        );
+    }
+}

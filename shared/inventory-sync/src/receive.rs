@@ -83,7 +83,7 @@ pub enum PullError {
     /// The GET did not get an answer.
     #[error("cannot GET the snapshot at {url}: {why}")]
     Get {
-        /// Where.
+        /// Where: its host only (`dearsync_outbound::shown`).
         url: String,
         /// The refusal by the outbound rules, or the transport's error chain.
         why: String,
@@ -100,7 +100,7 @@ pub enum PullError {
     /// The body is not a valid snapshot.
     #[error("invalid snapshot from {url}: {source}")]
     Invalid {
-        /// Where.
+        /// Where: its host only (`dearsync_outbound::shown`).
         url: String,
         /// What is wrong.
         #[source]
@@ -163,17 +163,14 @@ impl InventorySync {
             .ok_or(PullError::NoUrl)?;
         let url = dearsync_outbound::check_url(url, policy).map_err(PullError::Url)?;
         let http = dearsync_outbound::client(policy, PULL_TIMEOUT).map_err(PullError::Client)?;
-        let resp = http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| PullError::Get {
-                url: url.to_string(),
-                why: match OutboundError::refusal_in(&e) {
-                    Some(refusal) => refusal.to_string(),
-                    None => dear_client::error_chain(&e),
-                },
-            })?;
+        let resp = http.get(url.clone()).send().await.map_err(|e| {
+            let refusal = OutboundError::refusal_in(&e).map(ToString::to_string);
+            PullError::Get {
+                url: dearsync_outbound::shown(&url),
+                // The URL may hold a secret (a presigned one does): the chain goes without it.
+                why: refusal.unwrap_or_else(|| dear_client::error_chain(&e.without_url())),
+            }
+        })?;
         if !resp.status().is_success() {
             return Err(PullError::Status {
                 status: resp.status().as_u16(),
@@ -183,7 +180,7 @@ impl InventorySync {
             .await
             .map_err(PullError::Read)?;
         Snapshot::from_json_reader(bytes.as_slice()).map_err(|source| PullError::Invalid {
-            url: url.to_string(),
+            url: dearsync_outbound::shown(&url),
             source,
         })
     }

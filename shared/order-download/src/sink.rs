@@ -426,20 +426,25 @@ impl WebhookSink {
                         || status.as_u16() == 429,
                 })
             }
-            Err(e) => Err(match dearsync_outbound::OutboundError::refusal_in(&e) {
-                // An address or redirect the rules refuse stays refused: not retried.
-                Some(refusal) => FailedPost {
-                    message: format!("the order webhook was not called: {refusal}"),
-                    retryable: false,
-                },
-                None => FailedPost {
-                    message: format!(
-                        "the order webhook could not be reached: {}",
-                        dear_client::error_chain(&e)
-                    ),
-                    retryable: true,
-                },
-            }),
+            Err(e) => {
+                let refusal =
+                    dearsync_outbound::OutboundError::refusal_in(&e).map(ToString::to_string);
+                Err(match refusal {
+                    // An address or redirect the rules refuse stays refused: not retried.
+                    Some(refusal) => FailedPost {
+                        message: format!("the order webhook was not called: {refusal}"),
+                        retryable: false,
+                    },
+                    // The URL may hold a secret: the error chain goes without it.
+                    None => FailedPost {
+                        message: format!(
+                            "the order webhook could not be reached: {}",
+                            dear_client::error_chain(&e.without_url())
+                        ),
+                        retryable: true,
+                    },
+                })
+            }
         }
     }
 }

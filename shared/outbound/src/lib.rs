@@ -144,11 +144,9 @@ fn reserved_v6(ip: Ipv6Addr) -> Option<&'static str> {
 /// Why an outbound request was not made or not finished.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
-    /// The URL cannot be parsed.
-    #[error("{url:?} is not a URL: {source}")]
+    /// The URL cannot be parsed (it is not repeated: it may hold a secret).
+    #[error("not a URL: {source}")]
     BadUrl {
-        /// As given.
-        url: String,
         /// The parser's reason.
         #[source]
         source: url::ParseError,
@@ -156,7 +154,7 @@ pub enum OutboundError {
     /// Not https (and not loopback http under a policy that allows it).
     #[error("{url} must use https (plain http only to this machine, in development)")]
     NotHttps {
-        /// The URL.
+        /// The URL as [`shown`].
         url: String,
     },
     /// The URL's host is, or resolves to, an address that is not public.
@@ -172,9 +170,9 @@ pub enum OutboundError {
     /// A redirect to another scheme, host or port, or too many.
     #[error("the redirect from {from} to {to} was not followed: {why}")]
     Redirect {
-        /// Where the redirect came from.
+        /// Where the redirect came from, as [`shown`].
         from: String,
-        /// Where it pointed.
+        /// Where it pointed, as [`shown`].
         to: String,
         /// Which rule.
         why: &'static str,
@@ -182,14 +180,33 @@ pub enum OutboundError {
     /// The answer is larger than the cap.
     #[error("the answer from {url} is larger than {cap} bytes")]
     TooLarge {
-        /// Whose answer.
+        /// Whose answer, as [`shown`].
         url: String,
         /// The cap.
         cap: u64,
     },
-    /// The HTTP client could not be built, or the request failed on the way.
+    /// The HTTP client could not be built, or the request failed on the way (its URL removed).
     #[error("HTTP: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
+}
+
+impl From<reqwest::Error> for OutboundError {
+    fn from(e: reqwest::Error) -> Self {
+        OutboundError::Http(e.without_url())
+    }
+}
+
+/// A URL as errors and logs may show it: scheme, host and port only. Its user info, path and
+/// query are left out (`/…`): a tenant's webhook or snapshot URL may carry a secret in any of
+/// them (a token, a presigned signature).
+pub fn shown(url: &Url) -> String {
+    let mut text = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        text.push_str(&format!(":{port}"));
+    }
+    let more = url.path() != "/" || url.query().is_some() || url.fragment().is_some();
+    text.push_str(if more { "/…" } else { "/" });
+    text
 }
 
 impl OutboundError {
@@ -214,10 +231,7 @@ impl OutboundError {
 /// Checks a URL before any request: scheme, and a literal IP host's address (a name's addresses
 /// are checked when connecting).
 pub fn check_url(url: &str, policy: OutboundPolicy) -> Result<Url, OutboundError> {
-    let parsed = Url::parse(url.trim()).map_err(|source| OutboundError::BadUrl {
-        url: url.to_owned(),
-        source,
-    })?;
+    let parsed = Url::parse(url.trim()).map_err(|source| OutboundError::BadUrl { source })?;
     let host = parsed.host();
     let literal = match &host {
         Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(*v4)),
@@ -235,7 +249,7 @@ pub fn check_url(url: &str, policy: OutboundPolicy) -> Result<Url, OutboundError
     };
     if !scheme_ok || host.is_none() {
         return Err(OutboundError::NotHttps {
-            url: parsed.to_string(),
+            url: shown(&parsed),
         });
     }
     if let Some(ip) = literal
@@ -288,8 +302,8 @@ pub fn client(policy: OutboundPolicy, timeout: Duration) -> Result<reqwest::Clie
             .unwrap_or_else(|| attempt.url().clone());
         let to = attempt.url();
         let refuse = |why| OutboundError::Redirect {
-            from: from.to_string(),
-            to: to.to_string(),
+            from: shown(&from),
+            to: shown(to),
             why,
         };
         if attempt.previous().len() > MAX_REDIRECTS {
@@ -329,7 +343,7 @@ pub async fn read_capped(
     mut response: reqwest::Response,
     cap: u64,
 ) -> Result<Vec<u8>, OutboundError> {
-    let url = response.url().to_string();
+    let url = shown(response.url());
     let too_large = || OutboundError::TooLarge {
         url: url.clone(),
         cap,
@@ -407,6 +421,46 @@ mod tests {
         assert!(refused("http://10.0.0.1/", dev).contains("must use https"));
         assert!(refused("https://10.0.0.1/", dev).contains("a private address"));
         assert!(refused("http://localhost:8080/hook", public).contains("must use https"));
+    }
+
+    /// A webhook or snapshot URL may carry a secret in its user info, path or query (a signed or
+    /// presigned URL): no error, and so no log line or ledger reason, repeats more than its host.
+    #[tokio::test]
+    async fn a_urls_secrets_never_reach_an_error_message() {
+        let public = OutboundPolicy::PUBLIC;
+        let dev = OutboundPolicy {
+            allow_loopback: true,
+        };
+        let secrets = ["pw-SECRET", "path-SECRET", "query-SECRET"];
+        let clean = |e: &dyn std::error::Error| {
+            let mut text = format!("{e} {e:?}");
+            let mut source = e.source();
+            while let Some(inner) = source {
+                text.push_str(&format!(": {inner}"));
+                source = inner.source();
+            }
+            for s in secrets {
+                assert!(!text.contains(s), "{s} in {text}");
+            }
+            text
+        };
+        let url = "http://user:pw-SECRET@example.com/hook/path-SECRET?token=query-SECRET";
+        let e = check_url(url, public).unwrap_err();
+        assert!(clean(&e).contains("http://example.com/"), "{e}");
+        let e = check_url(
+            "https://user:pw-SECRET@exa mple.com/path-SECRET?t=query-SECRET",
+            public,
+        )
+        .unwrap_err();
+        clean(&e);
+        // A transport error names the URL it failed on: not here.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let c = client(dev, Duration::from_secs(5)).unwrap();
+        let url = format!("http://127.0.0.1:{port}/path-SECRET?token=query-SECRET");
+        let err = c.get(&url).send().await.unwrap_err();
+        clean(&OutboundError::from(err));
     }
 
     async fn serve(app: axum::Router) -> SocketAddr {
