@@ -201,18 +201,10 @@ impl Ledger for MemoryStore {
             .filter(|r| after.is_none_or(|a| r.key.entity.as_str() > a.position()))
             .collect();
         claims.sort_by(|a, b| a.key.entity.cmp(&b.key.entity));
-        let more = claims.len() > UNLISTED_PAGE;
-        claims.truncate(UNLISTED_PAGE);
-        Ok(RecordPage {
-            next: more
-                .then(|| {
-                    claims
-                        .last()
-                        .map(|r| PageToken::from_store(r.key.entity.clone()))
-                })
-                .flatten(),
-            records: claims.into_iter().cloned().collect(),
-        })
+        claims.truncate(UNLISTED_PAGE + 1);
+        Ok(RecordPage::of_unlisted(
+            claims.into_iter().cloned().collect(),
+        ))
     }
 
     async fn records_of_order(

@@ -461,6 +461,20 @@ pub struct RecordPage {
     pub next: Option<PageToken>,
 }
 
+impl RecordPage {
+    /// For store adapters: a page of [`Ledger::unlisted_claims`] from `records` in entity
+    /// order, read one past [`UNLISTED_PAGE`] to tell whether more follow.
+    pub fn of_unlisted(mut records: Vec<LedgerRecord>) -> RecordPage {
+        let more = records.len() > UNLISTED_PAGE;
+        records.truncate(UNLISTED_PAGE);
+        let last = records.last().map(|r| r.key.entity.clone());
+        RecordPage {
+            next: last.filter(|_| more).map(PageToken::from_store),
+            records,
+        }
+    }
+}
+
 /// Records of what happened to every entity, with conditional transitions.
 #[async_trait]
 pub trait Ledger: Send + Sync {

@@ -561,18 +561,7 @@ impl Ledger for SqliteStore {
             for row in rows {
                 records.push(row.map_err(db_error)?.into_record()?);
             }
-            let more = records.len() > UNLISTED_PAGE;
-            records.truncate(UNLISTED_PAGE);
-            Ok(RecordPage {
-                next: more
-                    .then(|| {
-                        records
-                            .last()
-                            .map(|r| PageToken::from_store(r.key.entity.clone()))
-                    })
-                    .flatten(),
-                records,
-            })
+            Ok(RecordPage::of_unlisted(records))
         })
         .await
     }
