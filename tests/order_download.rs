@@ -2177,6 +2177,18 @@ async fn a_dead_runs_claim_is_found_though_its_sale_left_the_filters(kind: commo
         h.store.record(&key).await.unwrap().unwrap().state,
         RecordState::InFlight
     );
+    // That run handed its lease over instead of releasing it: a run at once is not kept out
+    // for the lease's two minutes, and it searches again (X is still not due).
+    let at_once = run(&h).await;
+    assert_eq!(
+        (at_once.delivered, at_once.cancelled),
+        (0, 0),
+        "{kind:?}: {at_once:?}"
+    );
+    assert_eq!(
+        h.store.record(&key).await.unwrap().unwrap().state,
+        RecordState::InFlight
+    );
 
     // Past the claim's deadline: a run searches again and has the warehouse cancel X.
     h.clock.advance(chrono::Duration::minutes(13));

@@ -983,24 +983,39 @@ impl Leases for DynamoStore {
 
     async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
         // The item (and its generation) stays, so the next holder's generation is still higher.
-        let out = self
+        self.end_lease(lease, "SET holder = :none, expires_ms = :zero", "release")
+            .await
+    }
+
+    async fn hand_over_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        // Free at once; the holder stays, so the next one is told it took over.
+        self.end_lease(lease, "SET expires_ms = :zero", "hand over")
+            .await
+    }
+}
+
+impl DynamoStore {
+    /// Ends a held lease with `update` (which may use `:none` and `:zero`); `false` if it was no
+    /// longer ours.
+    async fn end_lease(&self, lease: &Lease, update: &str, what: &str) -> Result<bool, StoreError> {
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, s(tenant_pk(&lease.key.tenant)))
             .key(SK, s(lease_sk(&lease.key)))
-            .update_expression("SET holder = :none, expires_ms = :zero")
+            .update_expression(update)
             .condition_expression("holder = :holder AND generation = :g")
             .expression_attribute_values(":holder", s(&lease.holder))
             .expression_attribute_values(":g", n(lease.generation))
-            .expression_attribute_values(":none", s(""))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
-        match out {
+            .expression_attribute_values(":zero", n(0));
+        if update.contains(":none") {
+            request = request.expression_attribute_values(":none", s(""));
+        }
+        match request.send().await {
             Ok(_) => Ok(true),
             Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(unavailable(&format!("release {}", lease.key), &e)),
+            Err(e) => Err(unavailable(&format!("{what} {}", lease.key), &e)),
         }
     }
 }

@@ -904,6 +904,21 @@ pub async fn leases_exclude_and_expire(factory: &dyn Factory) {
     assert!(c.generation > b.generation);
     assert!(!c.took_over, "run-b released it");
     assert_eq!(c.generation, b.generation + 1);
+    // run-c hands it over: free at once, and the next holder is told it took over.
+    assert!(f.store.hand_over_lease(&c).await.unwrap());
+    let LeaseOutcome::Acquired(d) = f.peer.acquire(&key, "run-d", ttl).await.unwrap() else {
+        panic!("acquire at once after a hand-over")
+    };
+    assert!(d.took_over, "run-c handed it over");
+    assert_eq!(d.generation, c.generation + 1);
+    assert!(
+        !f.store.hand_over_lease(&c).await.unwrap(),
+        "a former holder cannot hand it over"
+    );
+    assert!(matches!(
+        f.store.acquire(&key, "run-e", ttl).await.unwrap(),
+        LeaseOutcome::Held { .. }
+    ));
 }
 
 /// Many runs start at once: exactly one gets the lease.

@@ -86,9 +86,12 @@ impl RunLease {
         self.lease.took_over
     }
 
-    /// Ends the run without releasing the lease: it lapses within its TTL, and the next run is
-    /// told it took over — for a run that leaves behind what only a successor's search finds.
-    pub fn abandon(self) {}
+    /// Ends the run handing the lease over: free at once, and the next run is told it took over
+    /// — for a run that leaves behind what only a successor's search finds. (Leaving the lease to
+    /// lapse would do the same, but keep every run out for its TTL.) `false` if it was lost.
+    pub async fn hand_over(self) -> Result<bool, StoreError> {
+        self.store.hand_over_lease(&self.lease).await
+    }
 }
 
 #[cfg(test)]

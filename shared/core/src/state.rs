@@ -745,8 +745,9 @@ pub struct Lease {
     pub generation: u64,
     /// It lapses at this time unless renewed.
     pub expires_at: DateTime<Utc>,
-    /// Acquired from a holder whose lease lapsed unreleased: it may have died mid-work, leaving
-    /// what only it knew of (an unlisted claim) for this holder to look for.
+    /// Acquired from a holder that never released it (its lease lapsed, or it was handed over):
+    /// it may have died mid-work, or left on purpose what only it knew of (an unlisted claim), for
+    /// this holder to look for.
     pub took_over: bool,
 }
 
@@ -780,6 +781,11 @@ pub trait Leases: Send + Sync {
 
     /// Gives the lease up; `false` if it was no longer ours.
     async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
+
+    /// Gives the lease up at once but as if never released: its next holder is told it took
+    /// over ([`Lease::took_over`]), so it looks for what this holder left; `false` if it was no
+    /// longer ours.
+    async fn hand_over_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------------

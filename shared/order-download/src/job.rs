@@ -388,7 +388,7 @@ struct Seen {
     /// How this run's claims are found again.
     refind: Refind,
     /// An unlisted claim may be left in flight (this run's, cut short; or another's, still
-    /// live): the run leaves its lease to lapse, so the next run searches for unlisted claims.
+    /// live): the run hands its lease over, so the next run searches for unlisted claims.
     /// The cursor alone may not find one again: its sale may leave the filters meanwhile.
     may_strand: bool,
 }
@@ -538,8 +538,11 @@ impl OrderDownload {
         }
         if seen.may_strand {
             tracing::info!(tenant = %self.ctx.tenant,
-                "an unlisted claim may be left in flight: the run lease is left to lapse, so the next run searches for it");
-            lease.abandon();
+                "an unlisted claim may be left in flight: the run lease is handed over, so the next run searches for it");
+            if let Err(e) = lease.hand_over().await {
+                // Not handed over: it lapses by itself, still unreleased, so the next run searches.
+                tracing::warn!(tenant = %self.ctx.tenant, error = %e, "could not hand the run lease over; it lapses by itself");
+            }
         } else if let Err(e) = lease.finish().await {
             tracing::warn!(tenant = %self.ctx.tenant, error = %e, "could not release the run lease; it lapses by itself");
         }

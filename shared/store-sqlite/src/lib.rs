@@ -933,6 +933,28 @@ impl Leases for SqliteStore {
         })
         .await
     }
+
+    async fn hand_over_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.with(move |conn, _| {
+            // Free at once; the holder stays, so the next one is told it took over.
+            let changed = conn
+                .execute(
+                    "UPDATE leases SET expires_ms = 0
+                     WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND holder = ?4 AND generation = ?5",
+                    params![
+                        lease.key.tenant.as_str(),
+                        lease.key.job.as_str(),
+                        lease.key.name,
+                        lease.holder,
+                        lease.generation as i64
+                    ],
+                )
+                .map_err(db_error)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
 }
 
 fn select_bucket(conn: &Connection, account: &str) -> Result<BucketState, StoreError> {
