@@ -913,35 +913,27 @@ impl Leases for SqliteStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let lease = lease.clone();
-        self.with(move |conn, _| {
-            // The row (and its generation) stays, so the next holder's generation is still higher.
-            let changed = conn
-                .execute(
-                    "UPDATE leases SET holder = '', expires_ms = 0
-                     WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND holder = ?4 AND generation = ?5",
-                    params![
-                        lease.key.tenant.as_str(),
-                        lease.key.job.as_str(),
-                        lease.key.name,
-                        lease.holder,
-                        lease.generation as i64
-                    ],
-                )
-                .map_err(db_error)?;
-            Ok(changed == 1)
-        })
-        .await
+        // The row (and its generation) stays, so the next holder's generation is still higher.
+        self.end_lease(lease, "holder = '', expires_ms = 0").await
     }
 
     async fn hand_over_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+        // Free at once; the holder stays, so the next one is told it took over.
+        self.end_lease(lease, "expires_ms = 0").await
+    }
+}
+
+impl SqliteStore {
+    /// Ends a held lease with `set` (a fixed SQL `SET` list); `false` if it was no longer ours.
+    async fn end_lease(&self, lease: &Lease, set: &'static str) -> Result<bool, StoreError> {
         let lease = lease.clone();
         self.with(move |conn, _| {
-            // Free at once; the holder stays, so the next one is told it took over.
             let changed = conn
                 .execute(
-                    "UPDATE leases SET expires_ms = 0
-                     WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND holder = ?4 AND generation = ?5",
+                    &format!(
+                        "UPDATE leases SET {set}
+                         WHERE tenant = ?1 AND job = ?2 AND name = ?3 AND holder = ?4 AND generation = ?5"
+                    ),
                     params![
                         lease.key.tenant.as_str(),
                         lease.key.job.as_str(),
